@@ -1,0 +1,49 @@
+/**
+ * The event log: the durable hand-off between the gateway and the aggregators. Two drivers implement it: the embedded
+ * segment-file log (default mode) and Kafka (distributed mode). The choice is made once at start-up.
+ *
+ * A record is an opaque Buffer (a msgpackr-encoded batch of events, see event-record.ts). Offsets are per partition,
+ * dense, starting at 0, like Kafka's.
+ */
+export interface LogRecord {
+  partition: number;
+  offset: number;
+  value: Buffer;
+}
+
+export interface LogProducer {
+  readonly partitions: number;
+  /**
+   * Appends one record. Resolves with its offset only once it is durable (fsynced, or acknowledged by every in-sync
+   * replica). Appends issued close together share one durable write (group commit). Rejects with
+   * ServiceUnavailableError when the log cannot take writes; the caller must then not acknowledge the events.
+   */
+  append(partition: number, value: Buffer): Promise<number>;
+  close(): Promise<void>;
+}
+
+export interface LogConsumer {
+  /** Partitions this consumer currently owns. */
+  assignment(): number[];
+  /** Where reading resumes for a partition: the committed offset (next offset to read), 0 when none. */
+  committed(partition: number): Promise<number>;
+  /** Positions the read cursor of a partition at `offset` (the next record returned has that offset). */
+  seek(partition: number, offset: number): void;
+  /**
+   * Returns up to `maxRecords` durable records in offset order per partition, waiting up to `maxWaitMs` for the first
+   * one. Returns [] on timeout or once closed.
+   */
+  poll(maxRecords: number, maxWaitMs: number): Promise<LogRecord[]>;
+  /**
+   * Records that everything below `offset` in `partition` is consumed and may be reclaimed. Durable on resolve.
+   */
+  commit(partition: number, offset: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface EventLog {
+  readonly partitions: number;
+  producer(): LogProducer;
+  consumer(group: string): LogConsumer;
+  close(): Promise<void>;
+}
