@@ -1,0 +1,425 @@
+/**
+ * The aggregator: consumes the event log, deduplicates by identifier, applies adjustments and writes raw events,
+ * per-minute rollups and cancellations to the analytics store.
+ *
+ * Exactly-once without distributed transactions (invariants 2, 3, 5, 6):
+ *  - Each flush does one INSERT per table: raw events, then cancellations, then rollups. Every rollup row carries its
+ *    log partition and the offset the flush reached (a marker row per partition is always written), and an INSERT is
+ *    atomic, so "counted in the rollups" and "watermark advanced" are one event.
+ *  - Raw events and cancellations may be written twice by a crash between inserts; every read of them collapses
+ *    duplicates by seq (see api/summaries.ts), so that is harmless.
+ *  - The dedup index is snapshotted with the offset it covers; the log is committed (and reclaimed) only below
+ *    min(watermark, snapshot). On start, the index is loaded, the watermark read back from the store, and the log
+ *    replayed from the snapshot: records below the watermark only rebuild the index, later ones are processed anew.
+ */
+import path from 'node:path';
+import fs from 'node:fs';
+import Piscina from 'piscina';
+import type { EventLog, LogConsumer, LogRecord } from '../shared/log';
+import type { AnalyticsStore } from '../shared/analytics-store';
+import { tsvField } from '../shared/analytics-store';
+import type { StateStore } from '../shared/state-store';
+import type { MeterInfo, MeterRegistry } from '../shared/meters';
+import { CANCEL_COLUMNS, RAW_COLUMNS, ROLLUP_COLUMNS } from '../shared/analytics/schema';
+import { DedupIndex, fingerprintKey } from './dedup-index';
+import { EMIT, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
+import { ErrorReports } from './error-reports';
+import { recordCoreEvent } from '../shared/core-events';
+import { parseMeterValue, formatScaled } from '../shared/decimal';
+import { log } from '../shared/logger';
+
+export interface AggregatorOptions {
+  log: EventLog;
+  analytics: AnalyticsStore;
+  state: StateStore;
+  meters: MeterRegistry;
+  /** Where dedup snapshots are kept. */
+  dir: string;
+  threads: number;
+  flushEvents: number;
+  flushIntervalMs: number;
+  dedupWindowMs: number;
+  snapshotIntervalMs: number;
+  consumerGroup?: string;
+}
+
+interface PartitionState {
+  index: DedupIndex;
+  /** Log offset the last dedup snapshot covers. */
+  snapshotOffset: number;
+  /** Log offset below which everything is in the store (the rollup watermark). */
+  storedOffset: number;
+  /** Next offset to process. */
+  nextOffset: number;
+  lastSnapshotMs: number;
+}
+
+interface RollupAcc {
+  account: string;
+  meterId: string;
+  customer: string;
+  minute: number;
+  partition: number;
+  sum: bigint;
+  count: number;
+}
+
+class FlushBuffer {
+  rawParts: Uint8Array[] = [];
+  rawBytes = 0;
+  events = 0;
+  rollups = new Map<string, RollupAcc>();
+  cancelLines: string[] = [];
+  /** Partitions with records to be written, and the offset their records reached. */
+  reached = new Map<number, number>();
+  errors = new ErrorReports();
+  firstAtMs = 0;
+
+  get hasWork(): boolean {
+    return this.reached.size > 0;
+  }
+}
+
+const POLL_RECORDS = 4000;
+const CHUNK_RECORDS = 100;
+
+export class Aggregator {
+  private readonly consumer: LogConsumer;
+  private readonly pool: Piscina;
+  private readonly partitions = new Map<number, PartitionState>();
+  private buffer = new FlushBuffer();
+  private meterList: MeterInfo[] = [];
+  private stopping = false;
+  private loop: Promise<void> | null = null;
+  /** Counters for health and benchmarks. */
+  readonly stats = { events: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
+
+  constructor(private readonly o: AggregatorOptions) {
+    this.consumer = o.log.consumer(o.consumerGroup ?? 'aggregator');
+    this.pool = new Piscina({
+      filename: path.join(__dirname, 'worker.js'),
+      minThreads: o.threads,
+      maxThreads: o.threads,
+      idleTimeout: 60_000,
+    });
+    this.meterList = o.meters.all();
+    o.meters.onChange(() => {
+      this.meterList = o.meters.all();
+    });
+  }
+
+  async start(): Promise<void> {
+    fs.mkdirSync(this.o.dir, { recursive: true });
+    const marks = await this.o.analytics.query<{ partition: number; wm: string | number }>(
+      `SELECT partition, max(wm_offset) AS wm FROM meter_rollups_1m GROUP BY partition`,
+    );
+    const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
+    for (const p of this.consumer.assignment()) {
+      const snap = await DedupIndex.load(this.snapshotFile(p), this.o.dedupWindowMs);
+      const storedOffset = stored.get(p) ?? 0;
+      const snapshotOffset = snap?.offset ?? 0;
+      if (!snap && (await this.consumer.committed(p)) > 0) {
+        log.warn('dedup snapshot missing; identifiers received before the retained log are no longer deduplicated', { partition: p });
+      }
+      const st: PartitionState = {
+        index: snap?.index ?? new DedupIndex(this.o.dedupWindowMs),
+        snapshotOffset,
+        storedOffset,
+        nextOffset: snapshotOffset,
+        lastSnapshotMs: Date.now(),
+      };
+      this.partitions.set(p, st);
+      this.consumer.seek(p, snapshotOffset);
+      log.info('aggregator partition recovered', { partition: p, snapshotOffset, storedOffset, identifiers: st.index.size });
+    }
+    this.loop = this.run();
+  }
+
+  private snapshotFile(p: number): string {
+    return path.join(this.o.dir, `dedup-p${p}.snap`);
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopping) {
+      try {
+        const now = Date.now();
+        const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
+        const records = await this.consumer.poll(POLL_RECORDS, wait);
+        if (records.length > 0) await this.process(records);
+        if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
+          await this.flush();
+        }
+      } catch (err) {
+        if (this.stopping) break;
+        log.error('aggregator loop failed; retrying', { err: String((err as Error)?.stack ?? err) });
+        await sleep(500);
+      }
+    }
+  }
+
+  private async process(records: LogRecord[]): Promise<void> {
+    const tasks: Promise<ChunkResult>[] = [];
+    let i = 0;
+    while (i < records.length) {
+      const partition = records[i].partition;
+      const st = this.partitions.get(partition);
+      let j = i;
+      while (j < records.length && j - i < CHUNK_RECORDS && records[j].partition === partition) j++;
+      if (!st) {
+        i = j;
+        continue;
+      }
+      const slice = records.slice(i, j);
+      const ends = new Uint32Array(slice.length);
+      let size = 0;
+      for (let k = 0; k < slice.length; k++) {
+        size += slice[k].value.length;
+        ends[k] = size;
+      }
+      const data = new Uint8Array(size);
+      let at = 0;
+      for (const r of slice) {
+        data.set(r.value, at);
+        at += r.value.length;
+      }
+      const task: ChunkTask = {
+        partition,
+        firstOffset: slice[0].offset,
+        data,
+        ends,
+        meters: this.meterList,
+        emitFromOffset: st.storedOffset,
+      };
+      tasks.push(this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>);
+      i = j;
+    }
+    // Decoding runs in parallel; dedup decisions are applied strictly in log order.
+    const results = await Promise.all(tasks);
+    for (const r of results) this.apply(r);
+  }
+
+  private apply(r: ChunkResult): void {
+    const st = this.partitions.get(r.partition)!;
+    const b = this.buffer;
+    const windowMs = this.o.dedupWindowMs;
+    const nowMs = Date.now();
+    let ci = 0;
+    let dropped: number[] | null = null;
+    let emitted = false;
+    for (let i = 0; i < r.n; i++) {
+      while (ci < r.cancels.length && r.cancels[ci].position === i) this.applyCancel(st, r.cancels[ci++], r.partition);
+      const f = r.flags[i];
+      if ((f & EMIT) !== 0) emitted = true;
+      if ((f & VALID) === 0) continue;
+      const hi = r.hi[i];
+      const lo = r.lo[i];
+      const recv = r.receivedMs[i];
+      const prior = st.index.receivedAt(hi, lo);
+      if (prior !== 0 && recv - prior < windowMs) {
+        if ((f & EMIT) !== 0) {
+          (dropped ??= []).push(i);
+          this.stats.duplicates++;
+        }
+        continue;
+      }
+      st.index.set(hi, lo, recv, r.seq[i]);
+      if (st.index.pending.size > 0) {
+        const key = fingerprintKey(hi, lo);
+        const pending = st.index.pending.get(key);
+        if (pending && recv - pending.receivedMs <= windowMs) {
+          st.index.pending.delete(key);
+          if ((f & EMIT) !== 0) this.addCancellation(pending.account, pending.eventName, pending.identifier, r.seq[i], pending.receivedMs, r.partition);
+        }
+      }
+    }
+    while (ci < r.cancels.length) {
+      const c = r.cancels[ci++];
+      if (c.emit) emitted = true;
+      this.applyCancel(st, c, r.partition);
+    }
+    st.nextOffset = r.nextOffset;
+    if (!emitted && r.nextOffset <= st.storedOffset) return;
+
+    if (!b.hasWork) b.firstAtMs = nowMs;
+    b.reached.set(r.partition, r.nextOffset);
+    for (const e of r.errors) b.errors.add(e, nowMs);
+    this.stats.invalid += r.errors.length;
+
+    // Raw rows: the whole chunk, minus the lines of dropped duplicates.
+    const tsv = r.tsv;
+    if (!dropped) {
+      if (tsv.length) b.rawParts.push(tsv);
+      b.rawBytes += tsv.length;
+    } else {
+      let from = 0;
+      for (const i of dropped) {
+        const s = r.lineStart[i];
+        if (s > from) b.rawParts.push(tsv.subarray(from, s));
+        from = r.lineStart[i + 1];
+      }
+      if (from < tsv.length) b.rawParts.push(tsv.subarray(from));
+    }
+
+    // Rollups: merge the chunk's partial sums, then take the dropped duplicates back out.
+    const accs: RollupAcc[] = new Array(r.slots.length);
+    for (let k = 0; k < r.slots.length; k++) {
+      const sp = r.slots[k];
+      const key = r.partition + '\u0000' + sp.key;
+      let acc = b.rollups.get(key);
+      if (!acc) {
+        acc = { account: sp.account, meterId: sp.meterId, customer: sp.customer, minute: sp.minute, partition: r.partition, sum: 0n, count: 0 };
+        b.rollups.set(key, acc);
+      }
+      acc.sum += BigInt(sp.sum);
+      acc.count += sp.count;
+      accs[k] = acc;
+    }
+    let kept = 0;
+    for (let i = 0; i < r.n; i++) if ((r.flags[i] & (VALID | EMIT)) === (VALID | EMIT)) kept++;
+    if (dropped) {
+      kept -= dropped.length;
+      const decoder = new TextDecoder();
+      for (const i of dropped) {
+        const slot = r.slot[i];
+        if (slot < 0) continue;
+        const acc = accs[slot];
+        acc.count--;
+        const line = decoder.decode(tsv.subarray(r.lineStart[i], r.lineStart[i + 1]));
+        const value = line.split('\t')[RAW_COLUMNS.indexOf('value')];
+        acc.sum -= parseMeterValue(value) ?? 0n;
+      }
+    }
+    b.events += kept;
+    this.stats.events += kept;
+  }
+
+  private applyCancel(st: PartitionState, c: CancelItem, partition: number): void {
+    const prior = st.index.receivedAt(c.hi, c.lo);
+    if (prior !== 0) {
+      // Stripe: an event can be cancelled within 24 hours of its receipt.
+      if (c.receivedMs - prior <= this.o.dedupWindowMs) {
+        if (c.emit) this.addCancellation(c.account, c.eventName, c.identifier, st.index.seqOf(c.hi, c.lo), c.receivedMs, partition);
+      }
+      return;
+    }
+    // The event has not arrived yet: the cancellation waits for it (for as long as the window lasts).
+    st.index.pending.set(fingerprintKey(c.hi, c.lo), {
+      hi: c.hi,
+      lo: c.lo,
+      receivedMs: c.receivedMs,
+      account: c.account,
+      eventName: c.eventName,
+      identifier: c.identifier,
+    });
+  }
+
+  private addCancellation(account: string, eventName: string, identifier: string, seq: number, cancelReceivedMs: number, partition: number): void {
+    const meter = this.o.meters.byEventName(account, eventName);
+    if (!meter) return;
+    this.buffer.cancelLines.push(
+      `${tsvField(account)}\t${meter.id}\t${tsvField(identifier)}\t${seq}\t${cancelReceivedMs}\t${partition}\n`,
+    );
+  }
+
+  private async flush(): Promise<void> {
+    const b = this.buffer;
+    this.buffer = new FlushBuffer();
+    const started = Date.now();
+    const raw = Buffer.concat(b.rawParts, b.rawBytes);
+    const rollupLines: string[] = [];
+    for (const acc of b.rollups.values()) {
+      if (acc.count === 0 && acc.sum === 0n) continue;
+      rollupLines.push(
+        `${tsvField(acc.account)}\t${acc.meterId}\t${tsvField(acc.customer)}\t${acc.minute}\t${formatScaled(acc.sum)}\t${acc.count}\t${acc.partition}\t${b.reached.get(acc.partition)}\n`,
+      );
+    }
+    // The marker rows: the watermark advances even when a flush has nothing to roll up.
+    for (const [p, offset] of b.reached) rollupLines.push(`\t\t\t0\t0\t0\t${p}\t${offset}\n`);
+
+    await this.retrying('raw events', () => this.o.analytics.insertTsv('meter_events', RAW_COLUMNS, raw));
+    if (b.cancelLines.length) {
+      await this.retrying('cancellations', () => this.o.analytics.insertTsv('meter_cancellations', CANCEL_COLUMNS, Buffer.from(b.cancelLines.join(''))));
+    }
+    await this.retrying('rollups', async () => {
+      // After an ambiguous failure the insert may have landed: the watermark says whether it did.
+      if (this.stats.insertRetries > 0 && (await this.rollupsLanded(b.reached))) return;
+      await this.o.analytics.insertTsv('meter_rollups_1m', ROLLUP_COLUMNS, Buffer.from(rollupLines.join('')));
+    });
+
+    const nowMs = Date.now();
+    for (const [p, offset] of b.reached) {
+      const st = this.partitions.get(p)!;
+      st.storedOffset = offset;
+      if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs && st.nextOffset === offset) await this.snapshot(p, st);
+      await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
+    }
+    if (!b.errors.empty) {
+      for (const { account, event } of b.errors.drain(nowMs)) {
+        try {
+          await recordCoreEvent(this.o.state, account, event, nowMs);
+        } catch (err) {
+          log.warn('could not record a meter error report', { err: String(err) });
+        }
+      }
+    }
+    this.stats.flushes++;
+    this.stats.lastFlushMs = Date.now() - started;
+    log.debug('aggregator flush', { events: b.events, rollups: rollupLines.length, ms: this.stats.lastFlushMs });
+  }
+
+  private async snapshot(p: number, st: PartitionState): Promise<void> {
+    await st.index.save(this.snapshotFile(p), st.nextOffset);
+    st.snapshotOffset = st.nextOffset;
+    st.lastSnapshotMs = Date.now();
+  }
+
+  private async rollupsLanded(reached: Map<number, number>): Promise<boolean> {
+    const rows = await this.o.analytics.query<{ partition: number; wm: string | number }>(
+      `SELECT partition, max(wm_offset) AS wm FROM meter_rollups_1m GROUP BY partition`,
+    );
+    const stored = new Map(rows.map((r) => [Number(r.partition), Number(r.wm)]));
+    for (const [p, offset] of reached) if ((stored.get(p) ?? 0) < offset) return false;
+    return true;
+  }
+
+  /** Invariant 8: a store outage pauses the aggregator (the log keeps the events); it never drops a flush. */
+  private async retrying(what: string, fn: () => Promise<void>): Promise<void> {
+    let delay = 100;
+    for (;;) {
+      try {
+        await fn();
+        return;
+      } catch (err) {
+        if (this.stopping) throw err;
+        this.stats.insertRetries++;
+        log.warn(`analytics store insert failed (${what}); retrying`, { err: String(err), delayMs: delay });
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+
+  /** Flushes what is buffered and snapshots the dedup index, so a clean restart replays nothing. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.loop;
+    try {
+      // While stopping, a failed insert is not retried: the events stay in the log and are replayed on the next start.
+      if (this.buffer.hasWork) await this.flush();
+      for (const [p, st] of this.partitions) {
+        if (st.nextOffset !== st.storedOffset) continue;
+        await this.snapshot(p, st);
+        await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
+      }
+    } catch (err) {
+      log.warn('aggregator stopped with unflushed events; they will be replayed from the log', { err: String(err) });
+    } finally {
+      await this.consumer.close();
+      await this.pool.destroy();
+    }
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,193 @@
+/**
+ * The identifier index of one log partition: which (account, identifier) pairs were counted, when they were received
+ * and where they sit in the log. Open addressing over typed arrays, so millions of identifiers cost ~24 bytes each and
+ * no garbage; entries older than the window are dropped when the table is rebuilt on growth.
+ *
+ * Keys are two independent 32-bit hashes of the pair (a 64-bit fingerprint): at 100 million live identifiers the chance
+ * that any two collide is below 0.03 %.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+const EMPTY_RECV = 0;
+const MAX_LOAD = 0.6;
+
+export interface PendingCancel {
+  hi: number;
+  lo: number;
+  receivedMs: number;
+  account: string;
+  eventName: string;
+  identifier: string;
+}
+
+export class DedupIndex {
+  private hi: Uint32Array;
+  private lo: Uint32Array;
+  private recv: Float64Array;
+  private seqs: Float64Array;
+  private mask: number;
+  size = 0;
+  /** Adjustments seen before the event they cancel, keyed by fingerprint. */
+  readonly pending = new Map<string, PendingCancel>();
+
+  constructor(
+    readonly windowMs: number,
+    capacity = 1 << 16,
+  ) {
+    let cap = 1 << 4;
+    while (cap < capacity) cap <<= 1;
+    this.hi = new Uint32Array(cap);
+    this.lo = new Uint32Array(cap);
+    this.recv = new Float64Array(cap);
+    this.seqs = new Float64Array(cap);
+    this.mask = cap - 1;
+  }
+
+  get capacity(): number {
+    return this.mask + 1;
+  }
+
+  private slotOf(hi: number, lo: number): number {
+    let i = (lo ^ Math.imul(hi, 0x9e3779b1)) & this.mask;
+    for (;;) {
+      if (this.recv[i] === EMPTY_RECV) return i;
+      if (this.hi[i] === hi && this.lo[i] === lo) return i;
+      i = (i + 1) & this.mask;
+    }
+  }
+
+  /** The entry for a fingerprint as [receivedMs, seq], or null. */
+  get(hi: number, lo: number): { receivedMs: number; seq: number } | null {
+    const i = this.slotOf(hi, lo);
+    if (this.recv[i] === EMPTY_RECV) return null;
+    return { receivedMs: this.recv[i], seq: this.seqs[i] };
+  }
+
+  /** Received time of the live entry, or 0. Allocation-free variant of get() for the hot path. */
+  receivedAt(hi: number, lo: number): number {
+    return this.recv[this.slotOf(hi, lo)];
+  }
+
+  seqOf(hi: number, lo: number): number {
+    return this.seqs[this.slotOf(hi, lo)];
+  }
+
+  set(hi: number, lo: number, receivedMs: number, seq: number): void {
+    let i = this.slotOf(hi, lo);
+    if (this.recv[i] === EMPTY_RECV) {
+      if (this.size + 1 > this.capacity * MAX_LOAD) {
+        this.rebuild(receivedMs);
+        i = this.slotOf(hi, lo);
+      }
+      this.size++;
+    }
+    this.hi[i] = hi;
+    this.lo[i] = lo;
+    this.recv[i] = receivedMs;
+    this.seqs[i] = seq;
+  }
+
+  /** Drops entries older than the window (relative to `nowMs`), growing the table if it is still too full. */
+  rebuild(nowMs: number): void {
+    const oldHi = this.hi;
+    const oldLo = this.lo;
+    const oldRecv = this.recv;
+    const oldSeq = this.seqs;
+    const cutoff = nowMs - this.windowMs;
+    let live = 0;
+    for (let i = 0; i < oldRecv.length; i++) if (oldRecv[i] !== EMPTY_RECV && oldRecv[i] >= cutoff) live++;
+    let cap = this.capacity;
+    while ((live + 1) > cap * (MAX_LOAD / 2)) cap <<= 1;
+    this.hi = new Uint32Array(cap);
+    this.lo = new Uint32Array(cap);
+    this.recv = new Float64Array(cap);
+    this.seqs = new Float64Array(cap);
+    this.mask = cap - 1;
+    this.size = 0;
+    for (let i = 0; i < oldRecv.length; i++) {
+      if (oldRecv[i] === EMPTY_RECV || oldRecv[i] < cutoff) continue;
+      const j = this.slotOf(oldHi[i], oldLo[i]);
+      this.hi[j] = oldHi[i];
+      this.lo[j] = oldLo[i];
+      this.recv[j] = oldRecv[i];
+      this.seqs[j] = oldSeq[i];
+      this.size++;
+    }
+    for (const [k, p] of this.pending) if (p.receivedMs < cutoff) this.pending.delete(k);
+  }
+
+  /**
+   * Writes the index atomically (tmp file, fsync, rename, fsync dir) together with the log offset it covers: replay
+   * after a crash resumes from that offset.
+   */
+  async save(file: string, coversOffset: number): Promise<void> {
+    const header = Buffer.from(
+      JSON.stringify({ version: 1, offset: coversOffset, windowMs: this.windowMs, capacity: this.capacity, size: this.size, pending: [...this.pending.values()] }),
+    );
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(header.length);
+    const tmp = file + '.tmp';
+    const fh = await fs.open(tmp, 'w');
+    try {
+      await fh.writev([
+        len,
+        header,
+        Buffer.from(this.hi.buffer, this.hi.byteOffset, this.hi.byteLength),
+        Buffer.from(this.lo.buffer, this.lo.byteOffset, this.lo.byteLength),
+        Buffer.from(this.recv.buffer, this.recv.byteOffset, this.recv.byteLength),
+        Buffer.from(this.seqs.buffer, this.seqs.byteOffset, this.seqs.byteLength),
+      ]);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, file);
+    const dir = await fs.open(path.dirname(file), 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+  }
+
+  static async load(file: string, windowMs: number): Promise<{ index: DedupIndex; offset: number } | null> {
+    let buf: Buffer;
+    try {
+      buf = await fs.readFile(file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    const hlen = buf.readUInt32LE(0);
+    const header = JSON.parse(buf.subarray(4, 4 + hlen).toString('utf8')) as {
+      version: number;
+      offset: number;
+      capacity: number;
+      size: number;
+      pending: PendingCancel[];
+    };
+    const cap = header.capacity;
+    const index = new DedupIndex(windowMs, cap);
+    let at = 4 + hlen;
+    const take = (bytes: number): ArrayBuffer => {
+      const ab = new ArrayBuffer(bytes);
+      new Uint8Array(ab).set(buf.subarray(at, at + bytes));
+      at += bytes;
+      return ab;
+    };
+    if (buf.length !== at + cap * 24) throw new Error(`dedup snapshot ${file} is truncated`);
+    index.hi = new Uint32Array(take(cap * 4));
+    index.lo = new Uint32Array(take(cap * 4));
+    index.recv = new Float64Array(take(cap * 8));
+    index.seqs = new Float64Array(take(cap * 8));
+    index.mask = cap - 1;
+    index.size = header.size;
+    for (const p of header.pending) index.pending.set(fingerprintKey(p.hi, p.lo), p);
+    return { index, offset: header.offset };
+  }
+}
+
+export function fingerprintKey(hi: number, lo: number): string {
+  return hi.toString(36) + ':' + lo.toString(36);
+}

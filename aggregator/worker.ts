@@ -1,0 +1,244 @@
+/**
+ * Piscina worker: decodes a chunk of log records (msgpackr), validates stream events against their meter (the
+ * asynchronous validation Stripe does), and pre-aggregates: per-event fingerprints for the dedup index, the raw-event
+ * rows as TabSeparated text, and per-minute partial sums. Stateless, so chunks run on any thread in parallel; the
+ * stateful dedup decision is taken afterwards, in log order, by the aggregator (see aggregator.ts).
+ */
+import { decodeRecord, eventSeq, hash32, RecordKind } from '../shared/event-record';
+import { parseMeterValue, validateMeterValue } from '../shared/decimal';
+import type { MeterInfo } from '../shared/meters';
+import { meterKey, usesRollups } from '../shared/meters';
+import { tsvField } from '../shared/analytics-store';
+
+export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
+export const MAX_FUTURE_MS = 5 * 60 * 1000;
+
+/** Flags per decoded event. */
+export const VALID = 1;
+/** Produce rows for the store (unset while replaying records the store already has). */
+export const EMIT = 2;
+
+export interface ChunkTask {
+  partition: number;
+  /** Offset of the first record; records are consecutive. */
+  firstOffset: number;
+  /** Record values back to back; `ends[i]` is where record i ends. */
+  data: Uint8Array;
+  ends: Uint32Array;
+  meters: MeterInfo[];
+  /** Records below this offset are already in the store: fingerprints only. */
+  emitFromOffset: number;
+}
+
+export interface SlotPartial {
+  key: string;
+  account: string;
+  meterId: string;
+  customer: string;
+  minute: number;
+  /** Scaled decimal (see shared/decimal.ts) as a bigint literal: bigints do not cross threads. */
+  sum: string;
+  count: number;
+}
+
+export interface EventError {
+  account: string;
+  livemode: boolean;
+  meterId: string | null;
+  code: string;
+  message: string;
+  identifier: string;
+}
+
+export interface CancelItem {
+  /** Index of the event this adjustment precedes in log order. */
+  position: number;
+  account: string;
+  livemode: boolean;
+  eventName: string;
+  identifier: string;
+  hi: number;
+  lo: number;
+  receivedMs: number;
+  emit: boolean;
+}
+
+export interface ChunkResult {
+  partition: number;
+  /** Offset after the last record of the chunk. */
+  nextOffset: number;
+  n: number;
+  hi: Uint32Array;
+  lo: Uint32Array;
+  receivedMs: Float64Array;
+  seq: Float64Array;
+  flags: Uint8Array;
+  /** Rollup slot of each event, -1 when the event is not rolled up. */
+  slot: Int32Array;
+  /** Raw row of event i is tsv[lineStart[i], lineStart[i+1]) (empty when none). */
+  lineStart: Uint32Array;
+  tsv: Uint8Array;
+  slots: SlotPartial[];
+  errors: EventError[];
+  cancels: CancelItem[];
+}
+
+/** The dedup fingerprint of (account, identifier): two independent 32-bit hashes. */
+export function fingerprint(account: string, identifier: string): [number, number] {
+  const a = hash32(account);
+  return [hash32(identifier, a), hash32(identifier, Math.imul(a ^ 0x5bd1e995, 0x27d4eb2d) >>> 0)];
+}
+
+let meterCache: { source: MeterInfo[]; map: Map<string, MeterInfo> } | null = null;
+
+function meterMap(meters: MeterInfo[]): Map<string, MeterInfo> {
+  if (meterCache && meterCache.source === meters) return meterCache.map;
+  const map = new Map<string, MeterInfo>();
+  for (const m of meters) map.set(meterKey(m.account, m.eventName), m);
+  meterCache = { source: meters, map };
+  return map;
+}
+
+interface SlotAcc {
+  index: number;
+  account: string;
+  meterId: string;
+  customer: string;
+  minute: number;
+  sum: bigint;
+  count: number;
+}
+
+export function processChunk(task: ChunkTask): ChunkResult {
+  const meters = meterMap(task.meters);
+  const records = [];
+  let total = 0;
+  let start = 0;
+  for (let r = 0; r < task.ends.length; r++) {
+    const rec = decodeRecord(task.data.subarray(start, task.ends[r]));
+    start = task.ends[r];
+    records.push(rec);
+    if (rec.kind === RecordKind.Events) total += rec.events.length;
+  }
+  const hi = new Uint32Array(total);
+  const lo = new Uint32Array(total);
+  const receivedMs = new Float64Array(total);
+  const seq = new Float64Array(total);
+  const flags = new Uint8Array(total);
+  const slot = new Int32Array(total).fill(-1);
+  const lineStart = new Uint32Array(total + 1);
+  const lines: string[] = [];
+  let tsvLength = 0;
+  const slotMap = new Map<string, SlotAcc>();
+  const slotList: SlotAcc[] = [];
+  const errors: EventError[] = [];
+  const cancels: CancelItem[] = [];
+  const partition = task.partition;
+  const partitionText = String(partition);
+
+  let n = 0;
+  for (let r = 0; r < records.length; r++) {
+    const rec = records[r];
+    const offset = task.firstOffset + r;
+    const emit = offset >= task.emitFromOffset;
+    if (rec.kind === RecordKind.Adjustments) {
+      for (const [eventName, identifier] of rec.cancels) {
+        const [h, l] = fingerprint(rec.account, identifier);
+        cancels.push({ position: n, account: rec.account, livemode: rec.livemode, eventName, identifier, hi: h, lo: l, receivedMs: rec.receivedMs, emit });
+      }
+      continue;
+    }
+    const account = rec.account;
+    const recv = rec.receivedMs;
+    const livemodeText = rec.livemode ? '1' : '0';
+    const accountField = tsvField(account);
+    for (let e = 0; e < rec.events.length; e++, n++) {
+      const [eventName, identifier, timestampMs, payload] = rec.events[e];
+      const [h, l] = fingerprint(account, identifier);
+      hi[n] = h;
+      lo[n] = l;
+      receivedMs[n] = recv;
+      const s = eventSeq(partition, offset, e);
+      seq[n] = s;
+      lineStart[n] = tsvLength;
+      const meter = meters.get(meterKey(account, eventName));
+      let error: [string, string] | null = null;
+      let value = '0';
+      let customer = '';
+      if (!meter) error = ['no_meter', `No active meter was found for event_name '${eventName}'.`];
+      else if (!meter.active && !rec.validated) error = ['archived_meter', `The meter '${meter.id}' is inactive and accepts no events.`];
+      else {
+        customer = payload[meter.customerKey] ?? '';
+        const raw = payload[meter.valueKey];
+        if (!customer) error = ['meter_event_no_customer_defined', `Customer mapping key ${meter.customerKey} not found in payload.`];
+        else if (raw === undefined || raw === '') {
+          if (meter.formula !== 'count') error = ['meter_event_invalid_value', `Value key ${meter.valueKey} not found in payload.`];
+        } else {
+          const v = validateMeterValue(raw);
+          if (!v.ok) error = [v.code, v.message];
+          else value = raw;
+        }
+        if (!error && !rec.validated) {
+          if (timestampMs < recv - MAX_PAST_MS) error = ['timestamp_too_far_in_past', 'Timestamp must be within the past 35 calendar days.'];
+          else if (timestampMs > recv + MAX_FUTURE_MS) error = ['timestamp_in_future', 'Timestamp cannot be more than 5 minutes in the future.'];
+        }
+      }
+      if (error) {
+        if (emit) errors.push({ account, livemode: rec.livemode, meterId: meter ? meter.id : null, code: error[0], message: error[1], identifier });
+        continue;
+      }
+      flags[n] = VALID | (emit ? EMIT : 0);
+      if (!emit) continue;
+      const m = meter!;
+      const line =
+        accountField + '\t' + livemodeText + '\t' + m.id + '\t' + tsvField(eventName) + '\t' + tsvField(customer) + '\t' + tsvField(identifier) + '\t' +
+        timestampMs + '\t' + value + '\t' + tsvField(JSON.stringify(payload)) + '\t' + recv + '\t' + partitionText + '\t' + s + '\n';
+      lines.push(line);
+      tsvLength += Buffer.byteLength(line);
+      if (usesRollups(m)) {
+        const minute = Math.floor(timestampMs / 60000) * 60;
+        const key = account + '\u0000' + m.id + '\u0000' + customer + '\u0000' + minute;
+        let acc = slotMap.get(key);
+        if (!acc) {
+          acc = { index: slotList.length, account, meterId: m.id, customer, minute, sum: 0n, count: 0 };
+          slotMap.set(key, acc);
+          slotList.push(acc);
+        }
+        if (m.formula === 'sum') acc.sum += parseMeterValue(value)!;
+        acc.count++;
+        slot[n] = acc.index;
+      }
+    }
+  }
+  lineStart[n] = tsvLength;
+  const tsv = Buffer.from(lines.join(''));
+  const slots: SlotPartial[] = slotList.map((a) => ({
+    key: a.account + '\u0000' + a.meterId + '\u0000' + a.customer + '\u0000' + a.minute,
+    account: a.account,
+    meterId: a.meterId,
+    customer: a.customer,
+    minute: a.minute,
+    sum: a.sum.toString(),
+    count: a.count,
+  }));
+  return {
+    partition,
+    nextOffset: task.firstOffset + records.length,
+    n,
+    hi,
+    lo,
+    receivedMs,
+    seq,
+    flags,
+    slot,
+    lineStart,
+    tsv,
+    slots,
+    errors,
+    cancels,
+  };
+}
+
+export default function run(task: ChunkTask): ChunkResult {
+  return processChunk(task);
+}

@@ -1,0 +1,195 @@
+/**
+ * GET /v1/billing/meters/:id/event_summaries. Sums and counts come from the per-minute rollups, minus the events
+ * cancelled by adjustments; `last` and pre-aggregated (event_time_window) meters are computed from raw events. Reads of
+ * raw events and cancellations collapse duplicate rows by seq, which a crash between two inserts can leave behind.
+ *
+ * Choices where Stripe's docs are silent (see README): summaries come newest first, like every Stripe list; with a
+ * value_grouping_window only windows holding at least one counted event are listed; without one, exactly one summary
+ * is returned, 0 when there is no usage.
+ */
+import type { HttpServer } from '../shared/http/server';
+import { apiEndpoint, listResult } from '../shared/http/endpoints';
+import type { Services } from '../shared/services';
+import { ParamReader } from '../shared/wire/form';
+import { InvalidRequestError } from '../shared/errors';
+import { sqlString } from '../shared/analytics-store';
+import { usesRollups, type MeterObject } from '../shared/meters';
+import { parseMeterValue, scaledToNumber } from '../shared/decimal';
+import { loadMeter, readListParams } from './meters';
+
+export interface SummaryWindow {
+  start: number;
+  end: number;
+  /** Scaled decimal (shared/decimal.ts). */
+  value: bigint;
+}
+
+interface Range {
+  account: string;
+  meterId: string;
+  customer: string;
+  start: number;
+  end: number;
+  /** Window length in seconds (end - start when there is no grouping). */
+  grouping: number;
+}
+
+function toScaled(text: string | number | null | undefined): bigint {
+  if (text === null || text === undefined) return 0n;
+  return parseMeterValue(String(text)) ?? 0n;
+}
+
+function rawFilter(r: Range): string {
+  return `account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)} AND customer = ${sqlString(r.customer)}
+    AND timestamp_ms >= ${r.start * 1000} AND timestamp_ms < ${r.end * 1000}`;
+}
+
+function cancelledSeqs(r: Range): string {
+  return `(SELECT seq FROM meter_cancellations WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)})`;
+}
+
+/** Aggregated value per window index, for windows that hold counted events. */
+export async function computeWindows(s: Services, meter: MeterObject, r: Range): Promise<Map<number, bigint>> {
+  const out = new Map<number, bigint>();
+  const formula = meter.default_aggregation.formula;
+  if (usesRollups({ formula, window: meter.event_time_window })) {
+    const [rolled, cancelled] = await Promise.all([
+      s.analytics.query<{ w: number | string; s: string; c: number | string }>(
+        `SELECT intDiv(minute - ${r.start}, ${r.grouping}) AS w, toString(sum(value_sum)) AS s, sum(event_count) AS c
+         FROM meter_rollups_1m
+         WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)} AND customer = ${sqlString(r.customer)}
+           AND minute >= ${r.start} AND minute < ${r.end}
+         GROUP BY w`,
+      ),
+      s.analytics.query<{ w: number | string; s: string; c: number | string }>(
+        `SELECT w, toString(sum(v)) AS s, count() AS c FROM (
+           SELECT any(intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping})) AS w, any(value) AS v
+           FROM meter_events WHERE ${rawFilter(r)} AND seq IN ${cancelledSeqs(r)}
+           GROUP BY seq
+         ) GROUP BY w`,
+      ),
+    ]);
+    const counts = new Map<number, number>();
+    for (const row of rolled) {
+      const w = Number(row.w);
+      counts.set(w, Number(row.c));
+      out.set(w, formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE);
+    }
+    for (const row of cancelled) {
+      const w = Number(row.w);
+      counts.set(w, (counts.get(w) ?? 0) - Number(row.c));
+      out.set(w, (out.get(w) ?? 0n) - (formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE));
+    }
+    for (const [w, c] of counts) if (c <= 0) out.delete(w);
+    return out;
+  }
+  const notCancelled = `seq NOT IN ${cancelledSeqs(r)}`;
+  if (meter.event_time_window === null) {
+    // formula `last`: the value of the latest event by timestamp, ties broken by log position.
+    const rows = await s.analytics.query<{ w: number | string; v: string }>(
+      `SELECT intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping}) AS w, toString(argMax(value, tuple(timestamp_ms, seq))) AS v
+       FROM meter_events WHERE ${rawFilter(r)} AND ${notCancelled}
+       GROUP BY w`,
+    );
+    for (const row of rows) out.set(Number(row.w), toScaled(row.v));
+    return out;
+  }
+  // Pre-aggregated meters: within each hour/day window only the most recently sent event counts.
+  const tw = meter.event_time_window === 'hour' ? 3600 : 86400;
+  const agg = formula === 'sum' ? 'toString(sum(v))' : formula === 'count' ? 'toString(count())' : 'toString(argMax(v, tww))';
+  const rows = await s.analytics.query<{ w: number | string; v: string }>(
+    `SELECT intDiv(greatest(tww, ${r.start}) - ${r.start}, ${r.grouping}) AS w, ${agg} AS v FROM (
+       SELECT intDiv(intDiv(timestamp_ms, 1000), ${tw}) * ${tw} AS tww, argMax(value, tuple(received_ms, seq)) AS v
+       FROM meter_events WHERE ${rawFilter(r)} AND ${notCancelled}
+       GROUP BY tww
+     ) GROUP BY w`,
+  );
+  for (const row of rows) out.set(Number(row.w), formula === 'count' ? BigInt(row.v) * SCALE_ONE : toScaled(row.v));
+  return out;
+}
+
+const SCALE_ONE = parseMeterValue('1')!;
+
+function summaryId(meterId: string, customer: string, start: number, end: number): string {
+  return 'mtrusg_' + Buffer.from(`${meterId}|${customer}|${start}|${end}`).toString('base64url');
+}
+
+function windowStartOf(id: string, param: string): number {
+  if (id.startsWith('mtrusg_')) {
+    const parts = Buffer.from(id.slice(7), 'base64url').toString('utf8').split('|');
+    const start = Number(parts[2]);
+    if (parts.length === 4 && Number.isInteger(start)) return start;
+  }
+  throw new InvalidRequestError(`Invalid ${param}: '${id.slice(0, 60)}' is not a meter event summary id.`, { param });
+}
+
+function aligned(value: number, unit: number, param: string, what: string): void {
+  if (value % unit !== 0) throw new InvalidRequestError(`${param} must be aligned with ${what} boundaries.`, { param, code: 'parameter_invalid_integer' });
+}
+
+export function registerSummaryRoutes(http: HttpServer, s: Services): void {
+  http.route(
+    'GET',
+    '/v1/billing/meters/:id/event_summaries',
+    apiEndpoint(s, async (p, req, params) => {
+      const r = new ParamReader(params);
+      r.assertNoUnknown(['customer', 'start_time', 'end_time', 'value_grouping_window', 'limit', 'starting_after', 'ending_before', 'expand']);
+      const meter = await loadMeter(s, p, req.params[0]);
+      const customer = r.string('customer', { required: true, maxLength: 5000 })!;
+      const start = r.integer('start_time', { required: true, min: 0 })!;
+      const end = r.integer('end_time', { required: true, min: 0 })!;
+      const grouping = r.string('value_grouping_window', { enum: ['day', 'hour'] });
+      const page = readListParams(r);
+      aligned(start, 60, 'start_time', 'minute');
+      aligned(end, 60, 'end_time', 'minute');
+      if (end <= start) throw new InvalidRequestError('end_time must be after start_time.', { param: 'end_time' });
+      let size = end - start;
+      if (grouping === 'hour') {
+        aligned(start, 3600, 'start_time', 'hour');
+        aligned(end, 3600, 'end_time', 'hour');
+        size = 3600;
+      } else if (grouping === 'day') {
+        aligned(start, 86400, 'start_time', 'day (00:00 UTC)');
+        aligned(end, 86400, 'end_time', 'day (00:00 UTC)');
+        size = 86400;
+      }
+      const values = await computeWindows(s, meter, { account: p.account, meterId: meter.id, customer, start, end, grouping: size });
+      let windows: SummaryWindow[];
+      if (!grouping) windows = [{ start, end, value: values.get(0) ?? 0n }];
+      else {
+        windows = [...values.entries()]
+          .map(([w, value]) => ({ start: start + w * size, end: start + (w + 1) * size, value }))
+          .sort((a, b) => b.start - a.start);
+      }
+      let selected: SummaryWindow[];
+      let hasMore: boolean;
+      if (page.startingAfter) {
+        const after = windowStartOf(page.startingAfter, 'starting_after');
+        const older = windows.filter((w) => w.start < after);
+        selected = older.slice(0, page.limit);
+        hasMore = older.length > page.limit;
+      } else if (page.endingBefore) {
+        const before = windowStartOf(page.endingBefore, 'ending_before');
+        const newer = windows.filter((w) => w.start > before);
+        selected = newer.slice(Math.max(0, newer.length - page.limit));
+        hasMore = newer.length > page.limit;
+      } else {
+        selected = windows.slice(0, page.limit);
+        hasMore = windows.length > page.limit;
+      }
+      return listResult(
+        `/v1/billing/meters/${meter.id}/event_summaries`,
+        selected.map((w) => ({
+          id: summaryId(meter.id, customer, w.start, w.end),
+          object: 'billing.meter_event_summary',
+          aggregated_value: scaledToNumber(w.value),
+          end_time: w.end,
+          livemode: p.livemode,
+          meter: meter.id,
+          start_time: w.start,
+        })),
+        hasMore,
+      );
+    }),
+  );
+}

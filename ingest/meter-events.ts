@@ -1,0 +1,299 @@
+/**
+ * The meter event endpoints: v1 and v2 single events, the v2 session + stream pair, and adjustments. Each accepted
+ * request becomes one log record per partition it touches; the response is sent only once every record is durable
+ * (invariant 1). Identifier dedup happens downstream in the aggregators (invariant 2: claim after write).
+ */
+import crypto from 'node:crypto';
+import type { HttpServer, HttpRequest, HttpResult } from '../shared/http/server';
+import { json } from '../shared/http/server';
+import { apiEndpoint } from '../shared/http/endpoints';
+import type { Services } from '../shared/services';
+import type { Principal } from '../shared/http/auth';
+import { ParamReader, parseJsonBody, type Params } from '../shared/wire/form';
+import { InvalidRequestError, MeterEventError } from '../shared/errors';
+import { validateMeterValue } from '../shared/decimal';
+import { newId } from '../shared/ids';
+import {
+  encodeRecord,
+  partitionFor,
+  RecordKind,
+  MAX_EVENTS_PER_RECORD,
+  type CancelTuple,
+  type EventTuple,
+} from '../shared/event-record';
+import type { MeterInfo } from '../shared/meters';
+
+export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
+export const MAX_FUTURE_MS = 5 * 60 * 1000;
+const OK_EMPTY: HttpResult = { status: 200, body: '{}' };
+
+/**
+ * An identifier for an event sent without one. With an Idempotency-Key it is derived from the key, so the client's
+ * automatic retry of the same request produces the same identifier and the event is still counted once.
+ */
+export function generatedIdentifier(account: string, idempotencyKey: string, index: number): string {
+  if (!idempotencyKey) return crypto.randomUUID();
+  const h = crypto.createHash('sha256').update(`${account}\u0000${idempotencyKey}\u0000${index}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** v2 timestamps: RFC 3339; a string of digits is taken as unix seconds (what stripe-node sends for a JS Date). */
+export function parseV2Timestamp(value: unknown, param: string): number {
+  if (typeof value !== 'string' || value === '') throw new InvalidRequestError(`Invalid timestamp: must be an RFC 3339 date-time string.`, { param });
+  if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
+  const ms = Date.parse(value);
+  if (!Number.isFinite(ms) || !/^\d{4}-\d\d-\d\dT/.test(value)) {
+    throw new InvalidRequestError(`Invalid timestamp: '${value.slice(0, 40)}' is not an RFC 3339 date-time.`, { param });
+  }
+  return ms;
+}
+
+function checkTimestampRange(timestampMs: number, nowMs: number, param: string): void {
+  if (timestampMs < nowMs - MAX_PAST_MS) {
+    throw new MeterEventError('timestamp_too_far_in_past', 'The timestamp must be within the past 35 calendar days.', param);
+  }
+  if (timestampMs > nowMs + MAX_FUTURE_MS) {
+    throw new MeterEventError('timestamp_in_future', 'The timestamp cannot be more than 5 minutes in the future.', param);
+  }
+}
+
+/** Synchronous validation against the meter (v1 and v2 meter_events). */
+function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): MeterInfo {
+  const meter = s.meters.byEventName(p.account, eventName);
+  if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
+  if (!meter.active) throw new MeterEventError('archived_meter', `The meter must be Active to submit events: the meter '${meter.id}' is inactive.`, 'event_name');
+  const customer = payload[meter.customerKey];
+  if (customer === undefined || customer === '') {
+    throw new MeterEventError('payload_no_customer_defined', `The payload must have a reference to the customer: payload[${meter.customerKey}] is missing.`, `payload[${meter.customerKey}]`);
+  }
+  const value = payload[meter.valueKey];
+  if (value === undefined || value === '') {
+    if (meter.formula !== 'count') {
+      throw new MeterEventError('payload_no_value_defined', `The payload must have a value: payload[${meter.valueKey}] is missing.`, `payload[${meter.valueKey}]`);
+    }
+  } else {
+    const v = validateMeterValue(value);
+    if (!v.ok) throw new MeterEventError(v.code === 'meter_event_value_too_many_digits' ? 'payload_invalid_value' : 'payload_invalid_value', v.message, `payload[${meter.valueKey}]`);
+  }
+  return meter;
+}
+
+/** Payload values are strings; JSON numbers are accepted and kept in their decimal text. */
+function readPayload(raw: unknown, param: string): Record<string, string> {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidRequestError(`Invalid object: ${param} must be a map of strings.`, { param });
+  const out: Record<string, string> = {};
+  let n = 0;
+  for (const k in raw as Record<string, unknown>) {
+    const v = (raw as Record<string, unknown>)[k];
+    if (typeof v === 'string') out[k] = v;
+    else if (typeof v === 'number' && Number.isFinite(v)) out[k] = String(v);
+    else throw new InvalidRequestError(`Invalid string: ${param}[${k}] must be a string.`, { param: `${param}[${k}]` });
+    if (out[k].length > 100) throw new InvalidRequestError(`Invalid string: ${param}[${k}] must be at most 100 characters.`, { param: `${param}[${k}]` });
+    if (++n > 50) throw new InvalidRequestError(`Invalid object: ${param} may have at most 50 keys.`, { param });
+  }
+  if (n === 0) throw new InvalidRequestError(`Invalid object: ${param} cannot be empty.`, { param });
+  return out;
+}
+
+function requireString(v: unknown, param: string, maxLength: number, required: boolean): string | undefined {
+  if (v === undefined || v === null) {
+    if (required) throw new InvalidRequestError(`Missing required param: ${param}.`, { code: 'parameter_missing', param });
+    return undefined;
+  }
+  if (typeof v !== 'string') throw new InvalidRequestError(`Invalid string: ${param} must be a string.`, { param });
+  if (v.length > maxLength) throw new InvalidRequestError(`Invalid string: ${param} must be at most ${maxLength} characters.`, { param });
+  if (required && v === '') throw new InvalidRequestError(`Invalid string: ${param} cannot be empty.`, { param });
+  return v;
+}
+
+/** Appends the events of one request: one record per partition, all durable before this resolves. */
+export async function appendEvents(s: Services, p: Principal, receivedMs: number, validated: boolean, events: EventTuple[]): Promise<void> {
+  const partitions = s.producer.partitions;
+  if (partitions === 1) {
+    await s.producer.append(0, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events }));
+    return;
+  }
+  const groups = new Map<number, EventTuple[]>();
+  for (const e of events) {
+    const part = partitionFor(p.account, e[1], partitions);
+    let g = groups.get(part);
+    if (!g) groups.set(part, (g = []));
+    g.push(e);
+  }
+  const writes: Promise<number>[] = [];
+  for (const [part, evs] of groups) {
+    writes.push(s.producer.append(part, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs })));
+  }
+  await Promise.all(writes);
+}
+
+async function appendCancel(s: Services, p: Principal, receivedMs: number, cancel: CancelTuple): Promise<void> {
+  const part = partitionFor(p.account, cancel[1], s.producer.partitions);
+  await s.producer.append(part, encodeRecord({ kind: RecordKind.Adjustments, account: p.account, livemode: p.livemode, receivedMs, cancels: [cancel] }));
+}
+
+async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, params: Params): Promise<HttpResult> {
+  const r = new ParamReader(params);
+  r.assertNoUnknown(['event_name', 'payload', 'identifier', 'timestamp', 'expand']);
+  const eventName = r.string('event_name', { required: true, maxLength: 100 })!;
+  const payload = r.stringMap('payload', { required: true, maxValueLength: 100 })!;
+  const identifier = r.string('identifier', { maxLength: 100 }) || generatedIdentifier(p.account, req.idempotencyKey, 0);
+  const nowMs = s.now();
+  const ts = r.integer('timestamp', { min: 0 });
+  const timestampMs = ts === undefined ? nowMs : ts * 1000;
+  if (!eventName) throw new InvalidRequestError('Invalid string: event_name cannot be empty.', { param: 'event_name' });
+  if (ts !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
+  validateAgainstMeter(s, p, eventName, payload);
+  await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
+  return json(200, {
+    object: 'billing.meter_event',
+    created: Math.floor(nowMs / 1000),
+    event_name: eventName,
+    identifier,
+    livemode: p.livemode,
+    payload,
+    timestamp: Math.floor(timestampMs / 1000),
+  });
+}
+
+async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, params: Params): Promise<HttpResult> {
+  const body = params as Record<string, unknown>;
+  for (const k in body) {
+    if (k !== 'event_name' && k !== 'payload' && k !== 'identifier' && k !== 'timestamp') {
+      throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+    }
+  }
+  const eventName = requireString(body.event_name, 'event_name', 100, true)!;
+  const payload = readPayload(body.payload === undefined ? missing('payload') : body.payload, 'payload');
+  const identifier = requireString(body.identifier, 'identifier', 100, false) || generatedIdentifier(p.account, req.idempotencyKey, 0);
+  const nowMs = s.now();
+  const timestampMs = body.timestamp === undefined ? nowMs : parseV2Timestamp(body.timestamp, 'timestamp');
+  if (body.timestamp !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
+  validateAgainstMeter(s, p, eventName, payload);
+  await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
+  return json(200, {
+    object: 'v2.billing.meter_event',
+    created: new Date(nowMs).toISOString(),
+    event_name: eventName,
+    identifier,
+    livemode: p.livemode,
+    payload,
+    timestamp: new Date(timestampMs).toISOString(),
+  });
+}
+
+function missing(param: string): never {
+  throw new InvalidRequestError(`Missing required param: ${param}.`, { code: 'parameter_missing', param });
+}
+
+/**
+ * The stream: structural checks only (what cannot even be recorded is refused now); meter, customer, value and
+ * timestamp rules are checked asynchronously by the aggregator and reported as v2 core events, as Stripe does.
+ */
+async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
+  const nowMs = s.now();
+  const principal = s.auth.sessionToken(req, nowMs);
+  return s.hotIdempotency.run(principal, req, async () => {
+    const body = parseJsonBody(req.body) as Record<string, unknown>;
+    for (const k in body) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+    const raw = body.events;
+    if (raw === undefined) missing('events');
+    if (!Array.isArray(raw)) throw new InvalidRequestError('Invalid array: events must be an array of events.', { param: 'events' });
+    if (raw.length === 0) throw new InvalidRequestError('Invalid array: events must contain at least one event.', { param: 'events' });
+    if (raw.length > MAX_EVENTS_PER_RECORD) {
+      throw new InvalidRequestError(`Invalid array: events can contain at most ${MAX_EVENTS_PER_RECORD} events, got ${raw.length}.`, { param: 'events' });
+    }
+    const events: EventTuple[] = new Array(raw.length);
+    for (let i = 0; i < raw.length; i++) {
+      const e = raw[i] as Record<string, unknown>;
+      const param = `events[${i}]`;
+      if (e === null || typeof e !== 'object' || Array.isArray(e)) throw new InvalidRequestError(`Invalid object: ${param} must be an object.`, { param });
+      for (const k in e) {
+        if (k !== 'event_name' && k !== 'payload' && k !== 'identifier' && k !== 'timestamp') {
+          throw new InvalidRequestError(`Received unknown parameter: ${param}[${k}]`, { code: 'parameter_unknown', param: `${param}[${k}]` });
+        }
+      }
+      const eventName = requireString(e.event_name, `${param}[event_name]`, 100, true)!;
+      const payload = readPayload(e.payload === undefined ? missing(`${param}[payload]`) : e.payload, `${param}[payload]`);
+      const identifier = requireString(e.identifier, `${param}[identifier]`, 100, false) || generatedIdentifier(principal.account, req.idempotencyKey, i);
+      const timestampMs = e.timestamp === undefined ? nowMs : parseV2Timestamp(e.timestamp, `${param}[timestamp]`);
+      events[i] = [eventName, identifier, timestampMs, payload];
+    }
+    await appendEvents(s, principal, nowMs, false, events);
+    return OK_EMPTY;
+  });
+}
+
+async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', params: Params): Promise<HttpResult> {
+  let eventName: string;
+  let identifier: string | undefined;
+  if (flavor === 'v1') {
+    const r = new ParamReader(params);
+    r.assertNoUnknown(['event_name', 'type', 'cancel', 'expand']);
+    eventName = r.string('event_name', { required: true, maxLength: 100 })!;
+    r.string('type', { required: true, enum: ['cancel'] });
+    const cancel = r.object('cancel');
+    if (cancel) {
+      cancel.assertNoUnknown(['identifier']);
+      identifier = cancel.string('identifier', { maxLength: 100 });
+    }
+  } else {
+    const body = params as Record<string, unknown>;
+    for (const k in body) {
+      if (k !== 'event_name' && k !== 'type' && k !== 'cancel') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+    }
+    eventName = requireString(body.event_name, 'event_name', 100, true)!;
+    const type = requireString(body.type, 'type', 20, true);
+    if (type !== 'cancel') throw new InvalidRequestError(`Invalid type: must be one of cancel.`, { param: 'type' });
+    const cancel = body.cancel;
+    if (cancel === undefined) missing('cancel');
+    if (cancel === null || typeof cancel !== 'object' || Array.isArray(cancel)) throw new InvalidRequestError('Invalid object: cancel must be an object.', { param: 'cancel' });
+    for (const k in cancel as object) if (k !== 'identifier') throw new InvalidRequestError(`Received unknown parameter: cancel[${k}]`, { code: 'parameter_unknown', param: `cancel[${k}]` });
+    identifier = requireString((cancel as Record<string, unknown>).identifier, 'cancel[identifier]', 100, true);
+  }
+  if (!identifier) {
+    throw new MeterEventError('invalid_cancel_configuration', 'The adjustment configuration is invalid for the adjustment type: cancel[identifier] is required.', 'cancel[identifier]');
+  }
+  const meter = s.meters.byEventName(p.account, eventName);
+  if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
+  const nowMs = s.now();
+  await appendCancel(s, p, nowMs, [eventName, identifier]);
+  if (flavor === 'v1') {
+    return json(200, { object: 'billing.meter_event_adjustment', cancel: { identifier }, event_name: eventName, livemode: p.livemode, status: 'pending', type: 'cancel' });
+  }
+  return json(200, {
+    id: newId('mtradj', p.livemode),
+    object: 'v2.billing.meter_event_adjustment',
+    cancel: { identifier },
+    created: new Date(nowMs).toISOString(),
+    event_name: eventName,
+    livemode: p.livemode,
+    status: 'pending',
+    type: 'cancel',
+  });
+}
+
+export function registerMeterEventRoutes(http: HttpServer, s: Services): void {
+  http.route('POST', '/v1/billing/meter_events', apiEndpoint(s, (p, req, params) => createV1MeterEvent(s, p, req, params), s.hotIdempotency));
+  http.route('POST', '/v2/billing/meter_events', apiEndpoint(s, (p, req, params) => createV2MeterEvent(s, p, req, params), s.hotIdempotency));
+  http.route('POST', '/v1/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency));
+  http.route('POST', '/v2/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency));
+  http.route('POST', '/v2/billing/meter_event_stream', (req) => stream(s, req));
+  http.route(
+    'POST',
+    '/v2/billing/meter_event_session',
+    apiEndpoint(s, (p, _req, params) => {
+      for (const k in params) throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+      const nowMs = s.now();
+      const session = s.auth.issueSession(p, newId('mes', p.livemode), nowMs);
+      return json(200, {
+        id: session.id,
+        object: 'v2.billing.meter_event_session',
+        authentication_token: session.token,
+        created: new Date(session.createdMs).toISOString(),
+        expires_at: new Date(session.expiresMs).toISOString(),
+        livemode: p.livemode,
+      });
+    }),
+  );
+}

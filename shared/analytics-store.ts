@@ -1,0 +1,33 @@
+/**
+ * The analytics store: ClickHouse, embedded (chdb, in-process) or a server (@clickhouse/client). Raw events, per-minute
+ * rollups and cancellations live here; summaries are read from here. The SQL is written for both the current engine
+ * and ClickHouse 18.16, so it uses no query parameters (18.16 has none): values are escaped with `sqlString`.
+ */
+export interface AnalyticsStore {
+  /** Creates the database objects and applies pending migrations. */
+  init(): Promise<void>;
+  /** One INSERT of tab-separated rows (invariant 6: one insert per table per flush). */
+  insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void>;
+  /** Runs a SELECT and returns its rows (JSONEachRow). */
+  query<T = Record<string, unknown>>(sql: string): Promise<T[]>;
+  /** Runs a statement without a result (DDL). */
+  exec(sql: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A ClickHouse string literal. */
+export function sqlString(s: string): string {
+  return "'" + s.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
+}
+
+/** Escapes a value for a TabSeparated field. */
+export function tsvField(s: string): string {
+  // Fast path: most fields (ids, customer ids, numbers) need no escaping.
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 9 || c === 10 || c === 13 || c === 92 || c === 0) {
+      return s.replace(/[\\\t\n\r\0]/g, (m) => (m === '\\' ? '\\\\' : m === '\t' ? '\\t' : m === '\n' ? '\\n' : m === '\r' ? '\\r' : '\\0'));
+    }
+  }
+  return s;
+}

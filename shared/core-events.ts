@@ -1,0 +1,57 @@
+/**
+ * v2 thin events (`v2.core.event`): meter lifecycle changes and the asynchronous validation reports of streamed
+ * events. Kept in the state store for 30 days, readable through GET /v2/core/events.
+ */
+import type { StateStore } from './state-store';
+import { newId } from './ids';
+
+export const CORE_EVENT_TYPE = 'v2.core.event';
+export const CORE_EVENT_RETENTION_MS = 30 * 24 * 3600 * 1000;
+
+export interface CoreEventObject {
+  id: string;
+  object: 'v2.core.event';
+  type: string;
+  created: string;
+  livemode: boolean;
+  context: null;
+  reason: null;
+  related_object?: { id: string; type: string; url: string } | null;
+  data?: Record<string, unknown>;
+}
+
+export function meterRelatedObject(meterId: string): { id: string; type: string; url: string } {
+  return { id: meterId, type: 'billing.meter', url: `/v1/billing/meters/${meterId}` };
+}
+
+export function buildCoreEvent(
+  livemode: boolean,
+  type: string,
+  nowMs: number,
+  relatedObject: CoreEventObject['related_object'],
+  data?: Record<string, unknown>,
+): CoreEventObject {
+  const ev: CoreEventObject = {
+    id: newId('evt', livemode),
+    object: 'v2.core.event',
+    type,
+    created: new Date(nowMs).toISOString(),
+    livemode,
+    context: null,
+    reason: null,
+  };
+  if (relatedObject !== undefined) ev.related_object = relatedObject;
+  if (data) ev.data = data;
+  return ev;
+}
+
+export async function recordCoreEvent(store: StateStore, account: string, ev: CoreEventObject, nowMs: number): Promise<void> {
+  await store.insertObject({
+    account,
+    type: CORE_EVENT_TYPE,
+    id: ev.id,
+    createdMs: nowMs,
+    expiresMs: nowMs + CORE_EVENT_RETENTION_MS,
+    data: ev,
+  });
+}

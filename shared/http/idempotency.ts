@@ -1,0 +1,112 @@
+/**
+ * Stripe's Idempotency-Key semantics for POSTs: the first response for a key is saved and replayed for retries with the
+ * same parameters; the same key with other parameters (or on another endpoint) is an idempotency_error; a key in use by
+ * a request still executing is a 409 that the client retries. Results of requests that failed validation (4xx other
+ * than 404) and 503s are not saved, so they can be retried, as Stripe does.
+ *
+ * Two record stores share this logic: the transactional store (durable, 24 h, for the control-plane endpoints) and a
+ * bounded in-memory map for the high-rate meter event endpoints, whose retries are made safe by event identifiers.
+ */
+import crypto from 'node:crypto';
+import { ConflictError, IdempotencyError, InvalidRequestError } from '../errors';
+import type { IdempotencyRecord, StateStore } from '../state-store';
+import type { HttpRequest, HttpResult } from './server';
+import type { Principal } from './auth';
+
+export const IDEMPOTENCY_RETENTION_MS = 24 * 3600 * 1000;
+
+export interface IdempotencyRecords {
+  get(account: string, key: string): Promise<IdempotencyRecord | null> | IdempotencyRecord | null;
+  put(rec: IdempotencyRecord): Promise<unknown> | unknown;
+}
+
+export class StoreIdempotencyRecords implements IdempotencyRecords {
+  constructor(private readonly store: StateStore) {}
+  get(account: string, key: string): Promise<IdempotencyRecord | null> {
+    return this.store.getIdempotency(account, key);
+  }
+  put(rec: IdempotencyRecord): Promise<IdempotencyRecord> {
+    return this.store.putIdempotency(rec);
+  }
+}
+
+/** Insertion-ordered map used as a FIFO cache: bounded memory whatever the request rate. */
+export class MemoryIdempotencyRecords implements IdempotencyRecords {
+  private readonly records = new Map<string, IdempotencyRecord>();
+  constructor(private readonly capacity = 100_000) {}
+  get(account: string, key: string): IdempotencyRecord | null {
+    const r = this.records.get(account + '\u0000' + key);
+    if (!r) return null;
+    if (r.createdMs < Date.now() - IDEMPOTENCY_RETENTION_MS) return null;
+    return r;
+  }
+  put(rec: IdempotencyRecord): void {
+    const k = rec.account + '\u0000' + rec.key;
+    if (this.records.has(k)) return;
+    if (this.records.size >= this.capacity) {
+      const oldest = this.records.keys().next().value;
+      if (oldest !== undefined) this.records.delete(oldest);
+    }
+    this.records.set(k, rec);
+  }
+}
+
+function shouldSave(status: number): boolean {
+  return status < 400 || status === 404 || (status >= 500 && status !== 503);
+}
+
+export class Idempotency {
+  private readonly executing = new Set<string>();
+
+  constructor(private readonly records: IdempotencyRecords) {}
+
+  async run(principal: Principal, req: HttpRequest, execute: () => Promise<HttpResult>): Promise<HttpResult> {
+    const key = req.idempotencyKey;
+    if (!key || req.method !== 'POST') return execute();
+    if (key.length > 255) {
+      throw new InvalidRequestError('Idempotency-Key must be at most 255 characters long.', { param: 'Idempotency-Key' });
+    }
+    const requestLine = `${req.method} ${req.path}`;
+    const requestHash = crypto.createHash('sha256').update(req.body).digest('base64url');
+    const prior = await this.records.get(principal.account, key);
+    if (prior) return replay(prior, requestLine, requestHash, key);
+    const lock = principal.account + '\u0000' + key;
+    if (this.executing.has(lock)) {
+      throw new ConflictError(
+        'There is currently another in-progress request using this Stripe token (probably the same idempotency key). Try again later.',
+        'idempotency_key_in_use',
+      );
+    }
+    this.executing.add(lock);
+    try {
+      const result = await execute();
+      if (shouldSave(result.status)) {
+        const stored = await this.records.put({
+          account: principal.account,
+          key,
+          requestLine,
+          requestHash,
+          status: result.status,
+          responseBody: result.body,
+          createdMs: Date.now(),
+        });
+        // Another process may have stored a result for this key first: answer what was stored.
+        if (stored && typeof stored === 'object' && (stored as IdempotencyRecord).responseBody !== result.body) {
+          return replay(stored as IdempotencyRecord, requestLine, requestHash, key);
+        }
+      }
+      return result;
+    } finally {
+      this.executing.delete(lock);
+    }
+  }
+}
+
+function replay(prior: IdempotencyRecord, requestLine: string, requestHash: string, key: string): HttpResult {
+  if (prior.requestLine !== requestLine || prior.requestHash !== requestHash) {
+    throw new IdempotencyError(
+      `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${key}' if you meant to execute a different request.`,
+    );
+  }
+  return { status: prior.status, body: prior.responseBody, headers: { 'Idempotent-Replayed': 'true' } };
+}
