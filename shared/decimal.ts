@@ -1,0 +1,201 @@
+/**
+ * Exact decimal meter values (invariant 7: values are decimals, summed without binary floating-point drift).
+ *
+ * A value is carried as a bigint scaled by 10^VALUE_SCALE ("scaled value"), the same fixed point as the ClickHouse
+ * `Decimal(38, 15)` column, so sums are plain bigint additions: "0.1" ten times sums to exactly 1.
+ *
+ * Accepted syntax (payload values are strings): an optional leading '-', one or more ASCII digits, and optionally a '.'
+ * followed by one or more digits. So "25", "-3", "0.5", "007" and "-0" are accepted; "+5", ".5", "5.", "1e3", " 5",
+ * "5 ", "", "-", "0x10", "1_000" and "Infinity" are rejected. Leading zeros are allowed and are not significant.
+ *
+ * Digit limits (Stripe dahlia 2026-04-22: "at most 15 significant digits"):
+ *  - significant digits = every digit of the string except leading zeros (the zeros before the first non-zero digit,
+ *    including those right after the decimal point in "0.0001"). Trailing zeros count, in the integer part ("1000" has
+ *    4) and after the decimal point ("1.50" has 3) since the client wrote them. At most 15.
+ *  - fractional digits: at most 15 (VALUE_SCALE), otherwise the value is not representable exactly.
+ *
+ * Hot path: parseMeterValue/validateMeterValue scan with a charCode loop and build the scaled bigint from an exact
+ * Number (<= 15 significant digits is < 2^53) times a precomputed power of ten; integers below 1024 come from a table.
+ */
+
+/** Fractional digits kept, = the scale of the ClickHouse Decimal(38, 15) column. */
+export const VALUE_SCALE = 15;
+/** 10^VALUE_SCALE: the scaled representation of 1. */
+export const SCALE = 10n ** BigInt(VALUE_SCALE);
+/** Stripe's limit on significant digits in a meter event value. */
+export const MAX_SIGNIFICANT_DIGITS = 15;
+
+/** POW10[k] = 10^k as a bigint, k = 0..VALUE_SCALE. */
+const POW10: bigint[] = [];
+for (let k = 0; k <= VALUE_SCALE; k++) POW10.push(10n ** BigInt(k));
+
+const SMALL_INTS = 1024;
+/** SMALL[i] = i * SCALE: the common small integer values ("1", "25") without a multiplication. */
+const SMALL: bigint[] = [];
+for (let i = 0; i < SMALL_INTS; i++) SMALL.push(BigInt(i) * SCALE);
+
+// Results of the last scan() besides its return value, kept in module variables so the hot path allocates nothing.
+let scanNeg = false;
+/** Number of significant digits (digits after the leading zeros). */
+let scanSig = 0;
+/** Number of digits after the decimal point. */
+let scanFrac = 0;
+/** Index of the '.' in the string, or -1. */
+let scanDot = -1;
+
+/**
+ * Scans `s` and returns the integer formed by all its digits without the sign and the point (exact only when
+ * scanSig <= 15), or -1 when `s` is not a valid decimal. Sets scanNeg, scanSig, scanFrac and scanDot.
+ */
+function scan(s: string): number {
+  const n = s.length;
+  if (n === 0) return -1;
+  let i = 0;
+  let neg = false;
+  if (s.charCodeAt(0) === 45 /* - */) {
+    neg = true;
+    i = 1;
+  }
+  const intStart = i;
+  let m = 0;
+  let sig = 0;
+  for (; i < n; i++) {
+    const d = s.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) break;
+    if (sig !== 0 || d !== 0) {
+      sig++;
+      m = m * 10 + d;
+    }
+  }
+  if (i === intStart) return -1;
+  let frac = 0;
+  let dot = -1;
+  if (i < n) {
+    if (s.charCodeAt(i) !== 46 /* . */) return -1;
+    dot = i;
+    const fracStart = ++i;
+    for (; i < n; i++) {
+      const d = s.charCodeAt(i) - 48;
+      if (d < 0 || d > 9) return -1;
+      if (sig !== 0 || d !== 0) {
+        sig++;
+        m = m * 10 + d;
+      }
+    }
+    frac = i - fracStart;
+    if (frac === 0) return -1;
+  }
+  scanNeg = neg;
+  scanSig = sig;
+  scanFrac = frac;
+  scanDot = dot;
+  return m;
+}
+
+/** Scaled value of a string that scan() accepted with scanFrac <= VALUE_SCALE; `m` is scan()'s result. */
+function scaledFromScan(s: string, m: number): bigint {
+  let v: bigint;
+  if (scanSig <= MAX_SIGNIFICANT_DIGITS) {
+    // m < 10^15 < 2^53: exact.
+    if (scanFrac === 0 && m < SMALL_INTS) v = SMALL[m];
+    else v = BigInt(m) * POW10[VALUE_SCALE - scanFrac];
+  } else {
+    // More digits than a double holds exactly: go through the digit string.
+    const start = scanNeg ? 1 : 0;
+    const digits = scanDot < 0 ? s.slice(start) : s.slice(start, scanDot) + s.slice(scanDot + 1);
+    v = BigInt(digits) * POW10[VALUE_SCALE - scanFrac];
+  }
+  return scanNeg ? -v : v;
+}
+
+/**
+ * The value scaled by 10^VALUE_SCALE, or null when `s` is not a valid decimal (see the syntax above) or has more than
+ * VALUE_SCALE fractional digits (not representable exactly). Does not apply the 15-significant-digit rule: use
+ * validateMeterValue for request validation.
+ */
+export function parseMeterValue(s: string): bigint | null {
+  const m = scan(s);
+  if (m < 0 || scanFrac > VALUE_SCALE) return null;
+  return scaledFromScan(s, m);
+}
+
+/** Number of significant digits of `s` (see above), or -1 when `s` is not a valid decimal. "0" has 0. */
+export function significantDigits(s: string): number {
+  return scan(s) < 0 ? -1 : scanSig;
+}
+
+/** Number of digits after the decimal point, or -1 when `s` is not a valid decimal. */
+export function fractionDigits(s: string): number {
+  return scan(s) < 0 ? -1 : scanFrac;
+}
+
+export type MeterValueErrorCode = 'meter_event_invalid_value' | 'meter_event_value_too_many_digits';
+
+export type MeterValueValidation =
+  | { ok: true; scaled: bigint }
+  | { ok: false; code: MeterValueErrorCode; message: string };
+
+/**
+ * Full check of a meter event value: syntax, at most 15 significant digits, at most 15 fractional digits.
+ * Error codes are Stripe's async error-report codes; the v2 synchronous handlers may map `meter_event_invalid_value`
+ * to `payload_invalid_value`.
+ */
+export function validateMeterValue(s: string): MeterValueValidation {
+  const m = scan(s);
+  if (m < 0) {
+    return {
+      ok: false,
+      code: 'meter_event_invalid_value',
+      message: `The value in the event payload must be a decimal number such as 25, -3 or 0.5. Received ${s}.`,
+    };
+  }
+  if (scanSig > MAX_SIGNIFICANT_DIGITS) {
+    return {
+      ok: false,
+      code: 'meter_event_value_too_many_digits',
+      message: `The value in the event payload can have at most ${MAX_SIGNIFICANT_DIGITS} digits. Received ${s}.`,
+    };
+  }
+  if (scanFrac > VALUE_SCALE) {
+    return {
+      ok: false,
+      code: 'meter_event_value_too_many_digits',
+      message: `The value in the event payload can have at most ${VALUE_SCALE} digits after the decimal point. Received ${s}.`,
+    };
+  }
+  return { ok: true, scaled: scaledFromScan(s, m) };
+}
+
+/** Canonical decimal string of a scaled value, without trailing zeros: "1", "0.1", "-2.5", "0". */
+export function formatScaled(v: bigint): string {
+  const neg = v < 0n;
+  const abs = neg ? -v : v;
+  const q = abs / SCALE;
+  const r = abs % SCALE;
+  let out: string;
+  if (r === 0n) {
+    out = q.toString();
+  } else {
+    let frac = r.toString();
+    if (frac.length < VALUE_SCALE) frac = '0'.repeat(VALUE_SCALE - frac.length) + frac;
+    let end = frac.length;
+    while (frac.charCodeAt(end - 1) === 48) end--;
+    out = q.toString() + '.' + frac.slice(0, end);
+  }
+  return neg ? '-' + out : out;
+}
+
+/** The literal for a ClickHouse Decimal(38, 15) column or parameter: ClickHouse parses "0.1" exactly. */
+export const formatScaledForClickHouse = formatScaled;
+
+/**
+ * A scaled value as a JS number for JSON responses (`aggregated_value` is a JSON number in Stripe). Goes through the
+ * decimal string, so 1 -> 1 and 0.3 -> 0.3 (the double nearest to 0.3, as JS parses "0.3"), not 0.30000000000000004.
+ */
+export function scaledToNumber(v: bigint): number {
+  if (v % SCALE === 0n) {
+    const q = v / SCALE;
+    if (q >= -9007199254740991n && q <= 9007199254740991n) return Number(q);
+  }
+  return Number(formatScaled(v));
+}
