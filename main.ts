@@ -77,7 +77,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     state,
     analytics,
     meters,
-    auth: new Authenticator(keys, await sessionSecret(state)),
+    auth: new Authenticator(keys, await sessionSecret(state), config.sessionTtlMs),
     idempotency: new Idempotency(new StoreIdempotencyRecords(state)),
     hotIdempotency: new Idempotency(new MemoryIdempotencyRecords()),
     producer: eventLog.producer(),

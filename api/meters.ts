@@ -38,8 +38,6 @@ async function createMeter(s: Services, p: Principal, params: Params) {
   const formula = aggregation.string('formula', { required: true, enum: FORMULAS }) as Formula;
   const displayName = r.string('display_name', { required: true, maxLength: 250 })!;
   const eventName = r.string('event_name', { required: true, maxLength: 100 })!;
-  if (!displayName) throw new InvalidRequestError('display_name cannot be empty.', { param: 'display_name' });
-  if (!eventName) throw new InvalidRequestError('event_name cannot be empty.', { param: 'event_name' });
   let customerKey = 'stripe_customer_id';
   const mapping = r.object('customer_mapping');
   if (mapping) {
@@ -53,9 +51,7 @@ async function createMeter(s: Services, p: Principal, params: Params) {
     valueSettings.assertNoUnknown(['event_payload_key']);
     valueKey = valueSettings.string('event_payload_key', { required: true, maxLength: 100 })!;
   }
-  const window = (r.string('event_time_window', { enum: ['day', 'hour'] }) || null) as TimeWindow | null;
-  if (!customerKey) throw new InvalidRequestError('customer_mapping[event_payload_key] cannot be empty.', { param: 'customer_mapping[event_payload_key]' });
-  if (!valueKey) throw new InvalidRequestError('value_settings[event_payload_key] cannot be empty.', { param: 'value_settings[event_payload_key]' });
+  const window = (r.string('event_time_window', { enum: ['day', 'hour'], allowEmpty: true }) || null) as TimeWindow | null;
 
   const nowMs = s.now();
   const now = Math.floor(nowMs / 1000);
@@ -139,7 +135,6 @@ export function registerMeterRoutes(http: HttpServer, s: Services): void {
       const r = new ParamReader(params);
       r.assertNoUnknown(['display_name', 'expand']);
       const displayName = r.string('display_name', { maxLength: 250 });
-      if (displayName === '') throw new InvalidRequestError('display_name cannot be empty.', { param: 'display_name' });
       const meter = await changeMeter(s, p, req.params[0], 'v1.billing.meter.updated', (m) => {
         if (displayName !== undefined) m.display_name = displayName;
       });

@@ -73,7 +73,7 @@ function validateAgainstMeter(s: Services, p: Principal, eventName: string, payl
     }
   } else {
     const v = validateMeterValue(value);
-    if (!v.ok) throw new MeterEventError(v.code === 'meter_event_value_too_many_digits' ? 'payload_invalid_value' : 'payload_invalid_value', v.message, `payload[${meter.valueKey}]`);
+    if (!v.ok) throw new MeterEventError('payload_invalid_value', v.message, `payload[${meter.valueKey}]`);
   }
   return meter;
 }
@@ -141,7 +141,6 @@ async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   const nowMs = s.now();
   const ts = r.integer('timestamp', { min: 0 });
   const timestampMs = ts === undefined ? nowMs : ts * 1000;
-  if (!eventName) throw new InvalidRequestError('Invalid string: event_name cannot be empty.', { param: 'event_name' });
   if (ts !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
   validateAgainstMeter(s, p, eventName, payload);
   await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);

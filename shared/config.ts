@@ -27,6 +27,8 @@ export interface Config {
   dedupWindowMs: number;
   /** Seconds between dedup index snapshots (bounds replay after a crash). */
   snapshotIntervalMs: number;
+  /** Lifetime of meter event session tokens (Stripe: 15 minutes). */
+  sessionTtlMs: number;
   kafkaBrokers: string[];
   clickhouseUrl: string | null;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -69,6 +71,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     aggregatorThreads: Math.max(1, int(env, 'AGGREGATOR_THREADS', 1)),
     dedupWindowMs: int(env, 'DEDUP_WINDOW_HOURS', 24) * 3600_000,
     snapshotIntervalMs: int(env, 'SNAPSHOT_INTERVAL_S', 60) * 1000,
+    sessionTtlMs: Math.max(1, int(env, 'SESSION_TTL_SECONDS', 900)) * 1000,
     kafkaBrokers: list(env, 'KAFKA_BROKERS'),
     clickhouseUrl: env.CLICKHOUSE_URL || null,
     logLevel: ['debug', 'info', 'warn', 'error'].includes(level) ? level : 'info',

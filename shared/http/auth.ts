@@ -13,7 +13,6 @@ export interface Principal {
   livemode: boolean;
 }
 
-export const SESSION_TTL_MS = 15 * 60 * 1000;
 const TOKEN_PREFIX = 'mets_';
 
 export function accountForKey(secret: string): string {
@@ -61,6 +60,7 @@ export class Authenticator {
   constructor(
     keys: ApiKeyRecord[],
     private readonly hmacSecret: Buffer,
+    private readonly sessionTtlMs: number,
   ) {
     for (const k of keys) this.addKey(k);
   }
@@ -102,7 +102,7 @@ export class Authenticator {
   }
 
   issueSession(p: Principal, sessionId: string, nowMs: number): IssuedSession {
-    const expiresMs = nowMs + SESSION_TTL_MS;
+    const expiresMs = nowMs + this.sessionTtlMs;
     const payload = Buffer.from(`${sessionId}|${p.account}|${p.livemode ? 1 : 0}|${expiresMs}`).toString('base64url');
     const token = `${TOKEN_PREFIX}${payload}.${this.sign(payload)}`;
     return { id: sessionId, token, createdMs: nowMs, expiresMs };
