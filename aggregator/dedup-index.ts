@@ -159,6 +159,7 @@ export class DedupIndex {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw err;
     }
+    if (buf.length < 4 || buf.length < 4 + buf.readUInt32LE(0)) throw new Error(`dedup snapshot ${file} is truncated`);
     const hlen = buf.readUInt32LE(0);
     const header = JSON.parse(buf.subarray(4, 4 + hlen).toString('utf8')) as {
       version: number;

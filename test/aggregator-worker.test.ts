@@ -1,0 +1,126 @@
+import t from 'tap';
+import { processChunk, fingerprint, VALID, EMIT, type ChunkTask } from '../aggregator/worker';
+import { encodeRecord, decodeRecord, eventSeq, partitionFor, RecordKind, type MeterRecord } from '../shared/event-record';
+import type { MeterInfo } from '../shared/meters';
+
+const NOW = Date.UTC(2026, 10, 27, 12, 0, 30);
+const meters: MeterInfo[] = [
+  { account: 'acct_a', id: 'mtr_sum', eventName: 'tokens', active: true, customerKey: 'stripe_customer_id', valueKey: 'value', formula: 'sum', window: null },
+  { account: 'acct_a', id: 'mtr_last', eventName: 'gauge', active: true, customerKey: 'cust', valueKey: 'v', formula: 'last', window: null },
+  { account: 'acct_a', id: 'mtr_off', eventName: 'old', active: false, customerKey: 'stripe_customer_id', valueKey: 'value', formula: 'sum', window: null },
+];
+
+function task(records: MeterRecord[], opts: Partial<ChunkTask> = {}): ChunkTask {
+  const bufs = records.map(encodeRecord);
+  const ends = new Uint32Array(bufs.length);
+  let n = 0;
+  bufs.forEach((b, i) => (ends[i] = n += b.length));
+  return { partition: 0, firstOffset: 10, data: Buffer.concat(bufs), ends, meters, emitFromOffset: 0, ...opts };
+}
+
+function events(evs: Array<[string, string, number, Record<string, string>]>, validated = false): MeterRecord {
+  return { kind: RecordKind.Events, account: 'acct_a', livemode: false, receivedMs: NOW, validated, events: evs };
+}
+
+t.test('records round-trip through msgpackr', async (t) => {
+  const r = events([['tokens', 'id1', NOW, { stripe_customer_id: 'cus_1', value: '2.5' }]], true);
+  t.same(decodeRecord(encodeRecord(r)), r);
+  const c: MeterRecord = { kind: RecordKind.Adjustments, account: 'acct_a', livemode: true, receivedMs: NOW, cancels: [['tokens', 'id1']] };
+  t.same(decodeRecord(encodeRecord(c)), c);
+  t.throws(() => decodeRecord(Buffer.from([0x93, 0x09, 0x01, 0x02])), /version/);
+});
+
+t.test('seq numbers are unique and partitioning is stable', async (t) => {
+  const seen = new Set<number>();
+  for (let p = 0; p < 4; p++) for (let o = 0; o < 50; o++) for (let i = 0; i < 100; i++) seen.add(eventSeq(p, o, i));
+  t.equal(seen.size, 4 * 50 * 100);
+  t.equal(partitionFor('acct', 'id-42', 8), partitionFor('acct', 'id-42', 8));
+  const counts = new Array(8).fill(0);
+  for (let i = 0; i < 8000; i++) counts[partitionFor('acct', `id-${i}`, 8)]++;
+  t.ok(Math.min(...counts) > 800, `spread over partitions: ${counts}`);
+});
+
+t.test('valid events get rows, fingerprints and per-minute partial sums', async (t) => {
+  const r = processChunk(
+    task([
+      events([
+        ['tokens', 'a', NOW, { stripe_customer_id: 'cus_1', value: '0.1' }],
+        ['tokens', 'b', NOW + 1000, { stripe_customer_id: 'cus_1', value: '0.2' }],
+        ['tokens', 'c', NOW - 60_000, { stripe_customer_id: 'cus_1', value: '5' }],
+        ['gauge', 'd', NOW, { cust: 'cus_2', v: '9' }],
+      ]),
+    ]),
+  );
+  t.equal(r.n, 4);
+  t.equal(r.nextOffset, 11);
+  t.same([...r.flags], [VALID | EMIT, VALID | EMIT, VALID | EMIT, VALID | EMIT]);
+  t.same([r.hi[0], r.lo[0]], fingerprint('acct_a', 'a'));
+  t.equal(r.seq[1], eventSeq(0, 10, 1));
+  const lines = Buffer.from(r.tsv).toString().trim().split('\n');
+  t.equal(lines.length, 4);
+  t.match(lines[0], /^acct_a\t0\tmtr_sum\ttokens\tcus_1\ta\t\d+\t0\.1\t\{"stripe_customer_id":"cus_1","value":"0\.1"\}\t\d+\t0\t\d+$/);
+  t.equal(Buffer.from(r.tsv.subarray(r.lineStart[3], r.lineStart[4])).toString(), lines[3] + '\n');
+  t.equal(r.slots.length, 2, 'two minutes for the sum meter; the last meter is not rolled up');
+  const thisMinute = r.slots.find((s) => s.minute === Math.floor(NOW / 60000) * 60)!;
+  t.equal(thisMinute.sum, String(3n * 10n ** 14n), '0.1 + 0.2 is exactly 0.3');
+  t.equal(thisMinute.count, 2);
+  t.equal(r.slot[3], -1);
+});
+
+t.test('stream events are validated asynchronously and reported', async (t) => {
+  const r = processChunk(
+    task([
+      events([
+        ['nope', 'e1', NOW, { stripe_customer_id: 'cus_1', value: '1' }],
+        ['tokens', 'e2', NOW, { value: '1' }],
+        ['tokens', 'e3', NOW, { stripe_customer_id: 'cus_1', value: 'abc' }],
+        ['tokens', 'e4', NOW - 36 * 24 * 3600_000, { stripe_customer_id: 'cus_1', value: '1' }],
+        ['tokens', 'e5', NOW + 6 * 60_000, { stripe_customer_id: 'cus_1', value: '1' }],
+        ['old', 'e6', NOW, { stripe_customer_id: 'cus_1', value: '1' }],
+        ['tokens', 'e7', NOW, { stripe_customer_id: 'cus_1', value: '1234567890123456' }],
+      ]),
+    ]),
+  );
+  t.same(
+    r.errors.map((e) => [e.identifier, e.code]),
+    [
+      ['e1', 'no_meter'],
+      ['e2', 'meter_event_no_customer_defined'],
+      ['e3', 'meter_event_invalid_value'],
+      ['e4', 'timestamp_too_far_in_past'],
+      ['e5', 'timestamp_in_future'],
+      ['e6', 'archived_meter'],
+      ['e7', 'meter_event_value_too_many_digits'],
+    ],
+  );
+  t.same([...r.flags], [0, 0, 0, 0, 0, 0, 0]);
+  t.equal(r.tsv.length, 0);
+  t.equal(r.errors[0].meterId, null);
+  t.equal(r.errors[1].meterId, 'mtr_sum');
+});
+
+t.test('events validated by the gateway count even if the meter was deactivated since', async (t) => {
+  const r = processChunk(task([events([['old', 'x', NOW, { stripe_customer_id: 'cus_1', value: '1' }]], true)]));
+  t.equal(r.flags[0], VALID | EMIT);
+  t.equal(r.errors.length, 0);
+});
+
+t.test('replayed records only yield fingerprints; adjustments keep their log position', async (t) => {
+  const r = processChunk(
+    task(
+      [
+        events([['tokens', 'r1', NOW, { stripe_customer_id: 'cus_1', value: '1' }]]),
+        { kind: RecordKind.Adjustments, account: 'acct_a', livemode: false, receivedMs: NOW, cancels: [['tokens', 'r1']] },
+        events([['tokens', 'r2', NOW, { stripe_customer_id: 'cus_1', value: '2' }]]),
+      ],
+      { emitFromOffset: 11 },
+    ),
+  );
+  t.same([...r.flags], [VALID, VALID | EMIT]);
+  t.equal(r.cancels.length, 1);
+  t.equal(r.cancels[0].position, 1, 'the cancel comes after event 0 and before event 1');
+  t.equal(r.cancels[0].emit, true);
+  t.equal(Buffer.from(r.tsv).toString().split('\n').filter(Boolean).length, 1);
+  t.equal(r.slots.length, 1);
+  t.equal(r.slots[0].sum, String(2n * 10n ** 15n));
+});
