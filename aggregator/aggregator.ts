@@ -115,7 +115,12 @@ export class Aggregator {
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
     for (const p of this.consumer.assignment()) {
-      const snap = await DedupIndex.load(this.snapshotFile(p), this.o.dedupWindowMs);
+      let snap: Awaited<ReturnType<typeof DedupIndex.load>> = null;
+      try {
+        snap = await DedupIndex.load(this.snapshotFile(p), this.o.dedupWindowMs);
+      } catch (err) {
+        log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
+      }
       const storedOffset = stored.get(p) ?? 0;
       const snapshotOffset = snap?.offset ?? 0;
       if (!snap && (await this.consumer.committed(p)) > 0) {
