@@ -8,8 +8,10 @@
  *    atomic, so "counted in the rollups" and "watermark advanced" are one event.
  *  - Raw events and cancellations may be written twice by a crash between inserts; every read of them collapses
  *    duplicates by seq (see api/summaries.ts), so that is harmless.
- *  - The dedup index is snapshotted with the offset it covers; the log is committed (and reclaimed) only below
- *    min(watermark, snapshot). On start, the index is loaded, the watermark read back from the store, and the log
+ *  - The dedup index is snapshotted with the offset it covers (a copy taken when a flush's buffer is sealed, written
+ *    once that flush has landed, so a snapshot never covers events the store does not have); the log is committed
+ *    (and reclaimed) only below min(watermark, snapshot).
+ *  - One flush is in flight while the next batch is decoded and deduplicated; flushes land strictly in order. On start, the index is loaded, the watermark read back from the store, and the log
  *    replayed from the snapshot: records below the watermark only rebuild the index, later ones are processed anew.
  */
 import path from 'node:path';
@@ -80,7 +82,8 @@ class FlushBuffer {
   }
 }
 
-const POLL_RECORDS = 4000;
+/** Bounded so one iteration never holds the event loop (shared with the gateway in embedded mode) for long. */
+const POLL_RECORDS = 1000;
 const CHUNK_RECORDS = 100;
 
 export class Aggregator {
@@ -91,6 +94,10 @@ export class Aggregator {
   private meterList: MeterInfo[] = [];
   private stopping = false;
   private loop: Promise<void> | null = null;
+  /** The flush in flight, if any. */
+  private inflight: Promise<void> | null = null;
+  /** A flush gave up (only while stopping): nothing after it may be written, or its events would be skipped. */
+  private abandoned = false;
   /** Counters for health and benchmarks. */
   readonly stats = { events: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
 
@@ -152,7 +159,7 @@ export class Aggregator {
         const records = await this.consumer.poll(POLL_RECORDS, wait);
         if (records.length > 0) await this.process(records);
         if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
-          await this.flush();
+          await this.startFlush();
         }
       } catch (err) {
         if (this.stopping) break;
@@ -326,9 +333,33 @@ export class Aggregator {
     );
   }
 
-  private async flush(): Promise<void> {
+  /** Seals the buffer and starts writing it once the previous flush has landed. */
+  private async startFlush(): Promise<void> {
+    if (this.inflight) await this.inflight;
     const b = this.buffer;
     this.buffer = new FlushBuffer();
+    const nowMs = Date.now();
+    // The dedup index now covers exactly the records of the sealed buffer: copy it if a snapshot is due.
+    const snapshots = new Map<number, { index: DedupIndex; offset: number }>();
+    for (const p of b.reached.keys()) {
+      const st = this.partitions.get(p)!;
+      if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs) {
+        snapshots.set(p, { index: st.index.clone(), offset: st.nextOffset });
+        st.lastSnapshotMs = nowMs;
+      }
+    }
+    // flush() only rejects while stopping (an insert is retried until it lands otherwise); stop() reports that.
+    this.inflight = this.flush(b, snapshots)
+      .catch((err) => {
+        this.abandoned = true;
+        log.warn('flush abandoned while stopping; the log still holds its events', { err: String(err) });
+      })
+      .finally(() => {
+        this.inflight = null;
+      });
+  }
+
+  private async flush(b: FlushBuffer, snapshots: Map<number, { index: DedupIndex; offset: number }>): Promise<void> {
     const started = Date.now();
     const raw = Buffer.concat(b.rawParts, b.rawBytes);
     const rollupLines: string[] = [];
@@ -345,9 +376,11 @@ export class Aggregator {
     if (b.cancelLines.length) {
       await this.retrying('cancellations', () => this.o.analytics.insertTsv('meter_cancellations', CANCEL_COLUMNS, Buffer.from(b.cancelLines.join(''))));
     }
+    let failedBefore = false;
     await this.retrying('rollups', async () => {
-      // After an ambiguous failure the insert may have landed: the watermark says whether it did.
-      if (this.stats.insertRetries > 0 && (await this.rollupsLanded(b.reached))) return;
+      // After a failure the insert may have landed all the same (a timeout): the watermark says whether it did.
+      if (failedBefore && (await this.rollupsLanded(b.reached))) return;
+      failedBefore = true;
       await this.o.analytics.insertTsv('meter_rollups_1m', ROLLUP_COLUMNS, Buffer.from(rollupLines.join('')));
     });
 
@@ -355,8 +388,17 @@ export class Aggregator {
     for (const [p, offset] of b.reached) {
       const st = this.partitions.get(p)!;
       st.storedOffset = offset;
-      if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs && st.nextOffset === offset) await this.snapshot(p, st);
-      await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
+      // The events are stored; what follows only bounds replay and reclaims the log, so a failure is not fatal.
+      try {
+        const snap = snapshots.get(p);
+        if (snap) {
+          await snap.index.save(this.snapshotFile(p), snap.offset);
+          st.snapshotOffset = snap.offset;
+        }
+        await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
+      } catch (err) {
+        log.warn('could not snapshot or commit the log offset; will retry on the next flush', { partition: p, err: String(err) });
+      }
     }
     if (!b.errors.empty) {
       for (const { account, event } of b.errors.drain(nowMs)) {
@@ -410,7 +452,9 @@ export class Aggregator {
     await this.loop;
     try {
       // While stopping, a failed insert is not retried: the events stay in the log and are replayed on the next start.
-      if (this.buffer.hasWork) await this.flush();
+      if (this.inflight) await this.inflight;
+      if (this.abandoned) return;
+      if (this.buffer.hasWork) await this.flush(this.buffer, new Map());
       for (const [p, st] of this.partitions) {
         if (st.nextOffset !== st.storedOffset) continue;
         await this.snapshot(p, st);

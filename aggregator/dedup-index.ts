@@ -117,6 +117,19 @@ export class DedupIndex {
     for (const [k, p] of this.pending) if (p.receivedMs < cutoff) this.pending.delete(k);
   }
 
+  /** A frozen copy (for a snapshot taken while processing goes on). */
+  clone(): DedupIndex {
+    const c = new DedupIndex(this.windowMs, 16);
+    c.hi = this.hi.slice();
+    c.lo = this.lo.slice();
+    c.recv = this.recv.slice();
+    c.seqs = this.seqs.slice();
+    c.mask = this.mask;
+    c.size = this.size;
+    for (const [k, v] of this.pending) c.pending.set(k, v);
+    return c;
+  }
+
   /**
    * Writes the index atomically (tmp file, fsync, rename, fsync dir) together with the log offset it covers: replay
    * after a crash resumes from that offset.
