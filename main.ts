@@ -72,14 +72,16 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const eventLog = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
   const meters = new MeterRegistry();
   await meters.load(state);
+  const durableKeys = new StoreIdempotencyRecords(state);
+  const recentKeys = new MemoryIdempotencyRecords();
   const services: Services = {
     config,
     state,
     analytics,
     meters,
     auth: new Authenticator(keys, await sessionSecret(state), config.sessionTtlMs),
-    idempotency: new Idempotency(new StoreIdempotencyRecords(state)),
-    hotIdempotency: new Idempotency(new MemoryIdempotencyRecords()),
+    idempotency: new Idempotency(durableKeys, [recentKeys]),
+    hotIdempotency: new Idempotency(recentKeys, [durableKeys]),
     producer: eventLog.producer(),
     now: () => Date.now(),
   };

@@ -109,7 +109,7 @@ export class PermissionError extends StripeError {
 
 export class IdempotencyError extends StripeError {
   constructor(message: string) {
-    super(400, 'idempotency_error', message);
+    super(400, 'idempotency_error', message, { v2Type: 'idempotency_error' });
   }
 }
 

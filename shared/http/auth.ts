@@ -36,6 +36,8 @@ export function credentialOf(authorization: string): string {
   const value = space === -1 ? '' : authorization.slice(space + 1).trim();
   if (/^bearer$/i.test(scheme) && value) return value;
   if (/^basic$/i.test(scheme) && value) {
+    // Stripe accepts both `Basic <key>` and `Basic base64(<key>:)`.
+    if (/^(sk|rk)_(test|live)_/.test(value) || value.startsWith(TOKEN_PREFIX)) return value;
     const decoded = Buffer.from(value, 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
     const user = colon === -1 ? decoded : decoded.slice(0, colon);

@@ -58,7 +58,24 @@ function shouldSave(status: number): boolean {
 export class Idempotency {
   private readonly executing = new Set<string>();
 
-  constructor(private readonly records: IdempotencyRecords) {}
+  /**
+   * `records` keeps this layer's results; `elsewhere` are the other layers' stores, consulted so that a key is never
+   * reused across them (a key first used on a meter endpoint is a mismatch on a meter event endpoint, and vice versa).
+   */
+  constructor(
+    private readonly records: IdempotencyRecords,
+    private readonly elsewhere: IdempotencyRecords[] = [],
+  ) {}
+
+  private async lookup(account: string, key: string): Promise<IdempotencyRecord | null> {
+    const own = await this.records.get(account, key);
+    if (own) return own;
+    for (const other of this.elsewhere) {
+      const found = await other.get(account, key);
+      if (found) return found;
+    }
+    return null;
+  }
 
   async run(principal: Principal, req: HttpRequest, execute: () => Promise<HttpResult>): Promise<HttpResult> {
     const key = req.idempotencyKey;
@@ -68,7 +85,7 @@ export class Idempotency {
     }
     const requestLine = `${req.method} ${req.path}`;
     const requestHash = crypto.createHash('sha256').update(req.body).digest('base64url');
-    const prior = await this.records.get(principal.account, key);
+    const prior = await this.lookup(principal.account, key);
     if (prior) return replay(prior, requestLine, requestHash, key);
     const lock = principal.account + '\u0000' + key;
     if (this.executing.has(lock)) {

@@ -87,7 +87,7 @@ export class HttpServer {
     this.app[m](pattern, (res, req) => {
       // uWS request objects are only valid synchronously: copy everything needed now.
       const params: string[] = [];
-      for (let i = 0; i < paramCount; i++) params.push(decodeURIComponent(req.getParameter(i)));
+      for (let i = 0; i < paramCount; i++) params.push(decodePathSegment(req.getParameter(i)));
       const request: HttpRequest = {
         method,
         path: req.getUrl(),
@@ -213,3 +213,13 @@ export class HttpServer {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** A path parameter, percent-decoded; a malformed escape is kept as sent (it then matches no object: a 404). */
+function decodePathSegment(raw: string): string {
+  if (raw.indexOf('%') === -1) return raw;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
+}
