@@ -84,7 +84,26 @@ export class HttpServer {
     const flavor: ApiFlavor = pattern.startsWith('/v2/') ? 'v2' : 'v1';
     const m: Method = method === 'GET' ? 'get' : method === 'POST' ? 'post' : 'del';
     const paramCount = (pattern.match(/\/:/g) ?? []).length;
-    this.app[m](pattern, (res, req) => {
+    this.app[m](pattern, (res, req) => this.guard(res, () => this.accept(res, req, method, flavor, paramCount, handler)));
+    return this;
+  }
+
+  /** Nothing thrown inside a uWS callback may reach the process: it would crash it. */
+  private guard(res: uWS.HttpResponse, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      log.error('request failed before dispatch', { err: String((err as Error)?.stack ?? err) });
+      try {
+        res.cork(() => res.writeStatus('500 Internal Server Error').writeHeader('Content-Type', 'application/json').end(JSON.stringify(new ApiError().toV1Body()), true));
+      } catch {
+        /* the connection is gone */
+      }
+    }
+  }
+
+  private accept(res: uWS.HttpResponse, req: uWS.HttpRequest, method: string, flavor: ApiFlavor, paramCount: number, handler: RouteHandler): void {
+    {
       // uWS request objects are only valid synchronously: copy everything needed now.
       const params: string[] = [];
       for (let i = 0; i < paramCount; i++) params.push(decodePathSegment(req.getParameter(i)));
@@ -111,8 +130,7 @@ export class HttpServer {
         return;
       }
       this.readBody(res, request, handler, state);
-    });
-    return this;
+    }
   }
 
   private readBody(res: uWS.HttpResponse, request: HttpRequest, handler: RouteHandler, state: { aborted: boolean }): void {
@@ -120,7 +138,7 @@ export class HttpServer {
     let first: Buffer | null = null;
     let size = 0;
     let rejected = false;
-    res.onData((ab, isLast) => {
+    res.onData((ab, isLast) => this.guard(res, () => {
       if (rejected) return;
       size += ab.byteLength;
       if (size > this.maxBodyBytes) {
@@ -133,7 +151,7 @@ export class HttpServer {
         return;
       }
       // uWS reuses the ArrayBuffer after this callback returns: copy.
-      const chunk = Buffer.from(new Uint8Array(ab).slice());
+      const chunk = Buffer.from(ab.slice(0));
       if (isLast) {
         if (first === null) request.body = chunk;
         else {
@@ -143,7 +161,7 @@ export class HttpServer {
         this.dispatch(res, request, handler, state);
       } else if (first === null) first = chunk;
       else (chunks ??= [first]).push(chunk);
-    });
+    }));
   }
 
   private dispatch(res: uWS.HttpResponse, request: HttpRequest, handler: RouteHandler, state: { aborted: boolean }): void {
