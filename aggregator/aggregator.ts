@@ -117,11 +117,22 @@ export class Aggregator {
 
   async start(): Promise<void> {
     fs.mkdirSync(this.o.dir, { recursive: true });
+    await this.consumer.subscribe({
+      assigned: (partitions) => this.recover(partitions),
+      revoked: async (partitions) => {
+        for (const p of partitions) this.partitions.delete(p);
+      },
+    });
+    this.loop = this.run();
+  }
+
+  /** Loads the dedup snapshot, reads the watermark back from the store and positions the log (see the header). */
+  private async recover(partitions: number[]): Promise<void> {
     const marks = await this.o.analytics.query<{ partition: number; wm: string | number }>(
       `SELECT partition, max(wm_offset) AS wm FROM meter_rollups_1m GROUP BY partition`,
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
-    for (const p of this.consumer.assignment()) {
+    for (const p of partitions) {
       let snap: Awaited<ReturnType<typeof DedupIndex.load>> = null;
       try {
         snap = await DedupIndex.load(this.snapshotFile(p), this.o.dedupWindowMs);
@@ -144,7 +155,6 @@ export class Aggregator {
       this.consumer.seek(p, snapshotOffset);
       log.info('aggregator partition recovered', { partition: p, snapshotOffset, storedOffset, identifiers: st.index.size });
     }
-    this.loop = this.run();
   }
 
   private snapshotFile(p: number): string {
@@ -211,7 +221,8 @@ export class Aggregator {
   }
 
   private apply(r: ChunkResult): void {
-    const st = this.partitions.get(r.partition)!;
+    const st = this.partitions.get(r.partition);
+    if (!st) return; // revoked while the chunk was decoded: its new owner processes it
     const b = this.buffer;
     const windowMs = this.o.dedupWindowMs;
     const nowMs = Date.now();
@@ -342,7 +353,8 @@ export class Aggregator {
     // The dedup index now covers exactly the records of the sealed buffer: copy it if a snapshot is due.
     const snapshots = new Map<number, { index: DedupIndex; offset: number }>();
     for (const p of b.reached.keys()) {
-      const st = this.partitions.get(p)!;
+      const st = this.partitions.get(p);
+      if (!st) continue;
       if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs) {
         snapshots.set(p, { index: st.index.clone(), offset: st.nextOffset });
         st.lastSnapshotMs = nowMs;
@@ -386,7 +398,8 @@ export class Aggregator {
 
     const nowMs = Date.now();
     for (const [p, offset] of b.reached) {
-      const st = this.partitions.get(p)!;
+      const st = this.partitions.get(p);
+      if (!st) continue;
       st.storedOffset = offset;
       // The events are stored; what follows only bounds replay and reclaims the log, so a failure is not fatal.
       try {

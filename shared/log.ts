@@ -22,7 +22,20 @@ export interface LogProducer {
   close(): Promise<void>;
 }
 
+/** Told which partitions a consumer owns, as a consumer group rebalances. */
+export interface AssignmentListener {
+  /** Runs before poll() returns any record of these partitions: the place to recover state and seek. */
+  assigned(partitions: number[]): Promise<void>;
+  /** Runs when these partitions are taken away; poll() returns none of their records afterwards. */
+  revoked(partitions: number[]): Promise<void>;
+}
+
 export interface LogConsumer {
+  /**
+   * Starts consuming: joins the consumer group (Kafka) or takes every partition (embedded), and reports the assignment
+   * and its changes to the listener. Resolves once the first assignment has been handled.
+   */
+  subscribe(listener: AssignmentListener): Promise<void>;
   /** Partitions this consumer currently owns. */
   assignment(): number[];
   /** Where reading resumes for a partition: the committed offset (next offset to read), 0 when none. */

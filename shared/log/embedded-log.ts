@@ -39,7 +39,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import type { FileHandle } from 'fs/promises';
 import { ServiceUnavailableError } from '../errors';
-import type { EventLog, LogConsumer, LogProducer, LogRecord } from '../log';
+import type { AssignmentListener, EventLog, LogConsumer, LogProducer, LogRecord } from '../log';
 
 const fsp = fs.promises;
 
@@ -594,6 +594,11 @@ class EmbeddedConsumer implements LogConsumer {
 
   assignment(): number[] {
     return Array.from({ length: this.log.partitions }, (_, i) => i);
+  }
+
+  /** One process owns the embedded log: every partition is assigned once, and never revoked. */
+  async subscribe(listener: AssignmentListener): Promise<void> {
+    await listener.assigned(this.assignment());
   }
 
   committed(partition: number): Promise<number> {
