@@ -55,7 +55,7 @@ export class ClickHouseServerStore implements AnalyticsStore {
 
   async insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
     if (rows.length === 0) return;
-    await this.db.insert({ table, values: Readable.from([rows]), format: 'TabSeparated', columns: columns as [string, ...string[]] });
+    await this.db.insert({ table, values: Readable.from([rows], { objectMode: false }), format: 'TabSeparated', columns: columns as [string, ...string[]] });
   }
 
   async query<T>(sql: string): Promise<T[]> {
