@@ -22,6 +22,8 @@ import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
 import { registerMeterEventRoutes } from './ingest/meter-events';
 import { Aggregator } from './aggregator/aggregator';
+import { FileSnapshots } from './aggregator/snapshots';
+import { SoleOwner } from './aggregator/leases';
 
 const SYSTEM_ACCOUNT = '_system';
 
@@ -91,7 +93,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
     analytics,
     state,
     meters,
-    dir: path.join(config.dataDir, 'aggregator'),
+    snapshots: new FileSnapshots(path.join(config.dataDir, 'aggregator')),
+    leases: new SoleOwner(),
     threads: config.aggregatorThreads,
     flushEvents: config.flushEvents,
     flushIntervalMs: config.flushIntervalMs,

@@ -11,11 +11,14 @@
  *  - The dedup index is snapshotted with the offset it covers (a copy taken when a flush's buffer is sealed, written
  *    once that flush has landed, so a snapshot never covers events the store does not have); the log is committed
  *    (and reclaimed) only below min(watermark, snapshot).
- *  - One flush is in flight while the next batch is decoded and deduplicated; flushes land strictly in order. On start, the index is loaded, the watermark read back from the store, and the log
+ *  - One flush is in flight while the next batch is decoded and deduplicated; flushes land strictly in order.
+ *  - Several aggregators (distributed mode) split the partitions through the log's consumer group; a partition lease in
+ *    the shared state store fences a previous owner that is still flushing (see leases.ts). Any change of assignment,
+ *    and any lease found lost, resets this aggregator to a fresh recovery of the partitions it owns: recovery is
+ *    correct from any point, so it is also the simplest correct answer to a rebalance. On start, the index is loaded, the watermark read back from the store, and the log
  *    replayed from the snapshot: records below the watermark only rebuild the index, later ones are processed anew.
  */
 import path from 'node:path';
-import fs from 'node:fs';
 import Piscina from 'piscina';
 import type { EventLog, LogConsumer, LogRecord } from '../shared/log';
 import type { AnalyticsStore } from '../shared/analytics-store';
@@ -24,6 +27,8 @@ import type { StateStore } from '../shared/state-store';
 import type { MeterInfo, MeterRegistry } from '../shared/meters';
 import { CANCEL_COLUMNS, RAW_COLUMNS, ROLLUP_COLUMNS } from '../shared/analytics/schema';
 import { DedupIndex, fingerprintKey } from './dedup-index';
+import type { SnapshotStore } from './snapshots';
+import type { PartitionLeases } from './leases';
 import { EMIT, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
 import { ErrorReports } from './error-reports';
 import { recordCoreEvent } from '../shared/core-events';
@@ -36,13 +41,17 @@ export interface AggregatorOptions {
   state: StateStore;
   meters: MeterRegistry;
   /** Where dedup snapshots are kept. */
-  dir: string;
+  snapshots: SnapshotStore;
+  /** Who may write which partition (fencing between aggregators of one consumer group). */
+  leases: PartitionLeases;
   threads: number;
   flushEvents: number;
   flushIntervalMs: number;
   dedupWindowMs: number;
   snapshotIntervalMs: number;
   consumerGroup?: string;
+  /** How often leases are renewed while idle. */
+  leaseRenewMs?: number;
 }
 
 interface PartitionState {
@@ -98,6 +107,10 @@ export class Aggregator {
   private inflight: Promise<void> | null = null;
   /** A flush gave up (only while stopping): nothing after it may be written, or its events would be skipped. */
   private abandoned = false;
+  /** Serializes the processing loop with assignment changes (they arrive from the log client at any time). */
+  private lock: Promise<void> = Promise.resolve();
+  private owned: number[] = [];
+  private lastRenewMs = 0;
   /** Counters for health and benchmarks. */
   readonly stats = { events: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
 
@@ -116,26 +129,53 @@ export class Aggregator {
   }
 
   async start(): Promise<void> {
-    fs.mkdirSync(this.o.dir, { recursive: true });
     await this.consumer.subscribe({
-      assigned: (partitions) => this.recover(partitions),
-      revoked: async (partitions) => {
-        for (const p of partitions) this.partitions.delete(p);
-      },
+      assigned: (partitions) =>
+        this.exclusive(async () => {
+          this.owned = [...new Set([...this.owned, ...partitions])].sort((a, b) => a - b);
+          await this.reset();
+        }),
+      revoked: (partitions) =>
+        this.exclusive(async () => {
+          this.owned = this.owned.filter((p) => !partitions.includes(p));
+          await this.reset();
+          await this.o.leases.release(partitions);
+        }),
     });
     this.loop = this.run();
   }
 
-  /** Loads the dedup snapshot, reads the watermark back from the store and positions the log (see the header). */
-  private async recover(partitions: number[]): Promise<void> {
+  /** Runs `fn` while no other loop iteration or assignment change runs. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(fn);
+    this.lock = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  /**
+   * Forgets everything not yet stored (it stays in the log) and recovers the owned partitions afresh: waits for the
+   * flush in flight, takes the leases, loads snapshots, reads the watermarks and positions the log.
+   */
+  private async reset(): Promise<void> {
+    if (this.inflight) await this.inflight;
+    this.abandoned = false;
+    this.buffer = new FlushBuffer();
+    this.partitions.clear();
+    if (this.owned.length === 0) return;
+    for (const p of this.owned) await this.o.leases.acquire(p);
+    this.lastRenewMs = Date.now();
     const marks = await this.o.analytics.query<{ partition: number; wm: string | number }>(
       `SELECT partition, max(wm_offset) AS wm FROM meter_rollups_1m GROUP BY partition`,
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
-    for (const p of partitions) {
-      let snap: Awaited<ReturnType<typeof DedupIndex.load>> = null;
+    for (const p of this.owned) {
+      let snap: { index: DedupIndex; offset: number } | null = null;
       try {
-        snap = await DedupIndex.load(this.snapshotFile(p), this.o.dedupWindowMs);
+        const bytes = await this.o.snapshots.load(p);
+        if (bytes) snap = DedupIndex.deserialize(bytes, this.o.dedupWindowMs, `dedup snapshot of partition ${p}`);
       } catch (err) {
         log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
       }
@@ -157,24 +197,46 @@ export class Aggregator {
     }
   }
 
-  private snapshotFile(p: number): string {
-    return path.join(this.o.dir, `dedup-p${p}.snap`);
+  /** Keeps the leases alive; a lost one means another aggregator owns the partition now: start over. */
+  private async renewLeases(): Promise<boolean> {
+    this.lastRenewMs = Date.now();
+    const lost = await this.o.leases.renew(this.owned);
+    if (lost.length === 0) return true;
+    log.warn('partition lease lost; recovering the partitions still owned', { lost });
+    this.owned = this.owned.filter((p) => !lost.includes(p));
+    await this.reset();
+    return false;
   }
 
   private async run(): Promise<void> {
+    const renewEvery = this.o.leaseRenewMs ?? 3000;
     while (!this.stopping) {
       try {
-        const now = Date.now();
-        const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
-        const records = await this.consumer.poll(POLL_RECORDS, wait);
-        if (records.length > 0) await this.process(records);
-        if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
-          await this.startFlush();
-        }
+        await this.exclusive(async () => {
+          if (this.abandoned) {
+            // A flush lost its lease: what was read after it must not be written either.
+            const lost = await this.o.leases.renew(this.owned);
+            this.owned = this.owned.filter((p) => !lost.includes(p));
+            await this.reset();
+          }
+          const now = Date.now();
+          const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
+          const records = await this.consumer.poll(POLL_RECORDS, wait);
+          if (records.length > 0) await this.process(records);
+          if (Date.now() - this.lastRenewMs >= renewEvery && !(await this.renewLeases())) return;
+          if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
+            await this.startFlush();
+          }
+        });
       } catch (err) {
         if (this.stopping) break;
-        log.error('aggregator loop failed; retrying', { err: String((err as Error)?.stack ?? err) });
+        log.error('aggregator loop failed; recovering', { err: String((err as Error)?.stack ?? err) });
         await sleep(500);
+        try {
+          await this.exclusive(() => this.reset());
+        } catch (e) {
+          log.error('aggregator recovery failed; retrying', { err: String(e) });
+        }
       }
     }
   }
@@ -347,6 +409,7 @@ export class Aggregator {
   /** Seals the buffer and starts writing it once the previous flush has landed. */
   private async startFlush(): Promise<void> {
     if (this.inflight) await this.inflight;
+    if (this.abandoned) return;
     const b = this.buffer;
     this.buffer = new FlushBuffer();
     const nowMs = Date.now();
@@ -364,7 +427,8 @@ export class Aggregator {
     this.inflight = this.flush(b, snapshots)
       .catch((err) => {
         this.abandoned = true;
-        log.warn('flush abandoned while stopping; the log still holds its events', { err: String(err) });
+        if (err instanceof LeaseLost) log.warn('flush abandoned: partition lease lost', { partitions: err.partitions });
+        else log.warn('flush abandoned while stopping; the log still holds its events', { err: String(err) });
       })
       .finally(() => {
         this.inflight = null;
@@ -390,6 +454,9 @@ export class Aggregator {
     }
     let failedBefore = false;
     await this.retrying('rollups', async () => {
+      // The insert that counts: only while every partition in it is still ours (see leases.ts).
+      const lost = await this.o.leases.renew([...b.reached.keys()]);
+      if (lost.length) throw new LeaseLost(lost);
       // After a failure the insert may have landed all the same (a timeout): the watermark says whether it did.
       if (failedBefore && (await this.rollupsLanded(b.reached))) return;
       failedBefore = true;
@@ -405,7 +472,7 @@ export class Aggregator {
       try {
         const snap = snapshots.get(p);
         if (snap) {
-          await snap.index.save(this.snapshotFile(p), snap.offset);
+          await this.o.snapshots.save(p, snap.index.serialize(snap.offset));
           st.snapshotOffset = snap.offset;
         }
         await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
@@ -428,7 +495,7 @@ export class Aggregator {
   }
 
   private async snapshot(p: number, st: PartitionState): Promise<void> {
-    await st.index.save(this.snapshotFile(p), st.nextOffset);
+    await this.o.snapshots.save(p, st.index.serialize(st.nextOffset));
     st.snapshotOffset = st.nextOffset;
     st.lastSnapshotMs = Date.now();
   }
@@ -450,7 +517,7 @@ export class Aggregator {
         await fn();
         return;
       } catch (err) {
-        if (this.stopping) throw err;
+        if (this.stopping || err instanceof LeaseLost) throw err;
         this.stats.insertRetries++;
         log.warn(`analytics store insert failed (${what}); retrying`, { err: String(err), delayMs: delay });
         await sleep(delay);
@@ -478,7 +545,15 @@ export class Aggregator {
     } finally {
       await this.consumer.close();
       await this.pool.destroy();
+      // A clean hand-over: the next owner need not wait for the leases to expire.
+      if (!this.abandoned) await this.o.leases.release(this.owned).catch(() => undefined);
     }
+  }
+}
+
+class LeaseLost extends Error {
+  constructor(readonly partitions: number[]) {
+    super(`partition lease lost: ${partitions.join(', ')}`);
   }
 }
 

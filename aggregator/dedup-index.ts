@@ -6,8 +6,6 @@
  * Keys are two independent 32-bit hashes of the pair (a 64-bit fingerprint): at 100 million live identifiers the chance
  * that any two collide is below 0.03 %.
  */
-import fs from 'node:fs/promises';
-import path from 'node:path';
 
 const EMPTY_RECV = 0;
 const MAX_LOAD = 0.6;
@@ -130,49 +128,25 @@ export class DedupIndex {
     return c;
   }
 
-  /**
-   * Writes the index atomically (tmp file, fsync, rename, fsync dir) together with the log offset it covers: replay
-   * after a crash resumes from that offset.
-   */
-  async save(file: string, coversOffset: number): Promise<void> {
+  /** The index and the log offset it covers, as bytes: replay after a crash resumes from that offset. */
+  serialize(coversOffset: number): Buffer {
     const header = Buffer.from(
       JSON.stringify({ version: 1, offset: coversOffset, windowMs: this.windowMs, capacity: this.capacity, size: this.size, pending: [...this.pending.values()] }),
     );
     const len = Buffer.alloc(4);
     len.writeUInt32LE(header.length);
-    const tmp = file + '.tmp';
-    const fh = await fs.open(tmp, 'w');
-    try {
-      await fh.writev([
-        len,
-        header,
-        Buffer.from(this.hi.buffer, this.hi.byteOffset, this.hi.byteLength),
-        Buffer.from(this.lo.buffer, this.lo.byteOffset, this.lo.byteLength),
-        Buffer.from(this.recv.buffer, this.recv.byteOffset, this.recv.byteLength),
-        Buffer.from(this.seqs.buffer, this.seqs.byteOffset, this.seqs.byteLength),
-      ]);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, file);
-    const dir = await fs.open(path.dirname(file), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    return Buffer.concat([
+      len,
+      header,
+      Buffer.from(this.hi.buffer, this.hi.byteOffset, this.hi.byteLength),
+      Buffer.from(this.lo.buffer, this.lo.byteOffset, this.lo.byteLength),
+      Buffer.from(this.recv.buffer, this.recv.byteOffset, this.recv.byteLength),
+      Buffer.from(this.seqs.buffer, this.seqs.byteOffset, this.seqs.byteLength),
+    ]);
   }
 
-  static async load(file: string, windowMs: number): Promise<{ index: DedupIndex; offset: number } | null> {
-    let buf: Buffer;
-    try {
-      buf = await fs.readFile(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
-    if (buf.length < 4 || buf.length < 4 + buf.readUInt32LE(0)) throw new Error(`dedup snapshot ${file} is truncated`);
+  static deserialize(buf: Buffer, windowMs: number, what = 'dedup snapshot'): { index: DedupIndex; offset: number } {
+    if (buf.length < 4 || buf.length < 4 + buf.readUInt32LE(0)) throw new Error(`${what} is truncated`);
     const hlen = buf.readUInt32LE(0);
     const header = JSON.parse(buf.subarray(4, 4 + hlen).toString('utf8')) as {
       version: number;
@@ -190,7 +164,7 @@ export class DedupIndex {
       at += bytes;
       return ab;
     };
-    if (buf.length !== at + cap * 24) throw new Error(`dedup snapshot ${file} is truncated`);
+    if (buf.length !== at + cap * 24) throw new Error(`${what} is truncated`);
     index.hi = new Uint32Array(take(cap * 4));
     index.lo = new Uint32Array(take(cap * 4));
     index.recv = new Float64Array(take(cap * 8));

@@ -92,6 +92,10 @@ export interface StateStore {
    */
   transaction<T>(fn: (tx: StateStore) => Promise<T>): Promise<T>;
 
+  /** Opaque binary values (dedup snapshots in the distributed mode); optional: the embedded mode keeps them in files. */
+  putBlob?(key: string, data: Buffer): Promise<void>;
+  getBlob?(key: string): Promise<Buffer | null>;
+
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;
 }

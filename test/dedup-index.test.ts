@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DedupIndex, fingerprintKey } from '../aggregator/dedup-index';
+import { FileSnapshots } from '../aggregator/snapshots';
 
 const HOUR = 3600_000;
 
@@ -42,18 +43,21 @@ t.test('rebuild drops entries older than the window', async (t) => {
 t.test('snapshots round-trip with their offset and pending cancels', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dedup-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const file = path.join(dir, 'p0.snap');
-  t.equal(await DedupIndex.load(file, HOUR), null, 'no snapshot yet');
+  const snapshots = new FileSnapshots(dir);
+  t.equal(await snapshots.load(0), null, 'no snapshot yet');
   const idx = new DedupIndex(HOUR, 16);
   for (let i = 1; i <= 1000; i++) idx.set(i, 1000 - i, 123 + i, i * 10);
   idx.pending.set(fingerprintKey(5, 6), { hi: 5, lo: 6, receivedMs: 99, account: 'acct', eventName: 'ev', identifier: 'id-1' });
-  await idx.save(file, 4242);
-  const loaded = await DedupIndex.load(file, HOUR);
-  t.ok(loaded);
-  t.equal(loaded!.offset, 4242);
-  t.equal(loaded!.index.size, 1000);
-  for (const i of [1, 500, 1000]) t.same(loaded!.index.get(i, 1000 - i), { receivedMs: 123 + i, seq: i * 10 });
-  t.same(loaded!.index.pending.get(fingerprintKey(5, 6))?.identifier, 'id-1');
-  fs.writeFileSync(file, fs.readFileSync(file).subarray(0, 100));
-  await t.rejects(DedupIndex.load(file, HOUR), /truncated/);
+  await snapshots.save(0, idx.serialize(4242));
+  t.same(fs.readdirSync(dir), ['dedup-p0.snap'], 'no temporary file left behind');
+  const loaded = DedupIndex.deserialize((await snapshots.load(0))!, HOUR);
+  t.equal(loaded.offset, 4242);
+  t.equal(loaded.index.size, 1000);
+  for (const i of [1, 500, 1000]) t.same(loaded.index.get(i, 1000 - i), { receivedMs: 123 + i, seq: i * 10 });
+  t.same(loaded.index.pending.get(fingerprintKey(5, 6))?.identifier, 'id-1');
+  const frozen = idx.clone();
+  idx.set(7777, 1, 1, 1);
+  t.equal(frozen.receivedAt(7777, 1), 0, 'a clone does not see later changes');
+  t.throws(() => DedupIndex.deserialize(idx.serialize(1).subarray(0, 100), HOUR), /truncated/);
+  t.throws(() => DedupIndex.deserialize(idx.serialize(1).subarray(0, 5000), HOUR), /truncated/);
 });
