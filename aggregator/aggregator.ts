@@ -337,12 +337,16 @@ export class Aggregator {
       b.rawBytes += tsv.length;
     } else {
       let from = 0;
+      const keep = (start: number, end: number) => {
+        if (end <= start) return;
+        b.rawParts.push(tsv.subarray(start, end));
+        b.rawBytes += end - start;
+      };
       for (const i of dropped) {
-        const s = r.lineStart[i];
-        if (s > from) b.rawParts.push(tsv.subarray(from, s));
+        keep(from, r.lineStart[i]);
         from = r.lineStart[i + 1];
       }
-      if (from < tsv.length) b.rawParts.push(tsv.subarray(from));
+      keep(from, tsv.length);
     }
 
     // Rollups: merge the chunk's partial sums, then take the dropped duplicates back out.
