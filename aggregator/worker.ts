@@ -85,8 +85,23 @@ export interface ChunkResult {
 
 /** The dedup fingerprint of (account, identifier): two independent 32-bit hashes. */
 export function fingerprint(account: string, identifier: string): [number, number] {
+  const seeds = accountSeeds(account);
+  return [hash32(identifier, seeds[0]), hash32(identifier, seeds[1])];
+}
+
+/** The two hash seeds of an account (hashed once per record, not per event). */
+export function accountSeeds(account: string): [number, number] {
   const a = hash32(account);
-  return [hash32(identifier, a), hash32(identifier, Math.imul(a ^ 0x5bd1e995, 0x27d4eb2d) >>> 0)];
+  return [a, Math.imul(a ^ 0x5bd1e995, 0x27d4eb2d) >>> 0];
+}
+
+/**
+ * The payload column keeps what the customer and value columns do not already say: the full JSON when the payload has
+ * other keys, '' otherwise (the common case, which saves a JSON encoding and most of the row's bytes).
+ */
+export function extraPayload(payload: Record<string, string>, customerKey: string, valueKey: string): string {
+  for (const k in payload) if (k !== customerKey && k !== valueKey) return JSON.stringify(payload);
+  return '';
 }
 
 let meterCache: { source: MeterInfo[]; map: Map<string, MeterInfo> } | null = null;
@@ -149,14 +164,14 @@ export function processChunk(task: ChunkTask): ChunkResult {
       continue;
     }
     const account = rec.account;
+    const [seedHi, seedLo] = accountSeeds(account);
     const recv = rec.receivedMs;
     const livemodeText = rec.livemode ? '1' : '0';
     const accountField = tsvField(account);
     for (let e = 0; e < rec.events.length; e++, n++) {
       const [eventName, identifier, timestampMs, payload] = rec.events[e];
-      const [h, l] = fingerprint(account, identifier);
-      hi[n] = h;
-      lo[n] = l;
+      hi[n] = hash32(identifier, seedHi);
+      lo[n] = hash32(identifier, seedLo);
       receivedMs[n] = recv;
       const s = eventSeq(partition, offset, e);
       seq[n] = s;
@@ -192,9 +207,9 @@ export function processChunk(task: ChunkTask): ChunkResult {
       const m = meter!;
       const line =
         accountField + '\t' + livemodeText + '\t' + m.id + '\t' + tsvField(eventName) + '\t' + tsvField(customer) + '\t' + tsvField(identifier) + '\t' +
-        timestampMs + '\t' + value + '\t' + tsvField(JSON.stringify(payload)) + '\t' + recv + '\t' + partitionText + '\t' + s + '\n';
+        timestampMs + '\t' + value + '\t' + tsvField(extraPayload(payload, m.customerKey, m.valueKey)) + '\t' + recv + '\t' + partitionText + '\t' + s + '\n';
       lines.push(line);
-      tsvLength += Buffer.byteLength(line);
+      tsvLength += line.length;
       if (usesRollups(m)) {
         const minute = Math.floor(timestampMs / 60000) * 60;
         const key = account + '\u0000' + m.id + '\u0000' + customer + '\u0000' + minute;
@@ -211,7 +226,21 @@ export function processChunk(task: ChunkTask): ChunkResult {
     }
   }
   lineStart[n] = tsvLength;
-  const tsv = Buffer.from(lines.join(''));
+  const text = lines.join('');
+  const tsv = Buffer.from(text);
+  // Line offsets were counted in UTF-16 units: right for ASCII; otherwise count bytes (rare: non-ASCII ids or keys).
+  if (tsv.length !== text.length) {
+    let at = 0;
+    let line = 0;
+    let charStart = lineStart[0];
+    for (let i = 0; i < n; i++) {
+      const charEnd = lineStart[i + 1];
+      lineStart[i] = at;
+      if (charEnd > charStart) at += Buffer.byteLength(lines[line++]);
+      charStart = charEnd;
+    }
+    lineStart[n] = at;
+  }
   const slots: SlotPartial[] = slotList.map((a) => ({
     key: a.account + '\u0000' + a.meterId + '\u0000' + a.customer + '\u0000' + a.minute,
     account: a.account,

@@ -58,13 +58,30 @@ t.test('valid events get rows, fingerprints and per-minute partial sums', async 
   t.equal(r.seq[1], eventSeq(0, 10, 1));
   const lines = Buffer.from(r.tsv).toString().trim().split('\n');
   t.equal(lines.length, 4);
-  t.match(lines[0], /^acct_a\t0\tmtr_sum\ttokens\tcus_1\ta\t\d+\t0\.1\t\{"stripe_customer_id":"cus_1","value":"0\.1"\}\t\d+\t0\t\d+$/);
+  t.match(lines[0], /^acct_a\t0\tmtr_sum\ttokens\tcus_1\ta\t\d+\t0\.1\t\t\d+\t0\t\d+$/, 'the payload column is empty when customer and value say it all');
   t.equal(Buffer.from(r.tsv.subarray(r.lineStart[3], r.lineStart[4])).toString(), lines[3] + '\n');
   t.equal(r.slots.length, 2, 'two minutes for the sum meter; the last meter is not rolled up');
   const thisMinute = r.slots.find((s) => s.minute === Math.floor(NOW / 60000) * 60)!;
   t.equal(thisMinute.sum, String(3n * 10n ** 14n), '0.1 + 0.2 is exactly 0.3');
   t.equal(thisMinute.count, 2);
   t.equal(r.slot[3], -1);
+});
+
+t.test('extra payload keys are kept, and line offsets are bytes even for non-ASCII rows', async (t) => {
+  const r = processChunk(
+    task([
+      events([
+        ['tokens', 'é-1', NOW, { stripe_customer_id: 'cüs', value: '1', region: 'eu' }],
+        ['tokens', 'plain', NOW, { stripe_customer_id: 'cus_2', value: '2' }],
+      ]),
+    ]),
+  );
+  const tsv = Buffer.from(r.tsv);
+  const first = tsv.subarray(r.lineStart[0], r.lineStart[1]).toString();
+  const second = tsv.subarray(r.lineStart[1], r.lineStart[2]).toString();
+  t.match(first, /^acct_a\t0\tmtr_sum\ttokens\tcüs\té-1\t\d+\t1\t\{"stripe_customer_id":"cüs","value":"1","region":"eu"\}\t/);
+  t.match(second, /^acct_a\t0\tmtr_sum\ttokens\tcus_2\tplain\t/);
+  t.equal(r.lineStart[2], tsv.length);
 });
 
 t.test('stream events are validated asynchronously and reported', async (t) => {
