@@ -98,4 +98,8 @@ export interface StateStore {
 
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;
+
+  /** Opaque binary values by key (dedup snapshots); put replaces. Optional: only drivers that share state have them. */
+  putBlob?(key: string, data: Buffer): Promise<void>;
+  getBlob?(key: string): Promise<Buffer | null>;
 }
