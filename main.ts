@@ -2,14 +2,10 @@
  * Composition root: reads the configuration, picks the drivers once (embedded log + chdb + SQLite by default), wires
  * the gateway, the REST layer and the aggregator, and prints where it listens and which key to use.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import crypto from 'node:crypto';
 import { loadConfig, type Config } from './shared/config';
 import { log } from './shared/logger';
-import { SqliteStateStore } from './shared/state/sqlite-store';
-import { ChdbStore } from './shared/analytics/chdb-store';
-import { EmbeddedLog } from './shared/log/embedded-log';
+import { openDrivers, AGGREGATOR_GROUP } from './shared/drivers';
 import type { StateStore, ApiKeyRecord } from './shared/state-store';
 import { MeterRegistry } from './shared/meters';
 import { Authenticator, accountForKey } from './shared/http/auth';
@@ -20,10 +16,8 @@ import type { Services } from './shared/services';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
-import { registerMeterEventRoutes } from './ingest/meter-events';
+import { registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { Aggregator } from './aggregator/aggregator';
-import { FileSnapshots } from './aggregator/snapshots';
-import { SoleOwner } from './aggregator/leases';
 
 const SYSTEM_ACCOUNT = '_system';
 
@@ -57,21 +51,15 @@ async function sessionSecret(state: StateStore): Promise<Buffer> {
 export interface RunningServer {
   port: number;
   services: Services;
-  aggregator: Aggregator;
+  aggregator: Aggregator | null;
   stop(): Promise<void>;
 }
 
 export async function startServer(config: Config): Promise<RunningServer> {
-  if (config.kafkaBrokers.length > 0 || config.clickhouseUrl) {
-    throw new Error('KAFKA_BROKERS / CLICKHOUSE_URL: the distributed mode is not available in this version; unset them to run the embedded mode.');
-  }
-  fs.mkdirSync(config.dataDir, { recursive: true });
-  const state = new SqliteStateStore(path.join(config.dataDir, 'state.sqlite'));
-  await state.init();
+  const drivers = await openDrivers(config);
+  const { state, analytics } = drivers;
+  const eventLog = drivers.log;
   const { keys, generated } = await apiKeys(config, state);
-  const analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
-  await analytics.init();
-  const eventLog = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
   const meters = new MeterRegistry();
   await meters.load(state);
   const durableKeys = new StoreIdempotencyRecords(state);
@@ -87,40 +75,69 @@ export async function startServer(config: Config): Promise<RunningServer> {
     producer: eventLog.producer(),
     now: () => Date.now(),
   };
+  const roles = {
+    gateway: config.role === 'all' || config.role === 'gateway',
+    api: config.role === 'all' || config.role === 'api',
+    aggregator: config.role === 'all' || config.role === 'aggregator',
+  };
 
-  const aggregator = new Aggregator({
-    log: eventLog,
-    analytics,
-    state,
-    meters,
-    snapshots: new FileSnapshots(path.join(config.dataDir, 'aggregator')),
-    leases: new SoleOwner(),
-    threads: config.aggregatorThreads,
-    flushEvents: config.flushEvents,
-    flushIntervalMs: config.flushIntervalMs,
-    dedupWindowMs: config.dedupWindowMs,
-    snapshotIntervalMs: config.snapshotIntervalMs,
-  });
-  await aggregator.start();
+  // Other processes change meters and keys in a shared store: follow them.
+  const timers: NodeJS.Timeout[] = [];
+  if (drivers.mode !== 'embedded') {
+    timers.push(
+      setInterval(() => {
+        meters.load(state).catch((err) => log.warn('meter refresh failed', { err: String(err) }));
+        state
+          .listApiKeys()
+          .then((all) => all.forEach((k) => services.auth.addKey(k)))
+          .catch((err) => log.warn('key refresh failed', { err: String(err) }));
+      }, 1000),
+    );
+  }
+
+  let aggregator: Aggregator | null = null;
+  if (roles.aggregator) {
+    aggregator = new Aggregator({
+      log: eventLog,
+      analytics,
+      state,
+      meters,
+      snapshots: drivers.snapshots,
+      leases: drivers.leases,
+      threads: config.aggregatorThreads,
+      flushEvents: config.flushEvents,
+      flushIntervalMs: config.flushIntervalMs,
+      dedupWindowMs: config.dedupWindowMs,
+      snapshotIntervalMs: config.snapshotIntervalMs,
+      consumerGroup: AGGREGATOR_GROUP,
+      leaseRenewMs: Math.max(250, Math.floor(config.leaseMs / 4)),
+    });
+    await aggregator.start();
+  }
 
   const http = new HttpServer(config.maxBodyBytes);
-  registerMeterEventRoutes(http, services);
-  registerMeterRoutes(http, services);
-  registerSummaryRoutes(http, services);
-  registerCoreEventRoutes(http, services);
-  http.route('GET', '/healthz', () => json(200, { status: 'ok', aggregator: aggregator.stats }));
+  if (roles.gateway) registerMeterEventRoutes(http, services);
+  else if (roles.api) registerSessionRoute(http, services);
+  if (roles.api) {
+    registerMeterRoutes(http, services);
+    registerSummaryRoutes(http, services);
+    registerCoreEventRoutes(http, services);
+  }
+  http.route('GET', '/healthz', () => json(200, { status: 'ok', role: config.role, mode: drivers.mode, aggregator: aggregator?.stats ?? null }));
   const port = await http.listen(config.host, config.port);
 
-  const prune = setInterval(() => {
-    const now = Date.now();
-    state.prune(now, now - IDEMPOTENCY_RETENTION_MS).catch((err) => log.warn('prune failed', { err: String(err) }));
-  }, 3600_000);
-  prune.unref();
+  timers.push(
+    setInterval(() => {
+      const now = Date.now();
+      state.prune(now, now - IDEMPOTENCY_RETENTION_MS).catch((err) => log.warn('prune failed', { err: String(err) }));
+    }, 3600_000),
+  );
+  for (const t of timers) t.unref();
 
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
-  process.stdout.write(`meterd listening on ${url} (embedded mode, data in ${config.dataDir})\n`);
-  if (generated) process.stdout.write(`generated a test API key (kept in DATA_DIR): ${generated}\n`);
-  else process.stdout.write(`API keys: ${keys.length} configured (API_KEYS or DATA_DIR)\n`);
+  process.stdout.write(`meterd listening on ${url} (role ${config.role}, ${drivers.mode} mode: ${drivers.describe}; data in ${config.dataDir})\n`);
+  if (generated) process.stdout.write(`generated a test API key (kept in the state store): ${generated}\n`);
+  else process.stdout.write(`API keys: ${keys.length} configured (API_KEYS or the state store)\n`);
 
   let stopped: Promise<void> | null = null;
   return {
@@ -129,10 +146,10 @@ export async function startServer(config: Config): Promise<RunningServer> {
     aggregator,
     stop: () =>
       (stopped ??= (async () => {
-        clearInterval(prune);
+        for (const t of timers) clearInterval(t);
         await http.close();
-        await eventLog.producer().close();
-        await aggregator.stop();
+        await services.producer.close();
+        if (aggregator) await aggregator.stop();
         await eventLog.close();
         await analytics.close();
         await state.close();

@@ -278,6 +278,11 @@ export function registerMeterEventRoutes(http: HttpServer, s: Services): void {
   http.route('POST', '/v1/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency));
   http.route('POST', '/v2/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency));
   http.route('POST', '/v2/billing/meter_event_stream', (req) => stream(s, req));
+  registerSessionRoute(http, s);
+}
+
+/** Sessions are created through the API role too: clients get their token where they manage meters. */
+export function registerSessionRoute(http: HttpServer, s: Services): void {
   http.route(
     'POST',
     '/v2/billing/meter_event_session',

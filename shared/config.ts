@@ -31,6 +31,14 @@ export interface Config {
   sessionTtlMs: number;
   kafkaBrokers: string[];
   clickhouseUrl: string | null;
+  /** Database for our tables on the ClickHouse server (default: the URL's path, else `meterd`). */
+  clickhouseDatabase: string | null;
+  /** PostgreSQL for the shared transactional state (distributed mode). */
+  databaseUrl: string | null;
+  /** PostgreSQL schema holding our tables. */
+  databaseSchema: string;
+  /** How long an aggregator's claim on a partition lasts without renewal (distributed mode). */
+  leaseMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 
@@ -56,6 +64,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   for (const k of apiKeys) {
     if (!/^sk_(test|live)_[0-9A-Za-z_]{8,}$/.test(k)) throw new Error(`API_KEYS: ${k.slice(0, 12)}… is not a secret key (sk_test_… or sk_live_…, 8+ characters after the prefix)`);
   }
+  if (role !== 'all' && !(env.KAFKA_BROKERS && env.CLICKHOUSE_URL && env.DATABASE_URL)) {
+    throw new Error(`ROLE=${role} runs one role of the distributed mode: set KAFKA_BROKERS, CLICKHOUSE_URL and DATABASE_URL`);
+  }
   const level = (env.LOG_LEVEL ?? 'info') as Config['logLevel'];
   return {
     role,
@@ -74,6 +85,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     sessionTtlMs: Math.max(1, int(env, 'SESSION_TTL_SECONDS', 900)) * 1000,
     kafkaBrokers: list(env, 'KAFKA_BROKERS'),
     clickhouseUrl: env.CLICKHOUSE_URL || null,
+    clickhouseDatabase: env.CLICKHOUSE_DATABASE || null,
+    databaseUrl: env.DATABASE_URL || null,
+    databaseSchema: env.DATABASE_SCHEMA || 'public',
+    leaseMs: Math.max(1, int(env, 'AGGREGATOR_LEASE_SECONDS', 20)) * 1000,
     logLevel: ['debug', 'info', 'warn', 'error'].includes(level) ? level : 'info',
   };
 }

@@ -33,6 +33,27 @@ export interface StartOptions {
   key?: string;
 }
 
+/** `METERD_TEST_MODE=distributed` runs every test against Kafka, ClickHouse and PostgreSQL (see deploy/up.sh). */
+export const DISTRIBUTED = process.env.METERD_TEST_MODE === 'distributed';
+
+/**
+ * The environment of a server under test. Embedded: the server variables are removed, whatever the shell exported.
+ * Distributed: each data dir gets its own topic, ClickHouse database and PostgreSQL schema, so servers never share
+ * state unless a test restarts one on the same data dir (which then finds its data again, as on one machine).
+ */
+export function serverEnv(dataDir: string): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  if (!DISTRIBUTED) {
+    for (const k of ['KAFKA_BROKERS', 'CLICKHOUSE_URL', 'DATABASE_URL', 'ROLE']) delete env[k];
+    return env;
+  }
+  for (const k of ['KAFKA_BROKERS', 'CLICKHOUSE_URL', 'DATABASE_URL']) {
+    if (!env[k]) throw new Error(`METERD_TEST_MODE=distributed needs ${k}: run eval "$(deploy/up.sh)" first`);
+  }
+  const id = path.basename(dataDir).replace(/[^A-Za-z0-9]/g, '_').toLowerCase();
+  return { ...env, KAFKA_TOPIC: `meterd-test-${id}`, KAFKA_PARTITIONS: env.KAFKA_PARTITIONS ?? '4', CLICKHOUSE_DATABASE: `t_${id}`, DATABASE_SCHEMA: `t_${id}` };
+}
+
 export function tempDir(name = 'meterd-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), name));
 }
@@ -42,7 +63,7 @@ export async function startServer(opts: StartOptions = {}): Promise<TestServer> 
   const dataDir = opts.dataDir ?? tempDir();
   const key = opts.key ?? 'sk_test_' + Math.random().toString(36).slice(2).padEnd(12, '0');
   const proc = spawn(process.execPath, [MAIN], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, API_KEYS: key, LOG_LEVEL: 'warn', ...(opts.env ?? {}) },
+    env: { ...serverEnv(dataDir), PORT: '0', HOST: '127.0.0.1', DATA_DIR: dataDir, API_KEYS: key, LOG_LEVEL: 'warn', ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const stdout: string[] = [];

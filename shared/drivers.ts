@@ -1,0 +1,86 @@
+/**
+ * Picks the drivers once, at start-up: each interface gets its embedded driver unless its server is configured.
+ *   event log        embedded segment files (DATA_DIR/log)     | Kafka (KAFKA_BROKERS)
+ *   analytics store  chdb in-process (DATA_DIR/clickhouse)     | ClickHouse server (CLICKHOUSE_URL)
+ *   state store      SQLite (DATA_DIR/state.sqlite)            | PostgreSQL (DATABASE_URL)
+ * Several processes can share the servers; the embedded parts are private to one process.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import type { Config } from './config';
+import type { EventLog } from './log';
+import type { AnalyticsStore } from './analytics-store';
+import type { StateStore } from './state-store';
+import type { SnapshotStore } from '../aggregator/snapshots';
+import type { PartitionLeases } from '../aggregator/leases';
+import { FileSnapshots, StateStoreSnapshots } from '../aggregator/snapshots';
+import { SoleOwner, StoreLeases } from '../aggregator/leases';
+
+export interface Drivers {
+  mode: 'embedded' | 'distributed' | 'mixed';
+  state: StateStore;
+  analytics: AnalyticsStore;
+  log: EventLog;
+  snapshots: SnapshotStore;
+  leases: PartitionLeases;
+  describe: string;
+}
+
+export const AGGREGATOR_GROUP = 'meterd-aggregator';
+
+export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = process.env): Promise<Drivers> {
+  const opened: Array<{ close(): Promise<void> }> = [];
+  try {
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    let state: StateStore;
+    if (config.databaseUrl) {
+      const { PostgresStateStore } = await import('./state/postgres-store');
+      state = new PostgresStateStore({ url: config.databaseUrl, schema: config.databaseSchema });
+    } else {
+      const { SqliteStateStore } = await import('./state/sqlite-store');
+      state = new SqliteStateStore(path.join(config.dataDir, 'state.sqlite'));
+    }
+    await state.init();
+    opened.push(state);
+
+    let analytics: AnalyticsStore;
+    if (config.clickhouseUrl) {
+      const { ClickHouseServerStore } = await import('./analytics/server-store');
+      analytics = new ClickHouseServerStore({ url: config.clickhouseUrl, database: config.clickhouseDatabase ?? undefined });
+    } else {
+      const { ChdbStore } = await import('./analytics/chdb-store');
+      analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
+    }
+    await analytics.init();
+    opened.push(analytics);
+
+    let log: EventLog;
+    if (config.kafkaBrokers.length > 0) {
+      const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
+      log = await KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` });
+    } else {
+      const { EmbeddedLog } = await import('./log/embedded-log');
+      log = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
+    }
+    opened.push(log);
+
+    // Snapshots and leases must be shared exactly when the log is: several aggregators can then own its partitions.
+    const shared = config.kafkaBrokers.length > 0;
+    const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
+    const snapshots = shared && state.putBlob ? new StateStoreSnapshots(state, AGGREGATOR_GROUP) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
+    const leases = shared ? new StoreLeases(state, owner, config.leaseMs, AGGREGATOR_GROUP) : new SoleOwner();
+
+    const servers = [config.kafkaBrokers.length > 0, !!config.clickhouseUrl, !!config.databaseUrl];
+    const mode = servers.every(Boolean) ? 'distributed' : servers.some(Boolean) ? 'mixed' : 'embedded';
+    const describe = [
+      config.kafkaBrokers.length ? `Kafka ${config.kafkaBrokers.join(',')}` : 'embedded log',
+      config.clickhouseUrl ? `ClickHouse ${new URL(config.clickhouseUrl).host}` : 'embedded ClickHouse',
+      config.databaseUrl ? `PostgreSQL ${new URL(config.databaseUrl).host}` : 'SQLite',
+    ].join(', ');
+    return { mode, state, analytics, log, snapshots, leases, describe };
+  } catch (err) {
+    for (const o of opened.reverse()) await o.close().catch(() => undefined);
+    throw err;
+  }
+}
