@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import { loadConfig, type Config } from './shared/config';
 import { log } from './shared/logger';
-import { openDrivers, AGGREGATOR_GROUP } from './shared/drivers';
+import { openDrivers } from './shared/drivers';
 import type { StateStore, ApiKeyRecord } from './shared/state-store';
 import { MeterRegistry } from './shared/meters';
 import { Authenticator, accountForKey } from './shared/http/auth';
@@ -109,7 +109,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       flushIntervalMs: config.flushIntervalMs,
       dedupWindowMs: config.dedupWindowMs,
       snapshotIntervalMs: config.snapshotIntervalMs,
-      consumerGroup: AGGREGATOR_GROUP,
+      consumerGroup: drivers.consumerGroup,
       leaseRenewMs: Math.max(250, Math.floor(config.leaseMs / 4)),
     });
     await aggregator.start();

@@ -24,10 +24,10 @@ export interface Drivers {
   log: EventLog;
   snapshots: SnapshotStore;
   leases: PartitionLeases;
+  /** The aggregators' consumer group: one per topic, so deployments sharing a Kafka cluster never mix. */
+  consumerGroup: string;
   describe: string;
 }
-
-export const AGGREGATOR_GROUP = 'meterd-aggregator';
 
 export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = process.env): Promise<Drivers> {
   const opened: Array<{ close(): Promise<void> }> = [];
@@ -56,9 +56,12 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     opened.push(analytics);
 
     let log: EventLog;
+    let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
-      log = await KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` });
+      const kafka = await KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` });
+      consumerGroup = env.KAFKA_CONSUMER_GROUP || `${kafka.topic}.aggregator`;
+      log = kafka;
     } else {
       const { EmbeddedLog } = await import('./log/embedded-log');
       log = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
@@ -68,8 +71,8 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     // Snapshots and leases must be shared exactly when the log is: several aggregators can then own its partitions.
     const shared = config.kafkaBrokers.length > 0;
     const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
-    const snapshots = shared && state.putBlob ? new StateStoreSnapshots(state, AGGREGATOR_GROUP) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
-    const leases = shared ? new StoreLeases(state, owner, config.leaseMs, AGGREGATOR_GROUP) : new SoleOwner();
+    const snapshots = shared && state.putBlob ? new StateStoreSnapshots(state, consumerGroup) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
+    const leases = shared ? new StoreLeases(state, owner, config.leaseMs, consumerGroup) : new SoleOwner();
 
     const servers = [config.kafkaBrokers.length > 0, !!config.clickhouseUrl, !!config.databaseUrl];
     const mode = servers.every(Boolean) ? 'distributed' : servers.some(Boolean) ? 'mixed' : 'embedded';
@@ -78,7 +81,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
       config.clickhouseUrl ? `ClickHouse ${new URL(config.clickhouseUrl).host}` : 'embedded ClickHouse',
       config.databaseUrl ? `PostgreSQL ${new URL(config.databaseUrl).host}` : 'SQLite',
     ].join(', ');
-    return { mode, state, analytics, log, snapshots, leases, describe };
+    return { mode, state, analytics, log, snapshots, leases, consumerGroup, describe };
   } catch (err) {
     for (const o of opened.reverse()) await o.close().catch(() => undefined);
     throw err;
