@@ -123,7 +123,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerSummaryRoutes(http, services);
     registerCoreEventRoutes(http, services);
   }
-  http.route('GET', '/healthz', () => json(200, { status: 'ok', role: config.role, mode: drivers.mode, aggregator: aggregator?.stats ?? null }));
+  http.route('GET', '/healthz', () => json(200, { status: 'ok', role: config.role, mode: drivers.mode, aggregator: aggregator?.health() ?? null }));
   const port = await http.listen(config.host, config.port);
 
   timers.push(

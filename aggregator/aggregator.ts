@@ -112,7 +112,7 @@ export class Aggregator {
   private owned: number[] = [];
   private lastRenewMs = 0;
   /** Counters for health and benchmarks. */
-  readonly stats = { events: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
+  readonly stats = { events: 0, stored: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
 
   constructor(private readonly o: AggregatorOptions) {
     this.consumer = o.log.consumer(o.consumerGroup ?? 'aggregator');
@@ -467,6 +467,7 @@ export class Aggregator {
       await this.o.analytics.insertTsv('meter_rollups_1m', ROLLUP_COLUMNS, Buffer.from(rollupLines.join('')));
     });
 
+    this.stats.stored += b.events;
     const nowMs = Date.now();
     for (const [p, offset] of b.reached) {
       const st = this.partitions.get(p);
@@ -528,6 +529,13 @@ export class Aggregator {
         delay = Math.min(delay * 2, 5000);
       }
     }
+  }
+
+  /** What /healthz shows: counters, and per owned partition the next offset to read and the stored watermark. */
+  health(): Record<string, unknown> {
+    const partitions: Record<string, { next: number; stored: number }> = {};
+    for (const [p, st] of this.partitions) partitions[p] = { next: st.nextOffset, stored: st.storedOffset };
+    return { ...this.stats, partitions };
   }
 
   /** Flushes what is buffered and snapshots the dedup index, so a clean restart replays nothing. */
