@@ -4,8 +4,9 @@
  * rows as TabSeparated text, and per-minute partial sums. Stateless, so chunks run on any thread in parallel; the
  * stateful dedup decision is taken afterwards, in log order, by the aggregator (see aggregator.ts).
  */
+import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, RecordKind } from '../shared/event-record';
-import { parseMeterValue, validateMeterValue } from '../shared/decimal';
+import { validateMeterValue } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
@@ -142,7 +143,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
   const flags = new Uint8Array(total);
   const slot = new Int32Array(total).fill(-1);
   const lineStart = new Uint32Array(total + 1);
-  const lines: string[] = [];
+  // Rows are written straight into one buffer (byte offsets come for free); ~120 bytes a row, grown when needed.
+  let out: Buffer = Buffer.allocUnsafeSlow(Math.max(4096, total * 160));
   let tsvLength = 0;
   const slotMap = new Map<string, SlotAcc>();
   const slotList: SlotAcc[] = [];
@@ -168,6 +170,11 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const recv = rec.receivedMs;
     const livemodeText = rec.livemode ? '1' : '0';
     const accountField = tsvField(account);
+    // Most records carry one event name and few customers: look the meter up once per name, and reuse the last
+    // rollup slot of a customer instead of building a composite key for every event.
+    let lastName: string | null = null;
+    let meter: MeterInfo | undefined;
+    const lastSlotOf = new Map<string, SlotAcc>();
     for (let e = 0; e < rec.events.length; e++, n++) {
       const [eventName, identifier, timestampMs, payload] = rec.events[e];
       hi[n] = hash32(identifier, seedHi);
@@ -176,9 +183,14 @@ export function processChunk(task: ChunkTask): ChunkResult {
       const s = eventSeq(partition, offset, e);
       seq[n] = s;
       lineStart[n] = tsvLength;
-      const meter = meters.get(meterKey(account, eventName));
+      if (eventName !== lastName) {
+        lastName = eventName;
+        meter = meters.get(meterKey(account, eventName));
+        lastSlotOf.clear();
+      }
       let error: [string, string] | null = null;
       let value = '0';
+      let scaled = 0n;
       let customer = '';
       if (!meter) error = ['no_meter', `No active meter was found for event_name '${eventName}'.`];
       else if (!meter.active && !rec.validated) error = ['archived_meter', `The meter '${meter.id}' is inactive and accepts no events.`];
@@ -191,7 +203,10 @@ export function processChunk(task: ChunkTask): ChunkResult {
         } else {
           const v = validateMeterValue(raw);
           if (!v.ok) error = [v.code, v.message];
-          else value = raw;
+          else {
+            value = raw;
+            scaled = v.scaled;
+          }
         }
         if (!error && !rec.validated) {
           if (timestampMs < recv - MAX_PAST_MS) error = ['timestamp_too_far_in_past', 'Timestamp must be within the past 35 calendar days.'];
@@ -208,39 +223,29 @@ export function processChunk(task: ChunkTask): ChunkResult {
       const line =
         accountField + '\t' + livemodeText + '\t' + m.id + '\t' + tsvField(eventName) + '\t' + tsvField(customer) + '\t' + tsvField(identifier) + '\t' +
         timestampMs + '\t' + value + '\t' + tsvField(extraPayload(payload, m.customerKey, m.valueKey)) + '\t' + recv + '\t' + partitionText + '\t' + s + '\n';
-      lines.push(line);
-      tsvLength += line.length;
+      if (tsvLength + line.length * 3 > out.length) out = grow(out, tsvLength + line.length * 3);
+      tsvLength += out.write(line, tsvLength);
       if (usesRollups(m)) {
         const minute = Math.floor(timestampMs / 60000) * 60;
-        const key = account + '\u0000' + m.id + '\u0000' + customer + '\u0000' + minute;
-        let acc = slotMap.get(key);
-        if (!acc) {
-          acc = { index: slotList.length, account, meterId: m.id, customer, minute, sum: 0n, count: 0 };
-          slotMap.set(key, acc);
-          slotList.push(acc);
+        let acc = lastSlotOf.get(customer);
+        if (!acc || acc.minute !== minute) {
+          const key = account + '\u0000' + m.id + '\u0000' + customer + '\u0000' + minute;
+          acc = slotMap.get(key);
+          if (!acc) {
+            acc = { index: slotList.length, account, meterId: m.id, customer, minute, sum: 0n, count: 0 };
+            slotMap.set(key, acc);
+            slotList.push(acc);
+          }
+          lastSlotOf.set(customer, acc);
         }
-        if (m.formula === 'sum') acc.sum += parseMeterValue(value)!;
+        if (m.formula === 'sum') acc.sum += scaled;
         acc.count++;
         slot[n] = acc.index;
       }
     }
   }
   lineStart[n] = tsvLength;
-  const text = lines.join('');
-  const tsv = Buffer.from(text);
-  // Line offsets were counted in UTF-16 units: right for ASCII; otherwise count bytes (rare: non-ASCII ids or keys).
-  if (tsv.length !== text.length) {
-    let at = 0;
-    let line = 0;
-    let charStart = lineStart[0];
-    for (let i = 0; i < n; i++) {
-      const charEnd = lineStart[i + 1];
-      lineStart[i] = at;
-      if (charEnd > charStart) at += Buffer.byteLength(lines[line++]);
-      charStart = charEnd;
-    }
-    lineStart[n] = at;
-  }
+  const tsv = out.subarray(0, tsvLength);
   const slots: SlotPartial[] = slotList.map((a) => ({
     key: a.account + '\u0000' + a.meterId + '\u0000' + a.customer + '\u0000' + a.minute,
     account: a.account,
@@ -268,6 +273,16 @@ export function processChunk(task: ChunkTask): ChunkResult {
   };
 }
 
-export default function run(task: ChunkTask): ChunkResult {
-  return processChunk(task);
+function grow(buf: Buffer, atLeast: number): Buffer {
+  const bigger = Buffer.allocUnsafeSlow(Math.max(atLeast, buf.length * 2));
+  buf.copy(bigger);
+  return bigger;
+}
+
+/** The result's arrays are moved to the main thread, not copied. */
+export default function run(task: ChunkTask): unknown {
+  const r = processChunk(task);
+  const buffers = new Set<ArrayBuffer>();
+  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.flags, r.slot, r.lineStart, r.tsv]) buffers.add(a.buffer as ArrayBuffer);
+  return Piscina.move({ [Piscina.transferableSymbol]: [...buffers], [Piscina.valueSymbol]: r } as unknown as Parameters<typeof Piscina.move>[0]);
 }
