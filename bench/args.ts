@@ -2,6 +2,8 @@
 
 export class Args {
   private readonly values = new Map<string, string>();
+  /** Every value of a repeated `--name value` flag, in order. */
+  private readonly repeated = new Map<string, string[]>();
   private readonly flags = new Set<string>();
 
   /** `booleans` are flags that take no value (`--null`, `--chart`, `--no-probe`). */
@@ -11,14 +13,19 @@ export class Args {
       if (!a.startsWith('--')) throw new Error(`unexpected argument "${a}"`);
       const eq = a.indexOf('=');
       const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
-      if (eq > 0) this.values.set(name, a.slice(eq + 1));
-      else if (booleans.includes(name)) this.flags.add(name);
-      else {
-        const v = argv[i + 1];
-        if (v === undefined) throw new Error(`--${name} needs a value`);
-        this.values.set(name, v);
+      let v: string;
+      if (eq > 0) v = a.slice(eq + 1);
+      else if (booleans.includes(name)) {
+        this.flags.add(name);
+        continue;
+      } else {
+        const next = argv[i + 1];
+        if (next === undefined) throw new Error(`--${name} needs a value`);
+        v = next;
         i++;
       }
+      this.values.set(name, v);
+      this.repeated.set(name, [...(this.repeated.get(name) ?? []), v]);
     }
   }
 
@@ -31,6 +38,15 @@ export class Args {
   str(name: string, def?: string): string | undefined;
   str(name: string, def?: string): string | undefined {
     return this.values.get(name) ?? process.env[Args.envName(name)] ?? def;
+  }
+
+  /** A repeatable flag (`--x a --x b`), each value also split on commas; env fallback BENCH_<FLAG> (comma-separated). */
+  list(name: string): string[] {
+    const raw = this.repeated.get(name) ?? (process.env[Args.envName(name)] !== undefined ? [process.env[Args.envName(name)]!] : []);
+    return raw
+      .flatMap((v) => v.split(','))
+      .map((v) => v.trim())
+      .filter(Boolean);
   }
 
   num(name: string, def: number): number {

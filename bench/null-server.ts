@@ -11,6 +11,7 @@
  * --validate (self-test of the generator, not for baselines): the stream handler also parses every body, checks the
  * identifiers are unique (duplicates are counted and ignored, like the real server's dedup) and sums `value` per
  * customer (visible after --lag-ms N, default 0), and event_summaries answers those sums, so the generator's freshness/exactness path can run against it.
+ * /healthz then also shows `aggregator: {events, stored, duplicates, invalid}` (stored = visible), for the lag sampling.
  *
  * Routes: GET /healthz; POST /v2/billing/meter_event_session (fake session, 15 min); POST
  * /v2/billing/meter_event_stream (`{}` after the whole body); POST /v1/billing/meters (fake meter); GET
@@ -58,6 +59,8 @@ const seen = new Set<string>();
 const sums = new Map<string, number>();
 let duplicates = 0;
 let invalid = 0;
+/** Events visible in the summaries (after --lag-ms): /healthz shows it as `aggregator.stored`, like the real server. */
+let stored = 0;
 
 function ingest(body: Buffer): boolean {
   let j: { events?: { event_name?: string; identifier?: string; payload?: Record<string, string> }[] };
@@ -86,6 +89,7 @@ function ingest(body: Buffer): boolean {
     seen.add(id);
     const add = (): void => {
       sums.set(cus, (sums.get(cus) ?? 0) + Number(v));
+      stored++;
     };
     if (lagMs > 0) setTimeout(add, lagMs);
     else add();
@@ -114,7 +118,10 @@ function drain(res: uWS.HttpResponse, done: (bytes: number, body: Buffer | null)
 const app = uWS.App();
 
 app.get('/healthz', (res) => {
-  res.writeStatus('200 OK').writeHeader('Content-Type', 'application/json').end('{"status":"ok"}');
+  const body = validate
+    ? JSON.stringify({ status: 'ok', aggregator: { events: seen.size, stored, duplicates, invalid } })
+    : '{"status":"ok"}';
+  res.writeStatus('200 OK').writeHeader('Content-Type', 'application/json').end(body);
 });
 
 app.post('/v2/billing/meter_event_stream', (res, req) => {

@@ -1,24 +1,37 @@
 /**
  * Benchmark orchestrator.
  *
- *   npm run bench -- [--events N] [--duration S] [--connections N] [--chart]      (= node dist/bench/run.js ...)
+ *   npm run bench -- [--mode embedded|distributed|both] [--events N] [--duration S] [--chart]   (= node dist/bench/run.js ...)
  *
  * (a) starts the null server (bench/null-server.ts) in a child process and runs the load generator against it: the
  *     generator's ceiling on this machine;
- * (b) starts the real server (`node dist/main.js`, random free port, temp DATA_DIR, API_KEYS=<fresh sk_test key>),
- *     waits for GET /healthz, runs the generator (meter creation, load, freshness, exactness), stops the server
- *     (SIGTERM, SIGKILL after 10 s) and removes the temp dir.
+ * (b) embedded mode: starts the real server (`node dist/main.js`, random free port, temp DATA_DIR, API_KEYS=<fresh
+ *     sk_test key>, none of the distributed settings), waits for GET /healthz, runs the generator (meter creation,
+ *     load, consumer lag, freshness, exactness), stops the server (SIGTERM, SIGKILL after 10 s), removes the temp dir;
+ * (c) distributed mode: the same against the server on Kafka + ClickHouse + PostgreSQL (KAFKA_BROKERS, CLICKHOUSE_URL,
+ *     DATABASE_URL from the environment, else from `deploy/up.sh`'s export lines), with a fresh topic, ClickHouse
+ *     database, PostgreSQL schema and consumer group per run (bench-<ts> / bench_<ts>), dropped at the end. Topology
+ *     `all` = one process running every role; `split` = one gateway + one aggregator + one api process (the generator
+ *     streams to the gateway and manages meters / reads summaries on the api).
+ * Consumer lag: the generator samples GET /healthz of every process running an aggregator (`aggregator.stored`) while
+ * it loads and converges, against the events it has had acknowledged (stream-load.ts --health-url, LagSampler).
  * Prints a markdown table on stdout, writes bench/results/<timestamp>.json and, with --chart, <timestamp>.svg; server
- * logs go to bench/results/<timestamp>-server.log.
+ * logs go to bench/results/<timestamp>-server.log (embedded) and <timestamp>-distributed[-<role>].log.
  *
  * Flags:
+ *   --mode embedded|distributed|both            which server runs (default embedded); the null server runs in every mode
+ *   --topology all|split                        distributed process layout (default all)
  *   --events N --duration S --connections N     passed to the generator (defaults 2,000,000 / 30 / 16)
  *   --batch N --customers N --client raw|http   passed to the generator (defaults 100 / 100 / raw)
  *   --timestamps                                passed to the generator (explicit event timestamps)
  *   --poll-mode adaptive|all --freshness-timeout S   passed to the generator
+ *   --health-interval MS                        consumer lag sampling period (default 250)
+ *   --meter-settle-ms MS                        pause between meter creation and load (default 2500 with split, else 0)
+ *   --kafka-partitions N                        partitions of the fresh topic (default: the server's, 8)
+ *   --keep-data                                 do not drop the run's topic / database / schema
  *   --null-events N --null-duration S           the null-server run (defaults max(events, 10M) / min(duration, 5))
- *   --chart                                     also write an SVG bar chart
- *   --skip-null | --skip-server                 run only one of the two targets
+ *   --chart                                     also write an SVG chart (throughput, latency, lag over time)
+ *   --skip-null | --skip-server                 run only the null server / only the meterd server(s)
  *   --server-entry PATH                         server entry point (default <repo>/dist/main.js)
  *   --data-parent DIR                           where the temp DATA_DIR is created (default the OS temp dir)
  *   --results-dir DIR                           default <repo>/bench/results
@@ -125,8 +138,10 @@ async function waitHealthy(child: ChildProcess, port: number, logPath: string, t
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (exited(child)) {
-      throw new Error(`process exited (code ${child.exitCode}, signal ${child.signalCode}) before /healthz answered 200;` +
-        ` log tail:\n${tail(logPath)}`);
+      const t = tail(logPath);
+      const last = t.split('\n').filter((l) => l.trim()).pop() ?? '';
+      throw new Error(`process exited (code ${child.exitCode}, signal ${child.signalCode}) before /healthz answered 200: ` +
+        `${last.slice(0, 240)} (log ${logPath}); log tail:\n${t}`);
     }
     if ((await httpStatus(port, '/healthz')) === 200) return;
     await sleep(100);
@@ -138,12 +153,15 @@ async function waitHealthy(child: ChildProcess, port: number, logPath: string, t
 
 const CLK_TCK = 100; // USER_HZ on Linux
 
-/** Samples the CPU time (user+system, all threads) of a process and its descendants from /proc, every 500 ms. */
+/** Samples the CPU time (user+system, all threads) of processes and their descendants from /proc, every 500 ms. */
 class TreeCpu {
   private readonly samples: [number, number][] = [];
   private timer: NodeJS.Timeout | null = null;
+  private readonly rootPids: number[];
 
-  constructor(private readonly rootPid: number) {}
+  constructor(rootPids: number | number[]) {
+    this.rootPids = Array.isArray(rootPids) ? rootPids : [rootPids];
+  }
 
   start(): void {
     if (process.platform !== 'linux') return;
@@ -174,7 +192,7 @@ class TreeCpu {
         /* gone */
       }
     }
-    const tree = new Set<number>([this.rootPid]);
+    const tree = new Set<number>(this.rootPids);
     let grew = true;
     while (grew) {
       grew = false;
@@ -187,7 +205,7 @@ class TreeCpu {
     }
     let ticks = 0;
     for (const pid of tree) ticks += stats.get(pid)?.ticks ?? 0;
-    if (stats.has(this.rootPid)) this.samples.push([Date.now(), ticks]);
+    if (this.rootPids.every((p) => stats.has(p))) this.samples.push([Date.now(), ticks]);
   }
 
   private at(t: number): number | null {
@@ -215,6 +233,20 @@ class TreeCpu {
 
 // ------------------------------------------------------------------------------------------------ generator
 
+/** The generator's consumer lag report (stream-load.ts, LagSampler.report). */
+interface LagReport {
+  health_urls: string[];
+  samples: number;
+  sample_errors: number;
+  first_sample_error?: string;
+  max_events: number | null;
+  max_seconds_behind: number | null;
+  caught_up_after_last_ack_ms: number | null;
+  final?: { acked: number; stored: number | null; invalid: number; duplicates: number; insert_retries: number };
+  /** rows: [t_ms since load start, acked, stored, lag_events, seconds_behind] */
+  series?: { columns: string[]; t0_epoch_ms: number; rows: number[][] };
+}
+
 // The generator's JSON result (see stream-load.ts); only the fields used here are typed.
 interface GenResult {
   ok: boolean;
@@ -231,6 +263,7 @@ interface GenResult {
   freshness?: { after_last_ack_ms: number | null; converged: boolean } | null;
   probe_freshness_ms?: { p50: number | null; max: number | null; count: number } | null;
   verification?: { ok: boolean; mismatch_count: number; checked_customers: number } | null;
+  lag?: LagReport | null;
   aborted?: string | null;
   [k: string]: unknown;
 }
@@ -263,17 +296,313 @@ function runGenerator(script: string, args: string[], timeoutMs: number): Promis
   });
 }
 
-// ------------------------------------------------------------------------------------------------ report
+// ------------------------------------------------------------------------------------------------ distributed servers
+
+type Mode = 'null' | 'embedded' | 'distributed';
+type Topology = 'all' | 'split';
+type Role = 'all' | 'gateway' | 'aggregator' | 'api';
+
+/** Settings that make the server distributed (or point it at one deployment): never inherited by the embedded run. */
+const DISTRIBUTED_ENV = /^(KAFKA_|CLICKHOUSE_|DATABASE_URL$|DATABASE_SCHEMA$|ROLE$)/;
+
+function withoutDistributedEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (!DISTRIBUTED_ENV.test(k)) out[k] = v;
+  return out;
+}
+
+/** user:password@ removed, for the report and the log. */
+function redactUrl(u: string | undefined): string | null {
+  if (!u) return null;
+  try {
+    const url = new URL(u);
+    if (url.username || url.password) {
+      url.username = '';
+      url.password = '';
+    }
+    return url.toString();
+  } catch {
+    return '(unparsable)';
+  }
+}
+
+/** The three server URLs: from the environment when all are set, else from `deploy/up.sh` (its `export` lines). */
+async function distributedServers(root: string): Promise<{ env: Record<string, string>; source: string }> {
+  const names = ['KAFKA_BROKERS', 'CLICKHOUSE_URL', 'DATABASE_URL'];
+  if (names.every((n) => process.env[n])) {
+    return { env: Object.fromEntries(names.map((n) => [n, process.env[n]!])), source: 'environment' };
+  }
+  const script = path.join(root, 'deploy', 'up.sh');
+  if (!fs.existsSync(script)) throw new Error(`KAFKA_BROKERS/CLICKHOUSE_URL/DATABASE_URL unset and ${script} not found`);
+  process.stderr.write(`bench: ${names.filter((n) => !process.env[n]).join(', ')} unset; running deploy/up.sh\n`);
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn('bash', [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.add(child);
+    let text = '';
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (c: string) => {
+      text += c;
+    });
+    const timer = setTimeout(() => child.kill('SIGTERM'), 15 * 60_000);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      if (code === 0) resolve(text);
+      else reject(new Error(`deploy/up.sh failed (exit ${code ?? signal})`));
+    });
+  });
+  const env: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const m = /^\s*export\s+([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) continue;
+    let v = m[2]!.trim();
+    if (v.length >= 2 && ((v[0] === "'" && v.endsWith("'")) || (v[0] === '"' && v.endsWith('"')))) v = v.slice(1, -1);
+    env[m[1]!] = v;
+  }
+  const missing = names.filter((n) => !env[n]);
+  if (missing.length) throw new Error(`deploy/up.sh did not export ${missing.join(', ')}`);
+  return { env, source: 'deploy/up.sh' };
+}
+
+interface Deployment {
+  topic: string;
+  consumer_group: string;
+  clickhouse_database: string;
+  database_schema: string;
+}
+
+function deploymentNames(): Deployment {
+  const d = new Date();
+  const p = (n: number): string => String(n).padStart(2, '0');
+  const ts =
+    `${d.getUTCFullYear()}${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}${p(d.getUTCHours())}${p(d.getUTCMinutes())}` +
+    `${p(d.getUTCSeconds())}_${randomBytes(2).toString('hex')}`;
+  const topic = `bench-${ts.replace('_', '-')}`;
+  return { topic, consumer_group: `${topic}.aggregator`, clickhouse_database: `bench_${ts}`, database_schema: `bench_${ts}` };
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms / 1000} s`)), ms);
+    }),
+  ]);
+}
+
+/** Drops the run's ClickHouse database, PostgreSQL schema, Kafka consumer group and topic; best effort, each reported. */
+async function dropDeployment(env: Record<string, string>, d: Deployment): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  // The servers are shared (and restarted by other people's tests): retry for up to a minute.
+  const attempt = async (what: string, fn: () => Promise<string>): Promise<void> => {
+    const deadline = Date.now() + 60_000;
+    for (let i = 1; ; i++) {
+      try {
+        out[what] = await withTimeout(fn(), 30_000, what);
+        return;
+      } catch (err) {
+        if (Date.now() + 2000 < deadline) {
+          process.stderr.write(`bench: cleanup of ${what} failed (attempt ${i}: ${(err as Error).message}); retrying\n`);
+          await sleep(2000);
+          continue;
+        }
+        out[what] = `FAILED: ${(err as Error).message}`;
+        process.stderr.write(`bench: cleanup of ${what} failed: ${(err as Error).message}\n`);
+        return;
+      }
+    }
+  };
+  if (!/^[A-Za-z0-9_]+$/.test(d.clickhouse_database) || !/^[a-z0-9_]+$/.test(d.database_schema)) throw new Error('bad names');
+  await attempt('clickhouse', async () => {
+    const { createClient, ClickHouseLogLevel } = await import('@clickhouse/client');
+    const base = new URL(env.CLICKHOUSE_URL!);
+    const ch = createClient({
+      url: base.origin,
+      username: decodeURIComponent(base.username) || 'default',
+      password: decodeURIComponent(base.password),
+      request_timeout: 30_000,
+      log: { level: ClickHouseLogLevel.OFF }, // failures are reported (and retried) here
+    });
+    try {
+      await ch.command({ query: `DROP DATABASE IF EXISTS ${d.clickhouse_database}` });
+    } finally {
+      await ch.close();
+    }
+    return `dropped database ${d.clickhouse_database}`;
+  });
+  await attempt('postgres', async () => {
+    const { Client } = await import('pg');
+    const pg = new Client({ connectionString: env.DATABASE_URL });
+    await pg.connect();
+    try {
+      await pg.query(`DROP SCHEMA IF EXISTS "${d.database_schema}" CASCADE`);
+    } finally {
+      await pg.end();
+    }
+    return `dropped schema ${d.database_schema}`;
+  });
+  await attempt('kafka', async () => {
+    const { Kafka, logLevel } = await import('kafkajs');
+    const { kafkaOptionsFromEnv } = await import('../shared/log/kafka-log');
+    const ko = kafkaOptionsFromEnv({ ...process.env, ...env });
+    const kafka = new Kafka({
+      clientId: 'meterd-bench-cleanup',
+      brokers: ko.brokers,
+      ...(ko.ssl !== undefined ? { ssl: ko.ssl } : {}),
+      ...(ko.sasl ? { sasl: ko.sasl as import('kafkajs').SASLOptions } : {}),
+      logLevel: logLevel.NOTHING,
+    });
+    const admin = kafka.admin();
+    await admin.connect();
+    const done: string[] = [];
+    try {
+      try {
+        await admin.deleteGroups([d.consumer_group]);
+        done.push(`deleted group ${d.consumer_group}`);
+      } catch (err) {
+        done.push(`group ${d.consumer_group} not deleted (${(err as Error).message})`);
+      }
+      if ((await admin.listTopics()).includes(d.topic)) {
+        await admin.deleteTopics({ topics: [d.topic], timeout: 20_000 });
+        done.push(`deleted topic ${d.topic}`);
+      } else {
+        done.push(`no topic ${d.topic}`);
+      }
+    } finally {
+      await admin.disconnect();
+    }
+    return done.join('; ');
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ a meterd run
+
+interface ProcInfo {
+  role: Role;
+  pid: number | null;
+  port: number;
+  log: string;
+  exit?: string;
+}
 
 interface Row {
   target: string;
+  mode: Mode;
+  topology?: Topology;
   ran: boolean;
   ok: boolean;
   error?: string;
   generator_exit_code?: number | null;
   server_cpu_pct_of_one_core?: number | null;
+  processes?: ProcInfo[];
+  deployment?: (Deployment & { cleanup?: Record<string, string> | 'kept' }) | null;
   result?: GenResult | null;
 }
+
+interface Ctx {
+  root: string;
+  stamp: string;
+  resultsDir: string;
+  dataParent: string;
+  serverEntry: string;
+  genScript: string;
+  genArgs: string[];
+  genTimeoutMs: number;
+  healthIntervalMs: number;
+}
+
+function label(r: Pick<Row, 'mode' | 'topology'>): string {
+  return r.mode === 'null' ? 'null server' : r.mode === 'embedded' ? 'embedded' : `distributed (${r.topology ?? 'all'})`;
+}
+
+async function runMeterd(
+  ctx: Ctx,
+  row: Row,
+  o: { baseEnv: NodeJS.ProcessEnv; roles: Role[]; meterSettleMs: number; healthTimeoutMs: number },
+): Promise<void> {
+  const procs: { info: ProcInfo; child: ChildProcess }[] = [];
+  let dataDir: string | null = null;
+  try {
+    if (!fs.existsSync(ctx.serverEntry)) throw new Error(`server entry ${ctx.serverEntry} not found (run \`npm run build\`)`);
+    dataDir = fs.mkdtempSync(path.join(ctx.dataParent, 'meterd-bench-'));
+    tempDirs.add(dataDir);
+    const key = `sk_test_bench_${randomBytes(12).toString('hex')}`;
+    const start = async (role: Role): Promise<{ info: ProcInfo; child: ChildProcess }> => {
+      const port = await freePort();
+      const suffix = row.mode === 'embedded' ? 'server' : `distributed${role === 'all' ? '' : `-${role}`}`;
+      const logPath = path.join(ctx.resultsDir, `${ctx.stamp}-${suffix}.log`);
+      // Each process its own DATA_DIR: in distributed mode it holds nothing shared.
+      const dir = path.join(dataDir!, role);
+      process.stderr.write(`bench: ${label(row)}: ${role} on 127.0.0.1:${port}, log ${logPath}\n`);
+      const env: NodeJS.ProcessEnv = { ...o.baseEnv, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dir, API_KEYS: key };
+      if (role !== 'all') env.ROLE = role;
+      const child = startNode(ctx.serverEntry, [], env, logPath);
+      const p = { info: { role, pid: child.pid ?? null, port, log: logPath }, child };
+      procs.push(p);
+      return p;
+    };
+    const t0 = Date.now();
+    // The first process creates the topic, the tables and the schema; the others start once it is up.
+    const first = await start(o.roles[0]!);
+    await waitHealthy(first.child, first.info.port, first.info.log, o.healthTimeoutMs);
+    const rest = [];
+    for (const role of o.roles.slice(1)) rest.push(await start(role));
+    await Promise.all(rest.map((p) => waitHealthy(p.child, p.info.port, p.info.log, o.healthTimeoutMs)));
+    process.stderr.write(`bench: ${label(row)}: healthy after ${Date.now() - t0} ms\n`);
+    row.processes = procs.map((p) => p.info);
+
+    const by = (r: Role): number => (procs.find((p) => p.info.role === r) ?? procs.find((p) => p.info.role === 'all'))!.info.port;
+    const url = (port: number): string => `http://127.0.0.1:${port}`;
+    const aggregators = procs.filter((p) => p.info.role === 'all' || p.info.role === 'aggregator');
+    const args = [
+      '--url', url(by('gateway')),
+      '--api-url', url(by('api')),
+      '--key', key,
+      ...aggregators.flatMap((p) => ['--health-url', url(p.info.port)]),
+      '--health-interval', String(ctx.healthIntervalMs),
+      '--meter-settle-ms', String(o.meterSettleMs),
+      ...ctx.genArgs,
+    ];
+    const cpu = new TreeCpu(procs.map((p) => p.child.pid!));
+    cpu.start();
+    const g = await runGenerator(ctx.genScript, args, ctx.genTimeoutMs + o.meterSettleMs);
+    cpu.stop();
+    row.ran = true;
+    row.result = g.result;
+    row.generator_exit_code = g.code;
+    row.ok = g.code === 0 && !!g.result?.ok;
+    if (g.result?.load_start_epoch_ms && g.result.load_end_epoch_ms) {
+      row.server_cpu_pct_of_one_core = cpu.pctBetween(g.result.load_start_epoch_ms, g.result.load_end_epoch_ms);
+    }
+    if (!g.result) row.error = `generator exited ${g.code} without a result`;
+    const dead = procs.filter((p) => exited(p.child));
+    if (dead.length) {
+      row.ok = false;
+      row.error = dead
+        .map((p) => `${p.info.role} exited during the run (code ${p.child.exitCode}, signal ${p.child.signalCode}); see ${p.info.log}`)
+        .join('; ');
+    }
+  } catch (err) {
+    row.error = (err as Error).message;
+    process.stderr.write(`bench: ${label(row)} run failed: ${row.error}\n`);
+  } finally {
+    row.processes = procs.map((p) => p.info);
+    await Promise.all(
+      procs.map(async (p) => {
+        await stopChild(p.child);
+        p.info.exit = p.child.signalCode ? `signal ${p.child.signalCode}` : `code ${p.child.exitCode}`;
+      }),
+    );
+    if (dataDir) {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+      tempDirs.delete(dataDir);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ report
 
 function fmtInt(n: number | null | undefined): string {
   return n === null || n === undefined ? '–' : Math.round(n).toLocaleString('en-US');
@@ -281,17 +610,33 @@ function fmtInt(n: number | null | undefined): string {
 function fmtMs(n: number | null | undefined): string {
   return n === null || n === undefined ? '–' : n < 10 ? n.toFixed(2) : n < 100 ? n.toFixed(1) : Math.round(n).toString();
 }
+function fmtCompact(n: number): string {
+  const a = Math.abs(n);
+  if (a >= 1e6) return `${(n / 1e6).toFixed(a >= 1e7 ? 0 : 1)}M`;
+  if (a >= 1e3) return `${(n / 1e3).toFixed(a >= 1e4 ? 0 : 1)}k`;
+  return String(Math.round(n));
+}
+
+function lagCell(r: Row): string {
+  if (r.mode === 'null') return 'n/a';
+  const L = r.result?.lag;
+  if (!L) return '–';
+  if (L.max_events === null) return `no sample${L.first_sample_error ? ` (${L.first_sample_error.split('\n')[0]})` : ''}`;
+  return `${fmtInt(L.max_events)} ev / ${(L.max_seconds_behind ?? 0).toFixed(2)} s`;
+}
 
 function markdownTable(rows: Row[]): string {
-  const nullEps = rows.find((r) => r.target === 'null server')?.result?.events_per_s;
+  const nullEps = rows.find((r) => r.mode === 'null')?.result?.events_per_s;
   const head = [
     'target',
+    'mode',
     'events acked',
     'accepted events/s',
     'vs null server',
     'p50 ack (ms)',
     'p99 ack (ms)',
     'freshness after last ack',
+    'max consumer lag',
     'verification',
     'client CPU',
     'server CPU',
@@ -300,11 +645,15 @@ function markdownTable(rows: Row[]): string {
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
   for (const r of rows) {
     const g = r.result;
+    const isNull = r.mode === 'null';
     if (!r.ran || !g || g.events_per_s === undefined) {
-      lines.push(`| ${r.target} | – | – | – | – | – | – | FAILED: ${(r.error ?? g?.error ?? 'no result').split('\n')[0]} | – | – | – |`);
+      const cells = head.map(() => '–');
+      cells[0] = r.target;
+      cells[1] = label(r);
+      cells[9] = `FAILED: ${(r.error ?? g?.error ?? 'no result').split('\n')[0]}`;
+      lines.push(`| ${cells.join(' | ')} |`);
       continue;
     }
-    const isNull = r.target === 'null server';
     const ratio = nullEps ? `${((g.events_per_s / nullEps) * 100).toFixed(1)}%` : '–';
     const fresh = isNull
       ? 'n/a'
@@ -320,8 +669,8 @@ function markdownTable(rows: Row[]): string {
         : `not run${g.aborted ? `: ${g.aborted}` : ''}`;
     const errs = g.errors && Object.keys(g.errors).length ? Object.entries(g.errors).map(([k, v]) => `${k}×${v}`).join(' ') : '0';
     lines.push(
-      `| ${r.target} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${isNull ? '100%' : ratio} | ` +
-        `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fresh} | ${ver} | ` +
+      `| ${r.target} | ${label(r)} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${isNull ? '100%' : ratio} | ` +
+        `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fresh} | ${lagCell(r)} | ${ver} | ` +
         `${g.client_cpu ? `${g.client_cpu.pct_of_one_core}%` : '–'} | ` +
         `${r.server_cpu_pct_of_one_core != null ? `${r.server_cpu_pct_of_one_core}%` : '–'} | ${errs} |`,
     );
@@ -333,30 +682,107 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 
-/** Hand-written SVG: accepted events/s per target, and p50/p99 ack latency per target. */
+/** About `n` round tick values covering [lo, hi]. */
+function niceTicks(lo: number, hi: number, n: number): number[] {
+  const span = Math.max(hi - lo, 1e-9);
+  const raw = span / Math.max(1, n);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
+  const out: number[] = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.round(v / step) * step);
+  return out;
+}
+
+const COLORS = ['#4c78a8', '#f58518', '#54a24b', '#e45756'];
+
+/**
+ * One line chart per row with a lag series: events acknowledged (generator) and events stored (sum of the aggregators'
+ * `stored`) against seconds since the load started; a dashed line marks the last acknowledgement.
+ */
+function lagPanel(rows: Row[], W: number, y0: number): { parts: string[]; height: number } {
+  const parts: string[] = [];
+  let y = y0;
+  const withLag = rows.filter((r) => (r.result?.lag?.series?.rows.length ?? 0) > 1);
+  if (withLag.length === 0) return { parts, height: 0 };
+  parts.push(
+    `<text x="20" y="${y}" font-size="14" font-weight="bold">Consumer lag: events acknowledged vs stored by the aggregator(s), over time</text>`,
+  );
+  y += 10;
+  const left = 90;
+  const right = W - 30;
+  const ph = 150;
+  for (const r of withLag) {
+    const L = r.result!.lag!;
+    const data = L.series!.rows;
+    const tMin = Math.min(0, data[0]![0]! / 1000);
+    const tMax = Math.max(...data.map((d) => d[0]! / 1000), 1);
+    const vMax = Math.max(1, ...data.map((d) => Math.max(d[1]!, d[2]!)));
+    const top = y + 30;
+    const bottom = top + ph;
+    const X = (t: number): number => left + ((t - tMin) / (tMax - tMin)) * (right - left);
+    const Y = (v: number): number => bottom - (v / vMax) * ph;
+    const title =
+      `${label(r)}: max lag ${fmtInt(L.max_events)} events, ~${(L.max_seconds_behind ?? 0).toFixed(2)} s behind; ` +
+      (L.caught_up_after_last_ack_ms === null ? 'never caught up' : `caught up ${fmtInt(L.caught_up_after_last_ack_ms)} ms after the last ack`);
+    parts.push(`<text x="${left}" y="${y + 18}" font-size="12" font-weight="bold">${esc(title)}</text>`);
+    // Grid and axes.
+    for (const v of niceTicks(0, vMax, 4)) {
+      parts.push(`<line x1="${left}" y1="${Y(v).toFixed(1)}" x2="${right}" y2="${Y(v).toFixed(1)}" stroke="#e5e5e5"/>`);
+      parts.push(`<text x="${left - 6}" y="${(Y(v) + 4).toFixed(1)}" font-size="10" text-anchor="end">${fmtCompact(v)}</text>`);
+    }
+    for (const t of niceTicks(tMin, tMax, 8)) {
+      parts.push(`<line x1="${X(t).toFixed(1)}" y1="${bottom}" x2="${X(t).toFixed(1)}" y2="${bottom + 4}" stroke="#333"/>`);
+      parts.push(`<text x="${X(t).toFixed(1)}" y="${bottom + 15}" font-size="10" text-anchor="middle">${t}s</text>`);
+    }
+    parts.push(`<line x1="${left}" y1="${bottom}" x2="${right}" y2="${bottom}" stroke="#333"/>`);
+    parts.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${bottom}" stroke="#333"/>`);
+    const loadEnd = r.result!.load_seconds;
+    if (loadEnd !== undefined && loadEnd <= tMax) {
+      parts.push(`<line x1="${X(loadEnd).toFixed(1)}" y1="${top}" x2="${X(loadEnd).toFixed(1)}" y2="${bottom}" stroke="#888" stroke-dasharray="4,3"/>`);
+      parts.push(`<text x="${(X(loadEnd) + 4).toFixed(1)}" y="${top + 10}" font-size="10" fill="#666">last ack</text>`);
+    }
+    const line = (col: number, color: string, dash = ''): void => {
+      const pts = data.map((d) => `${X(d[0]! / 1000).toFixed(1)},${Y(d[col]!).toFixed(1)}`).join(' ');
+      parts.push(`<polyline points="${pts}" fill="none" stroke="${color}" stroke-width="1.8"${dash ? ` stroke-dasharray="${dash}"` : ''}/>`);
+    };
+    line(1, COLORS[0]!);
+    line(2, COLORS[1]!, '6,3');
+    // Legend.
+    const ly = bottom + 30;
+    parts.push(`<line x1="${left}" y1="${ly - 4}" x2="${left + 24}" y2="${ly - 4}" stroke="${COLORS[0]}" stroke-width="2"/>`);
+    parts.push(`<text x="${left + 30}" y="${ly}" font-size="11">acknowledged</text>`);
+    parts.push(`<line x1="${left + 130}" y1="${ly - 4}" x2="${left + 154}" y2="${ly - 4}" stroke="${COLORS[1]}" stroke-width="2" stroke-dasharray="6,3"/>`);
+    parts.push(`<text x="${left + 160}" y="${ly}" font-size="11">stored (aggregator /healthz)</text>`);
+    parts.push(`<text x="${right}" y="${ly}" font-size="10" text-anchor="end" fill="#666">seconds since the load started</text>`);
+    y = ly + 22;
+  }
+  return { parts, height: y - y0 };
+}
+
+/** Hand-written SVG: accepted events/s and p50/p99 ack latency per target, then the consumer lag per meterd run. */
 function svgChart(rows: Row[], title: string): string {
   const data = rows
     .filter((r) => r.result?.events_per_s !== undefined)
     .map((r) => ({
-      name: r.target,
+      name: label(r),
       eps: r.result!.events_per_s!,
       p50: r.result!.ack_latency_ms?.p50 ?? 0,
       p99: r.result!.ack_latency_ms?.p99 ?? 0,
       note:
-        r.target === 'null server'
+        r.mode === 'null'
           ? 'baseline'
           : `freshness ${r.result!.freshness?.converged ? `${fmtMs(r.result!.freshness.after_last_ack_ms)} ms` : 'n/a'}, ` +
-            `verification ${r.result!.verification?.ok ? 'OK' : 'FAILED'}`,
+            `max consumer lag ${lagCell(r)}, verification ${r.result!.verification?.ok ? 'OK' : 'FAILED'}`,
     }));
   const W = 860;
   const labelW = 150;
   const barH = 26;
   const gap = 14;
   const panelW = W - labelW - 150;
-  const colors = ['#4c78a8', '#f58518', '#54a24b', '#e45756'];
+  const colors = COLORS;
   let y = 50;
   const parts: string[] = [];
-  parts.push(`<text x="20" y="28" font-size="17" font-weight="bold">${esc(title)}</text>`);
+  parts.push(`<text x="20" y="28" font-size="15" font-weight="bold">${esc(title)}</text>`);
 
   // Panel 1: events/s.
   const maxEps = Math.max(1, ...data.map((d) => d.eps));
@@ -391,6 +817,12 @@ function svgChart(rows: Row[], title: string): string {
     parts.push(`<text x="${labelW + w99 + 6}" y="${y + lh * 1.78 + 2}" font-size="11">p99 ${fmtMs(d.p99)}</text>`);
     y += 2 * lh + gap + 6;
   });
+
+  // Panel 3: consumer lag over time.
+  y += 16;
+  const lag = lagPanel(rows, W, y);
+  parts.push(...lag.parts);
+  y += lag.height;
   const H = y + 10;
   return (
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
@@ -401,14 +833,21 @@ function svgChart(rows: Row[], title: string): string {
 // ------------------------------------------------------------------------------------------------ main
 
 async function main(): Promise<number> {
-  const a = new Args(process.argv.slice(2), ['chart', 'skip-null', 'skip-server', 'timestamps']);
+  const a = new Args(process.argv.slice(2), ['chart', 'skip-null', 'skip-server', 'timestamps', 'keep-data']);
   const root = findRepoRoot(__dirname);
+  const mode = a.str('mode', 'embedded');
+  if (!['embedded', 'distributed', 'both'].includes(mode)) throw new Error('--mode must be embedded, distributed or both');
+  const topology = a.str('topology', 'all') as Topology;
+  if (topology !== 'all' && topology !== 'split') throw new Error('--topology must be all or split');
   const events = a.num('events', 2_000_000);
   const duration = a.num('duration', 30);
   const connections = a.num('connections', 16);
   const batch = a.num('batch', 100);
   const customers = a.num('customers', 100);
   const client = a.str('client', 'raw');
+  const healthInterval = a.num('health-interval', 250);
+  const freshnessTimeout = a.num('freshness-timeout', 60);
+  const kafkaPartitions = a.str('kafka-partitions');
   const serverEntry = path.resolve(a.str('server-entry', path.join(root, 'dist', 'main.js')));
   const resultsDir = path.resolve(a.str('results-dir', path.join(root, 'bench', 'results')));
   const dataParent = path.resolve(a.str('data-parent', os.tmpdir()));
@@ -432,12 +871,12 @@ async function main(): Promise<number> {
   // warm-up, but keep it short.
   const nullEvents = a.num('null-events', Math.max(events, 10_000_000));
   const nullDuration = a.num('null-duration', Math.min(duration, 5));
-  const genTimeout = (duration + 60 + 30 + 60) * 1000;
+  const genTimeout = (duration + freshnessTimeout + 30 + 60) * 1000;
   const rows: Row[] = [];
 
   // (a) null server: the generator's ceiling.
   if (!a.bool('skip-null')) {
-    const row: Row = { target: 'null server', ran: false, ok: false };
+    const row: Row = { target: 'null server', mode: 'null', ran: false, ok: false };
     rows.push(row);
     const logPath = path.join(resultsDir, `${stamp}-null-server.log`);
     let child: ChildProcess | null = null;
@@ -466,65 +905,98 @@ async function main(): Promise<number> {
     }
   }
 
-  // (b) the real server.
-  if (!a.bool('skip-server')) {
-    const row: Row = { target: 'embedded server', ran: false, ok: false };
+  const ctx: Ctx = {
+    root,
+    stamp,
+    resultsDir,
+    dataParent,
+    serverEntry,
+    genScript,
+    genArgs: genArgs(events, duration),
+    genTimeoutMs: genTimeout,
+    healthIntervalMs: healthInterval,
+  };
+
+  // (b) the embedded server: one process, its own files; no distributed setting is inherited.
+  if (!a.bool('skip-server') && (mode === 'embedded' || mode === 'both')) {
+    process.stderr.write(`\n`);
+    const row: Row = { target: 'meterd ×1 (all roles)', mode: 'embedded', ran: false, ok: false };
     rows.push(row);
-    const logPath = path.join(resultsDir, `${stamp}-server.log`);
-    let child: ChildProcess | null = null;
-    let dataDir: string | null = null;
+    await runMeterd(ctx, row, {
+      baseEnv: withoutDistributedEnv(process.env),
+      roles: ['all'],
+      meterSettleMs: a.num('meter-settle-ms', 0),
+      healthTimeoutMs: 60_000,
+    });
+  }
+
+  // (c) the distributed server on Kafka + ClickHouse + PostgreSQL, in a deployment of its own.
+  let servers: { env: Record<string, string>; source: string } | null = null;
+  if (!a.bool('skip-server') && (mode === 'distributed' || mode === 'both')) {
+    process.stderr.write(`\n`);
+    const split = topology === 'split';
+    const row: Row = {
+      target: split ? 'meterd ×3 (gateway, aggregator, api)' : 'meterd ×1 (all roles)',
+      mode: 'distributed',
+      topology,
+      ran: false,
+      ok: false,
+      deployment: null,
+    };
+    rows.push(row);
     try {
-      if (!fs.existsSync(serverEntry)) throw new Error(`server entry ${serverEntry} not found (run \`npm run build\`)`);
-      const port = await freePort();
-      dataDir = fs.mkdtempSync(path.join(dataParent, 'meterd-bench-'));
-      tempDirs.add(dataDir);
-      const key = `sk_test_bench_${randomBytes(12).toString('hex')}`;
-      process.stderr.write(`\nbench: server ${serverEntry} on 127.0.0.1:${port}, DATA_DIR=${dataDir}, log ${logPath}\n`);
-      child = startNode(
-        serverEntry,
-        [],
-        { ...process.env, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dataDir, API_KEYS: key },
-        logPath,
+      servers = await distributedServers(root);
+      const d = deploymentNames();
+      row.deployment = d;
+      process.stderr.write(
+        `bench: distributed (${topology}): Kafka ${servers.env.KAFKA_BROKERS} topic ${d.topic}, ClickHouse ` +
+          `${redactUrl(servers.env.CLICKHOUSE_URL)} database ${d.clickhouse_database}, PostgreSQL ` +
+          `${redactUrl(servers.env.DATABASE_URL)} schema ${d.database_schema} (servers from ${servers.source})\n`,
       );
-      const t0 = Date.now();
-      await waitHealthy(child, port, logPath, 60_000);
-      process.stderr.write(`bench: server healthy after ${Date.now() - t0} ms\n`);
-      const cpu = new TreeCpu(child.pid!);
-      cpu.start();
-      const g = await runGenerator(genScript, ['--url', `http://127.0.0.1:${port}`, '--key', key, ...genArgs(events, duration)], genTimeout);
-      cpu.stop();
-      row.ran = true;
-      row.result = g.result;
-      row.generator_exit_code = g.code;
-      row.ok = g.code === 0 && !!g.result?.ok;
-      if (g.result?.load_start_epoch_ms && g.result.load_end_epoch_ms) {
-        row.server_cpu_pct_of_one_core = cpu.pctBetween(g.result.load_start_epoch_ms, g.result.load_end_epoch_ms);
-      }
-      if (!g.result) row.error = `generator exited ${g.code} without a result`;
-      if (exited(child)) {
-        row.ok = false;
-        row.error = `server exited during the run (code ${child.exitCode}, signal ${child.signalCode})`;
+      const baseEnv: NodeJS.ProcessEnv = {
+        ...withoutDistributedEnv(process.env),
+        // Kafka client settings (TLS, SASL, timeouts) of the operator's environment still apply.
+        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('KAFKA_'))),
+        ...servers.env,
+        KAFKA_TOPIC: d.topic,
+        KAFKA_CONSUMER_GROUP: d.consumer_group,
+        CLICKHOUSE_DATABASE: d.clickhouse_database,
+        DATABASE_SCHEMA: d.database_schema,
+        ...(kafkaPartitions ? { KAFKA_PARTITIONS: kafkaPartitions } : {}),
+      };
+      try {
+        await runMeterd(ctx, row, {
+          baseEnv,
+          roles: split ? ['api', 'aggregator', 'gateway'] : ['all'],
+          // A split aggregator learns a new meter from the state store (polled every second): events it reads
+          // before that are invalid (no_meter), so the generator waits before the load.
+          meterSettleMs: a.num('meter-settle-ms', split ? 2500 : 0),
+          healthTimeoutMs: 120_000,
+        });
+      } finally {
+        if (a.bool('keep-data')) {
+          row.deployment = { ...d, cleanup: 'kept' };
+        } else {
+          process.stderr.write(`bench: dropping ${d.topic} / ${d.clickhouse_database} / ${d.database_schema}\n`);
+          row.deployment = { ...d, cleanup: await dropDeployment(servers.env, d) };
+        }
       }
     } catch (err) {
-      row.error = (err as Error).message;
-      process.stderr.write(`bench: server run failed: ${row.error}\n`);
-    } finally {
-      if (child) await stopChild(child);
-      if (dataDir) {
-        fs.rmSync(dataDir, { recursive: true, force: true });
-        tempDirs.delete(dataDir);
-      }
+      row.error ??= (err as Error).message;
+      process.stderr.write(`bench: distributed run failed: ${(err as Error).message}\n`);
     }
   }
 
   let table = markdownTable(rows);
-  const notes = rows.filter((r) => r.error).map((r) => `- ${r.target}: ${r.error!.split('\n')[0]}`);
+  const notes = rows.filter((r) => r.error).map((r) => `- ${label(r)}: ${r.error!.split('\n')[0]}`);
   if (notes.length) table += `\n\n${notes.join('\n')}`;
   const cpus = os.cpus();
   const report = {
     timestamp: new Date().toISOString(),
     machine: { cpus: cpus.length, cpu_model: cpus[0]?.model ?? null, node: process.version, platform: `${os.platform()} ${os.release()}` },
     options: {
+      mode,
+      topology,
       events,
       duration_s: duration,
       null_events: nullEvents,
@@ -534,7 +1006,16 @@ async function main(): Promise<number> {
       customers,
       client,
       timestamps: a.bool('timestamps'),
+      health_interval_ms: healthInterval,
     },
+    distributed_servers: servers
+      ? {
+          source: servers.source,
+          kafka_brokers: servers.env.KAFKA_BROKERS,
+          clickhouse_url: redactUrl(servers.env.CLICKHOUSE_URL),
+          database_url: redactUrl(servers.env.DATABASE_URL),
+        }
+      : null,
     rows,
     table,
   };
@@ -544,7 +1025,9 @@ async function main(): Promise<number> {
   process.stderr.write(`bench: results written to ${jsonPath}\n`);
   if (a.bool('chart')) {
     const svgPath = path.join(resultsDir, `${stamp}.svg`);
-    const title = `meterd stream ingest — ${fmtInt(events)} events max, ${duration} s max, ${connections} connections, batch ${batch}, ${cpus.length} cores`;
+    const title =
+      `meterd stream ingest (${mode}${mode !== 'embedded' ? `, ${topology}` : ''}): ≤${fmtInt(events)} events, ≤${duration} s, ` +
+      `${connections} connections, batch ${batch}, ${cpus.length} cores`;
     fs.writeFileSync(svgPath, svgChart(rows, title));
     process.stderr.write(`bench: chart written to ${svgPath}\n`);
   }

@@ -4,7 +4,15 @@
  *   node dist/bench/stream-load.js --url http://127.0.0.1:PORT --key sk_test_... [options]
  *
  * Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
- *   --url URL               target, loopback only (default http://127.0.0.1:8080)
+ *   --url URL               target, loopback only (default http://127.0.0.1:8080): the stream requests go here
+ *   --api-url URL           control plane (meter creation, sessions, summaries), loopback only (default --url); for a
+ *                           split deployment: --url = the gateway, --api-url = the api process
+ *   --health-url URL        repeatable (or comma-separated): a process running an aggregator; its GET /healthz
+ *                           `aggregator.stored` is sampled during the load and the convergence, summed over all the
+ *                           URLs, and compared with the events acknowledged so far (consumer lag, see LagSampler)
+ *   --health-interval MS    lag sampling period (default 250)
+ *   --meter-settle-ms MS    wait this long after creating the meter before the load (default 0); a split deployment's
+ *                           aggregator learns new meters by polling the state store, see bench/README.md
  *   --key KEY               secret API key (default: first of $API_KEYS)
  *   --events N              total events to send (default 2,000,000)
  *   --duration S            stop sending after S seconds, whichever comes first (default 30)
@@ -47,11 +55,29 @@ import { RawConnection, RawResponse, RawCallback, assertLoopback, buildRequest }
 
 // ------------------------------------------------------------------------------------------------ options
 
+interface Endpoint {
+  url: URL;
+  host: string;
+  port: number;
+  hostHeader: string;
+}
+
+function endpoint(raw: string, flag: string): Endpoint {
+  const url = new URL(raw);
+  if (url.protocol !== 'http:') throw new Error(`${flag}: only http:// is supported (${url.protocol})`);
+  return { url, host: assertLoopback(url.hostname), port: Number(url.port || 80), hostHeader: url.host };
+}
+
 interface Options {
   url: URL;
   host: string;
   port: number;
   hostHeader: string;
+  /** Control plane: meters, sessions, summaries (default: the stream target). */
+  api: Endpoint;
+  health: Endpoint[];
+  healthIntervalMs: number;
+  meterSettleMs: number;
   key: string;
   events: number;
   durationS: number;
@@ -76,10 +102,10 @@ const SAFE = /^[A-Za-z0-9_\-.:]+$/;
 
 function parseOptions(argv: string[]): Options {
   const a = new Args(argv, ['null', 'no-probe', 'timestamps', 'quiet']);
-  const url = new URL(a.str('url', 'http://127.0.0.1:8080'));
-  if (url.protocol !== 'http:') throw new Error(`--url: only http:// is supported (${url.protocol})`);
-  const host = assertLoopback(url.hostname);
-  const port = Number(url.port || 80);
+  const target = endpoint(a.str('url', 'http://127.0.0.1:8080'), '--url');
+  const { url, host, port } = target;
+  const api = a.str('api-url') ? endpoint(a.str('api-url')!, '--api-url') : target;
+  const health = a.list('health-url').map((u) => endpoint(u, '--health-url'));
   const runId = randomBytes(4).toString('hex');
   const key = a.str('key') ?? (process.env.API_KEYS ?? '').split(',')[0]!.trim();
   const nullMode = a.bool('null');
@@ -89,6 +115,10 @@ function parseOptions(argv: string[]): Options {
     host,
     port,
     hostHeader: url.host,
+    api,
+    health: nullMode ? [] : health,
+    healthIntervalMs: a.num('health-interval', 250),
+    meterSettleMs: a.num('meter-settle-ms', 0),
     key: key || 'sk_test_null',
     events: Math.floor(a.num('events', 2_000_000)),
     durationS: a.num('duration', 30),
@@ -115,6 +145,8 @@ function parseOptions(argv: string[]): Options {
   if (o.customers < 1 || o.customers > 1_000_000) throw new Error('--customers must be in 1..1,000,000');
   if (o.client !== 'raw' && o.client !== 'http') throw new Error('--client must be raw or http');
   if (o.pollMode !== 'adaptive' && o.pollMode !== 'all') throw new Error('--poll-mode must be adaptive or all');
+  if (!(o.healthIntervalMs >= 20)) throw new Error('--health-interval must be >= 20 (ms)');
+  if (!(o.meterSettleMs >= 0)) throw new Error('--meter-settle-ms must be >= 0');
   if (!SAFE.test(o.eventName)) throw new Error('--meter-event-name: use [A-Za-z0-9_-.:] only');
   if (!SAFE.test(o.customerPrefix)) throw new Error('--customer-prefix: use [A-Za-z0-9_-.:] only');
   return o;
@@ -248,7 +280,7 @@ class Control {
   constructor(private readonly o: Options) {}
 
   async request(method: string, path: string, headers: Record<string, string>, body?: string): Promise<RawResponse> {
-    const req = buildRequest(method, path, this.o.hostHeader, headers, body);
+    const req = buildRequest(method, path, this.o.api.hostHeader, headers, body);
     for (let attempt = 0; ; attempt++) {
       const reused = this.idle.length > 0;
       const conn = this.idle.pop() ?? this.create();
@@ -265,7 +297,7 @@ class Control {
   }
 
   private create(): RawConnection {
-    const c = new RawConnection(this.o.host, this.o.port);
+    const c = new RawConnection(this.o.api.host, this.o.api.port);
     this.all.add(c);
     return c;
   }
@@ -466,6 +498,8 @@ class Generator {
   readonly errors = new Map<string, number>();
   readonly firstErrorBody = new Map<string, string>();
   loadStart = 0;
+  /** Date.now() when the load started. */
+  loadStartEpoch = 0;
   lastAck = 0;
   /** performance.now() of the last HTTP response of any status on a load connection. */
   lastResponse = 0;
@@ -597,6 +631,7 @@ class Generator {
     return new Promise((resolve) => {
       this.resolveLoad = resolve;
       this.loadStart = performance.now();
+      this.loadStartEpoch = Date.now();
       this.lastResponse = this.loadStart;
       const stopTimer = setTimeout(() => {
         this.stopping = true;
@@ -645,7 +680,7 @@ class Generator {
     conn: RawConnection,
     customer: string,
   ): Promise<{ value: number } | { error: string; fatal: boolean; status: number }> {
-    const req = buildRequest('GET', this.summaryPath(customer), this.o.hostHeader, {
+    const req = buildRequest('GET', this.summaryPath(customer), this.o.api.hostHeader, {
       Authorization: `Bearer ${this.o.key}`,
     });
     let res: RawResponse;
@@ -703,7 +738,7 @@ class Generator {
     let pending = exp.map((_, i) => i);
     const adaptive = this.o.pollMode === 'adaptive';
     let group = adaptive ? 1 : pending.length;
-    const pool = Array.from({ length: Math.min(16, pending.length) }, () => new RawConnection(this.o.host, this.o.port));
+    const pool = Array.from({ length: Math.min(16, pending.length) }, () => new RawConnection(this.o.api.host, this.o.api.port));
     const deadline = performance.now() + this.o.freshnessTimeoutS * 1000;
     let last = 0;
     let rounds = 0;
@@ -773,7 +808,7 @@ class Generator {
     const exp = this.expectations();
     const mismatches: Verification['mismatches'] = [];
     let mismatchCount = 0;
-    const pool = Array.from({ length: Math.min(16, exp.length) }, () => new RawConnection(this.o.host, this.o.port));
+    const pool = Array.from({ length: Math.min(16, exp.length) }, () => new RawConnection(this.o.api.host, this.o.api.port));
     let next = 0;
     try {
       await Promise.all(
@@ -807,7 +842,7 @@ class Generator {
    */
   async probeLoop(): Promise<void> {
     const sendConn = new RawConnection(this.o.host, this.o.port);
-    const pollConn = new RawConnection(this.o.host, this.o.port);
+    const pollConn = new RawConnection(this.o.api.host, this.o.api.port);
     const poller = (async () => {
       while (!this.stopping) {
         if (this.probeVisible < this.probeAckTimes.length) {
@@ -1085,6 +1120,221 @@ class Slot {
   }
 }
 
+// ------------------------------------------------------------------------------------------------ consumer lag
+
+interface AggregatorHealth {
+  events?: number;
+  stored?: number;
+  duplicates?: number;
+  invalid?: number;
+  flushes?: number;
+  lastFlushMs?: number;
+  insertRetries?: number;
+  partitions?: Record<string, { next: number; stored: number }>;
+}
+
+interface LagSample {
+  /** Epoch ms (midpoint of the health round trip). */
+  t: number;
+  /** Events acknowledged by then (load + probes), midpoint of the round trip. */
+  acked: number;
+  /** Sum of `aggregator.stored` over the health URLs, minus the baseline. */
+  stored: number;
+  invalid: number;
+  duplicates: number;
+}
+
+/**
+ * Consumer lag: every --health-interval ms, GET /healthz on every --health-url (in parallel, one connection each) and
+ * sum `aggregator.stored` (events whose flush has landed in the analytics store); compare with the events acknowledged
+ * so far (load + probes). A sample counts only when every URL answered with an aggregator. The acknowledged count is
+ * read when the round starts and when its last answer arrives; the sample uses the midpoint of both (time and count).
+ *
+ * Seconds behind: the age of the oldest acknowledged event not yet stored, estimated from the acknowledgement
+ * timeline as now − (when the acknowledged count first exceeded `stored`). Events are stored in log order per
+ * partition, not globally, so this is an estimate. `stored` is per process since its start: the baseline taken before
+ * the load is subtracted, so a server that already holds other traffic still works as long as nothing else is
+ * ingesting during the run.
+ */
+class LagSampler {
+  readonly samples: LagSample[] = [];
+  /** (epoch ms, acknowledged) points, in time order, for the seconds-behind estimate. */
+  private readonly ackTimeline: [number, number][] = [];
+  private readonly conns: RawConnection[];
+  private readonly reqs: Buffer[];
+  baseline: number | null = null;
+  errors = 0;
+  firstError = '';
+  lastHealth: { url: string; aggregator: AggregatorHealth | null }[] = [];
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+
+  constructor(private readonly g: Generator, private readonly targets: Endpoint[], private readonly intervalMs: number) {
+    this.conns = targets.map((e) => new RawConnection(e.host, e.port));
+    this.reqs = targets.map((e) => buildRequest('GET', '/healthz', e.hostHeader, {}));
+  }
+
+  private ackedNow(): number {
+    return this.g.acked + this.g.probeAcked;
+  }
+
+  private fetchOne(i: number, timeoutMs: number): Promise<AggregatorHealth | null> {
+    const conn = this.conns[i]!;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => conn.close(), timeoutMs); // close() fails the request
+      const attempt = (retry: boolean): void => {
+        conn.send(this.reqs[i]!, (err, res) => {
+          if (err && retry && !String(err).includes('closed by client')) return attempt(false); // stale keep-alive
+          clearTimeout(timer);
+          if (err || !res) return reject(err ?? new Error('no response'));
+          if (res.status !== 200) return reject(new Error(`/healthz answered ${res.status}`));
+          try {
+            const j = JSON.parse(res.body.toString('utf8')) as { aggregator?: AggregatorHealth | null };
+            resolve(j.aggregator ?? null);
+          } catch (e) {
+            reject(e as Error);
+          }
+        });
+      };
+      attempt(true);
+    });
+  }
+
+  /** One round over every URL; returns the raw stored sum, or null when a URL failed or runs no aggregator. */
+  async sample(): Promise<LagSample | null> {
+    const t0 = Date.now();
+    const a0 = this.ackedNow();
+    this.ackTimeline.push([t0, a0]);
+    // allSettled: every connection is idle again before the next round, even when one URL failed.
+    const settled = await Promise.allSettled(this.targets.map((_, i) => this.fetchOne(i, 2000)));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      this.errors++;
+      if (!this.firstError) this.firstError = String(failed.reason);
+      return null;
+    }
+    const healths = settled.map((r) => (r as PromiseFulfilledResult<AggregatorHealth | null>).value);
+    const t1 = Date.now();
+    const a1 = this.ackedNow();
+    this.ackTimeline.push([t1, a1]);
+    this.lastHealth = healths.map((h, i) => ({ url: this.targets[i]!.url.origin, aggregator: h }));
+    if (healths.some((h) => !h || typeof h.stored !== 'number')) {
+      this.errors++;
+      if (!this.firstError) this.firstError = 'a health URL shows no aggregator (aggregator: null or no `stored`)';
+      return null;
+    }
+    const sum = (k: keyof AggregatorHealth): number => healths.reduce((acc, h) => acc + Number(h![k] ?? 0), 0);
+    const stored = sum('stored');
+    if (this.baseline === null) this.baseline = stored;
+    const s: LagSample = {
+      t: (t0 + t1) / 2,
+      acked: Math.round((a0 + a1) / 2),
+      stored: stored - this.baseline,
+      invalid: sum('invalid'),
+      duplicates: sum('duplicates'),
+    };
+    this.samples.push(s);
+    return s;
+  }
+
+  start(): void {
+    this.loop = (async () => {
+      while (!this.stopped) {
+        const t = Date.now();
+        await this.sample();
+        const wait = this.intervalMs - (Date.now() - t);
+        if (wait > 0 && !this.stopped) await sleepUnless(wait, () => this.stopped);
+      }
+    })();
+  }
+
+  /** Stops the periodic sampling, then takes one last sample. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.loop) await this.loop;
+    await this.sample();
+    for (const c of this.conns) c.close();
+  }
+
+  /** When the acknowledged count first exceeded `n` (epoch ms), interpolated on the timeline; null if never. */
+  private ackedPast(n: number): number | null {
+    const tl = this.ackTimeline;
+    let prevT = this.g.loadStartEpoch;
+    let prevA = 0;
+    for (const [t, a] of tl) {
+      if (a > n) {
+        if (t <= prevT || a <= prevA) return t;
+        return prevT + ((n - prevA) / (a - prevA)) * (t - prevT);
+      }
+      if (t >= prevT) {
+        prevT = t;
+        prevA = a;
+      }
+    }
+    return null;
+  }
+
+  secondsBehind(s: LagSample): number {
+    if (s.acked <= s.stored) return 0;
+    const since = this.ackedPast(s.stored);
+    return since === null ? 0 : Math.max(0, (s.t - since) / 1000);
+  }
+
+  report(loadStartEpoch: number, lastAckEpoch: number | null): Record<string, unknown> {
+    const rows: number[][] = [];
+    let maxEvents = 0;
+    let maxEventsAt: number | null = null;
+    let maxBehind = 0;
+    let maxBehindAt: number | null = null;
+    let caughtUp: number | null = null;
+    const finalAcked = this.ackedNow();
+    for (const s of this.samples) {
+      const lag = s.acked - s.stored;
+      const behind = this.secondsBehind(s);
+      const rel = Math.round(s.t - loadStartEpoch);
+      rows.push([rel, s.acked, s.stored, lag, round(behind, 3)]);
+      if (lag > maxEvents) {
+        maxEvents = lag;
+        maxEventsAt = rel;
+      }
+      if (behind > maxBehind) {
+        maxBehind = behind;
+        maxBehindAt = rel;
+      }
+      if (caughtUp === null && lastAckEpoch !== null && s.t >= lastAckEpoch && s.stored >= finalAcked) {
+        caughtUp = Math.round(s.t - lastAckEpoch);
+      }
+    }
+    const last = this.samples[this.samples.length - 1];
+    const aggSum = (k: keyof AggregatorHealth): number =>
+      this.lastHealth.reduce((acc, h) => acc + Number((h.aggregator as AggregatorHealth | null)?.[k] ?? 0), 0);
+    return {
+      health_urls: this.targets.map((e) => e.url.origin),
+      interval_ms: this.intervalMs,
+      samples: this.samples.length,
+      sample_errors: this.errors,
+      ...(this.firstError ? { first_sample_error: this.firstError } : {}),
+      baseline_stored: this.baseline,
+      max_events: this.samples.length ? maxEvents : null,
+      max_events_at_s: maxEventsAt === null ? null : round(maxEventsAt / 1000, 2),
+      max_seconds_behind: this.samples.length ? round(maxBehind, 3) : null,
+      max_seconds_behind_at_s: maxBehindAt === null ? null : round(maxBehindAt / 1000, 2),
+      caught_up_after_last_ack_ms: caughtUp,
+      final: {
+        acked: finalAcked,
+        stored: last ? last.stored : null,
+        events: aggSum('events'),
+        duplicates: aggSum('duplicates'),
+        invalid: aggSum('invalid'),
+        flushes: aggSum('flushes'),
+        insert_retries: aggSum('insertRetries'),
+      },
+      processes: this.lastHealth,
+      series: { columns: ['t_ms', 'acked', 'stored', 'lag_events', 'seconds_behind'], t0_epoch_ms: loadStartEpoch, rows },
+    };
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ main
 
 function fmtInt(n: number): string {
@@ -1122,6 +1372,15 @@ async function main(): Promise<number> {
     return 1;
   }
   g.windowStartS = Math.floor(Date.now() / 60_000) * 60 - 60;
+  if (o.meterSettleMs > 0) {
+    log(`stream-load: meter ${g.meterId}; waiting ${o.meterSettleMs} ms for every process to see it (--meter-settle-ms)`);
+    await sleep(o.meterSettleMs);
+  }
+  let lag: LagSampler | null = null;
+  if (o.health.length > 0) {
+    lag = new LagSampler(g, o.health, o.healthIntervalMs);
+    if (!(await lag.sample())) log(`stream-load: lag sampling: the first /healthz round failed (${lag.firstError}); will keep trying`);
+  }
 
   // Progress lines.
   let lastAcked = 0;
@@ -1134,15 +1393,18 @@ async function main(): Promise<number> {
         lastAcked = g.acked;
         lastT = t;
         const errs = [...g.errors.values()].reduce((a, b) => a + b, 0);
+        const ls = lag?.samples[lag.samples.length - 1];
         log(
           `  [${((t - g.loadStart) / 1000).toFixed(1)}s] acked ${fmtInt(g.acked)} events (${fmtInt(rate)}/s), ` +
-            `${fmtInt(g.requests)} requests, ${errs} errors`,
+            `${fmtInt(g.requests)} requests, ${errs} errors` +
+            (ls ? `, stored ${fmtInt(ls.stored)} (lag ${fmtInt(ls.acked - ls.stored)}, ${lag!.secondsBehind(ls).toFixed(1)} s behind)` : ''),
         );
       }, 5000);
 
   const cpu0 = process.cpuUsage();
   const wall0 = Date.now();
   const probe = o.probe ? g.probeLoop().catch((e) => g.noteError('probe', String(e))) : Promise.resolve();
+  lag?.start();
   await g.runLoad();
   g.stopping = true;
   const loadEndPerf = g.lastAck || performance.now();
@@ -1159,7 +1421,9 @@ async function main(): Promise<number> {
     fresh = await g.converge();
     verification = await g.verify();
   }
+  if (lag) await lag.stop();
   g.closeAll();
+  const lagReport = lag ? lag.report(g.loadStartEpoch, g.lastAck ? performance.timeOrigin + g.lastAck : null) : null;
 
   const eps = (g.acked / loadElapsedMs) * 1000;
   const lat = g.hist.summary();
@@ -1174,6 +1438,7 @@ async function main(): Promise<number> {
     mode: o.nullMode ? 'null' : 'verify',
     run_id: o.runId,
     url: o.url.origin,
+    api_url: o.api.url.origin,
     client: o.client,
     meter_id: g.meterId || null,
     options: {
@@ -1221,6 +1486,7 @@ async function main(): Promise<number> {
       ? { ...g.probeHist.summary(), probe_events: g.probeAcked, never_seen: g.probeAcked - g.probeVisible }
       : null,
     verification,
+    lag: lagReport,
     aborted: g.aborted ? g.abortReason : null,
   };
 
@@ -1255,6 +1521,17 @@ async function main(): Promise<number> {
       verification.ok
         ? `OK (${verification.checked_customers} customers)`
         : `MISMATCH in ${verification.mismatch_count}/${verification.checked_customers} customers, e.g. ${JSON.stringify(verification.mismatches.slice(0, 3))}`,
+    ]);
+  }
+  if (lagReport) {
+    const L = lagReport as { max_events: number | null; max_seconds_behind: number | null; caught_up_after_last_ack_ms: number | null; samples: number; sample_errors: number; final: { stored: number | null; invalid: number; duplicates: number } };
+    rows.push([
+      'consumer lag (health)',
+      L.max_events === null
+        ? `no usable /healthz sample (${L.sample_errors} failed rounds)`
+        : `max ${fmtInt(L.max_events)} events, max ${L.max_seconds_behind} s behind; stored ${fmtInt(L.final.stored ?? 0)}` +
+          `, caught up ${L.caught_up_after_last_ack_ms === null ? 'never' : `${L.caught_up_after_last_ack_ms} ms after the last ack`}` +
+          ` (${L.samples} samples${L.sample_errors ? `, ${L.sample_errors} failed` : ''}; invalid ${L.final.invalid}, duplicates ${L.final.duplicates})`,
     ]);
   }
   if (g.aborted) rows.push(['aborted', g.abortReason]);

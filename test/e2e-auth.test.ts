@@ -5,18 +5,13 @@
 import t from 'tap';
 import Stripe from 'stripe';
 import { startServer, eventually, currentRange, type TestServer } from './helpers/server';
+import { randomKey, expectStripeError } from './helpers/assertions';
 
 type Res = Awaited<ReturnType<TestServer['request']>>;
 
 const JSON_CT = { 'content-type': 'application/json' };
 const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
 const RFC3339_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
-
-function randomKey(prefix: 'sk_test_' | 'sk_live_'): string {
-  let s = '';
-  while (s.length < 24) s += Math.random().toString(36).slice(2);
-  return prefix + s.slice(0, 24);
-}
 
 const KEY_A = randomKey('sk_test_');
 const KEY_B = randomKey('sk_test_');
@@ -37,24 +32,6 @@ const postJson = (s: TestServer, path: string, body: unknown, key?: string | nul
   s.request('POST', path, { body: JSON.stringify(body), headers: { ...JSON_CT, ...headers }, key });
 const postForm = (s: TestServer, path: string, body: string, key?: string | null, headers: Record<string, string> = {}) =>
   s.request('POST', path, { body, headers: { ...FORM, ...headers }, key });
-
-async function expectStripeError(
-  t: tap.Test,
-  p: Promise<unknown>,
-  ctor: abstract new (...args: any[]) => Error,
-  props: Record<string, unknown>,
-  label: string,
-): Promise<any> {
-  let err: any = null;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  t.ok(err instanceof ctor, `${label}: ${ctor.name} (got ${err?.constructor?.name}: ${err?.message})`);
-  for (const [k, v] of Object.entries(props)) t.equal(err?.[k], v, `${label}: ${k}`);
-  return err;
-}
 
 /** A 401 with a v1 (type) or v2 (code) error body. */
 function expect401(t: tap.Test, res: Res, flavor: 'v1' | 'v2', label: string): Record<string, any> {

@@ -6,36 +6,7 @@
 import t, { type Test } from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, currentRange, type TestServer } from './helpers/server';
-
-let seq = 0;
-function uniqueName(prefix: string): string {
-  return `${prefix}_${Date.now().toString(36)}_${(seq++).toString(36)}`;
-}
-
-interface ExpectedError {
-  type?: string;
-  statusCode?: number;
-  code?: string;
-  param?: string | RegExp;
-}
-
-async function expectError(tt: Test, p: Promise<unknown>, want: ExpectedError, what: string): Promise<any> {
-  let err: any;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  if (!err) {
-    tt.fail(`${what}: expected a ${want.type ?? 'Stripe'} error, but the request succeeded`);
-    return undefined;
-  }
-  for (const [k, v] of Object.entries(want)) {
-    if (v instanceof RegExp) tt.match(String(err[k]), v, `${what}: ${k} matches ${v} (message: ${err.message})`);
-    else tt.equal(err[k], v, `${what}: ${k} = ${v} (message: ${err.message})`);
-  }
-  return err;
-}
+import { uniqueName, expectError, type ExpectedError } from './helpers/assertions';
 
 const RFC3339 = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/;
 const DAY = 86400;

@@ -8,17 +8,12 @@ import type { AddressInfo } from 'node:net';
 import t from 'tap';
 import Stripe from 'stripe';
 import { startServer, eventually, currentRange, type TestServer } from './helpers/server';
+import { randomKey, expectStripeError } from './helpers/assertions';
 
 type Res = Awaited<ReturnType<TestServer['request']>>;
 
 const JSON_CT = { 'content-type': 'application/json' };
 const FORM = { 'content-type': 'application/x-www-form-urlencoded' };
-
-function randomKey(prefix: 'sk_test_' | 'sk_live_'): string {
-  let s = '';
-  while (s.length < 24) s += Math.random().toString(36).slice(2);
-  return prefix + s.slice(0, 24);
-}
 
 const KEY_A = randomKey('sk_test_');
 const KEY_B = randomKey('sk_test_');
@@ -42,24 +37,6 @@ const postForm = (path: string, body: string, idempotencyKey?: string, key?: str
   s.request('POST', path, { body, headers: { ...FORM, ...(idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }) }, key });
 const postJson = (path: string, body: unknown, idempotencyKey?: string, key?: string, s: TestServer = server) =>
   s.request('POST', path, { body: JSON.stringify(body), headers: { ...JSON_CT, ...(idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }) }, key });
-
-async function expectStripeError(
-  t: tap.Test,
-  p: Promise<unknown>,
-  ctor: abstract new (...args: any[]) => Error,
-  props: Record<string, unknown>,
-  label: string,
-): Promise<any> {
-  let err: any = null;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  t.ok(err instanceof ctor, `${label}: ${ctor.name} (got ${err?.constructor?.name}: ${err?.message})`);
-  for (const [k, v] of Object.entries(props)) t.equal(err?.[k], v, `${label}: ${k}`);
-  return err;
-}
 
 /** A v1 (error.type) or v2 (error.code) idempotency_error. */
 function expectIdempotencyError(t: tap.Test, res: Res, flavor: 'v1' | 'v2', label: string): void {

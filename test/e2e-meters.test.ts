@@ -5,45 +5,13 @@
 import t, { type Test } from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, currentRange } from './helpers/server';
+import { uniqueName, expectError, type ExpectedError } from './helpers/assertions';
 
 type T = Test;
 
 const KEY_A = 'sk_test_meters_a_' + Math.random().toString(36).slice(2, 10);
 const KEY_B = 'sk_test_meters_b_' + Math.random().toString(36).slice(2, 10);
 const KEY_C = 'sk_test_meters_c_' + Math.random().toString(36).slice(2, 10);
-
-let seq = 0;
-/** A unique event_name per call, so subtests never interfere. */
-function uniqueName(prefix: string): string {
-  return `${prefix}_${Date.now().toString(36)}_${(seq++).toString(36)}`;
-}
-
-interface ExpectedError {
-  type?: string;
-  statusCode?: number;
-  code?: string;
-  param?: string | RegExp;
-  rawType?: string;
-}
-
-/** Awaits `p`, requires it to fail, and checks the stripe error's class/status/code/param. */
-async function expectError(tt: T, p: Promise<unknown>, want: ExpectedError, what: string): Promise<any> {
-  let err: any;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  if (!err) {
-    tt.fail(`${what}: expected a ${want.type ?? 'Stripe'} error, but the request succeeded`);
-    return undefined;
-  }
-  for (const [k, v] of Object.entries(want)) {
-    if (v instanceof RegExp) tt.match(String(err[k]), v, `${what}: ${k} matches ${v} (message: ${err.message})`);
-    else tt.equal(err[k], v, `${what}: ${k} = ${v} (message: ${err.message})`);
-  }
-  return err;
-}
 
 const nowS = () => Math.floor(Date.now() / 1000);
 

@@ -9,36 +9,7 @@
 import t, { type Test } from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, type TestServer } from './helpers/server';
-
-let seq = 0;
-function uniqueName(prefix: string): string {
-  return `${prefix}_${Date.now().toString(36)}_${(seq++).toString(36)}`;
-}
-
-interface ExpectedError {
-  type?: string;
-  statusCode?: number;
-  code?: string;
-  param?: string | RegExp;
-}
-
-async function expectError(tt: Test, p: Promise<unknown>, want: ExpectedError, what: string): Promise<any> {
-  let err: any;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  if (!err) {
-    tt.fail(`${what}: expected a ${want.type ?? 'Stripe'} error, but the request succeeded`);
-    return undefined;
-  }
-  for (const [k, v] of Object.entries(want)) {
-    if (v instanceof RegExp) tt.match(String(err[k]), v, `${what}: ${k} matches ${v} (message: ${err.message})`);
-    else tt.equal(err[k], v, `${what}: ${k} = ${v} (message: ${err.message})`);
-  }
-  return err;
-}
+import { uniqueName, expectError } from './helpers/assertions';
 
 const HOUR = 3600;
 const DAY = 86400;

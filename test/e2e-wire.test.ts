@@ -8,6 +8,7 @@ import net from 'node:net';
 import t from 'tap';
 import Stripe from 'stripe';
 import { startServer, eventually, currentRange, type TestServer } from './helpers/server';
+import { expectStripeError } from './helpers/assertions';
 
 type Res = Awaited<ReturnType<TestServer['request']>>;
 type Flavor = 'v1' | 'v2';
@@ -76,25 +77,6 @@ function expectError(t: tap.Test, res: Res, status: number, flavor: Flavor, labe
   }
   t.equal(typeof error.message, 'string', `${label}: error.message`);
   return error;
-}
-
-/** Awaits a stripe client call that must fail; asserts the error class and properties. Returns the error. */
-async function expectStripeError(
-  t: tap.Test,
-  p: Promise<unknown>,
-  ctor: abstract new (...args: any[]) => Error,
-  props: Record<string, unknown>,
-  label: string,
-): Promise<any> {
-  let err: any = null;
-  try {
-    await p;
-  } catch (e) {
-    err = e;
-  }
-  t.ok(err instanceof ctor, `${label}: ${ctor.name} (got ${err?.constructor?.name}: ${err?.message})`);
-  for (const [k, v] of Object.entries(props)) t.equal(err?.[k], v, `${label}: ${k}`);
-  return err;
 }
 
 /** Creates a meter through the official client (unique event names per subtest). */
