@@ -60,8 +60,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const { state, analytics } = drivers;
   const eventLog = drivers.log;
   const { keys, generated } = await apiKeys(config, state);
-  const meters = new MeterRegistry();
-  await meters.load(state);
+  const meters = new MeterRegistry(state, drivers.mode !== 'embedded');
+  await meters.load();
   const durableKeys = new StoreIdempotencyRecords(state);
   const recentKeys = new MemoryIdempotencyRecords();
   const services: Services = {
@@ -86,7 +86,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   if (drivers.mode !== 'embedded') {
     timers.push(
       setInterval(() => {
-        meters.load(state).catch((err) => log.warn('meter refresh failed', { err: String(err) }));
+        meters.load().catch((err) => log.warn('meter refresh failed', { err: String(err) }));
         state
           .listApiKeys()
           .then((all) => all.forEach((k) => services.auth.addKey(k)))

@@ -242,44 +242,46 @@ export class Aggregator {
   }
 
   private async process(records: LogRecord[]): Promise<void> {
-    const tasks: Promise<ChunkResult>[] = [];
+    const slices: LogRecord[][] = [];
     let i = 0;
     while (i < records.length) {
       const partition = records[i].partition;
-      const st = this.partitions.get(partition);
       let j = i;
       while (j < records.length && j - i < CHUNK_RECORDS && records[j].partition === partition) j++;
-      if (!st) {
-        i = j;
-        continue;
-      }
-      const slice = records.slice(i, j);
-      const ends = new Uint32Array(slice.length);
-      let size = 0;
-      for (let k = 0; k < slice.length; k++) {
-        size += slice[k].value.length;
-        ends[k] = size;
-      }
-      const data = new Uint8Array(size);
-      let at = 0;
-      for (const r of slice) {
-        data.set(r.value, at);
-        at += r.value.length;
-      }
-      const task: ChunkTask = {
-        partition,
-        firstOffset: slice[0].offset,
-        data,
-        ends,
-        meters: this.meterList,
-        emitFromOffset: st.storedOffset,
-      };
-      tasks.push(this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>);
+      if (this.partitions.has(partition)) slices.push(records.slice(i, j));
       i = j;
     }
     // Decoding runs in parallel; dedup decisions are applied strictly in log order.
-    const results = await Promise.all(tasks);
+    const results = await Promise.all(slices.map((slice) => this.decode(slice)));
+    // Another process may have created (or reactivated) a meter a moment ago: check before reporting its events.
+    if (this.o.meters.shared && results.some(namesUnknownMeter) && (await this.o.meters.reload())) {
+      for (let k = 0; k < results.length; k++) if (namesUnknownMeter(results[k])) results[k] = await this.decode(slices[k]);
+    }
     for (const r of results) this.apply(r);
+  }
+
+  private decode(slice: LogRecord[]): Promise<ChunkResult> {
+    const ends = new Uint32Array(slice.length);
+    let size = 0;
+    for (let k = 0; k < slice.length; k++) {
+      size += slice[k].value.length;
+      ends[k] = size;
+    }
+    const data = new Uint8Array(size);
+    let at = 0;
+    for (const r of slice) {
+      data.set(r.value, at);
+      at += r.value.length;
+    }
+    const task: ChunkTask = {
+      partition: slice[0].partition,
+      firstOffset: slice[0].offset,
+      data,
+      ends,
+      meters: this.meterList,
+      emitFromOffset: this.partitions.get(slice[0].partition)?.storedOffset ?? 0,
+    };
+    return this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>;
   }
 
   private apply(r: ChunkResult): void {
@@ -561,6 +563,10 @@ export class Aggregator {
       if (!this.abandoned) await this.o.leases.release(this.owned).catch(() => undefined);
     }
   }
+}
+
+function namesUnknownMeter(r: ChunkResult): boolean {
+  return r.errors.some((e) => e.code === 'no_meter' || e.code === 'archived_meter');
 }
 
 class LeaseLost extends Error {

@@ -58,8 +58,8 @@ function checkTimestampRange(timestampMs: number, nowMs: number, param: string):
 }
 
 /** Synchronous validation against the meter (v1 and v2 meter_events). */
-function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): MeterInfo {
-  const meter = s.meters.byEventName(p.account, eventName);
+async function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): Promise<MeterInfo> {
+  const meter = await s.meters.resolve(p.account, eventName);
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
   if (!meter.active) throw new MeterEventError('archived_meter', `The meter must be Active to submit events: the meter '${meter.id}' is inactive.`, 'event_name');
   const customer = payload[meter.customerKey];
@@ -142,7 +142,7 @@ async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   const ts = r.integer('timestamp', { min: 0 });
   const timestampMs = ts === undefined ? nowMs : ts * 1000;
   if (ts !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
-  validateAgainstMeter(s, p, eventName, payload);
+  await validateAgainstMeter(s, p, eventName, payload);
   await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
   return json(200, {
     object: 'billing.meter_event',
@@ -168,7 +168,7 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   const nowMs = s.now();
   const timestampMs = body.timestamp === undefined ? nowMs : parseV2Timestamp(body.timestamp, 'timestamp');
   if (body.timestamp !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
-  validateAgainstMeter(s, p, eventName, payload);
+  await validateAgainstMeter(s, p, eventName, payload);
   await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
   return json(200, {
     object: 'v2.billing.meter_event',
@@ -253,7 +253,7 @@ async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', 
   if (!identifier) {
     throw new MeterEventError('invalid_cancel_configuration', 'The adjustment configuration is invalid for the adjustment type: cancel[identifier] is required.', 'cancel[identifier]');
   }
-  const meter = s.meters.byEventName(p.account, eventName);
+  const meter = await s.meters.resolve(p.account, eventName);
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
   const nowMs = s.now();
   await appendCancel(s, p, nowMs, [eventName, identifier]);

@@ -64,15 +64,53 @@ export class MeterRegistry {
   private readonly byName = new Map<string, MeterInfo>();
   private readonly byId = new Map<string, MeterInfo>();
   private listeners: Array<() => void> = [];
+  private signature = '';
+  private lastReloadMs = 0;
   /** Bumped on every change, so consumers can tell whether their copy is stale. */
   version = 0;
 
-  async load(store: StateStore): Promise<void> {
+  /**
+   * @param store where meters live
+   * @param shared other processes change meters in `store` (distributed mode): a miss is checked against the store
+   */
+  constructor(
+    private readonly store: StateStore | null = null,
+    readonly shared = false,
+  ) {}
+
+  /** Replaces the registry with the store's meters; listeners are told only when something changed. */
+  async load(store: StateStore | null = this.store): Promise<void> {
+    if (!store) throw new Error('MeterRegistry.load needs a store');
+    this.lastReloadMs = Date.now();
     const all = await store.scanType<MeterObject>(METER_TYPE);
+    const signature = all.map((o) => `${o.account}/${o.id}/${o.data.status}/${o.data.updated}`).join(',');
+    if (signature === this.signature) return;
+    this.signature = signature;
     this.byName.clear();
     this.byId.clear();
     for (const o of all) this.set(meterInfo(o.account, o.data), false);
     this.changed();
+  }
+
+  /** Reloads from the store unless that happened in the last `minIntervalMs`; true when the registry changed. */
+  async reload(minIntervalMs = 100): Promise<boolean> {
+    if (!this.store || Date.now() - this.lastReloadMs < minIntervalMs) return false;
+    const before = this.version;
+    await this.load();
+    return this.version !== before;
+  }
+
+  /**
+   * The meter for an event name. In a shared deployment another process may have created or reactivated it a moment
+   * ago: a miss, or an inactive meter, is checked against the store before it is believed.
+   */
+  async resolve(account: string, eventName: string): Promise<MeterInfo | undefined> {
+    const known = this.byEventName(account, eventName);
+    if ((known && known.active) || !this.shared || !this.store) return known;
+    const found = await this.store.findByUniqueKey<MeterObject>(account, METER_TYPE, eventName);
+    if (!found) return known;
+    this.upsert(account, found.data);
+    return this.byEventName(account, eventName);
   }
 
   upsert(account: string, m: MeterObject): void {
