@@ -16,6 +16,7 @@ import type { SnapshotStore } from '../aggregator/snapshots';
 import type { PartitionLeases } from '../aggregator/leases';
 import { FileSnapshots, StateStoreSnapshots } from '../aggregator/snapshots';
 import { SoleOwner, StoreLeases } from '../aggregator/leases';
+import { log } from './logger';
 
 export interface Drivers {
   mode: 'embedded' | 'distributed' | 'mixed';
@@ -29,6 +30,25 @@ export interface Drivers {
   describe: string;
 }
 
+/**
+ * A server that is restarting (or starting along with us) is waited for, with backoff, up to `STARTUP_WAIT_SECONDS`
+ * (default 60), rather than failing the start.
+ */
+async function connecting<T>(what: string, env: NodeJS.ProcessEnv, open: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + Number(env.STARTUP_WAIT_SECONDS ?? 60) * 1000;
+  let delay = 250;
+  for (;;) {
+    try {
+      return await open();
+    } catch (err) {
+      if (Date.now() + delay > deadline) throw err;
+      log.warn(`${what} is not reachable yet; retrying`, { err: String(err), delayMs: delay });
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+}
+
 export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = process.env): Promise<Drivers> {
   const opened: Array<{ close(): Promise<void> }> = [];
   try {
@@ -36,30 +56,50 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     let state: StateStore;
     if (config.databaseUrl) {
       const { PostgresStateStore } = await import('./state/postgres-store');
-      state = new PostgresStateStore({ url: config.databaseUrl, schema: config.databaseSchema });
+      const url = config.databaseUrl;
+      state = await connecting('PostgreSQL', env, async () => {
+        const store = new PostgresStateStore({ url, schema: config.databaseSchema });
+        try {
+          await store.init();
+        } catch (err) {
+          await store.close().catch(() => undefined);
+          throw err;
+        }
+        return store;
+      });
     } else {
       const { SqliteStateStore } = await import('./state/sqlite-store');
       state = new SqliteStateStore(path.join(config.dataDir, 'state.sqlite'));
+      await state.init();
     }
-    await state.init();
     opened.push(state);
 
     let analytics: AnalyticsStore;
     if (config.clickhouseUrl) {
       const { ClickHouseServerStore } = await import('./analytics/server-store');
-      analytics = new ClickHouseServerStore({ url: config.clickhouseUrl, database: config.clickhouseDatabase ?? undefined });
+      const url = config.clickhouseUrl;
+      analytics = await connecting('ClickHouse', env, async () => {
+        const store = new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined });
+        try {
+          await store.init();
+        } catch (err) {
+          await store.close().catch(() => undefined);
+          throw err;
+        }
+        return store;
+      });
     } else {
       const { ChdbStore } = await import('./analytics/chdb-store');
       analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
+      await analytics.init();
     }
-    await analytics.init();
     opened.push(analytics);
 
     let log: EventLog;
     let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
-      const kafka = await KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` });
+      const kafka = await connecting('Kafka', env, () => KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }));
       consumerGroup = env.KAFKA_CONSUMER_GROUP || `${kafka.topic}.aggregator`;
       log = kafka;
     } else {
