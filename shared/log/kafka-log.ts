@@ -242,7 +242,8 @@ function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
 /**
  * Options from the environment: KAFKA_BROKERS (comma-separated, required), KAFKA_TOPIC, KAFKA_PARTITIONS,
  * KAFKA_REPLICATION_FACTOR, KAFKA_CLIENT_ID, KAFKA_SSL (true/false), KAFKA_SASL_MECHANISM (plain, scram-sha-256,
- * scram-sha-512), KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, and KAFKA_LOG_LEVEL (kafkajs logging).
+ * scram-sha-512), KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SESSION_TIMEOUT_MS (consumer group session timeout),
+ * and KAFKA_LOG_LEVEL (kafkajs logging).
  */
 export function kafkaOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): KafkaLogOptions {
   const brokers = (env.KAFKA_BROKERS ?? '')
@@ -281,6 +282,8 @@ export function kafkaOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Kafka
   } else if (username || password) {
     throw new Error('KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD need KAFKA_SASL_MECHANISM');
   }
+  const sessionTimeoutMs = envInt(env, 'KAFKA_SESSION_TIMEOUT_MS');
+  if (sessionTimeoutMs !== undefined) opts.sessionTimeoutMs = sessionTimeoutMs;
   const level = (env.KAFKA_LOG_LEVEL ?? '').trim().toLowerCase();
   if (level) {
     if (!(level in LEVELS)) throw new Error('KAFKA_LOG_LEVEL must be nothing, error, warn, info or debug');

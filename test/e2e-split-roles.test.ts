@@ -1,0 +1,33 @@
+/**
+ * Distributed mode with the roles in separate processes: a meter created on the api process is usable on a gateway
+ * and counted by an aggregator at once, without waiting for the periodic meter refresh.
+ */
+import t from 'tap';
+import { DISTRIBUTED, eventually, currentRange } from './helpers/server';
+import { Cluster } from './helpers/cluster';
+
+t.test('a meter created on the api process is usable on a gateway at once', { skip: !DISTRIBUTED && 'distributed mode only' }, async (t) => {
+  const cluster = new Cluster(t, 'split', {});
+  t.teardown(() => cluster.stopAll());
+  const api = await cluster.start('api', 'api');
+  const gateway = await cluster.start('gateway', 'gateway');
+  await cluster.start('aggregator', 'aggregator');
+  const stripe = api.stripe();
+  const onGateway = gateway.stripe();
+  const meter = await stripe.billing.meters.create({ display_name: 'Split', event_name: 'split_roles', default_aggregation: { formula: 'sum' } });
+  // No pause: the gateway and the aggregator learned nothing of this meter yet.
+  const v1 = await onGateway.billing.meterEvents.create({ event_name: 'split_roles', payload: { stripe_customer_id: 'cus_split', value: '5' } });
+  t.equal(v1.event_name, 'split_roles', 'the gateway validated the v1 event against the new meter');
+  const session = await stripe.v2.billing.meterEventSession.create();
+  await gateway.stripe(session.authentication_token).v2.billing.meterEventStream.create({
+    events: Array.from({ length: 50 }, (_, i) => ({ event_name: 'split_roles', identifier: `split-${i}`, payload: { stripe_customer_id: 'cus_split', value: '2' } })),
+  });
+  const { start, end } = currentRange();
+  await eventually(async () => {
+    const s = await stripe.billing.meters.listEventSummaries(meter.id, { customer: 'cus_split', start_time: start, end_time: end });
+    return s.data[0]?.aggregated_value === 105;
+  }, 30_000);
+  const events = await stripe.v2.core.events.list({ types: ['v1.billing.meter.no_meter_found'] } as never);
+  t.equal(events.data.length, 0, 'no stream event was reported as naming no meter');
+  t.same(cluster.exits, [], 'no process exited on its own');
+});
