@@ -13,9 +13,11 @@
  *    (and reclaimed) only below min(watermark, snapshot).
  *  - One flush is in flight while the next batch is decoded and deduplicated; flushes land strictly in order.
  *  - Several aggregators (distributed mode) split the partitions through the log's consumer group; a partition lease in
- *    the shared state store fences a previous owner that is still flushing (see leases.ts). Any change of assignment,
- *    and any lease found lost, resets this aggregator to a fresh recovery of the partitions it owns: recovery is
- *    correct from any point, so it is also the simplest correct answer to a rebalance. On start, the index is loaded, the watermark read back from the store, and the log
+ *    the shared state store fences a previous owner that is still flushing (see leases.ts). Leases are renewed on a
+ *    timer (so a flush stuck on a store outage keeps them) and checked again right before the rollup insert. Any
+ *    change of assignment, and any lease found lost, resets this aggregator to a fresh recovery of the partitions the
+ *    log assigned to it: recovery is correct from any point, so it is also the simplest correct answer to a
+ *    rebalance. A partition whose lease another owner still holds waits, unprocessed, until it can be taken. On start, the index is loaded, the watermark read back from the store, and the log
  *    replayed from the snapshot: records below the watermark only rebuild the index, later ones are processed anew.
  */
 import path from 'node:path';
@@ -109,8 +111,12 @@ export class Aggregator {
   private abandoned = false;
   /** Serializes the processing loop with assignment changes (they arrive from the log client at any time). */
   private lock: Promise<void> = Promise.resolve();
+  /** Partitions the log assigned to this aggregator; those in `partitions` are the ones it holds the lease of. */
   private owned: number[] = [];
-  private lastRenewMs = 0;
+  private lastAcquireMs = 0;
+  /** A lease was found lost: the loop resets at its next turn. */
+  private leaseLost = false;
+  private renewTimer: NodeJS.Timeout | null = null;
   /** Counters for health and benchmarks. */
   readonly stats = { events: 0, stored: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
 
@@ -162,16 +168,24 @@ export class Aggregator {
   private async reset(): Promise<void> {
     if (this.inflight) await this.inflight;
     this.abandoned = false;
+    this.leaseLost = false;
     this.buffer = new FlushBuffer();
     this.partitions.clear();
-    if (this.owned.length === 0) return;
-    for (const p of this.owned) await this.o.leases.acquire(p);
-    this.lastRenewMs = Date.now();
+    await this.acquireWaiting();
+  }
+
+  /** Takes the leases it can of the assigned partitions not yet held, and recovers those partitions. */
+  private async acquireWaiting(): Promise<void> {
+    this.lastAcquireMs = Date.now();
+    const waiting = this.owned.filter((p) => !this.partitions.has(p));
+    const taken: number[] = [];
+    for (const p of waiting) if (await this.o.leases.tryAcquire(p)) taken.push(p);
+    if (taken.length === 0) return;
     const marks = await this.o.analytics.query<{ partition: number; wm: string | number }>(
       `SELECT partition, max(wm_offset) AS wm FROM meter_rollups_1m GROUP BY partition`,
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
-    for (const p of this.owned) {
+    for (const p of taken) {
       let snap: { index: DedupIndex; offset: number } | null = null;
       try {
         const bytes = await this.o.snapshots.load(p);
@@ -197,33 +211,34 @@ export class Aggregator {
     }
   }
 
-  /** Keeps the leases alive; a lost one means another aggregator owns the partition now: start over. */
-  private async renewLeases(): Promise<boolean> {
-    this.lastRenewMs = Date.now();
-    const lost = await this.o.leases.renew(this.owned);
-    if (lost.length === 0) return true;
-    log.warn('partition lease lost; recovering the partitions still owned', { lost });
-    this.owned = this.owned.filter((p) => !lost.includes(p));
-    await this.reset();
-    return false;
+  /** Keeps the held leases alive, outside the processing lock: a flush stuck on a store outage must not lose them. */
+  private async renewLeases(): Promise<void> {
+    const held = [...this.partitions.keys()];
+    if (held.length === 0) return;
+    try {
+      const lost = await this.o.leases.renew(held);
+      if (lost.length > 0) {
+        log.warn('partition lease lost; recovering', { lost });
+        this.leaseLost = true;
+      }
+    } catch (err) {
+      log.warn('could not renew partition leases; retrying', { err: String(err) });
+    }
   }
 
   private async run(): Promise<void> {
     const renewEvery = this.o.leaseRenewMs ?? 3000;
+    this.renewTimer = setInterval(() => void this.renewLeases(), renewEvery);
     while (!this.stopping) {
       try {
         await this.exclusive(async () => {
-          if (this.abandoned) {
-            // A flush lost its lease: what was read after it must not be written either.
-            const lost = await this.o.leases.renew(this.owned);
-            this.owned = this.owned.filter((p) => !lost.includes(p));
-            await this.reset();
-          }
+          // A flush lost its lease, or a renewal found one lost: what was read since must not be written.
+          if (this.abandoned || this.leaseLost) await this.reset();
+          else if (this.partitions.size < this.owned.length && Date.now() - this.lastAcquireMs >= 500) await this.acquireWaiting();
           const now = Date.now();
           const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
           const records = await this.consumer.poll(POLL_RECORDS, wait);
           if (records.length > 0) await this.process(records);
-          if (Date.now() - this.lastRenewMs >= renewEvery && !(await this.renewLeases())) return;
           if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
             await this.startFlush();
           }
@@ -239,6 +254,7 @@ export class Aggregator {
         }
       }
     }
+    if (this.renewTimer) clearInterval(this.renewTimer);
   }
 
   private async process(records: LogRecord[]): Promise<void> {
@@ -560,7 +576,7 @@ export class Aggregator {
       await this.consumer.close();
       await this.pool.destroy();
       // A clean hand-over: the next owner need not wait for the leases to expire.
-      if (!this.abandoned) await this.o.leases.release(this.owned).catch(() => undefined);
+      if (!this.abandoned) await this.o.leases.release([...this.partitions.keys()]).catch(() => undefined);
     }
   }
 }

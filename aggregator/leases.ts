@@ -9,11 +9,13 @@
  */
 import type { StateStore } from '../shared/state-store';
 import { UniqueViolation } from '../shared/errors';
-import { log } from '../shared/logger';
 
 export interface PartitionLeases {
-  /** Resolves once this aggregator holds the partition's lease (waiting for a previous owner's to end). */
-  acquire(partition: number): Promise<void>;
+  /**
+   * Takes the partition's lease if it is free, expired or already ours; false while another owner's lease runs (the
+   * caller tries again later rather than waiting: a consumer group must not stall on it).
+   */
+  tryAcquire(partition: number): Promise<boolean>;
   /** Extends the leases; returns the partitions whose lease is no longer ours. */
   renew(partitions: number[]): Promise<number[]>;
   release(partitions: number[]): Promise<void>;
@@ -21,7 +23,9 @@ export interface PartitionLeases {
 
 /** The embedded mode: one process owns every partition. */
 export class SoleOwner implements PartitionLeases {
-  async acquire(): Promise<void> {}
+  async tryAcquire(): Promise<boolean> {
+    return true;
+  }
   async renew(): Promise<number[]> {
     return [];
   }
@@ -48,35 +52,26 @@ export class StoreLeases implements PartitionLeases {
     return `${this.group}/p${p}`;
   }
 
-  async acquire(p: number): Promise<void> {
-    let logged = false;
-    for (;;) {
-      const waitMs = await this.state.transaction(async (tx) => {
-        const now = Date.now();
-        const found = await tx.getObject<Lease>(SYSTEM, TYPE, this.id(p));
-        const mine: Lease = { owner: this.owner, expiresMs: now + this.leaseMs };
-        if (!found) {
-          try {
-            await tx.insertObject({ account: SYSTEM, type: TYPE, id: this.id(p), createdMs: now, data: mine });
-            return 0;
-          } catch (err) {
-            if (err instanceof UniqueViolation) return 100;
-            throw err;
-          }
+  async tryAcquire(p: number): Promise<boolean> {
+    return this.state.transaction(async (tx) => {
+      const now = Date.now();
+      const found = await tx.getObject<Lease>(SYSTEM, TYPE, this.id(p));
+      const mine: Lease = { owner: this.owner, expiresMs: now + this.leaseMs };
+      if (!found) {
+        try {
+          await tx.insertObject({ account: SYSTEM, type: TYPE, id: this.id(p), createdMs: now, data: mine });
+          return true;
+        } catch (err) {
+          if (err instanceof UniqueViolation) return false;
+          throw err;
         }
-        if (found.data.owner === this.owner || found.data.expiresMs <= now) {
-          await tx.updateObject(SYSTEM, TYPE, this.id(p), mine);
-          return 0;
-        }
-        return Math.min(1000, found.data.expiresMs - now + 10);
-      });
-      if (waitMs === 0) return;
-      if (!logged) {
-        log.info('waiting for the previous owner of a partition to let go', { partition: p, waitMs });
-        logged = true;
       }
-      await new Promise((r) => setTimeout(r, waitMs));
-    }
+      if (found.data.owner === this.owner || found.data.expiresMs <= now) {
+        await tx.updateObject(SYSTEM, TYPE, this.id(p), mine);
+        return true;
+      }
+      return false;
+    });
   }
 
   async renew(partitions: number[]): Promise<number[]> {
