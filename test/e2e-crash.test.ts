@@ -525,7 +525,7 @@ async function scenarioBody(
       matched = true;
       break;
     }
-    const now = JSON.stringify([...got]);
+    const now = JSON.stringify([...got].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
     if (now !== previous) {
       previous = now;
       lastChange = Date.now();

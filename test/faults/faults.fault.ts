@@ -148,7 +148,9 @@ t.test('4. a gateway SIGKILLed mid-batch while the other keeps serving: in-doubt
   load.start();
   await loadFor(client, 2000, 2000);
 
-  // Kill gw1 while requests are in flight on it.
+  // Kill gw1 while requests are in flight on it: freeze it first, so that they certainly get no answer (a request
+  // "in flight" from the client's side may otherwise be answered in the moment before the kill lands).
+  process.kill(cluster.server('gw1').proc.pid!, 'SIGSTOP');
   await waitFor(() => (load.inFlight.get('gw1') ?? 0) >= 2, 5000);
   const inFlight = load.inFlight.get('gw1') ?? 0;
   const errorsBefore = client.networkErrors;
