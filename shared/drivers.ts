@@ -49,6 +49,17 @@ async function connecting<T>(what: string, env: NodeJS.ProcessEnv, open: () => P
   }
 }
 
+/** `store` once init() succeeded; closed again when it failed, so a retry starts clean. */
+async function initialized<T extends { init(): Promise<void>; close(): Promise<void> }>(store: T): Promise<T> {
+  try {
+    await store.init();
+    return store;
+  } catch (err) {
+    await store.close().catch(() => undefined);
+    throw err;
+  }
+}
+
 export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = process.env): Promise<Drivers> {
   const opened: Array<{ close(): Promise<void> }> = [];
   try {
@@ -57,16 +68,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.databaseUrl) {
       const { PostgresStateStore } = await import('./state/postgres-store');
       const url = config.databaseUrl;
-      state = await connecting('PostgreSQL', env, async () => {
-        const store = new PostgresStateStore({ url, schema: config.databaseSchema });
-        try {
-          await store.init();
-        } catch (err) {
-          await store.close().catch(() => undefined);
-          throw err;
-        }
-        return store;
-      });
+      state = await connecting('PostgreSQL', env, () => initialized(new PostgresStateStore({ url, schema: config.databaseSchema })));
     } else {
       const { SqliteStateStore } = await import('./state/sqlite-store');
       state = new SqliteStateStore(path.join(config.dataDir, 'state.sqlite'));
@@ -78,16 +80,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.clickhouseUrl) {
       const { ClickHouseServerStore } = await import('./analytics/server-store');
       const url = config.clickhouseUrl;
-      analytics = await connecting('ClickHouse', env, async () => {
-        const store = new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined });
-        try {
-          await store.init();
-        } catch (err) {
-          await store.close().catch(() => undefined);
-          throw err;
-        }
-        return store;
-      });
+      analytics = await connecting('ClickHouse', env, () => initialized(new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined })));
     } else {
       const { ChdbStore } = await import('./analytics/chdb-store');
       analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
