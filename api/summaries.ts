@@ -85,9 +85,10 @@ export async function computeWindows(s: Services, meter: MeterObject, r: Range):
   }
   const notCancelled = `seq NOT IN ${cancelledSeqs(r)}`;
   if (meter.event_time_window === null) {
-    // formula `last`: the value of the latest event by timestamp, ties broken by log position.
+    // formula `last`: the value of the latest event by timestamp; ties go to the later arrival (receipt time, then log
+    // position: across partitions the log position alone says nothing about arrival).
     const rows = await s.analytics.query<{ w: number | string; v: string }>(
-      `SELECT intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping}) AS w, toString(argMax(value, tuple(timestamp_ms, seq))) AS v
+      `SELECT intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping}) AS w, toString(argMax(value, tuple(timestamp_ms, received_ms, seq))) AS v
        FROM meter_events WHERE ${rawFilter(r)} AND ${notCancelled}
        GROUP BY w`,
     );
