@@ -19,13 +19,12 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import http from 'node:http';
 import { startServer, tempDir, currentRange, type TestServer } from './helpers/server';
+import { LoadClient, pick, rand, sleep, type Ev, type Req, type Target } from './helpers/load';
 
 
 const EVENT_NAME = 'crash_api_calls';
 const CUSTOMERS = Array.from({ length: 20 }, (_, i) => `cus_crash_${String(i).padStart(2, '0')}`);
 const SENDERS = 8;
-const MAX_BATCH = 100;
-const REQUEST_TIMEOUT_MS = 30_000;
 const CONVERGE_DEADLINE_MS = 30_000;
 const STALL_MS = 15_000;
 
@@ -34,29 +33,6 @@ const BASE_ENV: Record<string, string> = {
   FLUSH_INTERVAL_MS: '50',
   LOG_SEGMENT_BYTES: String(256 * 1024),
 };
-
-interface Ev {
-  id: string;
-  customer: string;
-  value: number;
-  /** Sent without an identifier: the server derives it from the Idempotency-Key, so it cannot be cancelled by id here. */
-  generated?: boolean;
-}
-
-type Kind = 'stream' | 'v1' | 'cancel';
-
-interface Req {
-  kind: Kind;
-  /** Events carried (stream, v1), or the one event a cancel targets. */
-  events: Ev[];
-  body: string;
-  /** Sent (and resent) with this Idempotency-Key; its events carry no identifier (see generatedIdentifier). */
-  idemKey?: string;
-  acked: boolean;
-  attempts: number;
-}
-
-type Outcome = { status: number; text: string } | { error: string };
 
 interface Cycle {
   /** Run fresh load from the senders during this cycle. */
@@ -75,165 +51,9 @@ interface Scenario {
   cycles: Cycle[];
 }
 
-function rand(min: number, max: number): number {
-  return min + Math.floor(Math.random() * (max - min + 1));
-}
-
-function pick<T>(xs: T[]): T {
-  return xs[Math.floor(Math.random() * xs.length)];
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** One POST over a keep-alive agent; never throws: a network failure (the server died) is an `error` outcome. */
-function post(agent: http.Agent, port: number, path: string, headers: Record<string, string>, body: string): Promise<Outcome> {
-  return new Promise((resolve) => {
-    let settled = false;
-    const done = (o: Outcome) => {
-      if (!settled) {
-        settled = true;
-        resolve(o);
-      }
-    };
-    const req = http.request(
-      { host: '127.0.0.1', port, path, method: 'POST', agent, headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => done({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
-        res.on('error', (err) => done({ error: String(err) }));
-        res.on('aborted', () => done({ error: 'response aborted' }));
-      },
-    );
-    req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error(`no response within ${REQUEST_TIMEOUT_MS} ms`)));
-    req.on('error', (err) => done({ error: String(err) }));
-    req.end(body);
-  });
-}
-
-/** The client side: what was sent, what was acknowledged, what is in doubt. */
-class Client {
-  readonly requests: Req[] = [];
-  /** Every event ever sent, by identifier (its value and customer never change between resends). */
-  readonly events = new Map<string, Ev>();
-  /** Acknowledged events that may still be cancelled. */
-  readonly cancellable: Ev[] = [];
-  /** Identifiers targeted by a cancel request (acknowledged or not: every request is eventually acknowledged). */
-  readonly cancelled = new Set<string>();
-  readonly ackedStreamBatches: Req[] = [];
-  readonly unexpected: string[] = [];
-  ackedEvents = 0;
-  networkErrors = 0;
-  private counter = 0;
-
-  constructor(
-    private readonly tag: string,
-    readonly key: string,
-  ) {}
-
-  private newEvent(generated = false): Ev {
-    const ev: Ev = { id: `${this.tag}-${(this.counter++).toString(36)}`, customer: pick(CUSTOMERS), value: rand(1, 1000), generated };
-    this.events.set(ev.id, ev);
-    return ev;
-  }
-
-  /**
-   * A stream batch. `keyed` batches carry no identifiers but an Idempotency-Key, as a client relying on the server's
-   * derived identifiers would: a retry after a crash (when the server's idempotency cache is gone) must still dedup.
-   */
-  newStream(size = rand(1, MAX_BATCH), keyed = Math.random() < 0.2): Req {
-    const events: Ev[] = [];
-    for (let i = 0; i < size; i++) events.push(this.newEvent(keyed));
-    const body = JSON.stringify({
-      events: events.map((e) => ({
-        event_name: EVENT_NAME,
-        ...(keyed ? {} : { identifier: e.id }),
-        payload: { stripe_customer_id: e.customer, value: String(e.value) },
-      })),
-    });
-    const r: Req = { kind: 'stream', events, body, idemKey: keyed ? `idem-${events[0].id}` : undefined, acked: false, attempts: 0 };
-    this.requests.push(r);
-    return r;
-  }
-
-  /** A v1 event; half of them carry no identifier but an Idempotency-Key (what stripe-node sends on its retries). */
-  newV1(keyed = Math.random() < 0.5): Req {
-    const e = this.newEvent(keyed);
-    const body = new URLSearchParams({
-      event_name: EVENT_NAME,
-      ...(keyed ? {} : { identifier: e.id }),
-      'payload[stripe_customer_id]': e.customer,
-      'payload[value]': String(e.value),
-    }).toString();
-    const r: Req = { kind: 'v1', events: [e], body, idemKey: keyed ? `idem-${e.id}` : undefined, acked: false, attempts: 0 };
-    this.requests.push(r);
-    return r;
-  }
-
-  /** A v2 cancel of an event whose request was acknowledged (so the event is in the log before the cancel). */
-  newCancel(): Req | null {
-    if (this.cancellable.length === 0) return null;
-    const i = Math.floor(Math.random() * this.cancellable.length);
-    const e = this.cancellable[i];
-    this.cancellable[i] = this.cancellable[this.cancellable.length - 1];
-    this.cancellable.pop();
-    this.cancelled.add(e.id);
-    const body = JSON.stringify({ event_name: EVENT_NAME, type: 'cancel', cancel: { identifier: e.id } });
-    const r: Req = { kind: 'cancel', events: [e], body, acked: false, attempts: 0 };
-    this.requests.push(r);
-    return r;
-  }
-
-  inDoubt(): Req[] {
-    return this.requests.filter((r) => !r.acked);
-  }
-
-  /** Sends (or resends) a request; `dupe` marks a resend of something already acknowledged. */
-  async send(agent: http.Agent, server: TestServer, token: string, r: Req, phase: string, dupe = false): Promise<boolean> {
-    let path: string;
-    let headers: Record<string, string>;
-    if (r.kind === 'stream') {
-      path = '/v2/billing/meter_event_stream';
-      headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
-    } else if (r.kind === 'v1') {
-      path = '/v1/billing/meter_events';
-      headers = { authorization: `Bearer ${this.key}`, 'content-type': 'application/x-www-form-urlencoded' };
-    } else {
-      path = '/v2/billing/meter_event_adjustments';
-      headers = { authorization: `Bearer ${this.key}`, 'content-type': 'application/json' };
-    }
-    if (r.idemKey) headers['idempotency-key'] = r.idemKey;
-    r.attempts++;
-    const o = await post(agent, server.port, path, headers, r.body);
-    if ('error' in o) {
-      this.networkErrors++;
-      return false;
-    }
-    if (o.status !== 200) {
-      this.unexpected.push(`${phase}: ${r.kind} -> ${o.status} ${o.text.slice(0, 300)}`);
-      return false;
-    }
-    if (dupe || r.acked) return true;
-    r.acked = true;
-    if (r.kind === 'stream') this.ackedStreamBatches.push(r);
-    if (r.kind !== 'cancel') {
-      this.ackedEvents += r.events.length;
-      for (const e of r.events) if (!e.generated && !this.cancelled.has(e.id)) this.cancellable.push(e);
-    }
-    return true;
-  }
-
-  expected(): Map<string, number> {
-    const out = new Map<string, number>(CUSTOMERS.map((c) => [c, 0]));
-    for (const e of this.events.values()) out.set(e.customer, out.get(e.customer)! + e.value);
-    for (const id of this.cancelled) {
-      const e = this.events.get(id)!;
-      out.set(e.customer, out.get(e.customer)! - e.value);
-    }
-    return out;
-  }
+/** The single server of a scenario, as the load client addresses it. */
+function target(srv: TestServer): Target {
+  return { name: 'server', port: srv.port };
 }
 
 async function createSession(server: TestServer, key: string): Promise<string> {
@@ -307,7 +127,7 @@ async function runScenario(t: Test, sc: Scenario): Promise<void> {
   const dataDir = tempDir('meterd-crash-');
   const key = 'sk_test_crash' + Math.random().toString(36).slice(2, 12);
   const env = { ...BASE_ENV, ...(sc.env ?? {}) };
-  const client = new Client(`${Math.random().toString(36).slice(2, 8)}`, key);
+  const client = new LoadClient(`${Math.random().toString(36).slice(2, 8)}`, key, CUSTOMERS, EVENT_NAME);
   const range = currentRange();
   const servers: TestServer[] = [];
   const meant = new Set<TestServer>();
@@ -353,7 +173,7 @@ async function runScenario(t: Test, sc: Scenario): Promise<void> {
 async function scenarioBody(
   t: Test,
   sc: Scenario,
-  client: Client,
+  client: LoadClient,
   key: string,
   range: { start: number; end: number },
   start: () => Promise<TestServer>,
@@ -386,7 +206,7 @@ async function scenarioBody(
     } else {
       // The session token issued by the first server still works: the HMAC secret survives restarts.
       const probe = client.newStream(3, false);
-      t.ok(await client.send(agent, srv, oldToken, probe, `${phase} old-token probe`), `${phase}: the session token issued before the crash is accepted after restart`);
+      t.equal(await client.send(agent, target(srv), oldToken, probe, `${phase} old-token probe`), 'acked', `${phase}: the session token issued before the crash is accepted after restart`);
     }
     token = ci === 0 ? oldToken : await createSession(srv, key);
 
@@ -409,7 +229,7 @@ async function scenarioBody(
       work.sort(() => Math.random() - 0.5);
       await pool(work, SENDERS, async ({ r, dupe }) => {
         if (killed) return;
-        await client.send(agent, srv, ci === 1 ? oldToken : token, r, `${phase} resend`, dupe);
+        await client.send(agent, target(srv), ci === 1 ? oldToken : token, r, `${phase} resend`, dupe);
       });
     };
 
@@ -423,7 +243,7 @@ async function scenarioBody(
             if (x < 0.05) r = client.newCancel();
             else if (x < 0.15) r = client.newV1();
             if (!r) r = client.newStream();
-            await client.send(agent, srv, token, r, phase);
+            await client.send(agent, target(srv), token, r, phase);
           }
         }),
       );
@@ -435,7 +255,7 @@ async function scenarioBody(
       for (let round = 0; round < 5 && client.inDoubt().length > 0; round++) {
         await sleep(200);
         await pool(client.inDoubt(), SENDERS, async (r) => {
-          await client.send(agent, srv, token, r, `${phase} retry`);
+          await client.send(agent, target(srv), token, r, `${phase} retry`);
         });
       }
       // Fresh events interleaved with resends of acknowledged batches (so the aggregator sees new events and
@@ -455,7 +275,7 @@ async function scenarioBody(
         }
       }
       await pool(mixed, 4, async ({ r, dupe }) => {
-        await client.send(agent, srv, token, r, `${phase} fresh`, dupe);
+        await client.send(agent, target(srv), token, r, `${phase} fresh`, dupe);
       });
       const cancels: Req[] = [];
       for (const r of fresh) {
@@ -475,7 +295,7 @@ async function scenarioBody(
       }
       finalCancels.push(...cancels);
       await pool(cancels, 4, async (c) => {
-        await client.send(agent, srv, token, c, `${phase} cancel`);
+        await client.send(agent, target(srv), token, c, `${phase} cancel`);
       });
       agent.destroy();
       break;
