@@ -137,7 +137,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   process.stdout.write(`meterd listening on ${url} (role ${config.role}, ${drivers.mode} mode: ${drivers.describe}; data in ${config.dataDir})\n`);
   if (generated) process.stdout.write(`generated a test API key (kept in the state store): ${generated}\n`);
-  else process.stdout.write(`API keys: ${keys.length} configured (API_KEYS or the state store)\n`);
+  else if (config.apiKeys.length > 0) process.stdout.write(`API keys: ${keys.length} configured (API_KEYS and the state store)\n`);
+  // Started without API_KEYS: say which stored key to use, as on the first start.
+  else process.stdout.write(`API keys: ${keys.length} configured; use ${keys[0].secret}\n`);
 
   let stopped: Promise<void> | null = null;
   return {

@@ -161,6 +161,7 @@ t.test('a graceful restart keeps keys, meters, summaries, dedup and cancellation
   await eventually(async () => /API keys: /.test(server.stdout.join('')), 10_000);
   t.notMatch(server.stdout.join(''), /generated a test API key/, 'the restart does not generate a new key');
   t.match(server.stdout.join(''), /API keys: 1 configured/, 'the restart finds the one key kept in DATA_DIR');
+  t.ok(server.stdout.join('').includes(`use ${key}`), 'and says which key to use');
   const stripe2 = server.stripe(key);
   t.equal((await server.request('GET', '/v1/billing/meters', { key })).status, 200, 'the key generated before the restart is accepted');
   t.equal((await server.request('GET', '/v1/billing/meters')).status, 401, 'other keys are still refused');
