@@ -16,6 +16,7 @@ import type { Services } from './shared/services';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
+import { registerBillingRoutes } from './api/billing';
 import { registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { Aggregator } from './aggregator/aggregator';
 
@@ -122,6 +123,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerMeterRoutes(http, services);
     registerSummaryRoutes(http, services);
     registerCoreEventRoutes(http, services);
+    registerBillingRoutes(http, services);
   }
   http.route('GET', '/healthz', () => json(200, { status: 'ok', role: config.role, mode: drivers.mode, aggregator: aggregator?.health() ?? null }));
   const port = await http.listen(config.host, config.port);
