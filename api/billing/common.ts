@@ -17,6 +17,7 @@ import { ParamReader } from '../../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, StripeError } from '../../shared/errors';
 import { compileSearch, type SearchFields } from '../../shared/search';
 import { randomBase62 } from '../../shared/ids';
+import { storeEvent } from './events';
 
 export type Metadata = Record<string, string>;
 
@@ -216,18 +217,21 @@ export function readExpand(r: ParamReader): string[] {
 }
 
 /**
- * The single place every billing state change reports to. Events and webhooks are the next slice: this will build the
- * v1 `event` object (`customer.created`, `price.updated`, `product.deleted`, …) with a snapshot of `object` (and
- * `previous_attributes` for updates) and store it in the same transaction. Until then it does nothing.
+ * The single place every billing state change reports to: stores the v1 `event` (`customer.created`,
+ * `price.updated`, `invoice.paid`, …) with a snapshot of `object` in `tx` — call it inside the transaction that makes
+ * the change, so the event exists exactly when the change does — and queues the webhook deliveries for it (sent after
+ * the transaction commits; see webhooks.ts). For updates pass the previous state (the whole object before the change,
+ * or just the changed attributes' old values): `data.previous_attributes` is the diff, and an update that changed
+ * nothing records no event.
  */
 export async function recordBillingEvent(
-  _store: StateStore,
-  _p: Principal,
-  _type: string,
-  _object: unknown,
-  _previousAttributes?: Record<string, unknown>,
+  tx: StateStore,
+  p: Principal,
+  type: string,
+  object: unknown,
+  previousAttributes?: Record<string, unknown>,
 ): Promise<void> {
-  // Intentionally empty in this slice.
+  await storeEvent(tx, p, type, object, previousAttributes);
 }
 
 /** Stripe's invoice prefixes: 8 uppercase letters/digits. */

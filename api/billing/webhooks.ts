@@ -1,0 +1,389 @@
+/**
+ * Webhook endpoints (`/v1/webhook_endpoints`) and the delivery of events to them.
+ *
+ * Deliveries are persisted: recording an event (inside the change's transaction) inserts one `webhook_delivery`
+ * object per enabled endpoint whose `enabled_events` match (`*` matches everything), so a delivery exists exactly when
+ * its event does, and pending deliveries survive a restart (the dispatcher resumes them on start). The dispatcher:
+ *  - is kicked after each recorded event and also polls the store every WEBHOOK_POLL_MS (default 1000 ms), which
+ *    catches deliveries whose transaction committed after the kick;
+ *  - keeps one request in flight per endpoint and sends each endpoint's deliveries in event order (a delivery waiting
+ *    for a retry holds back the later ones of that endpoint);
+ *  - signs the JSON body exactly as Stripe does: `Stripe-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+ *    "<t>.<body>" keyed with the endpoint's whsec_ secret>`, so `stripe.webhooks.constructEvent` verifies it;
+ *  - treats a 2xx answer as delivered; anything else (status, connection error, WEBHOOK_TIMEOUT_MS = 10 s timeout)
+ *    is retried with exponential backoff: delay = WEBHOOK_RETRY_BASE_MS (default 60 000 ms) × 2^(attempt−1), capped
+ *    at 6 hours, up to WEBHOOK_MAX_ATTEMPTS attempts (default 16, i.e. roughly two days, like Stripe's ~3-day live
+ *    retry window). After the last failed attempt the delivery is dropped. Either way the event's pending_webhooks
+ *    goes down by one.
+ *  - drops deliveries whose endpoint was deleted or disabled meanwhile.
+ *
+ * Several API processes (distributed mode) each run a dispatcher over the shared store: a process claims a delivery
+ * with a lease (row locked while claiming) before sending, so each attempt is made once; a process that dies
+ * mid-attempt leaves the lease to expire (timeout + 5 s) and another process retries. A receiver may still see an
+ * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id. Events are rendered in the server's API version whatever the endpoint's
+ * `api_version`.
+ */
+import crypto from 'node:crypto';
+import { AsyncResource } from 'node:async_hooks';
+import type { HttpServer } from '../../shared/http/server';
+import { json } from '../../shared/http/server';
+import { apiEndpoint } from '../../shared/http/endpoints';
+import type { Services } from '../../shared/services';
+import type { Principal } from '../../shared/http/auth';
+import type { StateStore, StoredObject } from '../../shared/state-store';
+import { ParamReader, type Params } from '../../shared/wire/form';
+import { InvalidParamError, NotFoundError } from '../../shared/errors';
+import { newId, randomBase62 } from '../../shared/ids';
+import { log } from '../../shared/logger';
+import { readListParams } from '../meters';
+import { listEndpoint, nowSeconds, nullableString, readMetadata, type Metadata } from './common';
+import { EVENT_TYPE, eventTypeMatches, type EventObject } from './events';
+
+export const WEBHOOK_ENDPOINT_TYPE = 'webhook_endpoint';
+export const WEBHOOK_DELIVERY_TYPE = 'webhook_delivery';
+
+interface StoredEndpoint {
+  id: string;
+  object: 'webhook_endpoint';
+  api_version: string | null;
+  application: null;
+  created: number;
+  description: string | null;
+  enabled_events: string[];
+  livemode: boolean;
+  metadata: Metadata;
+  secret: string;
+  status: 'enabled' | 'disabled';
+  url: string;
+}
+
+interface DeliveryDoc {
+  id: string;
+  endpoint: string;
+  event: string;
+  attempts: number;
+  next_attempt_ms: number;
+  last_error: string | null;
+  /** A dispatcher owns the delivery until then (several API processes share the store in distributed mode). */
+  lease_until_ms?: number;
+}
+
+function render(e: StoredEndpoint, withSecret = false): Record<string, unknown> {
+  const { secret, ...rest } = e;
+  return withSecret ? { ...rest, secret } : rest;
+}
+
+function envInt(name: string, def: number): number {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : def;
+}
+
+/** Stripe's v1 signature scheme. */
+export function signPayload(payload: string, secret: string, t: number): string {
+  const sig = crypto.createHmac('sha256', secret).update(`${t}.${payload}`, 'utf8').digest('hex');
+  return `t=${t},v1=${sig}`;
+}
+
+/** Called by storeEvent inside the event's transaction: queues one delivery per matching endpoint, returns the count. */
+export async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, nowMs: number): Promise<number> {
+  let n = 0;
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await tx.listObjects<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, { limit: 100, startingAfter: cursor, where: { status: 'enabled' } });
+    for (const o of page.data) {
+      const e = o.data;
+      if (!e.enabled_events.some((pat) => eventTypeMatches(pat, ev.type))) continue;
+      const d: DeliveryDoc = { id: newId('whdel', p.livemode), endpoint: e.id, event: ev.id, attempts: 0, next_attempt_ms: nowMs, last_error: null };
+      await tx.insertObject({ account: p.account, type: WEBHOOK_DELIVERY_TYPE, id: d.id, createdMs: nowMs, data: d });
+      n++;
+    }
+    if (!page.hasMore || page.data.length === 0) break;
+    cursor = page.data[page.data.length - 1].id;
+  }
+  if (n > 0) activeDispatcher?.kick();
+  return n;
+}
+
+let activeDispatcher: WebhookDispatcher | null = null;
+
+export class WebhookDispatcher {
+  private readonly retryBaseMs = envInt('WEBHOOK_RETRY_BASE_MS', 60_000);
+  private readonly maxAttempts = envInt('WEBHOOK_MAX_ATTEMPTS', 16);
+  private readonly timeoutMs = envInt('WEBHOOK_TIMEOUT_MS', 10_000);
+  private readonly pollMs = envInt('WEBHOOK_POLL_MS', 1000);
+  private static readonly MAX_DELAY_MS = 6 * 3600 * 1000;
+  /** Endpoints (account/endpoint) with a request in flight. */
+  private readonly inFlight = new Set<string>();
+  private running = false;
+  private again = false;
+  private stopped = false;
+  private poller: NodeJS.Timeout | null = null;
+  /** Timers are started from this scope, never from the caller's (a store transaction's async context). */
+  private readonly scope = new AsyncResource('webhook-dispatcher');
+
+  constructor(private readonly store: StateStore) {}
+
+  start(): void {
+    this.poller = setInterval(() => this.tick(), this.pollMs);
+    this.poller.unref();
+    this.kick();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.poller) clearInterval(this.poller);
+  }
+
+  /** Schedules a scan soon (and once more a little later, for a transaction that commits after the first one). */
+  kick(): void {
+    this.scope.runInAsyncScope(() => {
+      setTimeout(() => this.tick(), 5).unref();
+      setTimeout(() => this.tick(), 100).unref();
+    });
+  }
+
+  private tick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = true;
+    this.scan()
+      .catch((err) => {
+        if (!this.stopped) log.warn('webhook dispatch scan failed', { err: String(err) });
+      })
+      .finally(() => {
+        this.running = false;
+        if (this.again) {
+          this.again = false;
+          this.tick();
+        }
+      });
+  }
+
+  private async scan(): Promise<void> {
+    const all = await this.store.scanType<DeliveryDoc>(WEBHOOK_DELIVERY_TYPE);
+    all.sort((a, b) => a.createdMs - b.createdMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const head = new Map<string, StoredObject<DeliveryDoc>>();
+    for (const d of all) {
+      const k = `${d.account}/${d.data.endpoint}`;
+      if (!head.has(k)) head.set(k, d);
+    }
+    const now = Date.now();
+    let nextDue = Infinity;
+    for (const [k, d] of head) {
+      if (this.inFlight.has(k)) continue;
+      const due = Math.max(d.data.next_attempt_ms, d.data.lease_until_ms ?? 0);
+      if (due > now) {
+        nextDue = Math.min(nextDue, due);
+        continue;
+      }
+      this.inFlight.add(k);
+      this.deliver(d)
+        .catch((err) => {
+          if (!this.stopped) log.warn('webhook delivery failed', { err: String(err) });
+        })
+        .finally(() => {
+          this.inFlight.delete(k);
+          this.tick();
+        });
+    }
+    if (nextDue !== Infinity && nextDue - now < this.pollMs) {
+      this.scope.runInAsyncScope(() => setTimeout(() => this.tick(), nextDue - now + 1).unref());
+    }
+  }
+
+  private async finish(account: string, d: DeliveryDoc): Promise<void> {
+    await this.store.transaction(async (tx) => {
+      await tx.deleteObject(account, WEBHOOK_DELIVERY_TYPE, d.id);
+      const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
+      if (ev) {
+        ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
+        await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
+      }
+    });
+  }
+
+  /** Takes the delivery for this process (the row is locked while checked), or null when another one holds it. */
+  private async claim(account: string, id: string): Promise<DeliveryDoc | null> {
+    return this.store.transaction(async (tx) => {
+      const found = await tx.getObject<DeliveryDoc>(account, WEBHOOK_DELIVERY_TYPE, id);
+      const now = Date.now();
+      if (!found || (found.data.lease_until_ms ?? 0) > now || found.data.next_attempt_ms > now) return null;
+      const d = { ...found.data, lease_until_ms: now + this.timeoutMs + 5000 };
+      await tx.updateObject(account, WEBHOOK_DELIVERY_TYPE, id, d);
+      return d;
+    });
+  }
+
+  private async deliver(stored: StoredObject<DeliveryDoc>): Promise<void> {
+    const account = stored.account;
+    const d = await this.claim(account, stored.id);
+    if (!d) return;
+    const [endpoint, ev] = await Promise.all([
+      this.store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
+      this.store.getObject<EventObject>(account, EVENT_TYPE, d.event),
+    ]);
+    if (!endpoint || endpoint.data.status !== 'enabled' || !ev) {
+      await this.finish(account, d);
+      return;
+    }
+    const payload = JSON.stringify(ev.data, null, 2);
+    const t = Math.floor(Date.now() / 1000);
+    let error: string | null = null;
+    try {
+      const res = await fetch(endpoint.data.url, {
+        method: 'POST',
+        headers: {
+          'Content-Type': 'application/json; charset=utf-8',
+          'User-Agent': 'Stripe/1.0 (+https://stripe.com/docs/webhooks)',
+          'Stripe-Signature': signPayload(payload, endpoint.data.secret, t),
+        },
+        body: payload,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+      await res.arrayBuffer().catch(() => undefined);
+      if (res.status < 200 || res.status > 299) error = `HTTP ${res.status}`;
+    } catch (err) {
+      error = String((err as Error)?.message ?? err);
+    }
+    if (this.stopped) return;
+    if (error === null) {
+      await this.finish(account, d);
+      return;
+    }
+    const attempts = d.attempts + 1;
+    if (attempts >= this.maxAttempts) {
+      log.warn('webhook delivery abandoned', { endpoint: d.endpoint, event: d.event, attempts, error });
+      await this.finish(account, d);
+      return;
+    }
+    const delay = Math.min(WebhookDispatcher.MAX_DELAY_MS, this.retryBaseMs * 2 ** (attempts - 1));
+    const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
+    await this.store.updateObject(account, WEBHOOK_DELIVERY_TYPE, d.id, next);
+  }
+}
+
+const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];
+const UPDATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'disabled', 'expand'];
+
+function readUrl(r: ParamReader, required: boolean): string | undefined {
+  const url = r.string('url', { required, maxLength: 5000 });
+  if (url === undefined) return undefined;
+  let ok = false;
+  try {
+    const u = new URL(url);
+    ok = u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new InvalidParamError('url', `Invalid URL: ${url}`, 'url_invalid');
+  return url;
+}
+
+function readEnabledEvents(r: ParamReader, required: boolean): string[] | undefined {
+  const ev = r.stringArray('enabled_events', { required, maxItems: 500 });
+  if (ev === undefined) return undefined;
+  if (ev.length === 0) throw new InvalidParamError('enabled_events', 'enabled_events must contain at least one event type.');
+  for (const e of ev) {
+    if (!/^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$/.test(e)) {
+      throw new InvalidParamError('enabled_events', `Invalid event type: ${e}.`);
+    }
+  }
+  return [...new Set(ev)];
+}
+
+async function loadEndpoint(store: StateStore, p: Principal, id: string): Promise<StoredEndpoint> {
+  const found = await store.getObject<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, id);
+  if (!found) throw new NotFoundError(`No such webhook endpoint: '${id}'`);
+  return found.data;
+}
+
+async function createEndpoint(s: Services, p: Principal, params: Params) {
+  const r = new ParamReader(params);
+  r.assertNoUnknown(CREATE_PARAMS);
+  const url = readUrl(r, true)!;
+  const enabled = readEnabledEvents(r, true)!;
+  const { nowMs, now } = nowSeconds(s);
+  const e: StoredEndpoint = {
+    id: newId('we', p.livemode),
+    object: 'webhook_endpoint',
+    api_version: r.string('api_version', { maxLength: 100 }) ?? null,
+    application: null,
+    created: now,
+    description: nullableString(r, 'description', 5000) ?? null,
+    enabled_events: enabled,
+    livemode: p.livemode,
+    metadata: readMetadata(r) ?? {},
+    secret: 'whsec_' + randomBase62(32),
+    status: 'enabled',
+    url,
+  };
+  r.boolean('connect');
+  await s.state.insertObject({ account: p.account, type: WEBHOOK_ENDPOINT_TYPE, id: e.id, createdMs: nowMs, data: e });
+  return json(200, render(e, true));
+}
+
+export function registerWebhookRoutes(http: HttpServer, s: Services): void {
+  http.route('POST', '/v1/webhook_endpoints', apiEndpoint(s, (p, _req, params) => createEndpoint(s, p, params)));
+
+  http.route(
+    'GET',
+    '/v1/webhook_endpoints',
+    apiEndpoint(s, async (p, _req, params) => {
+      const r = new ParamReader(params);
+      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
+      return listEndpoint<StoredEndpoint>(s, p, '/v1/webhook_endpoints', WEBHOOK_ENDPOINT_TYPE, readListParams(r), {}, undefined, (e) => render(e));
+    }),
+  );
+
+  http.route(
+    'GET',
+    '/v1/webhook_endpoints/:id',
+    apiEndpoint(s, async (p, req, params) => {
+      new ParamReader(params).assertNoUnknown(['expand']);
+      return json(200, render(await loadEndpoint(s.state, p, req.params[0])));
+    }),
+  );
+
+  http.route(
+    'POST',
+    '/v1/webhook_endpoints/:id',
+    apiEndpoint(s, async (p, req, params) => {
+      const r = new ParamReader(params);
+      r.assertNoUnknown(UPDATE_PARAMS);
+      const e = await s.state.transaction(async (tx) => {
+        const e = await loadEndpoint(tx, p, req.params[0]);
+        const url = readUrl(r, false);
+        if (url !== undefined) e.url = url;
+        const enabled = readEnabledEvents(r, false);
+        if (enabled !== undefined) e.enabled_events = enabled;
+        const description = nullableString(r, 'description', 5000);
+        if (description !== undefined) e.description = description;
+        const metadata = readMetadata(r, e.metadata);
+        if (metadata !== undefined) e.metadata = metadata;
+        const disabled = r.boolean('disabled');
+        if (disabled !== undefined) e.status = disabled ? 'disabled' : 'enabled';
+        await tx.updateObject(p.account, WEBHOOK_ENDPOINT_TYPE, e.id, e);
+        return e;
+      });
+      return json(200, render(e));
+    }),
+  );
+
+  http.route(
+    'DELETE',
+    '/v1/webhook_endpoints/:id',
+    apiEndpoint(s, async (p, req, params) => {
+      new ParamReader(params).assertNoUnknown(['expand']);
+      const e = await loadEndpoint(s.state, p, req.params[0]);
+      await s.state.deleteObject(p.account, WEBHOOK_ENDPOINT_TYPE, e.id);
+      return json(200, { id: e.id, object: 'webhook_endpoint', deleted: true });
+    }),
+  );
+
+  if (activeDispatcher) activeDispatcher.stop();
+  activeDispatcher = new WebhookDispatcher(s.state);
+  activeDispatcher.start();
+}
