@@ -162,8 +162,16 @@ export async function loadCustomer(store: StateStore, p: Principal, id: string, 
 
 async function createCustomer(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
-  r.assertNoUnknown(CREATE_PARAMS);
-  const { nowMs, now } = nowSeconds(s);
+  r.assertNoUnknown([...CREATE_PARAMS, 'test_clock']);
+  const { nowMs, now: realNow } = nowSeconds(s);
+  const testClock = r.string('test_clock', { maxLength: 5000 }) ?? null;
+  let now = realNow;
+  if (testClock !== null) {
+    // A customer on a test clock lives at the clock's frozen_time.
+    const clock = await s.state.getObject<{ frozen_time: number }>(p.account, 'test_helpers.test_clock', testClock);
+    if (!clock) throw new NotFoundError(`No such test clock: '${testClock}'`, 'test_clock');
+    now = clock.data.frozen_time;
+  }
   const c: CustomerObject = {
     id: newId('cus', p.livemode),
     object: 'customer',
@@ -186,7 +194,7 @@ async function createCustomer(s: Services, p: Principal, params: Params) {
     preferred_locales: [],
     shipping: null,
     tax_exempt: 'none',
-    test_clock: null,
+    test_clock: testClock,
   };
   applyCustomerParams(r, c);
   await s.state.transaction(async (tx) => {
