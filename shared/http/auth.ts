@@ -119,8 +119,10 @@ export class Authenticator {
     const dot = token.indexOf('.', TOKEN_PREFIX.length);
     if (dot === -1) return null;
     const payload = token.slice(TOKEN_PREFIX.length, dot);
-    const given = Buffer.from(token.slice(dot + 1), 'base64url');
-    const expected = Buffer.from(this.sign(payload), 'base64url');
+    // Compare the signature's text, not its decoded bytes: base64url's last character carries spare bits, so several
+    // spellings decode to the same bytes, and only the canonical one was issued.
+    const given = Buffer.from(token.slice(dot + 1));
+    const expected = Buffer.from(this.sign(payload));
     if (given.length !== expected.length || !crypto.timingSafeEqual(given, expected)) return null;
     const parts = Buffer.from(payload, 'base64url').toString('utf8').split('|');
     if (parts.length !== 4) return null;
