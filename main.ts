@@ -16,7 +16,7 @@ import type { Services } from './shared/services';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
-import { registerBillingRoutes } from './api/billing';
+import { registerBillingRoutes, stopBillingJobs } from './api/billing';
 import { registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { Aggregator } from './aggregator/aggregator';
 
@@ -152,6 +152,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       (stopped ??= (async () => {
         for (const t of timers) clearInterval(t);
         await http.close();
+        await stopBillingJobs();
         await services.producer.close();
         if (aggregator) await aggregator.stop();
         await eventLog.close();

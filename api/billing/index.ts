@@ -15,6 +15,10 @@ import { registerEventRoutes } from './events';
 import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
+import { startBillingTicker, stopBillingTicker } from './billing-tick';
+
+/** Stops the billing background job (called by main.ts on shutdown, before the store closes). */
+export const stopBillingJobs = stopBillingTicker;
 
 export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerCustomerRoutes(http, s);
@@ -29,4 +33,5 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerWebhookRoutes(http, s);
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
+  startBillingTicker(s);
 }

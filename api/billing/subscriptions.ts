@@ -16,8 +16,8 @@
  * automatically_finalizes_at = period end + 1 h) bills: metered items in arrears, quantity = the meter's aggregate for
  * the customer over exactly [period start, period end) (invoices.meteredUsage), and licensed items in advance for the
  * next period; pending invoice items of the customer are swept onto it. At finalization metered lines are measured
- * again (usage reported during the grace period counts). No proration on changes (quantity/price changes apply from
- * the next invoice).
+ * again (usage reported during the grace period counts). Mid-period changes of licensed items create proration invoice
+ * items (proration.ts; proration_behavior create_prorations by default, none to skip) that the next invoice sweeps.
  */
 import type { HttpServer } from '../../shared/http/server';
 import { json } from '../../shared/http/server';
@@ -33,6 +33,7 @@ import { listEndpoint, readCreatedRange, readMetadata, recordBillingEvent, type 
 import { loadCustomer, type CustomerObject } from './customers';
 import { loadPrice, renderPrice, type PriceObject, type Interval } from './prices';
 import { renderPlan } from './plans';
+import { createProrations } from './proration';
 import {
   autoFinalize,
   finalizeIn,
@@ -445,7 +446,7 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
 async function updateSubscription(s: Services, p: Principal, id: string, params: Params) {
   const r = new ParamReader(params);
   r.assertNoUnknown(['items', 'metadata', 'description', 'cancel_at_period_end', 'cancel_at', 'proration_behavior', 'payment_behavior', 'expand']);
-  r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] });
+  const prorate = (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) ?? 'create_prorations') !== 'none';
   const sub = await s.state.transaction(async (tx) => {
     const sub = await loadSubscription(tx, p, id);
     if (sub.status === 'canceled') {
@@ -464,14 +465,23 @@ async function updateSubscription(s: Services, p: Principal, id: string, params:
     const metadata = readMetadata(r, sub.metadata);
     if (metadata !== undefined) sub.metadata = metadata;
     const itemParams = r.objectArray('items', { maxItems: 20 });
-    if (itemParams) await applyItemChanges(tx, p, sub, itemParams, now);
+    if (itemParams) {
+      await applyItemChanges(tx, p, sub, itemParams, now);
+      if (prorate) await prorateChange(s, tx, p, before, sub, now);
+    }
     await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
     return sub;
   });
   return json(200, renderSub(sub));
 }
 
-/** items[]: {id, price, quantity, metadata, deleted} — changes without proration. */
+/** Proration invoice items for a change of the subscription's items within its current period. */
+async function prorateChange(s: Services, tx: StateStore, p: Principal, before: SubscriptionObject, after: SubscriptionObject, now: number): Promise<void> {
+  const { start, end } = periodOf(before);
+  await createProrations(tx, p, before, after, now, start, end, s.now());
+}
+
+/** items[]: {id, price, quantity, metadata, deleted}; the caller creates the prorations. */
 async function applyItemChanges(tx: StateStore, p: Principal, sub: SubscriptionObject, itemParams: ParamReader[], now: number): Promise<void> {
   const { start, end } = periodOf(sub);
   for (const ip of itemParams) {
@@ -635,6 +645,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         const now = await timeFor(s, tx, p, sub.test_clock);
         const sent = new ParamReader(pick(params, ['price', 'plan', 'quantity', 'metadata']));
         await applyItemChanges(tx, p, sub, [sent], now);
+        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none') await prorateChange(s, tx, p, before, sub, now);
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data[sub.items.data.length - 1];
       });
@@ -653,6 +664,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         const now = await timeFor(s, tx, p, sub.test_clock);
         const sent = new ParamReader({ ...pick(params, ['price', 'plan', 'quantity', 'metadata']), id: req.params[0] });
         await applyItemChanges(tx, p, sub, [sent], now);
+        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none') await prorateChange(s, tx, p, before, sub, now);
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data.find((i) => i.id === req.params[0])!;
       });
@@ -662,13 +674,14 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
   http.route(
     'DELETE',
     '/v1/subscription_items/:id',
-    apiEndpoint(s, async (p, req) => {
+    apiEndpoint(s, async (p, req, params) => {
       const id = req.params[0];
       await s.state.transaction(async (tx) => {
         const { sub } = await findItem(tx, p, id);
         const before = structuredClone(sub);
         const now = await timeFor(s, tx, p, sub.test_clock);
         await applyItemChanges(tx, p, sub, [new ParamReader({ id, deleted: 'true' })], now);
+        if (params.proration_behavior !== 'none') await prorateChange(s, tx, p, before, sub, now);
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
       });
       return json(200, { id, object: 'subscription_item', deleted: true });
