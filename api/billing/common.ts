@@ -141,9 +141,12 @@ export async function listEndpoint<T>(
   filters: Pick<ListOptions, 'where' | 'createdGteMs' | 'createdLtMs'>,
   pred: ((doc: T) => boolean) | undefined,
   render: (doc: T) => unknown,
+  expand: string[] = [],
+  expandExtra: string[] = [],
 ): Promise<HttpResult> {
   const res = await listMatching<T>(s.state, p.account, type, page, filters, pred);
-  return listResult(url, res.data.map(render), res.hasMore);
+  if (expand.length === 0) return listResult(url, res.data.map(render), res.hasMore);
+  return json(200, await expandBilling(s.state, p, { object: 'list', data: res.data.map(render), has_more: res.hasMore, url }, expand, expandExtra));
 }
 
 function encodePage(id: string): string {
@@ -242,4 +245,155 @@ export function newInvoicePrefix(): string {
 export function nowSeconds(s: Services): { nowMs: number; now: number } {
   const nowMs = s.now();
   return { nowMs, now: Math.floor(nowMs / 1000) };
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// expand[]
+
+/** Loads one object of the caller's account by id (never another account's: accounts are walls). */
+export type ExpandLoader = (state: StateStore, p: Principal, id: string) => Promise<unknown>;
+
+/**
+ * How a field of an object type expands: `id` reads the id to expand from the object (defaults to the field's own
+ * value when it is a string); when absent the field only descends (an embedded object or list). `noop` fields are
+ * accepted and left as they are (e.g. default_payment_method, always null here).
+ */
+export interface ExpandField {
+  id?: (obj: Record<string, unknown>) => unknown;
+  noop?: boolean;
+}
+
+/** object type (`subscription`, `invoice`, `line_item`, …) → field name → how it expands. */
+export type ExpandResolvers = Record<string, Record<string, ExpandField>>;
+
+const EXPAND_MAX_DEPTH = 4;
+
+function cannotExpand(path: string, index: number): never {
+  throw new InvalidRequestError(`This property cannot be expanded (${path}).`, { param: `expand[${index}]` });
+}
+
+/**
+ * Applies `expand[]` paths to a rendered object (or a `list` envelope, whose paths start with `data.`): each segment
+ * names an expandable field of the current object's type in `resolvers`, whose id is replaced by the object loaded
+ * through `loaders` (chosen by the id's prefix: `cus_`, `sub_`, `in_`, `price_`, `prod_`, …, always in the caller's
+ * account), or an embedded object/list to descend into (`items.data.price`). Up to 4 levels; `extra` names paths
+ * handled elsewhere (a price's `tiers`, a search's `total_count`). Unknown paths are Stripe's 400 on `expand[i]`.
+ */
+export async function expandObject<T>(
+  state: StateStore,
+  p: Principal,
+  object: T,
+  paths: string[],
+  resolvers: ExpandResolvers,
+  loaders: Record<string, ExpandLoader>,
+  extra: string[] = [],
+): Promise<T> {
+  if (paths.length === 0) return object;
+  const cache = new Map<string, Promise<unknown>>();
+  const load = (id: string, path: string, index: number): Promise<unknown> => {
+    let hit = cache.get(id);
+    if (!hit) {
+      const us = id.indexOf('_');
+      const loader = us > 0 ? loaders[id.slice(0, us)] : undefined;
+      if (!loader) cannotExpand(path, index);
+      hit = loader(state, p, id).then((v) => structuredClone(v));
+      cache.set(id, hit);
+    }
+    return hit.then((v) => structuredClone(v));
+  };
+  const root = structuredClone(object) as unknown;
+  const walk = async (node: unknown, segs: string[], path: string, index: number): Promise<unknown> => {
+    if (segs.length === 0 || node === null || node === undefined || typeof node !== 'object') return node;
+    const obj = node as Record<string, unknown>;
+    const [seg, ...rest] = segs;
+    if (obj.object === 'list' || obj.object === 'search_result') {
+      if (seg !== 'data' || !Array.isArray(obj.data)) cannotExpand(path, index);
+      if (rest.length === 0) cannotExpand(path, index);
+      obj.data = await Promise.all((obj.data as unknown[]).map((d) => walk(d, rest, path, index)));
+      return obj;
+    }
+    const type = typeof obj.object === 'string' ? obj.object : '';
+    const field = resolvers[type]?.[seg];
+    if (!field) cannotExpand(path, index);
+    if (field.noop) return obj;
+    let value = obj[seg];
+    if (value !== null && typeof value === 'object') {
+      /* already embedded or expanded by an earlier path: descend */
+    } else if (field.id || typeof value === 'string') {
+      const id = field.id ? field.id(obj) : value;
+      if (typeof id === 'string') value = await load(id, path, index);
+      else if (typeof value === 'string' || value === undefined) value = id ?? null;
+    } else if (value === undefined) {
+      cannotExpand(path, index);
+    }
+    obj[seg] = await walk(value, rest, path, index);
+    return obj;
+  };
+  for (let i = 0; i < paths.length; i++) {
+    const path = paths[i];
+    if (extra.includes(path)) continue;
+    const segs = path.split('.');
+    if (segs.some((s) => s.length === 0)) cannotExpand(path, i);
+    if (segs.filter((s) => s !== 'data').length > EXPAND_MAX_DEPTH) {
+      throw new InvalidRequestError(`You cannot expand more than ${EXPAND_MAX_DEPTH} levels of a property. Property: ${path}`, { param: `expand[${i}]` });
+    }
+    await walk(root, segs, path, i);
+  }
+  return root as T;
+}
+
+/** Stored documents as served: internal `_` fields dropped, a price's tiers and an invoice's lines beyond 10 hidden. */
+function served(type: string, doc: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(doc)) if (!k.startsWith('_')) out[k] = v;
+  if (type === 'price' && out.tiers !== undefined) delete out.tiers;
+  if (type === 'invoice' && out.lines && typeof out.lines === 'object') {
+    const lines = out.lines as { data: unknown[] };
+    out.lines = { ...lines, data: lines.data.slice(0, 10), has_more: lines.data.length > 10 };
+  }
+  return out;
+}
+
+function storeLoader(type: string): ExpandLoader {
+  return async (state, p, id) => {
+    const found = await state.getObject<Record<string, unknown>>(p.account, type, id);
+    if (!found) return id;
+    if (found.data.deleted === true) return { id, object: type, deleted: true };
+    return served(type, found.data);
+  };
+}
+
+/** Loaders by id prefix; every one reads the caller's account only. */
+export const EXPAND_LOADERS: Record<string, ExpandLoader> = {
+  cus: storeLoader('customer'),
+  sub: storeLoader('subscription'),
+  in: storeLoader('invoice'),
+  price: storeLoader('price'),
+  plan: storeLoader('price'),
+  prod: storeLoader('product'),
+  ii: storeLoader('invoiceitem'),
+};
+
+const pricingPrice = (o: Record<string, unknown>) => (o.pricing as { price_details?: { price?: string } | null } | null)?.price_details?.price ?? null;
+
+/** The expandable fields of the billing objects, as the official client knows them. */
+export const BILLING_EXPAND: ExpandResolvers = {
+  subscription: { customer: {}, latest_invoice: {}, default_payment_method: { noop: true }, default_source: { noop: true }, items: {} },
+  subscription_item: { price: {} },
+  price: { product: {} },
+  plan: { product: {} },
+  invoice: { customer: {}, subscription: {}, lines: {}, default_payment_method: { noop: true }, default_source: { noop: true } },
+  line_item: { price: { id: pricingPrice }, subscription: {}, invoice: {} },
+  invoiceitem: { customer: {}, invoice: {}, subscription: {}, price: { id: pricingPrice } },
+  customer: { default_source: { noop: true } },
+};
+
+/** expandObject with the billing resolvers and loaders. */
+export function expandBilling<T>(state: StateStore, p: Principal, object: T, paths: string[], extra: string[] = []): Promise<T> {
+  return expandObject(state, p, object, paths, BILLING_EXPAND, EXPAND_LOADERS, extra);
+}
+
+/** `expand[]` straight from a request's params. */
+export function expandParam(params: Record<string, unknown>): string[] {
+  return readExpand(new ParamReader(params));
 }

@@ -16,7 +16,7 @@ import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundErro
 import { newId } from '../../shared/ids';
 import { formatScaled } from '../../shared/decimal';
 import { readListParams } from '../meters';
-import { listEndpoint, nullableString, readCreatedRange, readMetadata, recordBillingEvent } from './common';
+import { expandBilling, expandParam, listEndpoint, nullableString, readCreatedRange, readMetadata, recordBillingEvent } from './common';
 import { loadCustomer } from './customers';
 import { loadPrice } from './prices';
 import { parseQuantity, priceAmount } from './pricing';
@@ -122,7 +122,7 @@ async function createItem(s: Services, p: Principal, params: Params) {
     }
     return ii;
   });
-  return json(200, ii);
+  return json(200, await expandBilling(s.state, p, ii, expandParam(params)));
 }
 
 /** The draft invoice holding `ii`, or null when pending; throws when it is finalized. */
@@ -150,7 +150,7 @@ export function registerInvoiceItemRoutes(http: HttpServer, s: Services): void {
       if (invoice) where.invoice = invoice;
       const pending = r.boolean('pending');
       const pred = pending === undefined ? undefined : (d: InvoiceItemObject) => (d.invoice === null) === pending;
-      return listEndpoint<InvoiceItemObject>(s, p, '/v1/invoiceitems', INVOICE_ITEM_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => d);
+      return listEndpoint<InvoiceItemObject>(s, p, '/v1/invoiceitems', INVOICE_ITEM_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => d, expandParam(params));
     }),
   );
 
@@ -159,7 +159,7 @@ export function registerInvoiceItemRoutes(http: HttpServer, s: Services): void {
     '/v1/invoiceitems/:id',
     apiEndpoint(s, async (p, req, params) => {
       new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await loadInvoiceItem(s.state, p, req.params[0]));
+      return json(200, await expandBilling(s.state, p, await loadInvoiceItem(s.state, p, req.params[0]), expandParam(params)));
     }),
   );
 
@@ -193,7 +193,7 @@ export function registerInvoiceItemRoutes(http: HttpServer, s: Services): void {
         }
         return ii;
       });
-      return json(200, ii);
+      return json(200, await expandBilling(s.state, p, ii, expandParam(params)));
     }),
   );
 

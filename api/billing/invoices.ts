@@ -26,7 +26,7 @@ import { formatScaled } from '../../shared/decimal';
 import { computeWindows } from '../summaries';
 import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
-import { listEndpoint, nullableString, readCreatedRange, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
+import { expandBilling, expandParam, listEndpoint, nullableString, readCreatedRange, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
 import { CUSTOMER_TYPE, loadCustomer, type CustomerObject } from './customers';
 import { PRICE_TYPE, type PriceObject } from './prices';
 import { priceAmount, truncatedQuantity } from './pricing';
@@ -552,7 +552,7 @@ async function createInvoice(s: Services, p: Principal, params: Params) {
     await insertInvoice(tx, p, inv);
     return inv;
   });
-  return json(200, renderInvoice(inv));
+  return json(200, await expandBilling(s.state, p, renderInvoice(inv), expandParam(params)));
 }
 
 async function transition(s: Services, p: Principal, id: string, params: Params, allowed: string[], fn: (tx: StateStore, inv: InvoiceObject, now: number, usage: Map<string, bigint> | undefined) => Promise<void>) {
@@ -566,7 +566,7 @@ async function transition(s: Services, p: Principal, id: string, params: Params,
     await fn(tx, inv, now, usage);
     return inv;
   });
-  return json(200, renderInvoice(inv));
+  return json(200, await expandBilling(s.state, p, renderInvoice(inv), expandParam(params)));
 }
 
 export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
@@ -609,7 +609,7 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
       const status = r.string('status', { enum: ['draft', 'open', 'paid', 'uncollectible', 'void'] });
       if (status) where.status = status;
       r.string('collection_method', { enum: ['charge_automatically', 'send_invoice'] });
-      return listEndpoint<InvoiceObject>(s, p, '/v1/invoices', INVOICE_TYPE, page, { where, ...readCreatedRange(r) }, undefined, renderInvoice);
+      return listEndpoint<InvoiceObject>(s, p, '/v1/invoices', INVOICE_TYPE, page, { where, ...readCreatedRange(r) }, undefined, renderInvoice, expandParam(params));
     }),
   );
 
@@ -626,7 +626,7 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     '/v1/invoices/:id',
     apiEndpoint(s, async (p, req, params) => {
       new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, renderInvoice(await loadInvoice(s.state, p, req.params[0])));
+      return json(200, await expandBilling(s.state, p, renderInvoice(await loadInvoice(s.state, p, req.params[0])), expandParam(params)));
     }),
   );
 
@@ -677,7 +677,7 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
         await saveInvoice(tx, p, inv, 'invoice.updated', before);
         return inv;
       });
-      return json(200, renderInvoice(inv));
+      return json(200, await expandBilling(s.state, p, renderInvoice(inv), expandParam(params)));
     }),
   );
 

@@ -26,7 +26,7 @@ import { newId } from '../../shared/ids';
 import { METER_TYPE, type MeterObject } from '../../shared/meters';
 import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
-import { listEndpoint, nowSeconds, nullableString, readCreatedRange, readExpand, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
+import { expandBilling, listEndpoint, nowSeconds, nullableString, readCreatedRange, readExpand, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
 import { createProductIn, loadProduct } from './products';
 
 export const PRICE_TYPE = 'price';
@@ -324,7 +324,7 @@ async function createPrice(s: Services, p: Principal, params: Params) {
     await recordBillingEvent(tx, p, 'price.created', price);
     return price;
   });
-  return json(200, renderPrice(price, expand));
+  return json(200, await expandBilling(s.state, p, renderPrice(price, expand), expand, ['tiers']));
 }
 
 /** The fields Stripe lets you change on a price (shared by POST /v1/prices/:id and, partly, plans). */
@@ -396,7 +396,7 @@ export function registerPriceRoutes(http: HttpServer, s: Services): void {
       if (usageType) preds.push((d) => d.recurring?.usage_type === usageType);
       if (meter) preds.push((d) => d.recurring?.meter === meter);
       const pred = preds.length ? (d: PriceObject) => preds.every((f) => f(d)) : undefined;
-      return listEndpoint<PriceObject>(s, p, '/v1/prices', PRICE_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => renderPrice(d, expand));
+      return listEndpoint<PriceObject>(s, p, '/v1/prices', PRICE_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => renderPrice(d, expand), expand, ['data.tiers']);
     }),
   );
 
@@ -421,7 +421,8 @@ export function registerPriceRoutes(http: HttpServer, s: Services): void {
     apiEndpoint(s, async (p, req, params) => {
       const r = new ParamReader(params);
       r.assertNoUnknown(['expand']);
-      return json(200, renderPrice(await loadPrice(s.state, p, req.params[0]), readExpand(r)));
+      const expand = readExpand(r);
+      return json(200, await expandBilling(s.state, p, renderPrice(await loadPrice(s.state, p, req.params[0]), expand), expand, ['tiers']));
     }),
   );
 
@@ -459,7 +460,7 @@ export function registerPriceRoutes(http: HttpServer, s: Services): void {
           { key: lookupKey, transfer },
         ),
       );
-      return json(200, renderPrice(price, expand));
+      return json(200, await expandBilling(s.state, p, renderPrice(price, expand), expand, ['tiers']));
     }),
   );
 }

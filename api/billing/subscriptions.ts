@@ -29,7 +29,7 @@ import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
-import { listEndpoint, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
+import { expandBilling, expandParam, listEndpoint, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer, type CustomerObject } from './customers';
 import { loadPrice, renderPrice, type PriceObject, type Interval } from './prices';
 import { renderPlan } from './plans';
@@ -440,7 +440,7 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
     await finalizeIn(tx, p, inv, now);
     return sub;
   });
-  return json(200, renderSub(sub));
+  return json(200, await expandBilling(s.state, p, renderSub(sub), expandParam(params)));
 }
 
 async function updateSubscription(s: Services, p: Principal, id: string, params: Params) {
@@ -472,7 +472,7 @@ async function updateSubscription(s: Services, p: Principal, id: string, params:
     await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
     return sub;
   });
-  return json(200, renderSub(sub));
+  return json(200, await expandBilling(s.state, p, renderSub(sub), expandParam(params)));
 }
 
 /** Proration invoice items for a change of the subscription's items within its current period. */
@@ -564,7 +564,7 @@ async function cancelSubscription(s: Services, p: Principal, id: string, params:
     await saveSubscription(tx, p, sub, 'customer.subscription.deleted', before);
     return sub;
   });
-  return json(200, renderSub(sub));
+  return json(200, await expandBilling(s.state, p, renderSub(sub), expandParam(params)));
 }
 
 export function registerSubscriptionRoutes(http: HttpServer, s: Services): void {
@@ -587,7 +587,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       const pred = (d: SubscriptionObject) =>
         (status === 'all' ? true : status === 'ended' ? d.status === 'canceled' : status ? d.status === status : d.status !== 'canceled') &&
         (!price || d.items.data.some((i) => i.price.id === price));
-      return listEndpoint<SubscriptionObject>(s, p, '/v1/subscriptions', SUBSCRIPTION_TYPE, page, { where, ...readCreatedRange(r) }, pred, renderSub);
+      return listEndpoint<SubscriptionObject>(s, p, '/v1/subscriptions', SUBSCRIPTION_TYPE, page, { where, ...readCreatedRange(r) }, pred, renderSub, expandParam(params));
     }),
   );
   http.route(
@@ -595,7 +595,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
     '/v1/subscriptions/:id',
     apiEndpoint(s, async (p, req, params) => {
       new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, renderSub(await loadSubscription(s.state, p, req.params[0])));
+      return json(200, await expandBilling(s.state, p, renderSub(await loadSubscription(s.state, p, req.params[0])), expandParam(params)));
     }),
   );
   http.route('POST', '/v1/subscriptions/:id', apiEndpoint(s, (p, req, params) => updateSubscription(s, p, req.params[0], params)));
@@ -621,7 +621,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       const sub = await loadSubscription(s.state, p, subId, 'subscription');
       let items = sub.items.data;
       if (page.startingAfter) items = items.slice(items.findIndex((i) => i.id === page.startingAfter) + 1);
-      return json(200, { object: 'list', data: items.slice(0, page.limit).map(renderItem), has_more: items.length > page.limit, url: '/v1/subscription_items' });
+      return json(200, await expandBilling(s.state, p, { object: 'list', data: items.slice(0, page.limit).map(renderItem), has_more: items.length > page.limit, url: '/v1/subscription_items' }, expandParam(params)));
     }),
   );
   http.route(
@@ -629,7 +629,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
     '/v1/subscription_items/:id',
     apiEndpoint(s, async (p, req, params) => {
       new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, renderItem((await findItem(s.state, p, req.params[0])).item));
+      return json(200, await expandBilling(s.state, p, renderItem((await findItem(s.state, p, req.params[0])).item), expandParam(params)));
     }),
   );
   http.route(
@@ -649,7 +649,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data[sub.items.data.length - 1];
       });
-      return json(200, renderItem(item));
+      return json(200, await expandBilling(s.state, p, renderItem(item), expandParam(params)));
     }),
   );
   http.route(
@@ -668,7 +668,7 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data.find((i) => i.id === req.params[0])!;
       });
-      return json(200, renderItem(item));
+      return json(200, await expandBilling(s.state, p, renderItem(item), expandParam(params)));
     }),
   );
   http.route(
