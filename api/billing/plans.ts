@@ -24,6 +24,7 @@ import { listEndpoint, nowSeconds, nullableString, readCreatedRange, readExpand,
 import { createProductIn, loadProduct } from './products';
 import {
   LOOKUP_KEY_TYPE,
+  buildPrice,
   PLAN_NAMES,
   PRICE_TYPE,
   insertPrice,
@@ -115,28 +116,20 @@ async function createPlan(s: Services, p: Principal, params: Params) {
       typeof productRaw === 'string'
         ? await loadProduct(tx, p, r.string('product', { required: true, maxLength: 5000 }), 'product', 400)
         : await createProductIn(tx, p, nowMs, r.object('product', { required: true }), PRODUCT_HASH_PARAMS, true);
-    const price: PriceObject = {
+    const price = buildPrice({
       id,
-      object: 'price',
-      active,
-      billing_scheme: pricing.billing_scheme,
-      created: now,
-      currency,
-      custom_unit_amount: null,
       livemode: p.livemode,
-      lookup_key: null,
+      created: now,
+      active,
+      currency,
+      pricing,
+      recurring,
+      product: product.id,
+      lookupKey: null,
       metadata,
       nickname,
-      product: product.id,
-      recurring,
-      tax_behavior: 'unspecified',
-      ...(pricing.tiers ? { tiers: pricing.tiers } : {}),
-      tiers_mode: pricing.tiers_mode,
-      transform_quantity: pricing.transform_quantity,
-      type: 'recurring',
-      unit_amount: pricing.unit_amount,
-      unit_amount_decimal: pricing.unit_amount_decimal,
-    };
+      taxBehavior: 'unspecified',
+    });
     await insertPrice(tx, p, price, nowMs, false, 'id');
     await recordBillingEvent(tx, p, 'plan.created', price);
     await recordBillingEvent(tx, p, 'price.created', price);

@@ -119,6 +119,48 @@ export interface Pricing {
 }
 
 /** billing_scheme, amounts, tiers, tiers_mode and the quantity transform, with Stripe's combination rules. */
+export interface NewPrice {
+  id: string;
+  livemode: boolean;
+  created: number;
+  active: boolean;
+  currency: string;
+  pricing: Pricing;
+  recurring: PriceObject['recurring'];
+  product: string;
+  lookupKey: PriceObject['lookup_key'];
+  metadata: Metadata;
+  nickname: PriceObject['nickname'];
+  taxBehavior: PriceObject['tax_behavior'];
+}
+
+/** A new Price object (prices and plans both create them: a plan is a recurring price). */
+export function buildPrice(n: NewPrice): PriceObject {
+  const { pricing } = n;
+  return {
+    id: n.id,
+    object: 'price',
+    active: n.active,
+    billing_scheme: pricing.billing_scheme,
+    created: n.created,
+    currency: n.currency,
+    custom_unit_amount: null,
+    livemode: n.livemode,
+    lookup_key: n.lookupKey,
+    metadata: n.metadata,
+    nickname: n.nickname,
+    product: n.product,
+    recurring: n.recurring,
+    tax_behavior: n.taxBehavior,
+    ...(pricing.tiers ? { tiers: pricing.tiers } : {}),
+    tiers_mode: pricing.tiers_mode,
+    transform_quantity: pricing.transform_quantity,
+    type: n.recurring ? 'recurring' : 'one_time',
+    unit_amount: pricing.unit_amount,
+    unit_amount_decimal: pricing.unit_amount_decimal,
+  };
+}
+
 export function readPricing(r: ParamReader, names: PricingNames): Pricing {
   const scheme = (r.string('billing_scheme', { enum: ['per_unit', 'tiered'] }) ?? 'per_unit') as Pricing['billing_scheme'];
   const amount = readAmountPair(r, names.unitAmount, names.unitAmountDecimal);
@@ -298,28 +340,20 @@ async function createPrice(s: Services, p: Principal, params: Params) {
     const product = productData
       ? await createProductIn(tx, p, nowMs, productData, PRODUCT_DATA_PARAMS)
       : await loadProduct(tx, p, productId!, 'product', 400);
-    const price: PriceObject = {
+    const price = buildPrice({
       id: newId('price', p.livemode),
-      object: 'price',
-      active,
-      billing_scheme: pricing.billing_scheme,
-      created: now,
-      currency,
-      custom_unit_amount: null,
       livemode: p.livemode,
-      lookup_key: lookupKey,
+      created: now,
+      active,
+      currency,
+      pricing,
+      recurring,
+      product: product.id,
+      lookupKey,
       metadata,
       nickname,
-      product: product.id,
-      recurring,
-      tax_behavior: taxBehavior,
-      ...(pricing.tiers ? { tiers: pricing.tiers } : {}),
-      tiers_mode: pricing.tiers_mode,
-      transform_quantity: pricing.transform_quantity,
-      type: recurring ? 'recurring' : 'one_time',
-      unit_amount: pricing.unit_amount,
-      unit_amount_decimal: pricing.unit_amount_decimal,
-    };
+      taxBehavior,
+    });
     await insertPrice(tx, p, price, nowMs, transfer);
     await recordBillingEvent(tx, p, 'price.created', price);
     return price;
