@@ -41,6 +41,7 @@
  * the aggregators). close() refuses new calls at once, waits for the calls and transactions already running, then
  * ends the pool. Expiry uses the `now` clock of the calling process, like the SQLite driver, not the server's.
  */
+import { OBJECT_COLS, toIdem, toJson as baseToJson, type IdemRow } from './rows';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg';
 import { InvalidRequestError, NotFoundError, UniqueViolation } from '../errors';
@@ -134,15 +135,6 @@ interface ObjectRow {
 interface ScanRow extends ObjectRow {
   account: string;
 }
-interface IdemRow {
-  account: string;
-  key: string;
-  request_line: string;
-  request_hash: string;
-  status: number;
-  response_body: string;
-  created_ms: string;
-}
 interface ApiKeyRow {
   secret: string;
   account: string;
@@ -150,7 +142,6 @@ interface ApiKeyRow {
   created_ms: string;
 }
 
-const OBJECT_COLS = 'id, created_ms, unique_key, expires_ms, data';
 const FINISHED = 'transaction is finished: its store handle cannot be used';
 const DEADLOCK = 'deadlock: the store was called from inside its own transaction; use the `tx` handle given to fn';
 
@@ -166,8 +157,7 @@ function hasUnsupportedEscape(json: string): boolean {
 }
 
 function toJson(data: unknown): string {
-  const s = JSON.stringify(data);
-  if (s === undefined) throw new TypeError('object data is not JSON-serialisable');
+  const s = baseToJson(data);
   if (hasUnsupportedEscape(s)) {
     throw new TypeError('object data contains U+0000 or an unpaired surrogate, which PostgreSQL cannot store as JSON');
   }
@@ -190,17 +180,6 @@ function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<
   };
 }
 
-function toIdem(r: IdemRow): IdempotencyRecord {
-  return {
-    account: r.account,
-    key: r.key,
-    requestLine: r.request_line,
-    requestHash: r.request_hash,
-    status: r.status,
-    responseBody: r.response_body,
-    createdMs: num(r.created_ms),
-  };
-}
 
 function checkField(field: string): void {
   // Same rule as the SQLite driver (whose JSON path quoting cannot hold a '"'), plus NUL, which no text can hold.

@@ -10,6 +10,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
 import { InvalidRequestError, NotFoundError, UniqueViolation } from '../errors';
+import { OBJECT_COLS, toIdem, toJson, type IdemRow } from './rows';
 import type {
   ApiKeyRecord,
   IdempotencyRecord,
@@ -96,15 +97,6 @@ interface CursorRow {
   created_ms: number;
   seq: number;
 }
-interface IdemRow {
-  account: string;
-  key: string;
-  request_line: string;
-  request_hash: string;
-  status: number;
-  response_body: string;
-  created_ms: number;
-}
 interface ApiKeyRow {
   secret: string;
   account: string;
@@ -113,14 +105,8 @@ interface ApiKeyRow {
 }
 
 const VISIBLE = '(expires_ms IS NULL OR expires_ms > ?)';
-const OBJECT_COLS = 'id, created_ms, unique_key, expires_ms, data';
 const LIST_CACHE_MAX = 256;
 
-function toJson(data: unknown): string {
-  const s = JSON.stringify(data);
-  if (s === undefined) throw new TypeError('object data is not JSON-serialisable');
-  return s;
-}
 
 function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<T> {
   return {
@@ -134,17 +120,6 @@ function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<
   };
 }
 
-function toIdem(r: IdemRow): IdempotencyRecord {
-  return {
-    account: r.account,
-    key: r.key,
-    requestLine: r.request_line,
-    requestHash: r.request_hash,
-    status: r.status,
-    responseBody: r.response_body,
-    createdMs: r.created_ms,
-  };
-}
 
 /** JSON path of a top-level field. */
 function fieldPath(field: string): string {
