@@ -309,10 +309,15 @@ export class Aggregator {
     let ci = 0;
     let dropped: number[] | null = null;
     let emitted = false;
+    let emittedEvents = 0;
     for (let i = 0; i < r.n; i++) {
       while (ci < r.cancels.length && r.cancels[ci].position === i) this.applyCancel(st, r.cancels[ci++], r.partition);
       const f = r.flags[i];
-      if ((f & EMIT) !== 0) emitted = true;
+      if ((f & EMIT) !== 0) {
+        // EMIT is only ever set together with VALID.
+        emitted = true;
+        emittedEvents++;
+      }
       if ((f & VALID) === 0) continue;
       const hi = r.hi[i];
       const lo = r.lo[i];
@@ -381,8 +386,7 @@ export class Aggregator {
       acc.count += sp.count;
       accs[k] = acc;
     }
-    let kept = 0;
-    for (let i = 0; i < r.n; i++) if ((r.flags[i] & (VALID | EMIT)) === (VALID | EMIT)) kept++;
+    let kept = emittedEvents;
     if (dropped) {
       kept -= dropped.length;
       const decoder = new TextDecoder();
