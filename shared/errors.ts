@@ -125,6 +125,17 @@ export class PayloadTooLargeError extends StripeError {
   }
 }
 
+/**
+ * A request that breaks HTTP/1.1 itself (RFC 9112): a malformed request line or header, conflicting framing, a coding
+ * we do not speak, a limit exceeded. Answered with this status and the connection closed, because after a framing
+ * error nothing later on the connection can be trusted to start where we think it does.
+ */
+export class HttpProtocolError extends StripeError {
+  constructor(status: number, message: string) {
+    super(status, 'invalid_request_error', message);
+  }
+}
+
 export class RateLimitError extends StripeError {
   constructor(message: string, code = 'rate_limit') {
     super(429, 'invalid_request_error', message, { code });

@@ -1,12 +1,18 @@
 /**
- * A small HTTP layer over uWebSockets.js that speaks Stripe's conventions: a Request-Id on every response, the
- * Stripe-Version echoed, errors rendered as v1 or v2 error objects, bodies read with a size limit, and no handler
- * exception ever escaping to crash the process.
+ * The HTTP layer: a strict HTTP/1.1 server (parser.ts, connection.ts) that speaks Stripe's conventions: a Request-Id
+ * on every response, the Stripe-Version echoed, errors rendered as v1 or v2 error objects, bodies read with a size
+ * limit, every request answered in order, and no handler exception ever escaping to crash the process.
+ *
+ * Why not uWebSockets.js for HTTP: uWS closes a connection when a request arrives while an earlier response on it is
+ * still pending ("async pipelining" is refused by design), so a pipelined request behind a meter event (whose answer
+ * waits for an fsync) could be stored and never answered. Answering in order needs a connection layer that queues.
  */
-import uWS from '@trufflesuite/uws-js-unofficial';
+import net from 'node:net';
 import { newRequestId } from '../ids';
-import { ApiError, PayloadTooLargeError, RouteNotFoundError, StripeError } from '../errors';
+import { ApiError, HttpProtocolError, RouteNotFoundError, StripeError } from '../errors';
 import { log } from '../logger';
+import { Connection, type ConnectionOwner } from './connection';
+import { DEFAULT_LIMITS, type HttpLimits, type RequestHead } from './parser';
 
 export type ApiFlavor = 'v1' | 'v2';
 
@@ -43,11 +49,17 @@ const STATUS_TEXT: Record<number, string> = {
   403: '403 Forbidden',
   404: '404 Not Found',
   405: '405 Method Not Allowed',
+  408: '408 Request Timeout',
   409: '409 Conflict',
-  413: '413 Payload Too Large',
+  413: '413 Content Too Large',
+  414: '414 URI Too Long',
+  417: '417 Expectation Failed',
   429: '429 Too Many Requests',
+  431: '431 Request Header Fields Too Large',
   500: '500 Internal Server Error',
+  501: '501 Not Implemented',
   503: '503 Service Unavailable',
+  505: '505 HTTP Version Not Supported',
 };
 
 export function json(status: number, value: unknown, headers?: Record<string, string>): HttpResult {
@@ -60,123 +72,170 @@ export function errorResult(err: StripeError, flavor: ApiFlavor): HttpResult {
   return json(err.status, flavor === 'v2' ? err.toV2Body() : err.toV1Body(), headers);
 }
 
-type Method = 'get' | 'post' | 'del';
+export interface HttpServerOptions extends Partial<HttpLimits> {
+  /** Seconds an idle keep-alive connection is kept open; clients are told one less with `Keep-Alive: timeout=N`. */
+  idleTimeoutSeconds?: number;
+  /** Seconds a client has to send a whole request once it has started one (slow clients get 408). */
+  requestTimeoutSeconds?: number;
+}
 
-export class HttpServer {
-  private readonly app = uWS.App();
-  private listenSocket: uWS.us_listen_socket | null = null;
+export const DEFAULT_IDLE_TIMEOUT_S = 65;
+export const DEFAULT_REQUEST_TIMEOUT_S = 30;
+/** Methods with routes; HEAD is GET without the body. */
+const ALLOWED_METHODS = 'GET, HEAD, POST, DELETE';
+/**
+ * HTTP's registered methods (RFC 9110, 5789): those without a route get Stripe's 404 "Unrecognized request URL", as
+ * on api.stripe.com; a method outside this list (`FOO`, or `get`: methods are case-sensitive) gets 405 with Allow.
+ */
+const STANDARD_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
+
+interface Route {
+  segments: string[];
+  /** Indexes of `:param` segments. */
+  params: number[];
+  handler: RouteHandler;
+  flavor: ApiFlavor;
+}
+
+interface MethodRoutes {
+  exact: Map<string, Route>;
+  patterns: Route[];
+}
+
+export class HttpServer implements ConnectionOwner {
+  readonly limits: HttpLimits;
+  private readonly server: net.Server;
+  private readonly routes = new Map<string, MethodRoutes>();
+  private readonly connections = new Set<Connection>();
+  private readonly idleMs: number;
+  private readonly requestMs: number;
+  private readonly keepAliveHeader: string;
+  private sweeper: NodeJS.Timeout | null = null;
   private inFlight = 0;
   private draining: (() => void) | null = null;
+  private closing = false;
+  private dateHeader = '';
+  private dateSecond = 0;
 
-  constructor(private readonly maxBodyBytes: number) {
-    this.app.any('/*', (res, req) => {
-      const method = req.getMethod().toUpperCase();
-      const path = req.getUrl();
-      const flavor: ApiFlavor = path.startsWith('/v2/') ? 'v2' : 'v1';
-      const requestId = newRequestId();
-      const stripeVersion = req.getHeader('stripe-version');
-      res.onAborted(() => undefined);
-      this.send(res, errorResult(new RouteNotFoundError(method, path), flavor), requestId, stripeVersion, '');
+  constructor(options: HttpServerOptions | number = {}) {
+    const opts: HttpServerOptions = typeof options === 'number' ? { maxBodyBytes: options } : options;
+    this.limits = {
+      maxRequestLineBytes: opts.maxRequestLineBytes ?? DEFAULT_LIMITS.maxRequestLineBytes,
+      maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_LIMITS.maxHeaderBytes,
+      maxHeaderCount: opts.maxHeaderCount ?? DEFAULT_LIMITS.maxHeaderCount,
+      maxBodyBytes: opts.maxBodyBytes ?? DEFAULT_LIMITS.maxBodyBytes,
+    };
+    const idleS = Math.max(2, opts.idleTimeoutSeconds ?? DEFAULT_IDLE_TIMEOUT_S);
+    this.idleMs = idleS * 1000;
+    this.requestMs = Math.max(1, opts.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_S) * 1000;
+    this.keepAliveHeader = `Keep-Alive: timeout=${idleS - 1}\r\n`;
+    // allowHalfOpen: a client that sends its requests and then shuts its side down still gets every answer.
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      if (this.closing) {
+        socket.destroy();
+        return;
+      }
+      this.connections.add(new Connection(socket, this, Date.now()));
     });
+    this.server.on('error', (err) => log.error('http server error', { err: String(err) }));
   }
 
   route(method: 'GET' | 'POST' | 'DELETE', pattern: string, handler: RouteHandler): this {
     const flavor: ApiFlavor = pattern.startsWith('/v2/') ? 'v2' : 'v1';
-    const m: Method = method === 'GET' ? 'get' : method === 'POST' ? 'post' : 'del';
-    const paramCount = (pattern.match(/\/:/g) ?? []).length;
-    this.app[m](pattern, (res, req) => this.guard(res, () => this.accept(res, req, method, flavor, paramCount, handler)));
+    let table = this.routes.get(method);
+    if (!table) this.routes.set(method, (table = { exact: new Map(), patterns: [] }));
+    const segments = pattern.split('/');
+    const params: number[] = [];
+    segments.forEach((seg, i) => {
+      if (seg.startsWith(':')) params.push(i);
+    });
+    const route: Route = { segments, params, handler, flavor };
+    if (params.length === 0) table.exact.set(pattern, route);
+    else table.patterns.push(route);
     return this;
   }
 
-  /** Nothing thrown inside a uWS callback may reach the process: it would crash it. */
-  private guard(res: uWS.HttpResponse, fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      log.error('request failed before dispatch', { err: String((err as Error)?.stack ?? err) });
-      try {
-        res.cork(() => res.writeStatus('500 Internal Server Error').writeHeader('Content-Type', 'application/json').end(JSON.stringify(new ApiError().toV1Body()), true));
-      } catch {
-        /* the connection is gone */
+  private match(method: string, path: string): { route: Route; params: string[] } | null {
+    const table = this.routes.get(method);
+    if (!table) return null;
+    const exact = table.exact.get(path);
+    if (exact) return { route: exact, params: [] };
+    let segs: string[] | null = null;
+    for (const route of table.patterns) {
+      segs ??= path.split('/');
+      if (segs.length !== route.segments.length) continue;
+      let ok = true;
+      for (let i = 0; i < segs.length && ok; i++) {
+        const want = route.segments[i];
+        ok = want.charCodeAt(0) === 58 /* : */ ? segs[i].length > 0 : want === segs[i];
       }
+      if (ok) return { route, params: route.params.map((i) => decodePathSegment(segs![i])) };
     }
+    return null;
   }
 
-  private accept(res: uWS.HttpResponse, req: uWS.HttpRequest, method: string, flavor: ApiFlavor, paramCount: number, handler: RouteHandler): void {
-    {
-      // uWS request objects are only valid synchronously: copy everything needed now.
-      const params: string[] = [];
-      for (let i = 0; i < paramCount; i++) params.push(decodePathSegment(req.getParameter(i)));
-      const request: HttpRequest = {
-        method,
-        path: req.getUrl(),
-        query: req.getQuery() ?? '',
-        params,
-        authorization: req.getHeader('authorization'),
-        contentType: req.getHeader('content-type'),
-        stripeVersion: req.getHeader('stripe-version'),
-        idempotencyKey: req.getHeader('idempotency-key'),
-        body: EMPTY,
-        requestId: newRequestId(),
-        flavor,
-      };
-      const state = { aborted: false };
-      res.onAborted(() => {
-        state.aborted = true;
-      });
-      this.inFlight++;
-      if (method === 'GET' || method === 'DELETE') {
-        this.dispatch(res, request, handler, state);
-        return;
-      }
-      this.readBody(res, request, handler, state);
+  /** ConnectionOwner: one complete request. */
+  dispatch(head: RequestHead, body: Buffer, answer: (response: Buffer | string, close: boolean) => void): void {
+    const isHead = head.method === 'HEAD';
+    const method = isHead ? 'GET' : head.method;
+    const h = head.headers;
+    const flavor: ApiFlavor = head.path.startsWith('/v2/') ? 'v2' : 'v1';
+    const request: HttpRequest = {
+      method,
+      path: head.path,
+      query: head.query,
+      params: [],
+      authorization: h.authorization ?? '',
+      contentType: h['content-type'] ?? '',
+      stripeVersion: h['stripe-version'] ?? '',
+      idempotencyKey: h['idempotency-key'] ?? '',
+      body,
+      requestId: newRequestId(),
+      flavor,
+    };
+    const reply = (result: HttpResult) => answer(this.render(result, request, isHead, head.close), head.close);
+    if (!STANDARD_METHODS.has(method)) {
+      const err = new HttpProtocolError(405, `Method ${method.slice(0, 20)} is not supported on ${head.path.slice(0, 200)}: use GET, HEAD, POST or DELETE.`);
+      const result = errorResult(err, flavor);
+      result.headers = { ...result.headers, Allow: ALLOWED_METHODS };
+      reply(result);
+      return;
     }
-  }
-
-  private readBody(res: uWS.HttpResponse, request: HttpRequest, handler: RouteHandler, state: { aborted: boolean }): void {
-    let chunks: Buffer[] | null = null;
-    let first: Buffer | null = null;
-    let size = 0;
-    let rejected = false;
-    res.onData((ab, isLast) => this.guard(res, () => {
-      if (rejected) return;
-      size += ab.byteLength;
-      if (size > this.maxBodyBytes) {
-        rejected = true;
-        if (!state.aborted) {
-          state.aborted = true;
-          this.send(res, errorResult(new PayloadTooLargeError(this.maxBodyBytes), request.flavor), request.requestId, request.stripeVersion, request.idempotencyKey, true);
-        }
-        this.done();
-        return;
-      }
-      // uWS reuses the ArrayBuffer after this callback returns: copy.
-      const chunk = Buffer.from(ab.slice(0));
-      if (isLast) {
-        if (first === null) request.body = chunk;
-        else {
-          (chunks ??= [first]).push(chunk);
-          request.body = Buffer.concat(chunks, size);
-        }
-        this.dispatch(res, request, handler, state);
-      } else if (first === null) first = chunk;
-      else (chunks ??= [first]).push(chunk);
-    }));
-  }
-
-  private dispatch(res: uWS.HttpResponse, request: HttpRequest, handler: RouteHandler, state: { aborted: boolean }): void {
+    const found = this.match(method, head.path);
+    if (!found) {
+      reply(errorResult(new RouteNotFoundError(method, head.path), flavor));
+      return;
+    }
+    request.params = found.params;
+    request.flavor = found.route.flavor;
+    this.inFlight++;
+    const finish = (result: HttpResult) => {
+      this.inFlight--;
+      reply(result);
+      if (this.inFlight === 0 && this.draining) this.draining();
+    };
     let result: Promise<HttpResult> | HttpResult;
     try {
-      result = handler(request);
+      result = found.route.handler(request);
     } catch (err) {
       result = this.failure(err, request);
     }
     if (result instanceof Promise) {
-      result.then(
-        (r) => this.finish(res, request, r, state),
-        (err) => this.finish(res, request, this.failure(err, request), state),
-      );
-    } else this.finish(res, request, result, state);
+      result.then(finish, (err) => finish(this.failure(err, request)));
+    } else finish(result);
+  }
+
+  /** ConnectionOwner: the answer to what broke the protocol. */
+  protocolError(err: HttpProtocolError, head: RequestHead | null, path: string | null): string {
+    const flavor: ApiFlavor = (head?.path ?? path ?? '').startsWith('/v2/') ? 'v2' : 'v1';
+    const request = { requestId: newRequestId(), stripeVersion: head?.headers['stripe-version'] ?? '', idempotencyKey: '' };
+    const result = errorResult(err, flavor);
+    if (err.status === 405) result.headers = { ...result.headers, Allow: ALLOWED_METHODS };
+    return this.render(result, request, head?.method === 'HEAD', true);
+  }
+
+  connectionClosed(conn: Connection): void {
+    this.connections.delete(conn);
   }
 
   private failure(err: unknown, request: HttpRequest): HttpResult {
@@ -185,52 +244,63 @@ export class HttpServer {
     return errorResult(new ApiError(), request.flavor);
   }
 
-  private finish(res: uWS.HttpResponse, request: HttpRequest, result: HttpResult, state: { aborted: boolean }): void {
-    if (!state.aborted) this.send(res, result, request.requestId, request.stripeVersion, request.idempotencyKey);
-    this.done();
+  private render(result: HttpResult, request: Pick<HttpRequest, 'requestId' | 'stripeVersion' | 'idempotencyKey'>, isHead: boolean, close: boolean): string {
+    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
+    if (request.idempotencyKey) head += `Idempotency-Key: ${request.idempotencyKey}\r\n`;
+    if (result.headers) for (const k in result.headers) head += `${k}: ${result.headers[k]}\r\n`;
+    head += this.date();
+    head += close || this.closing ? 'Connection: close\r\n\r\n' : `${this.keepAliveHeader}\r\n`;
+    return isHead ? head : head + result.body;
   }
 
-  private done(): void {
-    this.inFlight--;
-    if (this.inFlight === 0 && this.draining) this.draining();
+  private date(): string {
+    const now = Date.now();
+    const second = Math.floor(now / 1000);
+    if (second !== this.dateSecond) {
+      this.dateSecond = second;
+      this.dateHeader = `Date: ${new Date(now).toUTCString()}\r\n`;
+    }
+    return this.dateHeader;
   }
 
-  private send(res: uWS.HttpResponse, result: HttpResult, requestId: string, stripeVersion: string, idempotencyKey: string, close = false): void {
-    res.cork(() => {
-      res.writeStatus(STATUS_TEXT[result.status] ?? `${result.status} Status`);
-      res.writeHeader('Content-Type', 'application/json');
-      res.writeHeader('Request-Id', requestId);
-      res.writeHeader('Stripe-Version', stripeVersion || CURRENT_API_VERSION);
-      if (idempotencyKey) res.writeHeader('Idempotency-Key', idempotencyKey);
-      if (result.headers) for (const k in result.headers) res.writeHeader(k, result.headers[k]);
-      res.end(result.body, close);
-    });
+  /** Idle keep-alive connections are closed after the idle timeout; a request that stalls half-sent gets 408. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const conn of this.connections) {
+      if (conn.midRequest) {
+        if (now - conn.requestStartMs > this.requestMs) conn.requestTimeout();
+      } else if (conn.idle && now - conn.lastActivityMs > this.idleMs) conn.closeIdle();
+    }
   }
 
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.app.listen(host, port, (socket) => {
-        if (!socket) return reject(new Error(`cannot listen on ${host}:${port}`));
-        this.listenSocket = socket;
-        resolve(uWS.us_socket_local_port(socket as unknown as uWS.us_socket));
+      const onError = (err: Error) => reject(new Error(`cannot listen on ${host}:${port}: ${err.message}`));
+      this.server.once('error', onError);
+      this.server.listen({ host, port, backlog: 1024 }, () => {
+        this.server.off('error', onError);
+        this.sweeper = setInterval(() => this.sweep(), 1000);
+        this.sweeper.unref();
+        resolve((this.server.address() as net.AddressInfo).port);
       });
     });
   }
 
-  /** Stops accepting connections and waits (bounded) for requests in flight. */
+  /** Stops accepting connections, waits (bounded) for requests in flight, then closes every connection. */
   async close(timeoutMs = 10_000): Promise<void> {
-    if (this.listenSocket) uWS.us_listen_socket_close(this.listenSocket);
-    this.listenSocket = null;
+    this.closing = true;
+    this.server.close();
+    if (this.sweeper) clearInterval(this.sweeper);
+    for (const conn of this.connections) conn.closeIdle();
     if (this.inFlight > 0) {
       await new Promise<void>((resolve) => {
         this.draining = resolve;
         setTimeout(resolve, timeoutMs).unref();
       });
     }
+    for (const conn of this.connections) conn.closeIdle();
   }
 }
-
-const EMPTY = Buffer.alloc(0);
 
 /** A path parameter, percent-decoded; a malformed escape is kept as sent (it then matches no object: a 404). */
 function decodePathSegment(raw: string): string {
