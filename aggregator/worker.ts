@@ -10,6 +10,7 @@ import { validateMeterValue } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
+import { ownValue } from '../shared/wire/dict';
 
 export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
 export const MAX_FUTURE_MS = 5 * 60 * 1000;
@@ -195,8 +196,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
       if (!meter) error = ['no_meter', `No active meter was found for event_name '${eventName}'.`];
       else if (!meter.active && !rec.validated) error = ['archived_meter', `The meter '${meter.id}' is inactive and accepts no events.`];
       else {
-        customer = payload[meter.customerKey] ?? '';
-        const raw = payload[meter.valueKey];
+        customer = ownValue(payload, meter.customerKey) ?? '';
+        const raw = ownValue(payload, meter.valueKey);
         if (!customer) error = ['meter_event_no_customer_defined', `Customer mapping key ${meter.customerKey} not found in payload.`];
         else if (raw === undefined || raw === '') {
           if (meter.formula !== 'count') error = ['meter_event_invalid_value', `Value key ${meter.valueKey} not found in payload.`];

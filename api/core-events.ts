@@ -7,6 +7,7 @@ import { json } from '../shared/http/server';
 import { apiEndpoint } from '../shared/http/endpoints';
 import type { Services } from '../shared/services';
 import { CORE_EVENT_TYPE, type CoreEventObject } from '../shared/core-events';
+import { parseRfc3339 } from '../shared/wire/timestamp';
 import { InvalidRequestError, NotFoundError } from '../shared/errors';
 import type { Params } from '../shared/wire/form';
 
@@ -20,10 +21,9 @@ interface Query {
 }
 
 function timeParam(v: unknown, param: string): number {
-  if (typeof v !== 'string' || !/^\d{4}-\d\d-\d\dT/.test(v) || !Number.isFinite(Date.parse(v))) {
-    throw new InvalidRequestError(`Invalid ${param}: must be an RFC 3339 date-time.`, { param });
-  }
-  return Date.parse(v);
+  const ms = typeof v === 'string' ? parseRfc3339(v) : null;
+  if (ms === null) throw new InvalidRequestError(`Invalid ${param}: must be an RFC 3339 date-time.`, { param });
+  return ms;
 }
 
 function readQuery(params: Params): Query {

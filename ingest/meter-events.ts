@@ -10,6 +10,8 @@ import { apiEndpoint } from '../shared/http/endpoints';
 import type { Services } from '../shared/services';
 import type { Principal } from '../shared/http/auth';
 import { ParamReader, parseJsonBody, type Params } from '../shared/wire/form';
+import { parseRfc3339 } from '../shared/wire/timestamp';
+import { newDict, ownValue } from '../shared/wire/dict';
 import { InvalidRequestError, MeterEventError } from '../shared/errors';
 import { validateMeterValue } from '../shared/decimal';
 import { newId } from '../shared/ids';
@@ -41,9 +43,9 @@ export function generatedIdentifier(account: string, idempotencyKey: string, ind
 export function parseV2Timestamp(value: unknown, param: string): number {
   if (typeof value !== 'string' || value === '') throw new InvalidRequestError(`Invalid timestamp: must be an RFC 3339 date-time string.`, { param });
   if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
-  const ms = Date.parse(value);
-  if (!Number.isFinite(ms) || !/^\d{4}-\d\d-\d\dT/.test(value)) {
-    throw new InvalidRequestError(`Invalid timestamp: '${value.slice(0, 40)}' is not an RFC 3339 date-time.`, { param });
+  const ms = parseRfc3339(value);
+  if (ms === null) {
+    throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, { param });
   }
   return ms;
 }
@@ -62,11 +64,11 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
   const meter = await s.meters.resolve(p.account, eventName);
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
   if (!meter.active) throw new MeterEventError('archived_meter', `The meter must be Active to submit events: the meter '${meter.id}' is inactive.`, 'event_name');
-  const customer = payload[meter.customerKey];
+  const customer = ownValue(payload, meter.customerKey);
   if (customer === undefined || customer === '') {
     throw new MeterEventError('payload_no_customer_defined', `The payload must have a reference to the customer: payload[${meter.customerKey}] is missing.`, `payload[${meter.customerKey}]`);
   }
-  const value = payload[meter.valueKey];
+  const value = ownValue(payload, meter.valueKey);
   if (value === undefined || value === '') {
     if (meter.formula !== 'count') {
       throw new MeterEventError('payload_no_value_defined', `The payload must have a value: payload[${meter.valueKey}] is missing.`, `payload[${meter.valueKey}]`);
@@ -81,9 +83,9 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
 /** Payload values are strings; JSON numbers are accepted and kept in their decimal text. */
 function readPayload(raw: unknown, param: string): Record<string, string> {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidRequestError(`Invalid object: ${param} must be a map of strings.`, { param });
-  const out: Record<string, string> = {};
+  const out = newDict<string>();
   let n = 0;
-  for (const k in raw as Record<string, unknown>) {
+  for (const k of Object.keys(raw)) {
     const v = (raw as Record<string, unknown>)[k];
     if (typeof v === 'string') out[k] = v;
     else if (typeof v === 'number' && Number.isFinite(v)) out[k] = String(v);

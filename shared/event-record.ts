@@ -4,6 +4,7 @@
  * not objects: no field names on the wire and a cheap decode in the aggregator workers.
  */
 import { Packr, Unpackr } from 'msgpackr';
+import { newDict } from './wire/dict';
 
 export const RECORD_VERSION = 1;
 
@@ -47,9 +48,53 @@ export type MeterRecord = EventsRecord | AdjustmentsRecord;
 const packr = new Packr({ useRecords: true, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: true, mapsAsObjects: true });
 
+/**
+ * msgpackr decodes a map key `__proto__` as `__proto_` (its guard against prototype pollution), which would silently
+ * rename a payload key a meter may be mapped on. Such keys, and keys starting with NUL, are written with one NUL in
+ * front and read back without it: a bijection that leaves every other key (all real traffic) untouched.
+ */
+const ESCAPE = '\u0000';
+
+function needsEscape(key: string): boolean {
+  return key.charCodeAt(0) === 0 || key === '__proto__';
+}
+
+function escapePayloads(events: EventTuple[]): EventTuple[] {
+  let out: EventTuple[] | null = null;
+  for (let i = 0; i < events.length; i++) {
+    const payload = events[i][3];
+    let escaped: Record<string, string> | null = null;
+    for (const k of Object.keys(payload)) {
+      if (!needsEscape(k)) continue;
+      escaped = {};
+      for (const key of Object.keys(payload)) escaped[needsEscape(key) ? ESCAPE + key : key] = payload[key];
+      break;
+    }
+    if (escaped) {
+      out ??= events.slice();
+      out[i] = [events[i][0], events[i][1], events[i][2], escaped];
+    }
+  }
+  return out ?? events;
+}
+
+function unescapePayloads(events: EventTuple[]): EventTuple[] {
+  for (const e of events) {
+    const payload = e[3];
+    for (const k in payload) {
+      if (k.charCodeAt(0) !== 0) continue;
+      const restored = newDict<string>();
+      for (const key of Object.keys(payload)) restored[key.charCodeAt(0) === 0 ? key.slice(1) : key] = payload[key];
+      e[3] = restored;
+      break;
+    }
+  }
+  return events;
+}
+
 export function encodeRecord(r: MeterRecord): Buffer {
   if (r.kind === RecordKind.Events) {
-    return packr.pack([RECORD_VERSION, r.kind, r.account, r.livemode, r.receivedMs, r.validated, r.events]);
+    return packr.pack([RECORD_VERSION, r.kind, r.account, r.livemode, r.receivedMs, r.validated, escapePayloads(r.events)]);
   }
   return packr.pack([RECORD_VERSION, r.kind, r.account, r.livemode, r.receivedMs, false, r.cancels]);
 }
@@ -62,7 +107,7 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
   const livemode = a[3] as boolean;
   const receivedMs = a[4] as number;
   if (kind === RecordKind.Events) {
-    return { kind, account, livemode, receivedMs, validated: a[5] as boolean, events: a[6] as EventTuple[] };
+    return { kind, account, livemode, receivedMs, validated: a[5] as boolean, events: unescapePayloads(a[6] as EventTuple[]) };
   }
   if (kind === RecordKind.Adjustments) return { kind, account, livemode, receivedMs, cancels: a[6] as CancelTuple[] };
   throw new Error(`unknown log record kind ${String(kind)}`);
