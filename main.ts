@@ -3,7 +3,7 @@
  * the gateway, the REST layer and the aggregator, and prints where it listens and which key to use.
  */
 import crypto from 'node:crypto';
-import { loadConfig, type Config } from './shared/config';
+import { ConfigError, loadConfig, type Config } from './shared/config';
 import { log } from './shared/logger';
 import { openDrivers } from './shared/drivers';
 import type { StateStore, ApiKeyRecord } from './shared/state-store';
@@ -116,7 +116,11 @@ export async function startServer(config: Config): Promise<RunningServer> {
     await aggregator.start();
   }
 
-  const http = new HttpServer(config.maxBodyBytes);
+  const http = new HttpServer({
+    maxBodyBytes: config.maxBodyBytes,
+    idleTimeoutSeconds: config.httpIdleTimeoutS,
+    requestTimeoutSeconds: config.httpRequestTimeoutS,
+  });
   if (roles.gateway) registerMeterEventRoutes(http, services);
   else if (roles.api) registerSessionRoute(http, services);
   if (roles.api) {
@@ -162,8 +166,20 @@ export async function startServer(config: Config): Promise<RunningServer> {
   };
 }
 
+/** Configuration problems are the operator's to fix: one line each, all of them, no stack trace. */
+function loadConfigOrExit(): Config {
+  try {
+    return loadConfig();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const problem of err.problems) process.stderr.write(`meterd: configuration error: ${problem}\n`);
+    process.stderr.write(`meterd: not started (${err.problems.length} configuration error${err.problems.length === 1 ? '' : 's'}; see the README's Configuration table)\n`);
+    process.exit(2);
+  }
+}
+
 if (require.main === module) {
-  const config = loadConfig();
+  const config = loadConfigOrExit();
   log.setLevel(config.logLevel);
   startServer(config).then(
     (server) => {
@@ -181,7 +197,9 @@ if (require.main === module) {
       process.once('SIGINT', () => shutdown('SIGINT'));
     },
     (err) => {
-      log.error('start failed', { err: String((err as Error)?.stack ?? err) });
+      // What the operator can act on (a port in use, a server unreachable) is the message; the stack is for debug.
+      process.stderr.write(`meterd: start failed: ${String((err as Error)?.message ?? err)}\n`);
+      log.debug('start failed', { err: String((err as Error)?.stack ?? err) });
       process.exit(1);
     },
   );

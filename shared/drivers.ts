@@ -34,8 +34,8 @@ export interface Drivers {
  * A server that is restarting (or starting along with us) is waited for, with backoff, up to `STARTUP_WAIT_SECONDS`
  * (default 60), rather than failing the start.
  */
-async function connecting<T>(what: string, env: NodeJS.ProcessEnv, open: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + Number(env.STARTUP_WAIT_SECONDS ?? 60) * 1000;
+async function connecting<T>(what: string, waitMs: number, open: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + waitMs;
   let delay = 250;
   for (;;) {
     try {
@@ -68,7 +68,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.databaseUrl) {
       const { PostgresStateStore } = await import('./state/postgres-store');
       const url = config.databaseUrl;
-      state = await connecting('PostgreSQL', env, () => initialized(new PostgresStateStore({ url, schema: config.databaseSchema })));
+      state = await connecting('PostgreSQL', config.startupWaitMs, () => initialized(new PostgresStateStore({ url, schema: config.databaseSchema })));
     } else {
       const { SqliteStateStore } = await import('./state/sqlite-store');
       state = new SqliteStateStore(path.join(config.dataDir, 'state.sqlite'));
@@ -80,7 +80,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.clickhouseUrl) {
       const { ClickHouseServerStore } = await import('./analytics/server-store');
       const url = config.clickhouseUrl;
-      analytics = await connecting('ClickHouse', env, () => initialized(new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined })));
+      analytics = await connecting('ClickHouse', config.startupWaitMs, () => initialized(new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined })));
     } else {
       const { ChdbStore } = await import('./analytics/chdb-store');
       analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
@@ -92,8 +92,8 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
-      const kafka = await connecting('Kafka', env, () => KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }));
-      consumerGroup = env.KAFKA_CONSUMER_GROUP || `${kafka.topic}.aggregator`;
+      const kafka = await connecting('Kafka', config.startupWaitMs, () => KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }));
+      consumerGroup = config.kafkaConsumerGroup ?? `${kafka.topic}.aggregator`;
       log = kafka;
     } else {
       const { EmbeddedLog } = await import('./log/embedded-log');

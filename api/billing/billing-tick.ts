@@ -15,19 +15,17 @@ import { log } from '../../shared/logger';
 import { autoFinalize, INVOICE_TYPE, type InvoiceObject } from './invoices';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
 
-function envInt(name: string, def: number): number {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v > 0 ? v : def;
-}
 
 export class BillingTicker {
-  private readonly tickMs = envInt('BILLING_TICK_MS', 60_000);
+  private readonly tickMs: number;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private stopped = false;
   private readonly scope = new AsyncResource('billing-ticker');
 
-  constructor(private readonly s: Services) {}
+  constructor(private readonly s: Services) {
+    this.tickMs = s.config.billingTickMs;
+  }
 
   start(): void {
     this.scope.runInAsyncScope(() => {

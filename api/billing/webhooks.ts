@@ -23,6 +23,7 @@
  * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id. Events are rendered in the server's API version whatever the endpoint's
  * `api_version`.
  */
+import type { Config } from '../../shared/config';
 import crypto from 'node:crypto';
 import { AsyncResource } from 'node:async_hooks';
 import type { HttpServer } from '../../shared/http/server';
@@ -73,10 +74,6 @@ function render(e: StoredEndpoint, withSecret = false): Record<string, unknown> 
   return withSecret ? { ...rest, secret } : rest;
 }
 
-function envInt(name: string, def: number): number {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v > 0 ? v : def;
-}
 
 /** Stripe's v1 signature scheme. */
 export function signPayload(payload: string, secret: string, t: number): string {
@@ -107,10 +104,10 @@ export async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventO
 let activeDispatcher: WebhookDispatcher | null = null;
 
 export class WebhookDispatcher {
-  private readonly retryBaseMs = envInt('WEBHOOK_RETRY_BASE_MS', 60_000);
-  private readonly maxAttempts = envInt('WEBHOOK_MAX_ATTEMPTS', 16);
-  private readonly timeoutMs = envInt('WEBHOOK_TIMEOUT_MS', 10_000);
-  private readonly pollMs = envInt('WEBHOOK_POLL_MS', 1000);
+  private readonly retryBaseMs: number;
+  private readonly maxAttempts: number;
+  private readonly timeoutMs: number;
+  private readonly pollMs: number;
   private static readonly MAX_DELAY_MS = 6 * 3600 * 1000;
   /** Endpoints (account/endpoint) with a request in flight. */
   private readonly inFlight = new Set<string>();
@@ -121,7 +118,15 @@ export class WebhookDispatcher {
   /** Timers are started from this scope, never from the caller's (a store transaction's async context). */
   private readonly scope = new AsyncResource('webhook-dispatcher');
 
-  constructor(private readonly store: StateStore) {}
+  constructor(
+    private readonly store: StateStore,
+    config: Pick<Config, 'webhookRetryBaseMs' | 'webhookMaxAttempts' | 'webhookTimeoutMs' | 'webhookPollMs'>,
+  ) {
+    this.retryBaseMs = config.webhookRetryBaseMs;
+    this.maxAttempts = config.webhookMaxAttempts;
+    this.timeoutMs = config.webhookTimeoutMs;
+    this.pollMs = config.webhookPollMs;
+  }
 
   start(): void {
     this.poller = setInterval(() => this.tick(), this.pollMs);
@@ -384,6 +389,6 @@ export function registerWebhookRoutes(http: HttpServer, s: Services): void {
   );
 
   if (activeDispatcher) activeDispatcher.stop();
-  activeDispatcher = new WebhookDispatcher(s.state);
+  activeDispatcher = new WebhookDispatcher(s.state, s.config);
   activeDispatcher.start();
 }

@@ -37,6 +37,7 @@
  * kafkajs is in progress (or after a kafkajs crash, which leaves the group, until it has rejoined): that narrows the
  * window but does not close it. Downstream writes must tolerate it.
  */
+import { kafkaSettingsFromEnv } from '../config';
 import type * as tls from 'tls';
 import {
   Kafka,
@@ -231,64 +232,19 @@ function resolveOptions(o: KafkaLogOptions): ResolvedOptions {
   };
 }
 
-function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
-  const raw = env[name];
-  if (raw === undefined || raw.trim() === '') return undefined;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, got ${JSON.stringify(raw)}`);
-  return n;
-}
 
-/**
- * Options from the environment: KAFKA_BROKERS (comma-separated, required), KAFKA_TOPIC, KAFKA_PARTITIONS,
- * KAFKA_REPLICATION_FACTOR, KAFKA_CLIENT_ID, KAFKA_SSL (true/false), KAFKA_SASL_MECHANISM (plain, scram-sha-256,
- * scram-sha-512), KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SESSION_TIMEOUT_MS (consumer group session timeout),
- * and KAFKA_LOG_LEVEL (kafkajs logging).
- */
+/** Options from the environment (KAFKA_*: see shared/config.ts, which reads and checks them). */
 export function kafkaOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): KafkaLogOptions {
-  const brokers = (env.KAFKA_BROKERS ?? '')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  if (brokers.length === 0) throw new Error('KAFKA_BROKERS is not set');
-  const opts: KafkaLogOptions = { brokers };
-  if (env.KAFKA_TOPIC) opts.topic = env.KAFKA_TOPIC;
-  const partitions = envInt(env, 'KAFKA_PARTITIONS');
-  if (partitions !== undefined) {
-    if (partitions < 1) throw new Error('KAFKA_PARTITIONS must be at least 1');
-    opts.partitions = partitions;
-  }
-  const rf = envInt(env, 'KAFKA_REPLICATION_FACTOR');
-  if (rf !== undefined) {
-    if (rf < 1 && rf !== -1) throw new Error('KAFKA_REPLICATION_FACTOR must be -1 or a positive integer');
-    opts.replicationFactor = rf;
-  }
-  if (env.KAFKA_CLIENT_ID) opts.clientId = env.KAFKA_CLIENT_ID;
-  const ssl = (env.KAFKA_SSL ?? '').trim().toLowerCase();
-  if (ssl) {
-    if (['true', '1', 'yes', 'on'].includes(ssl)) opts.ssl = true;
-    else if (['false', '0', 'no', 'off'].includes(ssl)) opts.ssl = false;
-    else throw new Error(`KAFKA_SSL must be true or false, got ${JSON.stringify(env.KAFKA_SSL)}`);
-  }
-  const mechanism = (env.KAFKA_SASL_MECHANISM ?? '').trim().toLowerCase();
-  const username = env.KAFKA_SASL_USERNAME ?? '';
-  const password = env.KAFKA_SASL_PASSWORD ?? '';
-  if (mechanism) {
-    if (mechanism !== 'plain' && mechanism !== 'scram-sha-256' && mechanism !== 'scram-sha-512') {
-      throw new Error(`KAFKA_SASL_MECHANISM must be plain, scram-sha-256 or scram-sha-512, got ${JSON.stringify(env.KAFKA_SASL_MECHANISM)}`);
-    }
-    if (!username) throw new Error('KAFKA_SASL_USERNAME is required with KAFKA_SASL_MECHANISM');
-    opts.sasl = { mechanism, username, password };
-  } else if (username || password) {
-    throw new Error('KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD need KAFKA_SASL_MECHANISM');
-  }
-  const sessionTimeoutMs = envInt(env, 'KAFKA_SESSION_TIMEOUT_MS');
-  if (sessionTimeoutMs !== undefined) opts.sessionTimeoutMs = sessionTimeoutMs;
-  const level = (env.KAFKA_LOG_LEVEL ?? '').trim().toLowerCase();
-  if (level) {
-    if (!(level in LEVELS)) throw new Error('KAFKA_LOG_LEVEL must be nothing, error, warn, info or debug');
-    opts.logLevel = level as KafkaLogLevelName;
-  }
+  const settings = kafkaSettingsFromEnv(env);
+  const opts: KafkaLogOptions = { brokers: settings.brokers };
+  if (settings.topic !== undefined) opts.topic = settings.topic;
+  if (settings.partitions !== undefined) opts.partitions = settings.partitions;
+  if (settings.replicationFactor !== undefined) opts.replicationFactor = settings.replicationFactor;
+  if (settings.clientId !== undefined) opts.clientId = settings.clientId;
+  if (settings.ssl !== undefined) opts.ssl = settings.ssl;
+  if (settings.sasl !== undefined) opts.sasl = settings.sasl;
+  if (settings.sessionTimeoutMs !== undefined) opts.sessionTimeoutMs = settings.sessionTimeoutMs;
+  if (settings.logLevel !== undefined) opts.logLevel = settings.logLevel;
   return opts;
 }
 
