@@ -513,8 +513,8 @@ interface Ctx {
   healthIntervalMs: number;
 }
 
-function label(r: Pick<Row, 'mode' | 'topology'>): string {
-  return r.mode === 'null' ? 'null server' : r.mode === 'embedded' ? 'embedded' : `distributed (${r.topology ?? 'all'})`;
+function label(r: Pick<Row, 'mode' | 'topology' | 'target'>): string {
+  return r.mode === 'null' ? r.target : r.mode === 'embedded' ? 'embedded' : `distributed (${r.topology ?? 'all'})`;
 }
 
 async function runMeterd(
@@ -874,16 +874,21 @@ async function main(): Promise<number> {
   const genTimeout = (duration + freshnessTimeout + 30 + 60) * 1000;
   const rows: Row[] = [];
 
-  // (a) null server: the generator's ceiling.
-  if (!a.bool('skip-null')) {
-    const row: Row = { target: 'null server', mode: 'null', ran: false, ok: false };
+  // (a) null servers: uWS answering without work is the generator's ceiling; the same routes on meterd's own HTTP
+  // layer show what that layer costs before any real work.
+  const nullTargets: [string, string, string][] = [
+    ['null server', nullScript, 'null-server'],
+    ['null server, meterd HTTP layer', path.join(__dirname, 'http-null-server.js'), 'http-null-server'],
+  ];
+  for (const [target, script, logName] of a.bool('skip-null') ? [] : nullTargets) {
+    const row: Row = { target, mode: 'null', ran: false, ok: false };
     rows.push(row);
-    const logPath = path.join(resultsDir, `${stamp}-null-server.log`);
+    const logPath = path.join(resultsDir, `${stamp}-${logName}.log`);
     let child: ChildProcess | null = null;
     try {
       const port = await freePort();
-      process.stderr.write(`\nbench: null server on 127.0.0.1:${port}\n`);
-      child = startNode(nullScript, [], { ...process.env, PORT: String(port), HOST: '127.0.0.1', NULL_SERVER_VALIDATE: '0' }, logPath);
+      process.stderr.write(`\nbench: ${target} on 127.0.0.1:${port}\n`);
+      child = startNode(script, [], { ...process.env, PORT: String(port), HOST: '127.0.0.1', NULL_SERVER_VALIDATE: '0' }, logPath);
       await waitHealthy(child, port, logPath, 15_000);
       const cpu = new TreeCpu(child.pid!);
       cpu.start();
@@ -899,7 +904,7 @@ async function main(): Promise<number> {
       if (!g.result) row.error = `generator exited ${g.code} without a result`;
     } catch (err) {
       row.error = (err as Error).message;
-      process.stderr.write(`bench: null server run failed: ${row.error}\n`);
+      process.stderr.write(`bench: ${target} run failed: ${row.error}\n`);
     } finally {
       if (child) await stopChild(child);
     }

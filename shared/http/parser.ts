@@ -127,64 +127,35 @@ export class RequestParser {
     let pos = 0;
     try {
       while (pos < data.length) {
-        switch (this.state as State) {
-          case State.Stopped:
-            return;
-          case State.Head: {
-            const next = this.readHead(data, pos);
-            if (next < 0) {
-              this.pending = data.subarray(pos);
-              return;
-            }
-            pos = next;
-            break;
-          }
-          case State.Body: {
-            const take = Math.min(this.remaining, data.length - pos);
-            this.bodyParts.push(data.subarray(pos, pos + take));
-            pos += take;
-            this.remaining -= take;
-            if (this.remaining === 0) this.complete();
-            break;
-          }
-          case State.ChunkSize: {
-            const next = this.readChunkSize(data, pos);
-            if (next < 0) {
-              this.pending = data.subarray(pos);
-              return;
-            }
-            pos = next;
-            break;
-          }
-          case State.ChunkData: {
-            const take = Math.min(this.remaining, data.length - pos);
-            this.bodyParts.push(data.subarray(pos, pos + take));
-            pos += take;
-            this.remaining -= take;
-            if (this.remaining === 0) this.state = State.ChunkDataEnd;
-            break;
-          }
-          case State.ChunkDataEnd: {
-            if (data.length - pos < 2) {
-              if (data[pos] !== CR) throw bad('Malformed chunked body: a chunk must end with CRLF.');
-              this.pending = data.subarray(pos);
-              return;
-            }
-            if (data[pos] !== CR || data[pos + 1] !== LF) throw bad('Malformed chunked body: a chunk must end with CRLF.');
-            pos += 2;
-            this.state = State.ChunkSize;
-            break;
-          }
-          case State.Trailers: {
-            const next = this.readTrailer(data, pos);
-            if (next < 0) {
-              this.pending = data.subarray(pos);
-              return;
-            }
-            pos = next;
-            break;
-          }
+        const state = this.state as State;
+        if (state === State.Stopped) return;
+        if (state === State.Body || state === State.ChunkData) {
+          const take = Math.min(this.remaining, data.length - pos);
+          this.bodyParts.push(data.subarray(pos, pos + take));
+          pos += take;
+          this.remaining -= take;
+          if (this.remaining > 0) continue;
+          if (state === State.Body) this.complete();
+          else this.state = State.ChunkDataEnd;
+          continue;
         }
+        if (state === State.ChunkDataEnd) {
+          if (data[pos] !== CR || (data.length - pos >= 2 && data[pos + 1] !== LF)) throw bad('Malformed chunked body: a chunk must end with CRLF.');
+          if (data.length - pos < 2) {
+            this.pending = data.subarray(pos);
+            return;
+          }
+          pos += 2;
+          this.state = State.ChunkSize;
+          continue;
+        }
+        // Line-based states: each reader returns where it stopped, or -1 when the line is not complete yet.
+        const next = state === State.Head ? this.readHead(data, pos) : state === State.ChunkSize ? this.readChunkSize(data, pos) : this.readTrailer(data, pos);
+        if (next < 0) {
+          this.pending = data.subarray(pos);
+          return;
+        }
+        pos = next;
       }
     } catch (err) {
       if (!(err instanceof HttpProtocolError)) throw err;
