@@ -5,7 +5,11 @@
 import crypto from 'node:crypto';
 import { ConfigError, loadConfig, type Config } from './shared/config';
 import { log } from './shared/logger';
-import { openDrivers } from './shared/drivers';
+import os from 'node:os';
+import path from 'node:path';
+import { openDrivers, type Drivers } from './shared/drivers';
+import { FileSnapshots, StateStoreSnapshots, type SnapshotStore } from './aggregator/snapshots';
+import { SoleOwner, StoreLeases, type PartitionLeases } from './aggregator/leases';
 import type { StateStore, ApiKeyRecord } from './shared/state-store';
 import { MeterRegistry } from './shared/meters';
 import { Authenticator, accountForKey } from './shared/http/auth';
@@ -47,6 +51,17 @@ async function sessionSecret(state: StateStore): Promise<Buffer> {
     return sessionSecret(state);
   }
   return Buffer.from(key, 'base64');
+}
+
+/**
+ * Dedup snapshots and partition leases are shared exactly when the log is: several aggregators can then own its
+ * partitions, and the next owner of one must find the last snapshot of the previous owner and wait out its lease.
+ */
+function aggregatorCoordination(config: Config, drivers: Drivers): { snapshots: SnapshotStore; leases: PartitionLeases } {
+  if (!drivers.sharedLog) return { snapshots: new FileSnapshots(path.join(config.dataDir, 'aggregator')), leases: new SoleOwner() };
+  const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
+  const snapshots = drivers.state.putBlob ? new StateStoreSnapshots(drivers.state, drivers.consumerGroup) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
+  return { snapshots, leases: new StoreLeases(drivers.state, owner, config.leaseMs, drivers.consumerGroup) };
 }
 
 export interface RunningServer {
@@ -103,8 +118,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       analytics,
       state,
       meters,
-      snapshots: drivers.snapshots,
-      leases: drivers.leases,
+      ...aggregatorCoordination(config, drivers),
       threads: config.aggregatorThreads,
       flushEvents: config.flushEvents,
       flushIntervalMs: config.flushIntervalMs,

@@ -414,65 +414,20 @@ async function dropDeployment(env: Record<string, string>, d: Deployment): Promi
     }
   };
   if (!/^[A-Za-z0-9_]+$/.test(d.clickhouse_database) || !/^[a-z0-9_]+$/.test(d.database_schema)) throw new Error('bad names');
+  // Each server's own driver module does the dropping: driver packages are imported nowhere else.
   await attempt('clickhouse', async () => {
-    const { createClient, ClickHouseLogLevel } = await import('@clickhouse/client');
-    const base = new URL(env.CLICKHOUSE_URL!);
-    const ch = createClient({
-      url: base.origin,
-      username: decodeURIComponent(base.username) || 'default',
-      password: decodeURIComponent(base.password),
-      request_timeout: 30_000,
-      log: { level: ClickHouseLogLevel.OFF }, // failures are reported (and retried) here
-    });
-    try {
-      await ch.command({ query: `DROP DATABASE IF EXISTS ${d.clickhouse_database}` });
-    } finally {
-      await ch.close();
-    }
+    const { dropClickHouseDatabase } = await import('../shared/analytics/server-store');
+    await dropClickHouseDatabase(env.CLICKHOUSE_URL!, d.clickhouse_database);
     return `dropped database ${d.clickhouse_database}`;
   });
   await attempt('postgres', async () => {
-    const { Client } = await import('pg');
-    const pg = new Client({ connectionString: env.DATABASE_URL });
-    await pg.connect();
-    try {
-      await pg.query(`DROP SCHEMA IF EXISTS "${d.database_schema}" CASCADE`);
-    } finally {
-      await pg.end();
-    }
+    const { dropPostgresSchema } = await import('../shared/state/postgres-store');
+    await dropPostgresSchema(env.DATABASE_URL!, d.database_schema);
     return `dropped schema ${d.database_schema}`;
   });
   await attempt('kafka', async () => {
-    const { Kafka, logLevel } = await import('kafkajs');
-    const { kafkaOptionsFromEnv } = await import('../shared/log/kafka-log');
-    const ko = kafkaOptionsFromEnv({ ...process.env, ...env });
-    const kafka = new Kafka({
-      clientId: 'meterd-bench-cleanup',
-      brokers: ko.brokers,
-      ...(ko.ssl !== undefined ? { ssl: ko.ssl } : {}),
-      ...(ko.sasl ? { sasl: ko.sasl as import('kafkajs').SASLOptions } : {}),
-      logLevel: logLevel.NOTHING,
-    });
-    const admin = kafka.admin();
-    await admin.connect();
-    const done: string[] = [];
-    try {
-      try {
-        await admin.deleteGroups([d.consumer_group]);
-        done.push(`deleted group ${d.consumer_group}`);
-      } catch (err) {
-        done.push(`group ${d.consumer_group} not deleted (${(err as Error).message})`);
-      }
-      if ((await admin.listTopics()).includes(d.topic)) {
-        await admin.deleteTopics({ topics: [d.topic], timeout: 20_000 });
-        done.push(`deleted topic ${d.topic}`);
-      } else {
-        done.push(`no topic ${d.topic}`);
-      }
-    } finally {
-      await admin.disconnect();
-    }
-    return done.join('; ');
+    const { deleteTopicAndGroup, kafkaOptionsFromEnv } = await import('../shared/log/kafka-log');
+    return deleteTopicAndGroup(kafkaOptionsFromEnv({ ...process.env, ...env }), d.topic, d.consumer_group);
   });
   return out;
 }
@@ -669,7 +624,7 @@ function markdownTable(rows: Row[]): string {
         : `not run${g.aborted ? `: ${g.aborted}` : ''}`;
     const errs = g.errors && Object.keys(g.errors).length ? Object.entries(g.errors).map(([k, v]) => `${k}×${v}`).join(' ') : '0';
     lines.push(
-      `| ${r.target} | ${label(r)} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${isNull ? '100%' : ratio} | ` +
+      `| ${r.target} | ${label(r)} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${ratio} | ` +
         `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fresh} | ${lagCell(r)} | ${ver} | ` +
         `${g.client_cpu ? `${g.client_cpu.pct_of_one_core}%` : '–'} | ` +
         `${r.server_cpu_pct_of_one_core != null ? `${r.server_cpu_pct_of_one_core}%` : '–'} | ${errs} |`,

@@ -12,10 +12,6 @@ import type { Config } from './config';
 import type { EventLog } from './log';
 import type { AnalyticsStore } from './analytics-store';
 import type { StateStore } from './state-store';
-import type { SnapshotStore } from '../aggregator/snapshots';
-import type { PartitionLeases } from '../aggregator/leases';
-import { FileSnapshots, StateStoreSnapshots } from '../aggregator/snapshots';
-import { SoleOwner, StoreLeases } from '../aggregator/leases';
 import { log } from './logger';
 
 export interface Drivers {
@@ -23,8 +19,8 @@ export interface Drivers {
   state: StateStore;
   analytics: AnalyticsStore;
   log: EventLog;
-  snapshots: SnapshotStore;
-  leases: PartitionLeases;
+  /** The log is shared with other processes (Kafka): several aggregators may own its partitions. */
+  sharedLog: boolean;
   /** The aggregators' consumer group: one per topic, so deployments sharing a Kafka cluster never mix. */
   consumerGroup: string;
   describe: string;
@@ -101,12 +97,6 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     }
     opened.push(log);
 
-    // Snapshots and leases must be shared exactly when the log is: several aggregators can then own its partitions.
-    const shared = config.kafkaBrokers.length > 0;
-    const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
-    const snapshots = shared && state.putBlob ? new StateStoreSnapshots(state, consumerGroup) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
-    const leases = shared ? new StoreLeases(state, owner, config.leaseMs, consumerGroup) : new SoleOwner();
-
     const servers = [config.kafkaBrokers.length > 0, !!config.clickhouseUrl, !!config.databaseUrl];
     const mode = servers.every(Boolean) ? 'distributed' : servers.some(Boolean) ? 'mixed' : 'embedded';
     const describe = [
@@ -114,7 +104,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
       config.clickhouseUrl ? `ClickHouse ${new URL(config.clickhouseUrl).host}` : 'embedded ClickHouse',
       config.databaseUrl ? `PostgreSQL ${new URL(config.databaseUrl).host}` : 'SQLite',
     ].join(', ');
-    return { mode, state, analytics, log, snapshots, leases, consumerGroup, describe };
+    return { mode, state, analytics, log, sharedLog: config.kafkaBrokers.length > 0, consumerGroup, describe };
   } catch (err) {
     for (const o of opened.reverse()) await o.close().catch(() => undefined);
     throw err;

@@ -17,7 +17,7 @@ import { ParamReader } from '../../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, StripeError } from '../../shared/errors';
 import { compileSearch, type SearchFields } from '../../shared/search';
 import { randomBase62 } from '../../shared/ids';
-import { storeEvent } from './events';
+import { storeEvent } from './outbox';
 
 export type Metadata = Record<string, string>;
 

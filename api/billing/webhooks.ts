@@ -37,37 +37,8 @@ import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
 import { readListParams } from '../meters';
-import { listEndpoint, nowSeconds, nullableString, readMetadata, type Metadata } from './common';
-import { EVENT_TYPE, eventTypeMatches, type EventObject } from './events';
-
-export const WEBHOOK_ENDPOINT_TYPE = 'webhook_endpoint';
-export const WEBHOOK_DELIVERY_TYPE = 'webhook_delivery';
-
-interface StoredEndpoint {
-  id: string;
-  object: 'webhook_endpoint';
-  api_version: string | null;
-  application: null;
-  created: number;
-  description: string | null;
-  enabled_events: string[];
-  livemode: boolean;
-  metadata: Metadata;
-  secret: string;
-  status: 'enabled' | 'disabled';
-  url: string;
-}
-
-interface DeliveryDoc {
-  id: string;
-  endpoint: string;
-  event: string;
-  attempts: number;
-  next_attempt_ms: number;
-  last_error: string | null;
-  /** A dispatcher owns the delivery until then (several API processes share the store in distributed mode). */
-  lease_until_ms?: number;
-}
+import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
+import { EVENT_TYPE, WEBHOOK_DELIVERY_TYPE, WEBHOOK_ENDPOINT_TYPE, onDeliveriesQueued, type DeliveryDoc, type EventObject, type StoredEndpoint } from './outbox';
 
 function render(e: StoredEndpoint, withSecret = false): Record<string, unknown> {
   const { secret, ...rest } = e;
@@ -79,26 +50,6 @@ function render(e: StoredEndpoint, withSecret = false): Record<string, unknown> 
 export function signPayload(payload: string, secret: string, t: number): string {
   const sig = crypto.createHmac('sha256', secret).update(`${t}.${payload}`, 'utf8').digest('hex');
   return `t=${t},v1=${sig}`;
-}
-
-/** Called by storeEvent inside the event's transaction: queues one delivery per matching endpoint, returns the count. */
-export async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, nowMs: number): Promise<number> {
-  let n = 0;
-  let cursor: string | undefined;
-  for (;;) {
-    const page = await tx.listObjects<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, { limit: 100, startingAfter: cursor, where: { status: 'enabled' } });
-    for (const o of page.data) {
-      const e = o.data;
-      if (!e.enabled_events.some((pat) => eventTypeMatches(pat, ev.type))) continue;
-      const d: DeliveryDoc = { id: newId('whdel', p.livemode), endpoint: e.id, event: ev.id, attempts: 0, next_attempt_ms: nowMs, last_error: null };
-      await tx.insertObject({ account: p.account, type: WEBHOOK_DELIVERY_TYPE, id: d.id, createdMs: nowMs, data: d });
-      n++;
-    }
-    if (!page.hasMore || page.data.length === 0) break;
-    cursor = page.data[page.data.length - 1].id;
-  }
-  if (n > 0) activeDispatcher?.kick();
-  return n;
 }
 
 let activeDispatcher: WebhookDispatcher | null = null;
@@ -115,6 +66,7 @@ export class WebhookDispatcher {
   private again = false;
   private stopped = false;
   private poller: NodeJS.Timeout | null = null;
+  private unsubscribe: (() => void) | null = null;
   /** Timers are started from this scope, never from the caller's (a store transaction's async context). */
   private readonly scope = new AsyncResource('webhook-dispatcher');
 
@@ -131,12 +83,14 @@ export class WebhookDispatcher {
   start(): void {
     this.poller = setInterval(() => this.tick(), this.pollMs);
     this.poller.unref();
+    this.unsubscribe = onDeliveriesQueued(() => this.kick());
     this.kick();
   }
 
   stop(): void {
     this.stopped = true;
     if (this.poller) clearInterval(this.poller);
+    this.unsubscribe?.();
   }
 
   /** Schedules a scan soon (and once more a little later, for a transaction that commits after the first one). */

@@ -3,7 +3,7 @@
  * written to run on ClickHouse 18.16 too, so no client-side features that need a newer server are used.
  */
 import { Readable } from 'node:stream';
-import { createClient, type ClickHouseClient } from '@clickhouse/client';
+import { ClickHouseLogLevel, createClient, type ClickHouseClient } from '@clickhouse/client';
 import type { AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
 
@@ -71,5 +71,23 @@ export class ClickHouseServerStore implements AnalyticsStore {
   async close(): Promise<void> {
     await this.client?.close();
     this.client = null;
+  }
+}
+
+/** Drops a database (the bench's clean-up of a deployment of its own). `database` must be a plain identifier. */
+export async function dropClickHouseDatabase(url: string, database: string): Promise<void> {
+  if (!/^[A-Za-z0-9_]+$/.test(database)) throw new Error(`not a plain database name: ${database}`);
+  const base = new URL(url);
+  const ch = createClient({
+    url: base.origin,
+    username: decodeURIComponent(base.username) || 'default',
+    password: decodeURIComponent(base.password),
+    request_timeout: 30_000,
+    log: { level: ClickHouseLogLevel.OFF },
+  });
+  try {
+    await ch.command({ query: `DROP DATABASE IF EXISTS ${database}` });
+  } finally {
+    await ch.close();
   }
 }

@@ -51,6 +51,7 @@ import {
   type LogEntry,
   type Producer,
   type RecordMetadata,
+  type SASLOptions,
 } from 'kafkajs';
 import { ServiceUnavailableError } from '../errors';
 import type { AssignmentListener, EventLog, LogConsumer, LogProducer, LogRecord } from '../log';
@@ -1178,4 +1179,35 @@ export class KafkaLog implements EventLog {
     await Promise.all([...this.producers].map((p) => p.close()));
     await withTimeout(this.admin.disconnect(), 10_000, 'kafka admin disconnect').catch(() => undefined);
   }
+}
+
+/** Deletes a topic and a consumer group (the bench's clean-up of a deployment of its own); says what it did. */
+export async function deleteTopicAndGroup(options: KafkaLogOptions, topic: string, group: string): Promise<string> {
+  const kafka = new Kafka({
+    clientId: 'meterd-cleanup',
+    brokers: options.brokers,
+    ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+    ...(options.sasl ? { sasl: options.sasl as SASLOptions } : {}),
+    logLevel: KafkaLogLevel.NOTHING,
+  });
+  const admin = kafka.admin();
+  await admin.connect();
+  const done: string[] = [];
+  try {
+    try {
+      await admin.deleteGroups([group]);
+      done.push(`deleted group ${group}`);
+    } catch (err) {
+      done.push(`group ${group} not deleted (${(err as Error).message})`);
+    }
+    if ((await admin.listTopics()).includes(topic)) {
+      await admin.deleteTopics({ topics: [topic], timeout: 20_000 });
+      done.push(`deleted topic ${topic}`);
+    } else {
+      done.push(`no topic ${topic}`);
+    }
+  } finally {
+    await admin.disconnect();
+  }
+  return done.join('; ');
 }

@@ -43,7 +43,7 @@
  */
 import { OBJECT_COLS, toIdem, toJson as baseToJson, type IdemRow } from './rows';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg';
+import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg';
 import { InvalidRequestError, NotFoundError, UniqueViolation } from '../errors';
 import type {
   ApiKeyRecord,
@@ -818,5 +818,17 @@ export class PostgresStateStore implements StateStore {
   }
   getBlob(key: string): Promise<Buffer | null> {
     return this.run((r) => this.ops.getBlob(r, key));
+  }
+}
+
+/** Drops a schema and everything in it (the bench's clean-up of a deployment of its own). */
+export async function dropPostgresSchema(url: string, schema: string): Promise<void> {
+  if (!/^[a-z0-9_]+$/.test(schema)) throw new Error(`not a plain schema name: ${schema}`);
+  const client = new Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  } finally {
+    await client.end();
   }
 }
