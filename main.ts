@@ -105,7 +105,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
         meters.load().catch((err) => log.warn('meter refresh failed', { err: String(err) }));
         state
           .listApiKeys()
-          .then((all) => all.forEach((k) => services.auth.addKey(k)))
+          .then((all) => {
+            for (const k of all) services.auth.addKey(k);
+          })
           .catch((err) => log.warn('key refresh failed', { err: String(err) }));
       }, 1000),
     );

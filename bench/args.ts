@@ -7,7 +7,7 @@ export class Args {
   private readonly flags = new Set<string>();
 
   /** `booleans` are flags that take no value (`--null`, `--chart`, `--no-probe`). */
-  constructor(argv: string[], private readonly booleans: string[] = []) {
+  constructor(argv: string[], booleans: string[] = []) {
     for (let i = 0; i < argv.length; i++) {
       const a = argv[i]!;
       if (!a.startsWith('--')) throw new Error(`unexpected argument "${a}"`);

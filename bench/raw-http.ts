@@ -199,7 +199,7 @@ export class RawConnection {
     if (this.status === 204 || this.status === 304 || (this.status >= 100 && this.status < 200)) this.contentLength = 0;
     else if (!this.chunked && cl !== undefined) this.contentLength = parseInt(cl, 10);
     else if (!this.chunked) this.untilClose = true;
-    const conn = headers['connection'];
+    const conn = headers.connection;
     this.closeAfter = conn !== undefined && /close/i.test(conn);
     return true;
   }
@@ -260,5 +260,5 @@ export function buildRequest(
   }
   head += '\r\n';
   const h = Buffer.from(head, 'latin1');
-  return b && b.length ? Buffer.concat([h, b]) : h;
+  return b?.length ? Buffer.concat([h, b]) : h;
 }

@@ -37,7 +37,7 @@
  *   --results-dir DIR                           default <repo>/bench/results
  * Exit status: 0 when every target ran and verified, 1 otherwise.
  */
-import { spawn, ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';

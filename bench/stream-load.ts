@@ -51,7 +51,7 @@ import * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Args } from './args';
-import { RawConnection, RawResponse, RawCallback, assertLoopback, buildRequest } from './raw-http';
+import { RawConnection, type RawResponse, type RawCallback, assertLoopback, buildRequest } from './raw-http';
 
 // ------------------------------------------------------------------------------------------------ options
 

@@ -202,7 +202,7 @@ function clauseMatches<D>(c: SearchClause, f: SearchField<D>, doc: D): boolean {
   let v = f.get(doc);
   if (f.kind === 'metadata') {
     const md = v as Record<string, string> | null | undefined;
-    v = md && Object.prototype.hasOwnProperty.call(md, c.metadataKey!) ? md[c.metadataKey!] : undefined;
+    v = md && Object.hasOwn(md, c.metadataKey!) ? md[c.metadataKey!] : undefined;
   }
   if (c.value === null) return isNullish(v);
   if (isNullish(v)) return false;

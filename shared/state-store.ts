@@ -92,14 +92,11 @@ export interface StateStore {
    */
   transaction<T>(fn: (tx: StateStore) => Promise<T>): Promise<T>;
 
-  /** Opaque binary values (dedup snapshots in the distributed mode); optional: the embedded mode keeps them in files. */
+  /** Opaque binary values by key (dedup snapshots in the distributed mode), put replaces; optional: the embedded mode keeps them in files. */
   putBlob?(key: string, data: Buffer): Promise<void>;
   getBlob?(key: string): Promise<Buffer | null>;
 
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;
 
-  /** Opaque binary values by key (dedup snapshots); put replaces. Optional: only drivers that share state have them. */
-  putBlob?(key: string, data: Buffer): Promise<void>;
-  getBlob?(key: string): Promise<Buffer | null>;
 }

@@ -14,7 +14,10 @@ function task(records: MeterRecord[], opts: Partial<ChunkTask> = {}): ChunkTask 
   const bufs = records.map(encodeRecord);
   const ends = new Uint32Array(bufs.length);
   let n = 0;
-  bufs.forEach((b, i) => (ends[i] = n += b.length));
+  bufs.forEach((b, i) => {
+    n += b.length;
+    ends[i] = n;
+  });
   return { partition: 0, firstOffset: 10, data: Buffer.concat(bufs), ends, meters, emitFromOffset: 0, ...opts };
 }
 

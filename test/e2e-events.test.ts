@@ -3,7 +3,7 @@
  * asynchronous validation, identifier and Idempotency-Key deduplication, adjustments, the v2 core events that report
  * stream problems, and freshness. Driven with the official stripe client against the real server.
  */
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, currentRange, type TestServer } from './helpers/server';
 import { uniqueName, expectError, type ExpectedError } from './helpers/assertions';
@@ -31,7 +31,7 @@ t.test('meter events end to end', async (t) => {
     });
   }
 
-  async function valueOf(meterId: string, customer: string): Promise<number | undefined> {
+  async function summaryValue(meterId: string, customer: string): Promise<number | undefined> {
     const { start, end } = WIDE();
     const list = await stripe.billing.meters.listEventSummaries(meterId, { customer, start_time: start, end_time: end });
     return list.data.length === 1 ? list.data[0].aggregated_value : undefined;
@@ -40,7 +40,7 @@ t.test('meter events end to end', async (t) => {
   /** Polls until the summary satisfies `done` (or a generous deadline passes) and returns the last value seen. */
   async function settle(meterId: string, customer: string, done: (v: number | undefined) => boolean, timeoutMs = 10_000): Promise<number | undefined> {
     let last: number | undefined;
-    await eventually(async () => done((last = await valueOf(meterId, customer))), timeoutMs, 50).catch(() => undefined);
+    await eventually(async () => done((last = await summaryValue(meterId, customer))), timeoutMs, 50).catch(() => undefined);
     return last;
   }
 
@@ -61,7 +61,7 @@ t.test('meter events end to end', async (t) => {
     let v = await settle(m.id, customer, (x) => x === target, stalled ? 2000 : 10_000);
     if (v === target) {
       await new Promise((r) => setTimeout(r, 500));
-      v = await valueOf(m.id, customer);
+      v = await summaryValue(m.id, customer);
     } else if (v === undefined || v < k * SENTINEL - 100) {
       // The sentinel never showed: the pipeline is stuck. Later checks fail fast instead of each waiting 10 s.
       stalled = true;

@@ -86,7 +86,9 @@ t.test('seeded fuzz of the HTTP layer with an exact-count oracle', async (t) => 
       if (fatalAt < 0) wire.push('GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
       const bytes = wire.join('');
       const heads = new Set<number>();
-      items.forEach((i, k) => i.kind === 'head' && heads.add(k));
+      items.forEach((i, k) => {
+        if (i.kind === 'head') heads.add(k);
+      });
       const ex = await rawExchange(server.port, bytes, { splits: cuts.map((c) => c % bytes.length), headIndexes: heads, quietMs: 3000 });
       requests += ex.responses.length;
       const want = fatalAt < 0 ? answered + 1 : answered;

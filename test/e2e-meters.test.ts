@@ -2,12 +2,11 @@
  * End-to-end: the billing meter resource (create, retrieve, update, list, deactivate/reactivate) driven through the
  * official stripe client against the real server, including account isolation between two API keys.
  */
-import t, { type Test } from 'tap';
+import t from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, currentRange } from './helpers/server';
 import { uniqueName, expectError, type ExpectedError } from './helpers/assertions';
 
-type T = Test;
 
 const KEY_A = 'sk_test_meters_a_' + Math.random().toString(36).slice(2, 10);
 const KEY_B = 'sk_test_meters_b_' + Math.random().toString(36).slice(2, 10);
@@ -332,12 +331,12 @@ t.test('billing meters end to end', async (t) => {
     await stripeB.billing.meterEventAdjustments.create({ event_name: eventName, type: 'cancel', cancel: { identifier: sharedId } });
     await stripe.billing.meterEvents.create({ event_name: eventName, payload: { stripe_customer_id: customer, value: '0.5' } });
 
-    const valueOf = async (s: Stripe, id: string) =>
+    const summaryValue = async (s: Stripe, id: string) =>
       (await s.billing.meters.listEventSummaries(id, { customer, start_time: start, end_time: end })).data[0]?.aggregated_value;
-    await eventually(async () => (await valueOf(stripeB, mB.id)) === 500, 10_000, 50).catch(() => undefined);
-    await eventually(async () => (await valueOf(stripe, mA.id)) === 3.5, 10_000, 50).catch(() => undefined);
-    t.equal(await valueOf(stripe, mA.id), 3.5, "A's summary counts only A's events (3 + 0.5), untouched by B's cancel");
-    t.equal(await valueOf(stripeB, mB.id), 500, "B's summary counts only B's events (40 cancelled + 500)");
+    await eventually(async () => (await summaryValue(stripeB, mB.id)) === 500, 10_000, 50).catch(() => undefined);
+    await eventually(async () => (await summaryValue(stripe, mA.id)) === 3.5, 10_000, 50).catch(() => undefined);
+    t.equal(await summaryValue(stripe, mA.id), 3.5, "A's summary counts only A's events (3 + 0.5), untouched by B's cancel");
+    t.equal(await summaryValue(stripeB, mB.id), 500, "B's summary counts only B's events (40 cancelled + 500)");
     await expectError(t, stripe.billing.meters.listEventSummaries(mB.id, { customer, start_time: start, end_time: end }), notFound, "A reads B's summaries");
 
     // An A session token cannot reach B's meter either: with A's token the event goes to A's meter.
@@ -345,9 +344,9 @@ t.test('billing meters end to end', async (t) => {
     await server.stripe(sessionA.authentication_token).v2.billing.meterEventStream.create({
       events: [{ event_name: eventName, payload: { stripe_customer_id: customer, value: '0.25' } }],
     });
-    await eventually(async () => (await valueOf(stripe, mA.id)) === 3.75, 10_000, 50).catch(() => undefined);
-    t.equal(await valueOf(stripe, mA.id), 3.75, "A's stream event lands on A's meter");
-    t.equal(await valueOf(stripeB, mB.id), 500, "and not on B's");
+    await eventually(async () => (await summaryValue(stripe, mA.id)) === 3.75, 10_000, 50).catch(() => undefined);
+    t.equal(await summaryValue(stripe, mA.id), 3.75, "A's stream event lands on A's meter");
+    t.equal(await summaryValue(stripeB, mB.id), 500, "and not on B's");
   });
 
   await t.test('authentication', async (t) => {

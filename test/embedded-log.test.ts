@@ -1,9 +1,9 @@
 import t from 'tap';
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import * as zlib from 'zlib';
-import { spawn } from 'child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { spawn } from 'node:child_process';
 import { EmbeddedLog, type EmbeddedLogOptions } from '../shared/log/embedded-log';
 import { ServiceUnavailableError } from '../shared/errors';
 import type { LogConsumer, LogRecord } from '../shared/log';
@@ -321,7 +321,10 @@ t.test('poll returns only records whose fsync completed', async (t) => {
   await prod.append(0, buf('a'));
   hold = true;
   let acked = false;
-  const pending = prod.append(0, buf('b')).then((o) => ((acked = true), o));
+  const pending = prod.append(0, buf('b')).then((o) => {
+    acked = true;
+    return o;
+  });
   while (!release) await new Promise((r) => setTimeout(r, 5));
   const seg = path.join(dir, 'p0', '00000000000000000000.seg');
   t.equal(fs.statSync(seg).size, 2 * 9, 'the bytes of b are in the file');

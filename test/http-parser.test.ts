@@ -6,7 +6,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { RequestParser, DEFAULT_LIMITS, type RequestHead } from '../shared/http/parser';
-import { HttpProtocolError } from '../shared/errors';
+import type { HttpProtocolError } from '../shared/errors';
 
 interface Parsed {
   requests: { method: string; path: string; query: string; body: string; headers: Record<string, string | undefined> }[];
@@ -145,6 +145,7 @@ t.test('strict rules', async (t) => {
   t.equal(parseAll([Buffer.from('POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n')], limits).error?.status, 413, 'Content-Length over the limit');
   t.equal(parseAll([Buffer.from('POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n5\r\nabcde\r\n')], limits).error?.status, 413, 'chunks over the limit');
   const headers = parseAll([Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n__proto__: x\r\nConstructor: y\r\n\r\n')]).requests[0].headers;
+  // biome-ignore lint/suspicious/noProto: the point is that this is an own, ordinary entry
   t.equal(headers.__proto__, 'x', '__proto__ is an ordinary header name');
   t.equal(headers.constructor, 'y', 'so is constructor');
   t.equal(parseAll([Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n\r\n')]).requests[0].headers.constructor, undefined, 'no inherited members');

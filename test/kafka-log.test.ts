@@ -8,9 +8,9 @@
  * own and deletes it (and its consumer groups) at the end.
  */
 import t from 'tap';
-import * as crypto from 'crypto';
-import * as path from 'path';
-import { execFileSync } from 'child_process';
+import * as crypto from 'node:crypto';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
 import { KafkaLog, kafkaOptionsFromEnv, type KafkaLogOptions } from '../shared/log/kafka-log';
 import { ServiceUnavailableError } from '../shared/errors';

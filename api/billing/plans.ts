@@ -88,7 +88,7 @@ export function renderPlan(d: PriceObject, expand: string[]): PlanObject {
 
 async function loadPlanDoc(store: StateStore, p: Principal, id: string): Promise<PriceObject> {
   const found = await store.getObject<PriceObject>(p.account, PRICE_TYPE, id);
-  if (!found || found.data.type !== 'recurring') throw new NotFoundError(`No such plan: '${id}'`);
+  if (found?.data.type !== 'recurring') throw new NotFoundError(`No such plan: '${id}'`);
   return found.data;
 }
 

@@ -368,7 +368,7 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
     const rec = items[0].price.recurring!;
     const anchor = anchorParam ?? now;
     if (anchor < now) throw new InvalidParamError('billing_cycle_anchor', 'billing_cycle_anchor cannot be in the past.');
-    let end = anchor > now ? anchor : addInterval(now, anchor, rec.interval, rec.interval_count);
+    const end = anchor > now ? anchor : addInterval(now, anchor, rec.interval, rec.interval_count);
     if (anchor > now && end - now > addInterval(now, now, rec.interval, rec.interval_count) - now) {
       throw new InvalidParamError('billing_cycle_anchor', 'billing_cycle_anchor cannot be later than next natural billing date for the plan.');
     }

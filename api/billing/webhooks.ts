@@ -184,7 +184,7 @@ export class WebhookDispatcher {
       this.store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
       this.store.getObject<EventObject>(account, EVENT_TYPE, d.event),
     ]);
-    if (!endpoint || endpoint.data.status !== 'enabled' || !ev) {
+    if (endpoint?.data.status !== 'enabled' || !ev) {
       await this.finish(account, d);
       return;
     }

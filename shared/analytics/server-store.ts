@@ -19,7 +19,7 @@ export class ClickHouseServerStore implements AnalyticsStore {
   readonly database: string;
   private readonly base: URL;
 
-  constructor(private readonly o: ServerStoreOptions) {
+  constructor(o: ServerStoreOptions) {
     this.base = new URL(o.url);
     const fromPath = this.base.pathname.replace(/^\//, '');
     this.database = o.database || fromPath || 'meterd';

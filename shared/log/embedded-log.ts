@@ -34,10 +34,10 @@
  * Single process only: two processes must not open the same directory (opening it twice in one process throws).
  * Sync fs calls are used only in open().
  */
-import * as fs from 'fs';
-import * as path from 'path';
-import * as zlib from 'zlib';
-import type { FileHandle } from 'fs/promises';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import type { FileHandle } from 'node:fs/promises';
 import { ServiceUnavailableError } from '../errors';
 import type { AssignmentListener, EventLog, LogConsumer, LogProducer, LogRecord } from '../log';
 

@@ -38,7 +38,7 @@
  * window but does not close it. Downstream writes must tolerate it.
  */
 import { kafkaSettingsFromEnv } from '../config';
-import type * as tls from 'tls';
+import type * as tls from 'node:tls';
 import {
   Kafka,
   CompressionTypes,

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
 import { startServer, tempDir, currentRange, ROOT, type TestServer } from './server';
-import { EVENT_NAME, Load, LoadClient, sleep, type Target } from './load';
+import { EVENT_NAME, type Load, LoadClient, sleep, type Target } from './load';
 
 export type Role = 'gateway' | 'aggregator' | 'api';
 

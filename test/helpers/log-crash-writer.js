@@ -5,7 +5,7 @@
  *
  * argv: <dir> <partitions> <segmentBytes> [path of the compiled embedded-log module]
  */
-const path = require('path');
+const path = require('node:path');
 const { makeCrashPayload } = require('./log-payload.js');
 
 const [dir, partitionsArg, segmentBytesArg, modArg] = process.argv.slice(2);
@@ -31,6 +31,6 @@ async function main() {
 }
 
 main().catch((err) => {
-  process.stderr.write(`${err && err.stack ? err.stack : err}\n`);
+  process.stderr.write(`${err?.stack ? err.stack : err}\n`);
   process.exit(1);
 });
