@@ -60,7 +60,9 @@ async function sessionSecret(state: StateStore): Promise<Buffer> {
 function aggregatorCoordination(config: Config, drivers: Drivers): { snapshots: SnapshotStore; leases: PartitionLeases } {
   if (!drivers.sharedLog) return { snapshots: new FileSnapshots(path.join(config.dataDir, 'aggregator')), leases: new SoleOwner() };
   const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
-  const snapshots = drivers.state.putBlob ? new StateStoreSnapshots(drivers.state, drivers.consumerGroup) : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
+  const snapshots = drivers.state.putBlob
+    ? new StateStoreSnapshots(drivers.state, drivers.consumerGroup)
+    : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
   return { snapshots, leases: new StoreLeases(drivers.state, owner, config.leaseMs, drivers.consumerGroup) };
 }
 
@@ -189,7 +191,9 @@ function loadConfigOrExit(): Config {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     for (const problem of err.problems) process.stderr.write(`meterd: configuration error: ${problem}\n`);
-    process.stderr.write(`meterd: not started (${err.problems.length} configuration error${err.problems.length === 1 ? '' : 's'}; see the README's Configuration table)\n`);
+    process.stderr.write(
+      `meterd: not started (${err.problems.length} configuration error${err.problems.length === 1 ? '' : 's'}; see the README's Configuration table)\n`,
+    );
     process.exit(2);
   }
 }

@@ -427,9 +427,7 @@ export class Aggregator {
   private addCancellation(account: string, eventName: string, identifier: string, seq: number, cancelReceivedMs: number, partition: number): void {
     const meter = this.o.meters.byEventName(account, eventName);
     if (!meter) return;
-    this.buffer.cancelLines.push(
-      `${tsvField(account)}\t${meter.id}\t${tsvField(identifier)}\t${seq}\t${cancelReceivedMs}\t${partition}\n`,
-    );
+    this.buffer.cancelLines.push(`${tsvField(account)}\t${meter.id}\t${tsvField(identifier)}\t${seq}\t${cancelReceivedMs}\t${partition}\n`);
   }
 
   /** Seals the buffer and starts writing it once the previous flush has landed. */

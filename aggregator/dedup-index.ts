@@ -96,7 +96,7 @@ export class DedupIndex {
     let live = 0;
     for (let i = 0; i < oldRecv.length; i++) if (oldRecv[i] !== EMPTY_RECV && oldRecv[i] >= cutoff) live++;
     let cap = this.capacity;
-    while ((live + 1) > cap * (MAX_LOAD / 2)) cap <<= 1;
+    while (live + 1 > cap * (MAX_LOAD / 2)) cap <<= 1;
     this.hi = new Uint32Array(cap);
     this.lo = new Uint32Array(cap);
     this.recv = new Float64Array(cap);
@@ -131,7 +131,14 @@ export class DedupIndex {
   /** The index and the log offset it covers, as bytes: replay after a crash resumes from that offset. */
   serialize(coversOffset: number): Buffer {
     const header = Buffer.from(
-      JSON.stringify({ version: 1, offset: coversOffset, windowMs: this.windowMs, capacity: this.capacity, size: this.size, pending: [...this.pending.values()] }),
+      JSON.stringify({
+        version: 1,
+        offset: coversOffset,
+        windowMs: this.windowMs,
+        capacity: this.capacity,
+        size: this.size,
+        pending: [...this.pending.values()],
+      }),
     );
     const len = Buffer.alloc(4);
     len.writeUInt32LE(header.length);

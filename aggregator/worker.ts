@@ -222,8 +222,30 @@ export function processChunk(task: ChunkTask): ChunkResult {
       if (!emit) continue;
       const m = meter!;
       const line =
-        accountField + '\t' + livemodeText + '\t' + m.id + '\t' + tsvField(eventName) + '\t' + tsvField(customer) + '\t' + tsvField(identifier) + '\t' +
-        timestampMs + '\t' + value + '\t' + tsvField(extraPayload(payload, m.customerKey, m.valueKey)) + '\t' + recv + '\t' + partitionText + '\t' + s + '\n';
+        accountField +
+        '\t' +
+        livemodeText +
+        '\t' +
+        m.id +
+        '\t' +
+        tsvField(eventName) +
+        '\t' +
+        tsvField(customer) +
+        '\t' +
+        tsvField(identifier) +
+        '\t' +
+        timestampMs +
+        '\t' +
+        value +
+        '\t' +
+        tsvField(extraPayload(payload, m.customerKey, m.valueKey)) +
+        '\t' +
+        recv +
+        '\t' +
+        partitionText +
+        '\t' +
+        s +
+        '\n';
       if (tsvLength + line.length * 3 > out.length) out = grow(out, tsvLength + line.length * 3);
       tsvLength += out.write(line, tsvLength);
       if (usesRollups(m)) {

@@ -35,12 +35,21 @@ function readQuery(params: Params): Query {
     }
   }
   for (const k in params) {
-    if (!['limit', 'types', 'object_id', 'created', 'page'].includes(k)) throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+    if (!['limit', 'types', 'object_id', 'created', 'page'].includes(k))
+      throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
   }
   const limit = params.limit === undefined ? 20 : Number(params.limit);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new InvalidRequestError('Invalid limit: must be an integer between 1 and 100.', { param: 'limit' });
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100)
+    throw new InvalidRequestError('Invalid limit: must be an integer between 1 and 100.', { param: 'limit' });
   const rawTypes = params.types;
-  const types = rawTypes === undefined ? [] : Array.isArray(rawTypes) ? rawTypes.map(String) : typeof rawTypes === 'object' ? Object.values(rawTypes).map(String) : [String(rawTypes)];
+  const types =
+    rawTypes === undefined
+      ? []
+      : Array.isArray(rawTypes)
+        ? rawTypes.map(String)
+        : typeof rawTypes === 'object'
+          ? Object.values(rawTypes).map(String)
+          : [String(rawTypes)];
   const q: Query = { limit, types };
   if (typeof params.object_id === 'string' && params.object_id) q.objectId = params.object_id;
   const created = params.created;
@@ -82,7 +91,8 @@ export function registerCoreEventRoutes(http: HttpServer, s: Services): void {
       }
       const more = data.length > q.limit;
       data.length = Math.min(data.length, q.limit);
-      const next = more && data.length > 0 ? `/v2/core/events?page=${Buffer.from(JSON.stringify({ ...q, after: data[data.length - 1].id })).toString('base64url')}` : null;
+      const next =
+        more && data.length > 0 ? `/v2/core/events?page=${Buffer.from(JSON.stringify({ ...q, after: data[data.length - 1].id })).toString('base64url')}` : null;
       return json(200, { data, next_page_url: next, previous_page_url: null });
     }),
   );

@@ -86,13 +86,7 @@ async function createMeter(s: Services, p: Principal, params: Params) {
   return json(200, meter);
 }
 
-async function changeMeter(
-  s: Services,
-  p: Principal,
-  id: string,
-  eventType: string,
-  change: (m: MeterObject, now: number) => void,
-): Promise<MeterObject> {
+async function changeMeter(s: Services, p: Principal, id: string, eventType: string, change: (m: MeterObject, now: number) => void): Promise<MeterObject> {
   const meter = await loadMeter(s, p, id);
   const nowMs = s.now();
   change(meter, Math.floor(nowMs / 1000));
@@ -104,7 +98,11 @@ async function changeMeter(
 }
 
 export function registerMeterRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/billing/meters', apiEndpoint(s, (p, _req, params) => createMeter(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/billing/meters',
+    apiEndpoint(s, (p, _req, params) => createMeter(s, p, params)),
+  );
 
   http.route(
     'GET',
@@ -115,7 +113,11 @@ export function registerMeterRoutes(http: HttpServer, s: Services): void {
       const page = readListParams(r);
       const status = r.string('status', { enum: ['active', 'inactive'] });
       const result = await s.state.listObjects<MeterObject>(p.account, METER_TYPE, { ...page, where: status ? { status } : undefined });
-      return listResult('/v1/billing/meters', result.data.map((o) => o.data), result.hasMore);
+      return listResult(
+        '/v1/billing/meters',
+        result.data.map((o) => o.data),
+        result.hasMore,
+      );
     }),
   );
 

@@ -36,7 +36,9 @@ http.route('POST', '/v2/billing/meter_event_session', () => {
     livemode: false,
   });
 });
-http.route('POST', '/v1/billing/meters', () => json(200, { id: `mtr_null_${randomBytes(6).toString('hex')}`, object: 'billing.meter', event_name: 'bench_tokens', status: 'active' }));
+http.route('POST', '/v1/billing/meters', () =>
+  json(200, { id: `mtr_null_${randomBytes(6).toString('hex')}`, object: 'billing.meter', event_name: 'bench_tokens', status: 'active' }),
+);
 http.route('GET', '/v1/billing/meters/:id/event_summaries', () => json(200, { object: 'list', data: [], has_more: false }));
 
 http.listen(host, port).then(

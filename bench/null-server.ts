@@ -118,9 +118,7 @@ function drain(res: uWS.HttpResponse, done: (bytes: number, body: Buffer | null)
 const app = uWS.App();
 
 app.get('/healthz', (res) => {
-  const body = validate
-    ? JSON.stringify({ status: 'ok', aggregator: { events: seen.size, stored, duplicates, invalid } })
-    : '{"status":"ok"}';
+  const body = validate ? JSON.stringify({ status: 'ok', aggregator: { events: seen.size, stored, duplicates, invalid } }) : '{"status":"ok"}';
   res.writeStatus('200 OK').writeHeader('Content-Type', 'application/json').end(body);
 });
 
@@ -234,9 +232,7 @@ function stop(): void {
   listenSocket = null;
   process.stderr.write(
     `null-server: stream requests=${streamRequests} body bytes=${streamBytes} sessions=${sessions}` +
-      (validate
-        ? ` unique events=${seen.size} duplicates=${duplicates} invalid=${invalid} faults=${faults} expired=${expired}`
-        : '') +
+      (validate ? ` unique events=${seen.size} duplicates=${duplicates} invalid=${invalid} faults=${faults} expired=${expired}` : '') +
       '\n',
   );
   // Keep-alive client connections would keep the loop alive: exit explicitly.

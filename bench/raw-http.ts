@@ -47,7 +47,10 @@ export class RawConnection {
   /** Connections opened over the lifetime of this object (1 = never reconnected). */
   connects = 0;
 
-  constructor(readonly host: string, readonly port: number) {}
+  constructor(
+    readonly host: string,
+    readonly port: number,
+  ) {}
 
   get busy(): boolean {
     return this.cb !== null;
@@ -245,13 +248,7 @@ export class RawConnection {
 }
 
 /** Serialises a request. `hostHeader` is the Host header value (host:port). */
-export function buildRequest(
-  method: string,
-  path: string,
-  hostHeader: string,
-  headers: Record<string, string>,
-  body?: Buffer | string,
-): Buffer {
+export function buildRequest(method: string, path: string, hostHeader: string, headers: Record<string, string>, body?: Buffer | string): Buffer {
   let head = `${method} ${path} HTTP/1.1\r\nHost: ${hostHeader}\r\n`;
   for (const k of Object.keys(headers)) head += `${k}: ${headers[k]}\r\n`;
   const b = body === undefined ? undefined : typeof body === 'string' ? Buffer.from(body, 'utf8') : body;

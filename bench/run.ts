@@ -139,9 +139,15 @@ async function waitHealthy(child: ChildProcess, port: number, logPath: string, t
   while (Date.now() < deadline) {
     if (exited(child)) {
       const t = tail(logPath);
-      const last = t.split('\n').filter((l) => l.trim()).pop() ?? '';
-      throw new Error(`process exited (code ${child.exitCode}, signal ${child.signalCode}) before /healthz answered 200: ` +
-        `${last.slice(0, 240)} (log ${logPath}); log tail:\n${t}`);
+      const last =
+        t
+          .split('\n')
+          .filter((l) => l.trim())
+          .pop() ?? '';
+      throw new Error(
+        `process exited (code ${child.exitCode}, signal ${child.signalCode}) before /healthz answered 200: ` +
+          `${last.slice(0, 240)} (log ${logPath}); log tail:\n${t}`,
+      );
     }
     if ((await httpStatus(port, '/healthz')) === 200) return;
     await sleep(100);
@@ -472,11 +478,7 @@ function label(r: Pick<Row, 'mode' | 'topology' | 'target'>): string {
   return r.mode === 'null' ? r.target : r.mode === 'embedded' ? 'embedded' : `distributed (${r.topology ?? 'all'})`;
 }
 
-async function runMeterd(
-  ctx: Ctx,
-  row: Row,
-  o: { baseEnv: NodeJS.ProcessEnv; roles: Role[]; meterSettleMs: number; healthTimeoutMs: number },
-): Promise<void> {
+async function runMeterd(ctx: Ctx, row: Row, o: { baseEnv: NodeJS.ProcessEnv; roles: Role[]; meterSettleMs: number; healthTimeoutMs: number }): Promise<void> {
   const procs: { info: ProcInfo; child: ChildProcess }[] = [];
   let dataDir: string | null = null;
   try {
@@ -512,12 +514,17 @@ async function runMeterd(
     const url = (port: number): string => `http://127.0.0.1:${port}`;
     const aggregators = procs.filter((p) => p.info.role === 'all' || p.info.role === 'aggregator');
     const args = [
-      '--url', url(by('gateway')),
-      '--api-url', url(by('api')),
-      '--key', key,
+      '--url',
+      url(by('gateway')),
+      '--api-url',
+      url(by('api')),
+      '--key',
+      key,
       ...aggregators.flatMap((p) => ['--health-url', url(p.info.port)]),
-      '--health-interval', String(ctx.healthIntervalMs),
-      '--meter-settle-ms', String(o.meterSettleMs),
+      '--health-interval',
+      String(ctx.healthIntervalMs),
+      '--meter-settle-ms',
+      String(o.meterSettleMs),
       ...ctx.genArgs,
     ];
     const cpu = new TreeCpu(procs.map((p) => p.child.pid!));
@@ -610,11 +617,7 @@ function markdownTable(rows: Row[]): string {
       continue;
     }
     const ratio = nullEps ? `${((g.events_per_s / nullEps) * 100).toFixed(1)}%` : '–';
-    const fresh = isNull
-      ? 'n/a'
-      : g.freshness?.converged
-        ? `${fmtMs(g.freshness.after_last_ack_ms)} ms`
-        : `not converged`;
+    const fresh = isNull ? 'n/a' : g.freshness?.converged ? `${fmtMs(g.freshness.after_last_ack_ms)} ms` : `not converged`;
     const ver = isNull
       ? 'n/a (null)'
       : g.verification
@@ -622,7 +625,12 @@ function markdownTable(rows: Row[]): string {
           ? `OK (${g.verification.checked_customers} customers)`
           : `MISMATCH (${g.verification.mismatch_count})`
         : `not run${g.aborted ? `: ${g.aborted}` : ''}`;
-    const errs = g.errors && Object.keys(g.errors).length ? Object.entries(g.errors).map(([k, v]) => `${k}×${v}`).join(' ') : '0';
+    const errs =
+      g.errors && Object.keys(g.errors).length
+        ? Object.entries(g.errors)
+            .map(([k, v]) => `${k}×${v}`)
+            .join(' ')
+        : '0';
     lines.push(
       `| ${r.target} | ${label(r)} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${ratio} | ` +
         `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fresh} | ${lagCell(r)} | ${ver} | ` +
@@ -659,9 +667,7 @@ function lagPanel(rows: Row[], W: number, y0: number): { parts: string[]; height
   let y = y0;
   const withLag = rows.filter((r) => (r.result?.lag?.series?.rows.length ?? 0) > 1);
   if (withLag.length === 0) return { parts, height: 0 };
-  parts.push(
-    `<text x="20" y="${y}" font-size="14" font-weight="bold">Consumer lag: events acknowledged vs stored by the aggregator(s), over time</text>`,
-  );
+  parts.push(`<text x="20" y="${y}" font-size="14" font-weight="bold">Consumer lag: events acknowledged vs stored by the aggregator(s), over time</text>`);
   y += 10;
   const left = 90;
   const right = W - 30;
@@ -747,9 +753,7 @@ function svgChart(rows: Row[], title: string): string {
     const w = Math.max(1, (d.eps / maxEps) * panelW);
     parts.push(`<text x="${labelW - 8}" y="${y + barH * 0.68}" font-size="13" text-anchor="end">${esc(d.name)}</text>`);
     parts.push(`<rect x="${labelW}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${colors[i % colors.length]}"/>`);
-    parts.push(
-      `<text x="${labelW + w + 6}" y="${y + barH * 0.68}" font-size="12">${fmtInt(d.eps)}/s</text>`,
-    );
+    parts.push(`<text x="${labelW + w + 6}" y="${y + barH * 0.68}" font-size="12">${fmtInt(d.eps)}/s</text>`);
     parts.push(`<text x="${labelW}" y="${y + barH + 12}" font-size="10" fill="#555">${esc(d.note)}</text>`);
     y += barH + gap + 10;
   });
@@ -766,9 +770,7 @@ function svgChart(rows: Row[], title: string): string {
     const w99 = Math.max(1, (d.p99 / maxLat) * panelW);
     parts.push(`<rect x="${labelW}" y="${y}" width="${w50.toFixed(1)}" height="${lh}" fill="${colors[i % colors.length]}"/>`);
     parts.push(`<text x="${labelW + w50 + 6}" y="${y + lh * 0.78}" font-size="11">p50 ${fmtMs(d.p50)}</text>`);
-    parts.push(
-      `<rect x="${labelW}" y="${y + lh + 2}" width="${w99.toFixed(1)}" height="${lh}" fill="${colors[i % colors.length]}" fill-opacity="0.55"/>`,
-    );
+    parts.push(`<rect x="${labelW}" y="${y + lh + 2}" width="${w99.toFixed(1)}" height="${lh}" fill="${colors[i % colors.length]}" fill-opacity="0.55"/>`);
     parts.push(`<text x="${labelW + w99 + 6}" y="${y + lh * 1.78 + 2}" font-size="11">p99 ${fmtMs(d.p99)}</text>`);
     y += 2 * lh + gap + 6;
   });
@@ -812,12 +814,18 @@ async function main(): Promise<number> {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
 
   const genArgs = (ev: number, dur: number): string[] => [
-    '--events', String(ev),
-    '--duration', String(dur),
-    '--connections', String(connections),
-    '--batch', String(batch),
-    '--customers', String(customers),
-    '--client', client,
+    '--events',
+    String(ev),
+    '--duration',
+    String(dur),
+    '--connections',
+    String(connections),
+    '--batch',
+    String(batch),
+    '--customers',
+    String(customers),
+    '--client',
+    client,
     ...(a.bool('timestamps') ? ['--timestamps'] : []),
     ...(a.str('poll-mode') ? ['--poll-mode', a.str('poll-mode')!] : []),
     ...(a.str('freshness-timeout') ? ['--freshness-timeout', a.str('freshness-timeout')!] : []),

@@ -323,7 +323,10 @@ class Sessions {
   created = 0;
   private inflight: Promise<void> | null = null;
 
-  constructor(private readonly o: Options, private readonly ctl: Control) {}
+  constructor(
+    private readonly o: Options,
+    private readonly ctl: Control,
+  ) {}
 
   /** Creates a new session unless `staleGeneration` is given and a newer session already exists. */
   refresh(staleGeneration?: number): Promise<void> {
@@ -360,12 +363,7 @@ class Sessions {
         const j = JSON.parse(res.body.toString('utf8')) as { authentication_token?: string; expires_at?: string | number };
         if (!j.authentication_token) throw new Error(`session response without authentication_token: ${bodyText(res)}`);
         this.token = j.authentication_token;
-        const exp =
-          typeof j.expires_at === 'number'
-            ? j.expires_at * (j.expires_at < 1e12 ? 1000 : 1)
-            : j.expires_at
-              ? Date.parse(j.expires_at)
-              : NaN;
+        const exp = typeof j.expires_at === 'number' ? j.expires_at * (j.expires_at < 1e12 ? 1000 : 1) : j.expires_at ? Date.parse(j.expires_at) : NaN;
         this.expiresAtMs = Number.isFinite(exp) ? exp : Date.now() + 15 * 60_000;
         this.generation++;
         this.created++;
@@ -594,12 +592,7 @@ class Generator {
     }
     const auth = { Authorization: `Bearer ${this.o.key}` };
     const form = `display_name=Bench&event_name=${encodeURIComponent(this.o.eventName)}&default_aggregation[formula]=sum`;
-    const res = await this.ctl.request(
-      'POST',
-      '/v1/billing/meters',
-      { ...auth, 'Content-Type': 'application/x-www-form-urlencoded' },
-      form,
-    );
+    const res = await this.ctl.request('POST', '/v1/billing/meters', { ...auth, 'Content-Type': 'application/x-www-form-urlencoded' }, form);
     if (res.status === 200) {
       const j = JSON.parse(res.body.toString('utf8')) as { id?: string };
       if (!j.id) throw new Error(`meter creation answered without id: ${bodyText(res)}`);
@@ -676,10 +669,7 @@ class Generator {
   }
 
   /** Returns the summed aggregated_value, or an error string. */
-  async fetchSummary(
-    conn: RawConnection,
-    customer: string,
-  ): Promise<{ value: number } | { error: string; fatal: boolean; status: number }> {
+  async fetchSummary(conn: RawConnection, customer: string): Promise<{ value: number } | { error: string; fatal: boolean; status: number }> {
     const req = buildRequest('GET', this.summaryPath(customer), this.o.api.hostHeader, {
       Authorization: `Bearer ${this.o.key}`,
     });
@@ -1169,7 +1159,11 @@ class LagSampler {
   private stopped = false;
   private loop: Promise<void> | null = null;
 
-  constructor(private readonly g: Generator, private readonly targets: Endpoint[], private readonly intervalMs: number) {
+  constructor(
+    private readonly g: Generator,
+    private readonly targets: Endpoint[],
+    private readonly intervalMs: number,
+  ) {
     this.conns = targets.map((e) => new RawConnection(e.host, e.port));
     this.reqs = targets.map((e) => buildRequest('GET', '/healthz', e.hostHeader, {}));
   }
@@ -1482,9 +1476,7 @@ async function main(): Promise<number> {
           ...(fresh.error ? { error: fresh.error } : {}),
         }
       : null,
-    probe_freshness_ms: o.probe
-      ? { ...g.probeHist.summary(), probe_events: g.probeAcked, never_seen: g.probeAcked - g.probeVisible }
-      : null,
+    probe_freshness_ms: o.probe ? { ...g.probeHist.summary(), probe_events: g.probeAcked, never_seen: g.probeAcked - g.probeVisible } : null,
     verification,
     lag: lagReport,
     aborted: g.aborted ? g.abortReason : null,
@@ -1511,8 +1503,7 @@ async function main(): Promise<number> {
     const p = g.probeHist.summary();
     rows.push([
       'probe freshness ms (in-run)',
-      `n=${p.count} p50 ${p.p50} | p90 ${p.p90} | max ${p.max}` +
-        (g.probeAcked > g.probeVisible ? ` | ${g.probeAcked - g.probeVisible} never seen` : ''),
+      `n=${p.count} p50 ${p.p50} | p90 ${p.p90} | max ${p.max}` + (g.probeAcked > g.probeVisible ? ` | ${g.probeAcked - g.probeVisible} never seen` : ''),
     ]);
   }
   if (verification) {
@@ -1524,7 +1515,14 @@ async function main(): Promise<number> {
     ]);
   }
   if (lagReport) {
-    const L = lagReport as { max_events: number | null; max_seconds_behind: number | null; caught_up_after_last_ack_ms: number | null; samples: number; sample_errors: number; final: { stored: number | null; invalid: number; duplicates: number } };
+    const L = lagReport as {
+      max_events: number | null;
+      max_seconds_behind: number | null;
+      caught_up_after_last_ack_ms: number | null;
+      samples: number;
+      sample_errors: number;
+      final: { stored: number | null; invalid: number; duplicates: number };
+    };
     rows.push([
       'consumer lag (health)',
       L.max_events === null

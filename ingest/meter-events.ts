@@ -15,14 +15,7 @@ import { newDict, ownValue } from '../shared/wire/dict';
 import { InvalidRequestError, MeterEventError } from '../shared/errors';
 import { validateMeterValue } from '../shared/decimal';
 import { newId } from '../shared/ids';
-import {
-  encodeRecord,
-  partitionFor,
-  RecordKind,
-  MAX_EVENTS_PER_RECORD,
-  type CancelTuple,
-  type EventTuple,
-} from '../shared/event-record';
+import { encodeRecord, partitionFor, RecordKind, MAX_EVENTS_PER_RECORD, type CancelTuple, type EventTuple } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
 
 export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
@@ -45,7 +38,9 @@ export function parseV2Timestamp(value: unknown, param: string): number {
   if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
   const ms = parseRfc3339(value);
   if (ms === null) {
-    throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, { param });
+    throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, {
+      param,
+    });
   }
   return ms;
 }
@@ -63,15 +58,24 @@ function checkTimestampRange(timestampMs: number, nowMs: number, param: string):
 async function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): Promise<MeterInfo> {
   const meter = await s.meters.resolve(p.account, eventName);
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
-  if (!meter.active) throw new MeterEventError('archived_meter', `The meter must be Active to submit events: the meter '${meter.id}' is inactive.`, 'event_name');
+  if (!meter.active)
+    throw new MeterEventError('archived_meter', `The meter must be Active to submit events: the meter '${meter.id}' is inactive.`, 'event_name');
   const customer = ownValue(payload, meter.customerKey);
   if (customer === undefined || customer === '') {
-    throw new MeterEventError('payload_no_customer_defined', `The payload must have a reference to the customer: payload[${meter.customerKey}] is missing.`, `payload[${meter.customerKey}]`);
+    throw new MeterEventError(
+      'payload_no_customer_defined',
+      `The payload must have a reference to the customer: payload[${meter.customerKey}] is missing.`,
+      `payload[${meter.customerKey}]`,
+    );
   }
   const value = ownValue(payload, meter.valueKey);
   if (value === undefined || value === '') {
     if (meter.formula !== 'count') {
-      throw new MeterEventError('payload_no_value_defined', `The payload must have a value: payload[${meter.valueKey}] is missing.`, `payload[${meter.valueKey}]`);
+      throw new MeterEventError(
+        'payload_no_value_defined',
+        `The payload must have a value: payload[${meter.valueKey}] is missing.`,
+        `payload[${meter.valueKey}]`,
+      );
     }
   } else {
     const v = validateMeterValue(value);
@@ -82,7 +86,8 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
 
 /** Payload values are strings; JSON numbers are accepted and kept in their decimal text. */
 function readPayload(raw: unknown, param: string): Record<string, string> {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new InvalidRequestError(`Invalid object: ${param} must be a map of strings.`, { param });
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    throw new InvalidRequestError(`Invalid object: ${param} must be a map of strings.`, { param });
   const out = newDict<string>();
   let n = 0;
   for (const k of Object.keys(raw)) {
@@ -124,7 +129,9 @@ export async function appendEvents(s: Services, p: Principal, receivedMs: number
   }
   const writes: Promise<number>[] = [];
   for (const [part, evs] of groups) {
-    writes.push(s.producer.append(part, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs })));
+    writes.push(
+      s.producer.append(part, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs })),
+    );
   }
   await Promise.all(writes);
 }
@@ -241,26 +248,40 @@ async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', 
   } else {
     const body = params as Record<string, unknown>;
     for (const k in body) {
-      if (k !== 'event_name' && k !== 'type' && k !== 'cancel') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+      if (k !== 'event_name' && k !== 'type' && k !== 'cancel')
+        throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
     }
     eventName = requireString(body.event_name, 'event_name', 100, true)!;
     const type = requireString(body.type, 'type', 20, true);
     if (type !== 'cancel') throw new InvalidRequestError(`Invalid type: must be one of cancel.`, { param: 'type' });
     const cancel = body.cancel;
     if (cancel === undefined) missing('cancel');
-    if (cancel === null || typeof cancel !== 'object' || Array.isArray(cancel)) throw new InvalidRequestError('Invalid object: cancel must be an object.', { param: 'cancel' });
-    for (const k in cancel as object) if (k !== 'identifier') throw new InvalidRequestError(`Received unknown parameter: cancel[${k}]`, { code: 'parameter_unknown', param: `cancel[${k}]` });
+    if (cancel === null || typeof cancel !== 'object' || Array.isArray(cancel))
+      throw new InvalidRequestError('Invalid object: cancel must be an object.', { param: 'cancel' });
+    for (const k in cancel as object)
+      if (k !== 'identifier') throw new InvalidRequestError(`Received unknown parameter: cancel[${k}]`, { code: 'parameter_unknown', param: `cancel[${k}]` });
     identifier = requireString((cancel as Record<string, unknown>).identifier, 'cancel[identifier]', 100, true);
   }
   if (!identifier) {
-    throw new MeterEventError('invalid_cancel_configuration', 'The adjustment configuration is invalid for the adjustment type: cancel[identifier] is required.', 'cancel[identifier]');
+    throw new MeterEventError(
+      'invalid_cancel_configuration',
+      'The adjustment configuration is invalid for the adjustment type: cancel[identifier] is required.',
+      'cancel[identifier]',
+    );
   }
   const meter = await s.meters.resolve(p.account, eventName);
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
   const nowMs = s.now();
   await appendCancel(s, p, nowMs, [eventName, identifier]);
   if (flavor === 'v1') {
-    return json(200, { object: 'billing.meter_event_adjustment', cancel: { identifier }, event_name: eventName, livemode: p.livemode, status: 'pending', type: 'cancel' });
+    return json(200, {
+      object: 'billing.meter_event_adjustment',
+      cancel: { identifier },
+      event_name: eventName,
+      livemode: p.livemode,
+      status: 'pending',
+      type: 'cancel',
+    });
   }
   return json(200, {
     id: newId('mtradj', p.livemode),
@@ -275,10 +296,26 @@ async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', 
 }
 
 export function registerMeterEventRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/billing/meter_events', apiEndpoint(s, (p, req, params) => createV1MeterEvent(s, p, req, params), s.hotIdempotency));
-  http.route('POST', '/v2/billing/meter_events', apiEndpoint(s, (p, req, params) => createV2MeterEvent(s, p, req, params), s.hotIdempotency));
-  http.route('POST', '/v1/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency));
-  http.route('POST', '/v2/billing/meter_event_adjustments', apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency));
+  http.route(
+    'POST',
+    '/v1/billing/meter_events',
+    apiEndpoint(s, (p, req, params) => createV1MeterEvent(s, p, req, params), s.hotIdempotency),
+  );
+  http.route(
+    'POST',
+    '/v2/billing/meter_events',
+    apiEndpoint(s, (p, req, params) => createV2MeterEvent(s, p, req, params), s.hotIdempotency),
+  );
+  http.route(
+    'POST',
+    '/v1/billing/meter_event_adjustments',
+    apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency),
+  );
+  http.route(
+    'POST',
+    '/v2/billing/meter_event_adjustments',
+    apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency),
+  );
   http.route('POST', '/v2/billing/meter_event_stream', (req) => stream(s, req));
   registerSessionRoute(http, s);
 }

@@ -112,7 +112,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const apiKeys = r.list('API_KEYS');
   for (const k of apiKeys) {
     if (!/^sk_(test|live)_[0-9A-Za-z_]{8,}$/.test(k)) {
-      r.problems.push(`API_KEYS has ${JSON.stringify(k.length > 16 ? k.slice(0, 12) + '…' : k)}, which is not a secret key: expected a comma-separated list of sk_test_… or sk_live_… keys with 8 or more letters, digits or _ after the prefix`);
+      r.problems.push(
+        `API_KEYS has ${JSON.stringify(k.length > 16 ? k.slice(0, 12) + '…' : k)}, which is not a secret key: expected a comma-separated list of sk_test_… or sk_live_… keys with 8 or more letters, digits or _ after the prefix`,
+      );
     }
   }
   if (role !== 'all' && !(r.raw('KAFKA_BROKERS') && r.raw('CLICKHOUSE_URL') && r.raw('DATABASE_URL'))) {
@@ -213,7 +215,8 @@ function kafkaSettings(env: NodeJS.ProcessEnv, r: EnvReader): KafkaSettings {
   const level = r.raw('KAFKA_LOG_LEVEL')?.trim().toLowerCase();
   if (level !== undefined) {
     const levels = ['nothing', 'error', 'warn', 'info', 'debug'] as const;
-    if (!(levels as readonly string[]).includes(level)) r.problems.push(`KAFKA_LOG_LEVEL=${JSON.stringify(env.KAFKA_LOG_LEVEL)} is not valid: expected nothing, error, warn, info or debug`);
+    if (!(levels as readonly string[]).includes(level))
+      r.problems.push(`KAFKA_LOG_LEVEL=${JSON.stringify(env.KAFKA_LOG_LEVEL)} is not valid: expected nothing, error, warn, info or debug`);
     else out.logLevel = level as KafkaSettings['logLevel'];
   }
   return out;

@@ -131,9 +131,7 @@ export function fractionDigits(s: string): number {
 
 export type MeterValueErrorCode = 'meter_event_invalid_value' | 'meter_event_value_too_many_digits';
 
-export type MeterValueValidation =
-  | { ok: true; scaled: bigint }
-  | { ok: false; code: MeterValueErrorCode; message: string };
+export type MeterValueValidation = { ok: true; scaled: bigint } | { ok: false; code: MeterValueErrorCode; message: string };
 
 /**
  * Full check of a meter event value: syntax, at most 15 significant digits, at most 15 fractional digits.

@@ -76,7 +76,9 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.clickhouseUrl) {
       const { ClickHouseServerStore } = await import('./analytics/server-store');
       const url = config.clickhouseUrl;
-      analytics = await connecting('ClickHouse', config.startupWaitMs, () => initialized(new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined })));
+      analytics = await connecting('ClickHouse', config.startupWaitMs, () =>
+        initialized(new ClickHouseServerStore({ url, database: config.clickhouseDatabase ?? undefined })),
+      );
     } else {
       const { ChdbStore } = await import('./analytics/chdb-store');
       analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
@@ -88,7 +90,9 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
-      const kafka = await connecting('Kafka', config.startupWaitMs, () => KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }));
+      const kafka = await connecting('Kafka', config.startupWaitMs, () =>
+        KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }),
+      );
       consumerGroup = config.kafkaConsumerGroup ?? `${kafka.topic}.aggregator`;
       log = kafka;
     } else {

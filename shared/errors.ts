@@ -91,7 +91,11 @@ export class NotFoundError extends StripeError {
 
 export class RouteNotFoundError extends StripeError {
   constructor(method: string, path: string) {
-    super(404, 'invalid_request_error', `Unrecognized request URL (${method}: ${path}). Please see https://docs.stripe.com/api or we can help at https://support.stripe.com/.`);
+    super(
+      404,
+      'invalid_request_error',
+      `Unrecognized request URL (${method}: ${path}). Please see https://docs.stripe.com/api or we can help at https://support.stripe.com/.`,
+    );
   }
 }
 

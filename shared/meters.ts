@@ -106,7 +106,7 @@ export class MeterRegistry {
    */
   async resolve(account: string, eventName: string): Promise<MeterInfo | undefined> {
     const known = this.byEventName(account, eventName);
-    if ((known?.active) || !this.shared || !this.store) return known;
+    if (known?.active || !this.shared || !this.store) return known;
     const found = await this.store.findByUniqueKey<MeterObject>(account, METER_TYPE, eventName);
     if (!found) return known;
     this.upsert(account, found.data);

@@ -167,7 +167,9 @@ export function validateSearchQuery<D>(q: SearchQuery, fields: SearchFields<D>, 
   for (const c of q.clauses) {
     const f = fields[c.field];
     if (!f) {
-      throw syntaxError(`Field \`${c.field}\` is an unsupported search field for resource \`${resource}\`. Supported fields: ${Object.keys(fields).join(', ')}.`);
+      throw syntaxError(
+        `Field \`${c.field}\` is an unsupported search field for resource \`${resource}\`. Supported fields: ${Object.keys(fields).join(', ')}.`,
+      );
     }
     if ((f.kind === 'metadata') !== (c.metadataKey !== undefined)) {
       throw syntaxError(`Invalid query: ${c.field} must be written as ${c.field}['key'].`);

@@ -98,5 +98,4 @@ export interface StateStore {
 
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;
-
 }

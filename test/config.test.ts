@@ -22,17 +22,32 @@ t.test('defaults', async (t) => {
 t.test('every problem at once', async (t) => {
   let err: unknown;
   try {
-    loadConfig({ API_KEYS: 'sk_test_goodgoodgood,nope', PORT: '70000', FLUSH_EVENTS: 'many', ROLE: 'boss', LOG_LEVEL: 'loud', KAFKA_BROKERS: 'k:1', KAFKA_SSL: 'maybe', KAFKA_PARTITIONS: '0' });
+    loadConfig({
+      API_KEYS: 'sk_test_goodgoodgood,nope',
+      PORT: '70000',
+      FLUSH_EVENTS: 'many',
+      ROLE: 'boss',
+      LOG_LEVEL: 'loud',
+      KAFKA_BROKERS: 'k:1',
+      KAFKA_SSL: 'maybe',
+      KAFKA_PARTITIONS: '0',
+    });
   } catch (e) {
     err = e;
   }
   t.ok(err instanceof ConfigError, 'a ConfigError');
   const problems = (err as ConfigError).problems;
   for (const name of ['API_KEYS', 'PORT', 'FLUSH_EVENTS', 'ROLE', 'LOG_LEVEL', 'KAFKA_SSL', 'KAFKA_PARTITIONS']) {
-    t.ok(problems.some((p) => p.startsWith(name) || p.includes(` ${name}`)), `names ${name}`);
+    t.ok(
+      problems.some((p) => p.startsWith(name) || p.includes(` ${name}`)),
+      `names ${name}`,
+    );
   }
   t.equal(problems.length, 7, 'one problem each');
-  t.ok(problems.every((p) => /expected/.test(p)), 'each says what is expected');
+  t.ok(
+    problems.every((p) => /expected/.test(p)),
+    'each says what is expected',
+  );
   t.notOk(problems.join(' ').includes('sk_test_goodgoodgood'), 'a valid key is never printed');
 });
 
@@ -41,7 +56,11 @@ t.test('distributed roles need all three servers', async (t) => {
 });
 
 t.test('the process: one line per problem, exit 2, no stack trace', async (t) => {
-  const r = spawnSync(process.execPath, [MAIN], { env: { ...process.env, DATA_DIR: tempDir(), API_KEYS: 'bad', MAX_BODY_BYTES: '-5', KAFKA_BROKERS: '' }, encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(process.execPath, [MAIN], {
+    env: { ...process.env, DATA_DIR: tempDir(), API_KEYS: 'bad', MAX_BODY_BYTES: '-5', KAFKA_BROKERS: '' },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
   t.equal(r.status, 2, 'exit code 2');
   const lines = r.stderr.trim().split('\n');
   t.equal(lines.length, 3, `two problems and a summary line:\n${r.stderr}`);

@@ -42,8 +42,31 @@ t.test('parseMeterValue: valid values', async (t) => {
 });
 
 t.test('parseMeterValue: invalid strings', async (t) => {
-  const bad = ['', ' ', '-', '+5', '.5', '5.', '1e3', '1E3', ' 5', '5 ', '1,5', '1.2.3', '--1', '-+1', 'abc', '0x10', '1_000',
-    'Infinity', 'NaN', '١', '５', '1\n', '0.0000000000000001' /* 16 fractional digits: not representable */];
+  const bad = [
+    '',
+    ' ',
+    '-',
+    '+5',
+    '.5',
+    '5.',
+    '1e3',
+    '1E3',
+    ' 5',
+    '5 ',
+    '1,5',
+    '1.2.3',
+    '--1',
+    '-+1',
+    'abc',
+    '0x10',
+    '1_000',
+    'Infinity',
+    'NaN',
+    '١',
+    '５',
+    '1\n',
+    '0.0000000000000001' /* 16 fractional digits: not representable */,
+  ];
   for (const s of bad) t.equal(parseMeterValue(s), null, JSON.stringify(s));
 });
 
@@ -91,8 +114,15 @@ t.test('significantDigits / fractionDigits', async (t) => {
 });
 
 t.test('validateMeterValue: limits', async (t) => {
-  const ok = ['123456789012345', '-123456789012345', '12345678.9012345', '0.000000000000001', '0.123456789012345',
-    '00000000000000000000000001', '999999999999999'];
+  const ok = [
+    '123456789012345',
+    '-123456789012345',
+    '12345678.9012345',
+    '0.000000000000001',
+    '0.123456789012345',
+    '00000000000000000000000001',
+    '999999999999999',
+  ];
   for (const s of ok) {
     const r = validateMeterValue(s);
     t.ok(r.ok, s);
@@ -147,7 +177,13 @@ t.test('formatScaled / scaledToNumber', async (t) => {
     t.equal(scaledToNumber(parseMeterValue(s)!), Number(s), s);
   }
   // Round trip: canonical string of a parsed value.
-  for (const [s, c] of [['1.50', '1.5'], ['007', '7'], ['-0', '0'], ['-0.10', '-0.1'], ['100', '100']]) {
+  for (const [s, c] of [
+    ['1.50', '1.5'],
+    ['007', '7'],
+    ['-0', '0'],
+    ['-0.10', '-0.1'],
+    ['100', '100'],
+  ]) {
     t.equal(formatScaled(parseMeterValue(s)!), c, s);
   }
 });

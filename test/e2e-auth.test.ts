@@ -51,7 +51,9 @@ async function createSession(s: TestServer, key?: string): Promise<Record<string
   return res.body;
 }
 
-const streamBody = (eventName: string, customer = 'cus_auth', value = '1') => ({ events: [{ event_name: eventName, payload: { stripe_customer_id: customer, value } }] });
+const streamBody = (eventName: string, customer = 'cus_auth', value = '1') => ({
+  events: [{ event_name: eventName, payload: { stripe_customer_id: customer, value } }],
+});
 
 // ---------------------------------------------------------------------------------------------------------------------
 
@@ -115,7 +117,13 @@ t.test('an invalid key: 401 with the key redacted', async (t) => {
     t.notMatch(JSON.stringify(res), /q{20}|r{20}/, 'the full key is never echoed');
   }
 
-  const err = await expectStripeError(t, clientFor(server, bad).billing.meters.list(), Stripe.errors.StripeAuthenticationError, { statusCode: 401 }, 'client v1');
+  const err = await expectStripeError(
+    t,
+    clientFor(server, bad).billing.meters.list(),
+    Stripe.errors.StripeAuthenticationError,
+    { statusCode: 401 },
+    'client v1',
+  );
   t.equal(err?.message, 'Invalid API Key provided: sk_test_****wxyz');
   t.equal(err?.rawType, 'invalid_request_error');
   await expectStripeError(
@@ -125,7 +133,13 @@ t.test('an invalid key: 401 with the key redacted', async (t) => {
     { statusCode: 401, message: 'Invalid API Key provided: sk_test_****wxyz' },
     'client v2',
   );
-  await expectStripeError(t, clientFor(server, bad).v2.billing.meterEventSession.create(), Stripe.errors.StripeAuthenticationError, { statusCode: 401 }, 'client session');
+  await expectStripeError(
+    t,
+    clientFor(server, bad).v2.billing.meterEventSession.create(),
+    Stripe.errors.StripeAuthenticationError,
+    { statusCode: 401 },
+    'client session',
+  );
 });
 
 t.test('Basic auth: base64(key:) like curl -u key:, and Basic <key>', async (t) => {
@@ -134,17 +148,31 @@ t.test('Basic auth: base64(key:) like curl -u key:, and Basic <key>', async (t) 
   t.equal(list.status, 200, `GET with Basic base64(key:): ${list.text.slice(0, 200)}`);
   t.equal(list.body.object, 'list');
 
-  const created = await postForm(server, '/v1/billing/meters', 'display_name=Basic&event_name=auth_basic&default_aggregation[formula]=sum', null, basic(`${KEY_A}:`));
+  const created = await postForm(
+    server,
+    '/v1/billing/meters',
+    'display_name=Basic&event_name=auth_basic&default_aggregation[formula]=sum',
+    null,
+    basic(`${KEY_A}:`),
+  );
   t.equal(created.status, 200, created.text);
   const viaBearer = await server.request('GET', `/v1/billing/meters/${created.body.id}`);
   t.equal(viaBearer.status, 200, 'the meter belongs to the same account as the Bearer key');
 
   const session = await postJson(server, '/v2/billing/meter_event_session', {}, null, basic(`${KEY_A}:`));
   t.equal(session.status, 200, `v2 with Basic: ${session.text.slice(0, 200)}`);
-  const lower = await server.request('GET', '/v1/billing/meters', { key: null, headers: { authorization: 'basic ' + Buffer.from(`${KEY_A}:`).toString('base64') } });
+  const lower = await server.request('GET', '/v1/billing/meters', {
+    key: null,
+    headers: { authorization: 'basic ' + Buffer.from(`${KEY_A}:`).toString('base64') },
+  });
   t.equal(lower.status, 200, 'the scheme is case-insensitive');
 
-  const badBasic = expect401(t, await server.request('GET', '/v1/billing/meters', { key: null, headers: basic('sk_test_nottherightkey9876:') }), 'v1', 'Basic with a bad key');
+  const badBasic = expect401(
+    t,
+    await server.request('GET', '/v1/billing/meters', { key: null, headers: basic('sk_test_nottherightkey9876:') }),
+    'v1',
+    'Basic with a bad key',
+  );
   t.equal(badBasic.message, 'Invalid API Key provided: sk_test_****9876');
   expect401(t, await server.request('GET', '/v1/billing/meters', { key: null, headers: basic(`:${KEY_A}`) }), 'v1', 'Basic with the key as the password');
 
@@ -169,7 +197,13 @@ t.test('a meter event session token is not an API key', async (t) => {
     const e = expect401(t, res, flavor, `token on ${method} ${path}`);
     t.notOk(e.message.includes(token), 'the token is not echoed');
   }
-  await expectStripeError(t, clientFor(server, token).billing.meters.list(), Stripe.errors.StripeAuthenticationError, { statusCode: 401 }, 'client: token on meters.list');
+  await expectStripeError(
+    t,
+    clientFor(server, token).billing.meters.list(),
+    Stripe.errors.StripeAuthenticationError,
+    { statusCode: 401 },
+    'client: token on meters.list',
+  );
   // ... while the same token works on the stream.
   const ok = await postJson(server, '/v2/billing/meter_event_stream', streamBody('auth_tok'), token);
   t.equal(ok.status, 200, ok.text);
@@ -178,7 +212,12 @@ t.test('a meter event session token is not an API key', async (t) => {
 
 t.test('an API key is rejected on the meter event stream', async (t) => {
   for (const key of [KEY_A, KEY_LIVE]) {
-    const e = expect401(t, await postJson(server, '/v2/billing/meter_event_stream', streamBody('auth_stream_key'), key), 'v2', `API key ${key.slice(0, 8)} on the stream`);
+    const e = expect401(
+      t,
+      await postJson(server, '/v2/billing/meter_event_stream', streamBody('auth_stream_key'), key),
+      'v2',
+      `API key ${key.slice(0, 8)} on the stream`,
+    );
     t.not(e.type, 'temporary_session_expired', 'not reported as an expired session');
     t.notOk(e.message.includes(key), 'the key is not echoed');
   }
@@ -282,9 +321,11 @@ t.test('session response shape', async (t) => {
   // Both earlier tokens stay valid: a new session does not revoke the previous ones.
   t.equal((await postJson(server, '/v2/billing/meter_event_stream', streamBody('auth_session', 'cus_session', '2'), s.authentication_token)).status, 200);
   const { start, end } = currentRange();
-  const value = async () => (await server.stripe().billing.meters.listEventSummaries(meter.id, { customer: 'cus_session', start_time: start, end_time: end })).data[0]?.aggregated_value;
+  const value = async () =>
+    (await server.stripe().billing.meters.listEventSummaries(meter.id, { customer: 'cus_session', start_time: start, end_time: end })).data[0]
+      ?.aggregated_value;
   await eventually(async () => (await value()) === 6, 20_000).catch(() => undefined);
-  t.equal(await value(), 6, 'events sent with session tokens are counted for the key\'s account');
+  t.equal(await value(), 6, "events sent with session tokens are counted for the key's account");
 });
 
 t.test('an expired session token: 401 temporary_session_expired / TemporarySessionExpiredError', async (t) => {
@@ -340,7 +381,11 @@ t.test('a live key yields livemode objects', async (t) => {
   t.notMatch(session.id, /_test_/, 'a live session id');
   await clientFor(server, session.authentication_token).v2.billing.meterEventStream.create(streamBody('auth_live', 'cus_live', '5'));
   const list = await live.billing.meters.list();
-  t.same(list.data.map((m) => [m.id, m.livemode]), [[meter.id, true]], 'the live account sees only its live meter');
+  t.same(
+    list.data.map((m) => [m.id, m.livemode]),
+    [[meter.id, true]],
+    'the live account sees only its live meter',
+  );
   const { start, end } = currentRange();
   const summary = async () => (await live.billing.meters.listEventSummaries(meter.id, { customer: 'cus_live', start_time: start, end_time: end })).data[0];
   await eventually(async () => (await summary())?.aggregated_value === 12, 20_000).catch(() => undefined);
@@ -348,7 +393,11 @@ t.test('a live key yields livemode objects', async (t) => {
   t.equal(s?.aggregated_value, 12);
   t.equal(s?.livemode, true, 'summaries are livemode too');
 
-  const testMeter = await clientFor(server, KEY_A).billing.meters.create({ display_name: 'Test', event_name: 'auth_live_vs_test', default_aggregation: { formula: 'sum' } });
+  const testMeter = await clientFor(server, KEY_A).billing.meters.create({
+    display_name: 'Test',
+    event_name: 'auth_live_vs_test',
+    default_aggregation: { formula: 'sum' },
+  });
   t.equal(testMeter.livemode, false, 'a test key still yields test objects');
   t.match(testMeter.id, /^mtr_test_/);
 });
@@ -360,27 +409,43 @@ t.test('two keys are two accounts that cannot see each other', async (t) => {
   const onlyA = await a.billing.meters.create({ display_name: 'A only', event_name: 'auth_iso_only_a', default_aggregation: { formula: 'sum' } });
 
   const listB = await b.billing.meters.list({ limit: 100 });
-  t.same(listB.data.map((m) => m.id), [], 'B lists none of A\'s meters');
-  await expectStripeError(t, b.billing.meters.retrieve(meterA.id), Stripe.errors.StripeInvalidRequestError, { statusCode: 404, code: 'resource_missing' }, 'B retrieves A\'s meter');
-  await expectStripeError(t, b.billing.meters.update(meterA.id, { display_name: 'hijacked' }), Stripe.errors.StripeInvalidRequestError, { statusCode: 404 }, 'B updates A\'s meter');
-  await expectStripeError(t, b.billing.meters.deactivate(meterA.id), Stripe.errors.StripeInvalidRequestError, { statusCode: 404 }, 'B deactivates A\'s meter');
+  t.same(
+    listB.data.map((m) => m.id),
+    [],
+    "B lists none of A's meters",
+  );
+  await expectStripeError(
+    t,
+    b.billing.meters.retrieve(meterA.id),
+    Stripe.errors.StripeInvalidRequestError,
+    { statusCode: 404, code: 'resource_missing' },
+    "B retrieves A's meter",
+  );
+  await expectStripeError(
+    t,
+    b.billing.meters.update(meterA.id, { display_name: 'hijacked' }),
+    Stripe.errors.StripeInvalidRequestError,
+    { statusCode: 404 },
+    "B updates A's meter",
+  );
+  await expectStripeError(t, b.billing.meters.deactivate(meterA.id), Stripe.errors.StripeInvalidRequestError, { statusCode: 404 }, "B deactivates A's meter");
   const { start, end } = currentRange();
   await expectStripeError(
     t,
     b.billing.meters.listEventSummaries(meterA.id, { customer: 'cus_iso', start_time: start, end_time: end }),
     Stripe.errors.StripeInvalidRequestError,
     { statusCode: 404 },
-    'B reads A\'s summaries',
+    "B reads A's summaries",
   );
   await expectStripeError(
     t,
     b.billing.meterEvents.create({ event_name: 'auth_iso_only_a', payload: { stripe_customer_id: 'cus_iso', value: '1' } }),
     Stripe.errors.StripeInvalidRequestError,
     { statusCode: 400, code: 'no_meter' },
-    'B cannot send events to A\'s meter',
+    "B cannot send events to A's meter",
   );
   const stillA = await a.billing.meters.retrieve(meterA.id);
-  t.equal(stillA.display_name, 'A', 'A\'s meter is unchanged');
+  t.equal(stillA.display_name, 'A', "A's meter is unchanged");
   t.equal(stillA.status, 'active');
 
   // Event names are per account: B may use the same one.
@@ -404,14 +469,18 @@ t.test('two keys are two accounts that cannot see each other', async (t) => {
       { event_name: 'auth_iso_only_a', payload: { stripe_customer_id: 'cus_iso', value: '1000' } },
     ],
   });
-  const sum = async (c: Stripe, id: string) => (await c.billing.meters.listEventSummaries(id, { customer: 'cus_iso', start_time: start, end_time: end })).data[0]?.aggregated_value;
+  const sum = async (c: Stripe, id: string) =>
+    (await c.billing.meters.listEventSummaries(id, { customer: 'cus_iso', start_time: start, end_time: end })).data[0]?.aggregated_value;
   await eventually(async () => (await sum(b, meterB.id)) === 110, 20_000).catch(() => undefined);
   t.equal(await sum(b, meterB.id), 110, 'B counts its own v1 and stream events');
   t.equal(await sum(a, meterA.id), 1, 'A counts only its own event');
-  t.equal(await sum(a, onlyA.id), 0, 'B\'s stream event for A\'s event name did not reach A');
+  t.equal(await sum(a, onlyA.id), 0, "B's stream event for A's event name did not reach A");
 
   const listA = await a.billing.meters.list({ limit: 100 });
-  t.notOk(listA.data.some((m) => m.id === meterB.id), 'A does not list B\'s meter');
+  t.notOk(
+    listA.data.some((m) => m.id === meterB.id),
+    "A does not list B's meter",
+  );
   const sessionA = await a.v2.billing.meterEventSession.create();
   t.not(sessionA.authentication_token, tokenB);
 });

@@ -80,7 +80,11 @@ t.test('events and webhooks end to end', async (t) => {
     t.equal((deleted.data[0].data.object as Stripe.Customer).name, 'Ada L.');
 
     const all = await stripe.events.list({ limit: 3 });
-    t.same(all.data.map((e) => e.type), ['customer.deleted', 'customer.updated', 'customer.created'], 'newest first');
+    t.same(
+      all.data.map((e) => e.type),
+      ['customer.deleted', 'customer.updated', 'customer.created'],
+      'newest first',
+    );
     t.ok(all.data[0].created >= all.data[2].created);
 
     const got = await stripe.events.retrieve(ue.id);
@@ -118,9 +122,15 @@ t.test('events and webhooks end to end', async (t) => {
     t.equal((pd.data.object as Stripe.Product).id, prod2.id);
 
     const products = await stripe.events.list({ type: 'product.*', limit: 10 });
-    t.same(products.data.map((e) => e.type), ['product.deleted', 'product.created', 'product.updated', 'product.created']);
+    t.same(
+      products.data.map((e) => e.type),
+      ['product.deleted', 'product.created', 'product.updated', 'product.created'],
+    );
     const several = await stripe.events.list({ types: ['price.created', 'product.deleted'], limit: 10 });
-    t.same(several.data.map((e) => e.type), ['product.deleted', 'price.created']);
+    t.same(
+      several.data.map((e) => e.type),
+      ['product.deleted', 'price.created'],
+    );
     const none = await stripe.events.list({ type: 'invoice.paid' });
     t.same(none.data, []);
 
@@ -128,7 +138,11 @@ t.test('events and webhooks end to end', async (t) => {
     const ids: string[] = [];
     for await (const e of stripe.events.list({ limit: 2 })) ids.push(e.id);
     const page = await stripe.events.list({ limit: 100 });
-    t.same(ids, page.data.map((e) => e.id), 'auto-pagination walks the same newest-first order');
+    t.same(
+      ids,
+      page.data.map((e) => e.id),
+      'auto-pagination walks the same newest-first order',
+    );
     const created = await stripe.events.list({ created: { gte: Math.floor(Date.now() / 1000) + 3600 } });
     t.same(created.data, [], 'created filter in the future: nothing');
 
@@ -138,7 +152,12 @@ t.test('events and webhooks end to end', async (t) => {
   });
 
   await t.test('webhook endpoints CRUD', async (t) => {
-    const we = await stripe.webhookEndpoints.create({ url: 'https://example.com/hook', enabled_events: ['customer.created', 'invoice.paid'], description: 'main', metadata: { k: 'v' } });
+    const we = await stripe.webhookEndpoints.create({
+      url: 'https://example.com/hook',
+      enabled_events: ['customer.created', 'invoice.paid'],
+      description: 'main',
+      metadata: { k: 'v' },
+    });
     t.match(we.id, /^we_test_/);
     t.equal(we.object, 'webhook_endpoint');
     t.match(we.secret!, /^whsec_[0-9A-Za-z]{32}$/);
@@ -158,7 +177,10 @@ t.test('events and webhooks end to end', async (t) => {
     t.equal(up.url, 'https://example.com/other');
     t.equal(up.description, null);
     const list = await stripe.webhookEndpoints.list();
-    t.same(list.data.map((e) => e.id), [we.id]);
+    t.same(
+      list.data.map((e) => e.id),
+      [we.id],
+    );
     t.equal(list.data[0].secret, undefined);
     await expectError(t, stripe.webhookEndpoints.create({ url: 'not a url', enabled_events: ['*'] }), { statusCode: 400, param: 'url' }, 'bad url');
     await expectError(t, stripe.webhookEndpoints.create({ url: 'https://example.com', enabled_events: [] as any }), { statusCode: 400 }, 'no events');
@@ -181,12 +203,23 @@ t.test('events and webhooks end to end', async (t) => {
     await new Promise((r) => setTimeout(r, 500));
     t.equal(rx.got.length, 4, 'exactly the four matching events');
     const events = rx.got.map((g) => verifier.webhooks.constructEvent(g.body, g.signature, we.secret!));
-    t.same(events.map((e) => e.type), ['customer.created', 'customer.updated', 'customer.created', 'customer.updated'], 'in event order');
-    t.same(events.map((e) => (e.data.object as Stripe.Customer).id), [c1.id, c1.id, c2.id, c2.id]);
+    t.same(
+      events.map((e) => e.type),
+      ['customer.created', 'customer.updated', 'customer.created', 'customer.updated'],
+      'in event order',
+    );
+    t.same(
+      events.map((e) => (e.data.object as Stripe.Customer).id),
+      [c1.id, c1.id, c2.id, c2.id],
+    );
     t.same(events[1].data.previous_attributes, { name: 'one' });
     for (const g of rx.got) t.match(g.signature, /^t=\d+,v1=[0-9a-f]{64}$/);
     const listed = (await sB.events.list({ types: ['customer.created', 'customer.updated'] })).data.reverse();
-    t.same(events.map((e) => e.id), listed.map((e) => e.id), 'delivered ids are the recorded events');
+    t.same(
+      events.map((e) => e.id),
+      listed.map((e) => e.id),
+      'delivered ids are the recorded events',
+    );
     t.equal(events[0].pending_webhooks, 1, 'one delivery outstanding when sent');
     await eventually(async () => (await sB.events.retrieve(events[3].id)).pending_webhooks === 0, 5000);
     t.throws(() => verifier.webhooks.constructEvent(rx.got[0].body, rx.got[0].signature, 'whsec_wrong'), 'a wrong secret does not verify');
@@ -208,7 +241,11 @@ t.test('events and webhooks end to end', async (t) => {
     await sC.customers.update(c.id, { name: 'retry me 2' });
     await eventually(async () => rx.got.length >= 4, 20_000);
     const evs = rx.got.map((g) => verifier.webhooks.constructEvent(g.body, g.signature, we.secret!));
-    t.same(evs.map((e) => e.type), ['customer.created', 'customer.created', 'customer.created', 'customer.updated'], 'the first event is retried until accepted; the next one waits for it');
+    t.same(
+      evs.map((e) => e.type),
+      ['customer.created', 'customer.created', 'customer.created', 'customer.updated'],
+      'the first event is retried until accepted; the next one waits for it',
+    );
     t.equal(evs[0].id, evs[1].id);
     t.equal(evs[1].id, evs[2].id);
     const gap1 = rx.got[1].at - rx.got[0].at;

@@ -122,7 +122,11 @@ t.test('usage -> invoice -> finalize -> pay -> balance, with signed webhooks in 
     if (i > last) last = i;
   }
   const created = events.map((e) => e.created);
-  t.same(created, [...created].sort((a, b) => a - b), 'delivered in creation order');
+  t.same(
+    created,
+    [...created].sort((a, b) => a - b),
+    'delivered in creation order',
+  );
   const paidEv = events.find((e) => e.type === 'invoice.paid' && (e.data.object as Stripe.Invoice).id === inv.id)!;
   t.equal((paidEv.data.object as Stripe.Invoice).amount_paid, 33);
 });

@@ -21,7 +21,6 @@ import http from 'node:http';
 import { startServer, tempDir, currentRange, type TestServer } from './helpers/server';
 import { LoadClient, pick, rand, sleep, type Ev, type Req, type Target } from './helpers/load';
 
-
 const EVENT_NAME = 'crash_api_calls';
 const CUSTOMERS = Array.from({ length: 20 }, (_, i) => `cus_crash_${String(i).padStart(2, '0')}`);
 const SENDERS = 8;
@@ -206,7 +205,11 @@ async function scenarioBody(
     } else {
       // The session token issued by the first server still works: the HMAC secret survives restarts.
       const probe = client.newStream(3, false);
-      t.equal(await client.send(agent, target(srv), oldToken, probe, `${phase} old-token probe`), 'acked', `${phase}: the session token issued before the crash is accepted after restart`);
+      t.equal(
+        await client.send(agent, target(srv), oldToken, probe, `${phase} old-token probe`),
+        'acked',
+        `${phase}: the session token issued before the crash is accepted after restart`,
+      );
     }
     token = ci === 0 ? oldToken : await createSession(srv, key);
 
@@ -353,7 +356,9 @@ async function scenarioBody(
     await sleep(250);
   }
   const health = await srv.request('GET', '/healthz', { key: null }).catch((err) => ({ body: String(err) }));
-  t.comment(`${sc.name}: summaries ${matched ? 'matched' : 'did NOT match'} after ${Date.now() - convergeStart} ms; aggregator stats ${JSON.stringify(health.body?.aggregator ?? health.body)}`);
+  t.comment(
+    `${sc.name}: summaries ${matched ? 'matched' : 'did NOT match'} after ${Date.now() - convergeStart} ms; aggregator stats ${JSON.stringify(health.body?.aggregator ?? health.body)}`,
+  );
   t.same(diff(expected, got), [], 'event summaries equal the acknowledged + resent - cancelled totals, per customer (no loss, no double count)');
   if (!matched) t.comment(`${sc.name}: ${diagnose(expected, got, finalCancels)}`);
   if (matched) {

@@ -69,7 +69,11 @@ t.test('customers end to end', async (t) => {
     t.equal(c.name, 'Jenny Rosen');
     t.equal(c.balance, -500);
     t.same(c.address, { city: 'Springfield', country: 'US', line1: '1 Main St', line2: null, postal_code: null, state: null });
-    t.same(c.shipping, { address: { city: null, country: null, line1: '2 Side St', line2: null, postal_code: '12345', state: null }, name: 'Jenny', phone: null });
+    t.same(c.shipping, {
+      address: { city: null, country: null, line1: '2 Side St', line2: null, postal_code: '12345', state: null },
+      name: 'Jenny',
+      phone: null,
+    });
     t.same(c.preferred_locales, ['en', 'fr']);
     t.equal(c.tax_exempt, 'exempt');
     t.equal(c.invoice_prefix, 'JENNY01');
@@ -89,7 +93,12 @@ t.test('customers end to end', async (t) => {
   });
 
   await t.test('validation errors', async (t) => {
-    await expectError(t, stripe.customers.create({ bogus: 1 } as unknown as Stripe.CustomerCreateParams), { ...INVALID, code: 'parameter_unknown', param: 'bogus' }, 'unknown param');
+    await expectError(
+      t,
+      stripe.customers.create({ bogus: 1 } as unknown as Stripe.CustomerCreateParams),
+      { ...INVALID, code: 'parameter_unknown', param: 'bogus' },
+      'unknown param',
+    );
     await expectError(t, stripe.customers.create({ name: 'x'.repeat(257) }), { ...INVALID, param: 'name' }, 'name too long');
     await expectError(t, stripe.customers.create({ balance: 1.5 as number }), { ...INVALID, param: 'balance' }, 'non-integer balance');
     await expectError(t, stripe.customers.create({ tax_exempt: 'sometimes' as 'none' }), { ...INVALID, param: 'tax_exempt' }, 'tax_exempt enum');
@@ -99,8 +108,18 @@ t.test('customers end to end', async (t) => {
     const many: Record<string, string> = {};
     for (let i = 0; i < 51; i++) many[`k${i}`] = 'v';
     await expectError(t, stripe.customers.create({ metadata: many }), { ...INVALID, param: 'metadata' }, '51 metadata keys');
-    await expectError(t, stripe.customers.create({ shipping: { address: { line1: 'x' } } as Stripe.CustomerCreateParams.Shipping }), { ...INVALID, param: 'shipping[name]' }, 'shipping without name');
-    await expectError(t, stripe.customers.retrieve('cus_nope'), { type: 'StripeInvalidRequestError', statusCode: 404, code: 'resource_missing', param: 'id' }, 'retrieve unknown');
+    await expectError(
+      t,
+      stripe.customers.create({ shipping: { address: { line1: 'x' } } as Stripe.CustomerCreateParams.Shipping }),
+      { ...INVALID, param: 'shipping[name]' },
+      'shipping without name',
+    );
+    await expectError(
+      t,
+      stripe.customers.retrieve('cus_nope'),
+      { type: 'StripeInvalidRequestError', statusCode: 404, code: 'resource_missing', param: 'id' },
+      'retrieve unknown',
+    );
     await expectError(t, stripe.customers.update('cus_nope', { name: 'x' }), { statusCode: 404 }, 'update unknown');
   });
 
@@ -118,21 +137,40 @@ t.test('customers end to end', async (t) => {
 
   await t.test('list: pagination, email and created filters (account C)', async (t) => {
     const made: Stripe.Customer[] = [];
-    for (let i = 0; i < 5; i++) made.push(await stripeC.customers.create({ email: i % 2 === 0 ? 'even@example.com' : `odd${i}@example.com`, name: `List ${i}` }));
+    for (let i = 0; i < 5; i++)
+      made.push(await stripeC.customers.create({ email: i % 2 === 0 ? 'even@example.com' : `odd${i}@example.com`, name: `List ${i}` }));
     const newestFirst = made.map((c) => c.id).reverse();
     const first = await stripeC.customers.list({ limit: 2 });
     t.equal(first.object, 'list');
     t.equal(first.url, '/v1/customers');
-    t.same(first.data.map((c) => c.id), newestFirst.slice(0, 2));
+    t.same(
+      first.data.map((c) => c.id),
+      newestFirst.slice(0, 2),
+    );
     t.equal(first.has_more, true);
     const second = await stripeC.customers.list({ limit: 2, starting_after: first.data[1].id });
-    t.same(second.data.map((c) => c.id), newestFirst.slice(2, 4));
+    t.same(
+      second.data.map((c) => c.id),
+      newestFirst.slice(2, 4),
+    );
     const back = await stripeC.customers.list({ limit: 2, ending_before: second.data[0].id });
-    t.same(back.data.map((c) => c.id), newestFirst.slice(0, 2), 'ending_before');
+    t.same(
+      back.data.map((c) => c.id),
+      newestFirst.slice(0, 2),
+      'ending_before',
+    );
     const all = await stripeC.customers.list({ limit: 2 }).autoPagingToArray({ limit: 100 });
-    t.same(all.map((c) => c.id), newestFirst, 'auto-pagination walks every customer');
+    t.same(
+      all.map((c) => c.id),
+      newestFirst,
+      'auto-pagination walks every customer',
+    );
     const even = await stripeC.customers.list({ email: 'even@example.com' });
-    t.same(even.data.map((c) => c.id), [made[4].id, made[2].id, made[0].id], 'email filter');
+    t.same(
+      even.data.map((c) => c.id),
+      [made[4].id, made[2].id, made[0].id],
+      'email filter',
+    );
     const created = made[0].created;
     const none = await stripeC.customers.list({ created: { lt: created } });
     t.same(none.data, [], 'created[lt] before the first excludes all');
@@ -141,7 +179,12 @@ t.test('customers end to end', async (t) => {
     const exact = await stripeC.customers.list({ created: created - 100 });
     t.same(exact.data, [], 'created as an exact second');
     await expectError(t, stripeC.customers.list({ limit: 0 }), { ...INVALID, param: 'limit' }, 'limit 0');
-    await expectError(t, stripeC.customers.list({ created: { gt: 'x' as unknown as number } }), { ...INVALID, param: 'created[gt]' }, 'created[gt] not an integer');
+    await expectError(
+      t,
+      stripeC.customers.list({ created: { gt: 'x' as unknown as number } }),
+      { ...INVALID, param: 'created[gt]' },
+      'created[gt] not an integer',
+    );
   });
 
   await t.test('search', async (t) => {
@@ -152,37 +195,83 @@ t.test('customers end to end', async (t) => {
     const r1 = await stripeB.customers.search({ query: `email:"${tag}@example.com"` });
     t.equal(r1.object, 'search_result');
     t.equal(r1.url, '/v1/customers/search');
-    t.same(r1.data.map((x) => x.id), [a.id], 'exact email');
+    t.same(
+      r1.data.map((x) => x.id),
+      [a.id],
+      'exact email',
+    );
     t.equal(r1.has_more, false);
     t.equal(r1.next_page, null);
     const r2 = await stripeB.customers.search({ query: `name~"searchable"` });
-    t.same(r2.data.map((x) => x.id), [b.id, a.id], 'substring on name, newest first');
+    t.same(
+      r2.data.map((x) => x.id),
+      [b.id, a.id],
+      'substring on name, newest first',
+    );
     const r3 = await stripeB.customers.search({ query: `metadata['tag']:'${tag}' AND -metadata['n']:'2'` });
-    t.same(r3.data.map((x) => x.id), [c.id, a.id], 'metadata with negation');
+    t.same(
+      r3.data.map((x) => x.id),
+      [c.id, a.id],
+      'metadata with negation',
+    );
     const r4 = await stripeB.customers.search({ query: `metadata['n']:'1' OR name:"carol"` });
-    t.same(r4.data.map((x) => x.id), [c.id, a.id], 'OR, case-insensitive exact');
+    t.same(
+      r4.data.map((x) => x.id),
+      [c.id, a.id],
+      'OR, case-insensitive exact',
+    );
     const r5 = await stripeB.customers.search({ query: `email:null AND metadata['tag']:'${tag}'` });
-    t.same(r5.data.map((x) => x.id), [c.id], 'null email');
+    t.same(
+      r5.data.map((x) => x.id),
+      [c.id],
+      'null email',
+    );
     const r6 = await stripeB.customers.search({ query: `created>=${a.created} AND metadata['tag']:'${tag}'`, limit: 2 });
-    t.same(r6.data.map((x) => x.id), [c.id, b.id], 'first page');
+    t.same(
+      r6.data.map((x) => x.id),
+      [c.id, b.id],
+      'first page',
+    );
     t.equal(r6.has_more, true);
     t.type(r6.next_page, 'string');
     const r7 = await stripeB.customers.search({ query: `created>=${a.created} AND metadata['tag']:'${tag}'`, limit: 2, page: r6.next_page! });
-    t.same(r7.data.map((x) => x.id), [a.id], 'second page via next_page');
+    t.same(
+      r7.data.map((x) => x.id),
+      [a.id],
+      'second page via next_page',
+    );
     t.equal(r7.has_more, false);
     const every = await stripeB.customers.search({ query: `metadata['tag']:'${tag}'`, limit: 1 }).autoPagingToArray({ limit: 100 });
-    t.same(every.map((x) => x.id), [c.id, b.id, a.id], 'search auto-pagination');
+    t.same(
+      every.map((x) => x.id),
+      [c.id, b.id, a.id],
+      'search auto-pagination',
+    );
     const counted = await stripeB.customers.search({ query: `metadata['tag']:'${tag}'`, limit: 1, expand: ['total_count'] });
     t.equal(counted.total_count, 3, 'expand[]=total_count');
     await stripeB.customers.del(b.id);
     const afterDelete = await stripeB.customers.search({ query: `metadata['tag']:'${tag}'` });
-    t.same(afterDelete.data.map((x) => x.id), [c.id, a.id], 'deleted customers are not found');
+    t.same(
+      afterDelete.data.map((x) => x.id),
+      [c.id, a.id],
+      'deleted customers are not found',
+    );
 
     await expectError(t, stripeB.customers.search({ query: 'email:jenny' }), { ...INVALID, param: 'query' }, 'unquoted string');
-    await expectError(t, stripeB.customers.search({ query: 'colour:"red"' }), { ...INVALID, param: 'query', message: /unsupported search field/ }, 'unknown field');
+    await expectError(
+      t,
+      stripeB.customers.search({ query: 'colour:"red"' }),
+      { ...INVALID, param: 'query', message: /unsupported search field/ },
+      'unknown field',
+    );
     await expectError(t, stripeB.customers.search({ query: 'name~"ab"' }), { ...INVALID, param: 'query' }, 'short substring');
     await expectError(t, stripeB.customers.search({ query: 'name:"a" AND email:"b" OR phone:"c"' }), { ...INVALID, param: 'query' }, 'mixed AND/OR');
-    await expectError(t, stripeB.customers.search({} as Stripe.CustomerSearchParams), { ...INVALID, param: 'query', code: 'parameter_missing' }, 'missing query');
+    await expectError(
+      t,
+      stripeB.customers.search({} as Stripe.CustomerSearchParams),
+      { ...INVALID, param: 'query', code: 'parameter_missing' },
+      'missing query',
+    );
     await expectError(t, stripeB.customers.search({ query: 'name:"a"', page: 'garbage' }), { ...INVALID, param: 'page' }, 'bad page');
   });
 

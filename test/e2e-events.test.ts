@@ -168,7 +168,9 @@ t.test('meter events end to end', async (t) => {
     );
     await expectError(
       t,
-      server.stripe('mets_forged.token').v2.billing.meterEventStream.create({ events: [{ event_name: m.event_name, payload: { stripe_customer_id: 'cus_s', value: '1' } }] }),
+      server
+        .stripe('mets_forged.token')
+        .v2.billing.meterEventStream.create({ events: [{ event_name: m.event_name, payload: { stripe_customer_id: 'cus_s', value: '1' } }] }),
       { type: 'StripeAuthenticationError', statusCode: 401 },
       'a forged session token',
     );
@@ -180,7 +182,12 @@ t.test('meter events end to end', async (t) => {
     }
     t.equal(await settle(m.id, 'cus_bulk', (v) => v === 5), 5, '500 streamed events of 0.01 sum to exactly 5');
     const tooMany = Array.from({ length: 101 }, () => ({ event_name: m.event_name, payload: { stripe_customer_id: 'cus_s', value: '1' } }));
-    await expectError(t, streamer.v2.billing.meterEventStream.create({ events: tooMany }), { type: 'StripeInvalidRequestError', statusCode: 400 }, '101 events');
+    await expectError(
+      t,
+      streamer.v2.billing.meterEventStream.create({ events: tooMany }),
+      { type: 'StripeInvalidRequestError', statusCode: 400 },
+      '101 events',
+    );
     await expectError(t, streamer.v2.billing.meterEventStream.create({ events: [] }), { type: 'StripeInvalidRequestError', statusCode: 400 }, 'no events');
     t.equal(await totalBeforeSentinel(m, 'cus_s', 15), 15, 'rejected stream requests counted nothing');
   });
@@ -232,7 +239,9 @@ t.test('meter events end to end', async (t) => {
     );
     const session = await stripe.v2.billing.meterEventSession.create();
     const archivedId = uniqueName('archived');
-    await server.stripe(session.authentication_token).v2.billing.meterEventStream.create({ events: [{ event_name: m.event_name, identifier: archivedId, payload }] });
+    await server
+      .stripe(session.authentication_token)
+      .v2.billing.meterEventStream.create({ events: [{ event_name: m.event_name, identifier: archivedId, payload }] });
     const report = await waitForReport(m.id, [archivedId]);
     t.same(report.codesByIdentifier[archivedId], ['archived_meter'], 'the streamed event is reported as archived_meter');
 
@@ -248,13 +257,36 @@ t.test('meter events end to end', async (t) => {
       { what: 'no meter', event_name: uniqueName('nometer'), payload: { stripe_customer_id: 'cus_e', value: '1' }, code: 'no_meter', param: 'event_name' },
       { what: 'no customer', event_name: m.event_name, payload: { value: '1' }, code: 'payload_no_customer_defined', param: 'payload[stripe_customer_id]' },
       { what: 'empty customer', event_name: m.event_name, payload: { stripe_customer_id: '', value: '1' }, code: 'payload_no_customer_defined' },
-      { what: 'customer under the default key of a custom meter', event_name: custom.event_name, payload: { stripe_customer_id: 'cus_e', qty: '1' }, code: 'payload_no_customer_defined', param: 'payload[acct]' },
+      {
+        what: 'customer under the default key of a custom meter',
+        event_name: custom.event_name,
+        payload: { stripe_customer_id: 'cus_e', qty: '1' },
+        code: 'payload_no_customer_defined',
+        param: 'payload[acct]',
+      },
       { what: 'no value', event_name: m.event_name, payload: { stripe_customer_id: 'cus_e' }, code: 'payload_no_value_defined', param: 'payload[value]' },
-      { what: 'value under the default key of a custom meter', event_name: custom.event_name, payload: { acct: 'cus_e', value: '1' }, code: 'payload_no_value_defined', param: 'payload[qty]' },
-      { what: 'non-numeric value', event_name: m.event_name, payload: { stripe_customer_id: 'cus_e', value: 'abc' }, code: 'payload_invalid_value', param: 'payload[value]' },
+      {
+        what: 'value under the default key of a custom meter',
+        event_name: custom.event_name,
+        payload: { acct: 'cus_e', value: '1' },
+        code: 'payload_no_value_defined',
+        param: 'payload[qty]',
+      },
+      {
+        what: 'non-numeric value',
+        event_name: m.event_name,
+        payload: { stripe_customer_id: 'cus_e', value: 'abc' },
+        code: 'payload_invalid_value',
+        param: 'payload[value]',
+      },
       { what: 'exponent value', event_name: m.event_name, payload: { stripe_customer_id: 'cus_e', value: '1e3' }, code: 'payload_invalid_value' },
       { what: 'value with spaces', event_name: m.event_name, payload: { stripe_customer_id: 'cus_e', value: ' 5' }, code: 'payload_invalid_value' },
-      { what: '16 significant digits', event_name: m.event_name, payload: { stripe_customer_id: 'cus_e', value: '1234567890123456' }, code: 'payload_invalid_value' },
+      {
+        what: '16 significant digits',
+        event_name: m.event_name,
+        payload: { stripe_customer_id: 'cus_e', value: '1234567890123456' },
+        code: 'payload_invalid_value',
+      },
     ];
     for (const c of cases) {
       const v1want: ExpectedError = { ...bad, code: c.code };
@@ -310,14 +342,23 @@ t.test('meter events end to end', async (t) => {
       'v1 10 minutes ahead',
     );
     await expectError(t, stripe.v2.billing.meterEvents.create({ event_name: m.event_name, payload, timestamp: iso(nowS() - 36 * DAY) }), bad, 'v2 36 days ago');
-    await expectError(t, stripe.v2.billing.meterEvents.create({ event_name: m.event_name, payload, timestamp: iso(nowS() + 10 * 60) }), bad, 'v2 10 minutes ahead');
+    await expectError(
+      t,
+      stripe.v2.billing.meterEvents.create({ event_name: m.event_name, payload, timestamp: iso(nowS() + 10 * 60) }),
+      bad,
+      'v2 10 minutes ahead',
+    );
     await expectError(t, stripe.v2.billing.meterEvents.create({ event_name: m.event_name, payload, timestamp: 'yesterday' }), bad, 'v2 not a date-time');
 
     const oldTs = nowS() - 34 * DAY;
     const old = await stripe.billing.meterEvents.create({ event_name: m.event_name, payload: { stripe_customer_id: 'cus_ts', value: '2' }, timestamp: oldTs });
     t.equal(old.timestamp, oldTs, '34 days ago is accepted');
     await stripe.billing.meterEvents.create({ event_name: m.event_name, payload: { stripe_customer_id: 'cus_ts', value: '4' }, timestamp: nowS() + 4 * 60 });
-    await stripe.v2.billing.meterEvents.create({ event_name: m.event_name, payload: { stripe_customer_id: 'cus_ts', value: '8' }, timestamp: iso(nowS() - 30 * DAY) });
+    await stripe.v2.billing.meterEvents.create({
+      event_name: m.event_name,
+      payload: { stripe_customer_id: 'cus_ts', value: '8' },
+      timestamp: iso(nowS() - 30 * DAY),
+    });
     t.equal(await totalBeforeSentinel(m, 'cus_ts', 14), 14, 'in-range events counted (2 + 4 + 8), rejected ones not');
   });
 
@@ -339,7 +380,12 @@ t.test('meter events end to end', async (t) => {
     const session = await stripe.v2.billing.meterEventSession.create();
     const streamer = server.stripe(session.authentication_token);
     const k3 = uniqueName('idem-stream');
-    const body = { events: [{ event_name: m.event_name, payload }, { event_name: m.event_name, payload }] };
+    const body = {
+      events: [
+        { event_name: m.event_name, payload },
+        { event_name: m.event_name, payload },
+      ],
+    };
     await streamer.v2.billing.meterEventStream.create(body, { idempotencyKey: k3 });
     await streamer.v2.billing.meterEventStream.create(body, { idempotencyKey: k3 });
     t.equal(await totalBeforeSentinel(m, 'cus_idem', 24), 24, 'v1 + v2 + a 2-event stream batch, each sent twice with one key: 6 + 6 + 12');
@@ -366,7 +412,10 @@ t.test('meter events end to end', async (t) => {
       { type: 'StripeInvalidRequestError', statusCode: 400, code: 'payload_no_customer_defined' },
       'invalid first attempt',
     );
-    const fixed = await stripe.billing.meterEvents.create({ event_name: m.event_name, payload: { stripe_customer_id: 'cus_idem', value: '2' } }, { idempotencyKey: k4 });
+    const fixed = await stripe.billing.meterEvents.create(
+      { event_name: m.event_name, payload: { stripe_customer_id: 'cus_idem', value: '2' } },
+      { idempotencyKey: k4 },
+    );
     t.equal(fixed.payload.value, '2', 'the corrected request with the same key is executed');
     t.equal(await totalBeforeSentinel(m, 'cus_idem', 26), 26, 'and counted once');
   });
@@ -548,7 +597,10 @@ t.test('meter events end to end', async (t) => {
     );
     await expectError(
       t,
-      stripe.v2.billing.meterEventAdjustments.create({ event_name: m.event_name, type: 'cancel' } as unknown as Stripe.V2.Billing.MeterEventAdjustmentCreateParams),
+      stripe.v2.billing.meterEventAdjustments.create({
+        event_name: m.event_name,
+        type: 'cancel',
+      } as unknown as Stripe.V2.Billing.MeterEventAdjustmentCreateParams),
       { type: 'StripeInvalidRequestError', statusCode: 400 },
       'v2 cancel without cancel',
     );
@@ -564,7 +616,12 @@ t.test('meter events end to end', async (t) => {
     const m = await meter('dupmix', { default_aggregation: { formula: 'last' } });
     const T = nowS() - 600;
     const idX = uniqueName('mix-x');
-    await stripe.billing.meterEvents.create({ event_name: m.event_name, identifier: idX, timestamp: T, payload: { stripe_customer_id: 'cus_mix', value: '1' } });
+    await stripe.billing.meterEvents.create({
+      event_name: m.event_name,
+      identifier: idX,
+      timestamp: T,
+      payload: { stripe_customer_id: 'cus_mix', value: '1' },
+    });
     t.equal(await settle(m.id, 'cus_mix', (v) => v === 1), 1, 'the first event is aggregated');
     const session = await stripe.v2.billing.meterEventSession.create();
     await server.stripe(session.authentication_token).v2.billing.meterEventStream.create({
@@ -618,5 +675,4 @@ t.test('meter events end to end', async (t) => {
     t.equal(await totalBeforeSentinel(m, 'cus_d5', 2), 2, 'first customer keeps its event');
     t.equal(await totalBeforeSentinel(m, 'cus_d6', 0), 0, 'the duplicate for another customer is not counted');
   });
-
 });

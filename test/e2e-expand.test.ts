@@ -36,7 +36,11 @@ t.test('expand on billing objects', async (t) => {
 
   let sub: Stripe.Subscription;
   await t.test('subscription customer, latest_invoice, items.data.price.product', async (t) => {
-    sub = await stripe.subscriptions.create({ customer: customer.id, items: [{ price: price.id }], expand: ['customer', 'latest_invoice', 'latest_invoice.customer'] });
+    sub = await stripe.subscriptions.create({
+      customer: customer.id,
+      items: [{ price: price.id }],
+      expand: ['customer', 'latest_invoice', 'latest_invoice.customer'],
+    });
     t.equal((sub.customer as Stripe.Customer).email, 'expand@example.com');
     const inv = sub.latest_invoice as Stripe.Invoice;
     t.equal(inv.object, 'invoice');
@@ -53,7 +57,7 @@ t.test('expand on billing objects', async (t) => {
   await t.test('invoice customer and lines.data.price', async (t) => {
     const inv = await stripe.invoices.retrieve((sub.latest_invoice as Stripe.Invoice).id, { expand: ['customer', 'subscription', 'lines.data.price.product'] });
     t.equal((inv.customer as Stripe.Customer).id, customer.id);
-    t.equal(((inv as unknown as { subscription: Stripe.Subscription }).subscription).id, sub.id);
+    t.equal((inv as unknown as { subscription: Stripe.Subscription }).subscription.id, sub.id);
     const line = inv.lines.data[0] as unknown as { price: Stripe.Price };
     t.equal(line.price.id, price.id);
     t.equal((line.price.product as Stripe.Product).name, 'Seat');
@@ -61,9 +65,13 @@ t.test('expand on billing objects', async (t) => {
 
   await t.test('invoice item customer and price', async (t) => {
     const once = await stripe.prices.create({ product: product.id, currency: 'usd', unit_amount: 900 });
-    const ii = await stripe.invoiceItems.create({ customer: customer.id, pricing: { price: once.id }, expand: ['customer', 'price'] } as Stripe.InvoiceItemCreateParams);
+    const ii = await stripe.invoiceItems.create({
+      customer: customer.id,
+      pricing: { price: once.id },
+      expand: ['customer', 'price'],
+    } as Stripe.InvoiceItemCreateParams);
     t.equal((ii.customer as Stripe.Customer).id, customer.id);
-    t.equal(((ii as unknown as { price: Stripe.Price }).price).id, once.id);
+    t.equal((ii as unknown as { price: Stripe.Price }).price.id, once.id);
   });
 
   await t.test('list data.customer', async (t) => {
@@ -76,7 +84,12 @@ t.test('expand on billing objects', async (t) => {
   });
 
   await t.test('invalid paths are 400 on expand[i]', async (t) => {
-    await expectError(t, stripe.subscriptions.retrieve(sub.id, { expand: ['customer', 'nope'] }), { ...INVALID, param: 'expand[1]', message: 'This property cannot be expanded (nope).' }, 'unknown field');
+    await expectError(
+      t,
+      stripe.subscriptions.retrieve(sub.id, { expand: ['customer', 'nope'] }),
+      { ...INVALID, param: 'expand[1]', message: 'This property cannot be expanded (nope).' },
+      'unknown field',
+    );
     await expectError(t, stripe.prices.retrieve(price.id, { expand: ['currency'] }), { ...INVALID, param: 'expand[0]' }, 'not expandable');
     await expectError(t, stripe.subscriptions.list({ expand: ['customer'] }), { ...INVALID, param: 'expand[0]' }, 'list paths start with data');
   });

@@ -29,9 +29,21 @@ t.test('HTTP/1.1 conformance', async (t) => {
   const streamAuth = { Authorization: `Bearer ${session.authentication_token}`, 'Content-Type': 'application/json' };
   const form = { ...auth, 'Content-Type': 'application/x-www-form-urlencoded' };
   const v1Event = (customer: string, id: string, value = 1) =>
-    rawRequest('POST', '/v1/billing/meter_events', form, `event_name=${meter.event_name}&identifier=${id}&payload[stripe_customer_id]=${customer}&payload[value]=${value}`);
+    rawRequest(
+      'POST',
+      '/v1/billing/meter_events',
+      form,
+      `event_name=${meter.event_name}&identifier=${id}&payload[stripe_customer_id]=${customer}&payload[value]=${value}`,
+    );
   const streamBatch = (customer: string, ids: string[]) =>
-    rawRequest('POST', '/v2/billing/meter_event_stream', streamAuth, JSON.stringify({ events: ids.map((identifier) => ({ event_name: meter.event_name, identifier, payload: { stripe_customer_id: customer, value: '1' } })) }));
+    rawRequest(
+      'POST',
+      '/v2/billing/meter_event_stream',
+      streamAuth,
+      JSON.stringify({
+        events: ids.map((identifier) => ({ event_name: meter.event_name, identifier, payload: { stripe_customer_id: customer, value: '1' } })),
+      }),
+    );
   const health = rawRequest('GET', '/healthz', {});
 
   async function total(customer: string): Promise<number> {
@@ -92,7 +104,10 @@ t.test('HTTP/1.1 conformance', async (t) => {
 
   await t.test('a protocol error answers the requests before it, then itself, then closes; later ones are not stored', async (t) => {
     const customer = uniqueName('cus_err');
-    const data = v1Event(customer, `${customer}-1`) + 'GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nContent-Length: 60\r\n\r\n' + v1Event(customer, `${customer}-2`, 100);
+    const data =
+      v1Event(customer, `${customer}-1`) +
+      'GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nContent-Length: 60\r\n\r\n' +
+      v1Event(customer, `${customer}-2`, 100);
     const ex = await rawExchange(server.port, data, { quietMs: 1000 });
     t.equal(ex.responses.length, 2, 'two answers');
     t.equal(ex.responses[0].status, 200, 'the event before is answered');
@@ -100,14 +115,22 @@ t.test('HTTP/1.1 conformance', async (t) => {
     t.equal(ex.responses[1].headers.connection, 'close', 'Connection: close');
     t.ok(ex.closed, 'closed');
     // A sentinel after everything: once it is counted, the unanswered event would have been too.
-    await stripe.billing.meterEvents.create({ event_name: meter.event_name, identifier: `${customer}-sentinel`, payload: { stripe_customer_id: customer, value: '1000' } });
+    await stripe.billing.meterEvents.create({
+      event_name: meter.event_name,
+      identifier: `${customer}-sentinel`,
+      payload: { stripe_customer_id: customer, value: '1000' },
+    });
     await eventually(async () => (await total(customer)) >= 1000, 10_000, 100);
     t.equal(await total(customer), 1001, 'the request after the error was never read, so never stored');
   });
 
   await t.test('framing', async (t) => {
     let ex = await rawExchange(server.port, 'POST /v1/billing/meters HTTP/1.1\r\nHost: a\r\nContent-Length: 6, 6\r\n\r\nabcdef' + health, {});
-    t.same(ex.responses.map((r) => r.status), [401, 200], 'identical Content-Length values are one length');
+    t.same(
+      ex.responses.map((r) => r.status),
+      [401, 200],
+      'identical Content-Length values are one length',
+    );
     ex = await rawExchange(server.port, 'POST /v2/billing/meter_event_stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n');
     expectErrorObject(t, ex.responses[0], 501, 'Transfer-Encoding: gzip, chunked');
     t.equal(ex.responses[0].json?.error?.code, 'invalid_request_error', 'v2 path: v2 error shape');
@@ -127,7 +150,11 @@ t.test('HTTP/1.1 conformance', async (t) => {
       `6;ext=1\r\n${body.slice(0, 6)}\r\n${(body.length - 6).toString(16)} ; name="v"\r\n${body.slice(6)}\r\n0\r\nX-Trailer: yes\r\n\r\n` +
       health;
     ex = await rawExchange(server.port, chunked, { splits: [40, 150, 170, 171] });
-    t.same(ex.responses.map((r) => r.status), [200, 200], 'chunked body with extensions and a trailer, then the next request');
+    t.same(
+      ex.responses.map((r) => r.status),
+      [200, 200],
+      'chunked body with extensions and a trailer, then the next request',
+    );
     t.equal(ex.responses[0].json?.payload?.value, '4', 'the body was read whole');
     ex = await rawExchange(server.port, 'POST /v1/billing/meters HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n');
     expectErrorObject(t, ex.responses[0], 400, 'bad chunk size');
@@ -163,11 +190,23 @@ t.test('HTTP/1.1 conformance', async (t) => {
       else t.ok(ex.closed, `${what}: connection closed`);
     }
     const put = await rawExchange(server.port, rawRequest('PUT', '/v1/billing/meters', auth) + health);
-    t.same(put.responses.map((r) => r.status), [404, 200], 'PUT (a known method without a route): Stripe\'s 404, and the connection goes on');
+    t.same(
+      put.responses.map((r) => r.status),
+      [404, 200],
+      "PUT (a known method without a route): Stripe's 404, and the connection goes on",
+    );
     const leading = await rawExchange(server.port, '\r\n\r\n' + health);
-    t.same(leading.responses.map((r) => r.status), [200], 'empty lines before a request line are ignored');
+    t.same(
+      leading.responses.map((r) => r.status),
+      [200],
+      'empty lines before a request line are ignored',
+    );
     const absolute = await rawExchange(server.port, `GET http://127.0.0.1:${server.port}/healthz HTTP/1.1\r\nHost: a\r\n\r\n`);
-    t.same(absolute.responses.map((r) => r.status), [200], 'absolute-form target');
+    t.same(
+      absolute.responses.map((r) => r.status),
+      [200],
+      'absolute-form target',
+    );
   });
 
   await t.test('HTTP/1.0, Connection: close, Expect: 100-continue, half-close', async (t) => {
@@ -176,7 +215,11 @@ t.test('HTTP/1.1 conformance', async (t) => {
     t.equal(ex.responses[0]?.headers.connection, 'close', 'and closed');
     t.ok(ex.closed);
     ex = await rawExchange(server.port, 'GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n');
-    t.same(ex.responses.map((r) => r.status), [200, 200], 'HTTP/1.0 keep-alive');
+    t.same(
+      ex.responses.map((r) => r.status),
+      [200, 200],
+      'HTTP/1.0 keep-alive',
+    );
     ex = await rawExchange(server.port, 'GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n' + health);
     t.equal(ex.responses.length, 1, 'nothing after Connection: close is answered (or acted on)');
     t.ok(ex.closed);
@@ -186,7 +229,11 @@ t.test('HTTP/1.1 conformance', async (t) => {
     t.same(ex.interim, [100], '100 Continue before the body');
     t.equal(ex.responses[0]?.status, 401, 'then the final answer');
     ex = await rawExchange(server.port, health + health, { halfClose: true });
-    t.same(ex.responses.map((r) => r.status), [200, 200], 'a client that shuts its side after sending still gets every answer');
+    t.same(
+      ex.responses.map((r) => r.status),
+      [200, 200],
+      'a client that shuts its side after sending still gets every answer',
+    );
     t.ok(ex.closed);
   });
 

@@ -23,15 +23,27 @@ type Item =
 
 const fatalArb: fc.Arbitrary<Item> = fc.oneof(
   fc.constant({ kind: 'fatal', bytes: 'GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nContent-Length: 60\r\n\r\n', status: [400] } as Item),
-  fc.constant({ kind: 'fatal', bytes: 'POST /v2/billing/meter_event_stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n', status: [501] } as Item),
+  fc.constant({
+    kind: 'fatal',
+    bytes: 'POST /v2/billing/meter_event_stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n',
+    status: [501],
+  } as Item),
   fc.constant({ kind: 'fatal', bytes: 'GET /healthz HTTP/1.1\nHost: a\n\n', status: [400] } as Item),
   fc.constant({ kind: 'fatal', bytes: 'GET /healthz HTTP/1.1\r\n\r\n', status: [400] } as Item),
   fc.constant({ kind: 'fatal', bytes: 'GET /healthz HTTP/9.9\r\nHost: a\r\n\r\n', status: [505] } as Item),
-  fc.constant({ kind: 'fatal', bytes: 'POST /v1/billing/meters HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdefg\r\n', status: [400] } as Item),
+  fc.constant({
+    kind: 'fatal',
+    bytes: 'POST /v1/billing/meters HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcdefg\r\n',
+    status: [400],
+  } as Item),
   fc.constant({ kind: 'fatal', bytes: `GET /${'x'.repeat(9000)} HTTP/1.1\r\nHost: a\r\n\r\n`, status: [414] } as Item),
-  fc.string({ minLength: 1, maxLength: 40 }).map((s) => ({ kind: 'fatal', bytes: `GET /healthz HTTP/1.1\r\nHost: a\r\nX-Bad: ${s}\u0000\r\n\r\n`, status: [400] }) as Item),
+  fc
+    .string({ minLength: 1, maxLength: 40 })
+    .map((s) => ({ kind: 'fatal', bytes: `GET /healthz HTTP/1.1\r\nHost: a\r\nX-Bad: ${s}\u0000\r\n\r\n`, status: [400] }) as Item),
   // Random bytes behind a control character: never a method token.
-  fc.uint8Array({ minLength: 1, maxLength: 60 }).map((a) => ({ kind: 'fatal', bytes: '\u0001' + Buffer.from(a).toString('latin1') + '\r\n\r\n', status: [400, 414, 431] }) as Item),
+  fc
+    .uint8Array({ minLength: 1, maxLength: 60 })
+    .map((a) => ({ kind: 'fatal', bytes: '\u0001' + Buffer.from(a).toString('latin1') + '\r\n\r\n', status: [400, 414, 431] }) as Item),
 );
 
 const itemArb: fc.Arbitrary<Item> = fc.oneof(
@@ -58,15 +70,29 @@ t.test('seeded fuzz of the HTTP layer with an exact-count oracle', async (t) => 
   const encode = (item: Item): string => {
     switch (item.kind) {
       case 'batch': {
-        const events = Array.from({ length: item.events }, () => ({ event_name: meter.event_name, identifier: `${customer}-${nextId++}`, payload: { stripe_customer_id: customer, value: '1' } }));
-        return rawRequest('POST', '/v2/billing/meter_event_stream', { Authorization: `Bearer ${session.authentication_token}`, 'Content-Type': 'application/json' }, JSON.stringify({ events }));
+        const events = Array.from({ length: item.events }, () => ({
+          event_name: meter.event_name,
+          identifier: `${customer}-${nextId++}`,
+          payload: { stripe_customer_id: customer, value: '1' },
+        }));
+        return rawRequest(
+          'POST',
+          '/v2/billing/meter_event_stream',
+          { Authorization: `Bearer ${session.authentication_token}`, 'Content-Type': 'application/json' },
+          JSON.stringify({ events }),
+        );
       }
       case 'health':
         return rawRequest('GET', '/healthz', {});
       case 'head':
         return rawRequest('HEAD', '/healthz', {});
       case 'bad-param':
-        return rawRequest('POST', '/v1/billing/meters', { Authorization: `Bearer ${server.key}`, 'Content-Type': 'application/x-www-form-urlencoded' }, 'nonsense=1');
+        return rawRequest(
+          'POST',
+          '/v1/billing/meters',
+          { Authorization: `Bearer ${server.key}`, 'Content-Type': 'application/x-www-form-urlencoded' },
+          'nonsense=1',
+        );
       case 'unknown-method':
         return rawRequest(item.method, '/v1/billing/meters', {});
       case 'fatal':
@@ -108,7 +134,8 @@ t.test('seeded fuzz of the HTTP layer with an exact-count oracle', async (t) => 
   t.ok(requests > 200, `${sequences} sequences, ${requests} answers checked`);
 
   const { start, end } = currentRange();
-  const total = async () => (await stripe.billing.meters.listEventSummaries(meter.id, { customer, start_time: start, end_time: end })).data[0]?.aggregated_value ?? 0;
+  const total = async () =>
+    (await stripe.billing.meters.listEventSummaries(meter.id, { customer, start_time: start, end_time: end })).data[0]?.aggregated_value ?? 0;
   await eventually(async () => (await total()) >= expectedTotal, 15_000, 100).catch(() => undefined);
   // One flush interval more, so that an event counted wrongly (sent after an error) would show.
   await new Promise((r) => setTimeout(r, 600));
@@ -131,7 +158,10 @@ t.test('payload keys named like Object.prototype members are ordinary keys', asy
       customer_mapping: { type: 'by_id', event_payload_key: key },
     });
     const post = (payload: string) =>
-      server.request('POST', '/v2/billing/meter_events', { body: `{"event_name":"${m.event_name}","payload":${payload}}`, headers: { 'content-type': 'application/json' } });
+      server.request('POST', '/v2/billing/meter_events', {
+        body: `{"event_name":"${m.event_name}","payload":${payload}}`,
+        headers: { 'content-type': 'application/json' },
+      });
     const missing = await post('{"value":"1"}');
     t.equal(missing.status, 400, `${key}: an event without the key is refused`);
     t.equal(missing.body?.error?.code, 'payload_no_customer_defined', `${key}: payload_no_customer_defined (${missing.text.slice(0, 160)})`);
@@ -145,7 +175,11 @@ t.test('payload keys named like Object.prototype members are ordinary keys', asy
       body: `{"events":[{"event_name":"${m.event_name}","payload":{"${key}":"${customer}","value":"3"}},{"event_name":"${m.event_name}","payload":{"value":"1000"}}]}`,
     });
     t.equal(streamed.status, 200, `${key}: streamed`);
-    await eventually(async () => ((await stripe.billing.meters.listEventSummaries(m.id, { customer, start_time: start, end_time: end })).data[0]?.aggregated_value ?? 0) >= 5, 10_000, 100).catch(() => undefined);
+    await eventually(
+      async () => ((await stripe.billing.meters.listEventSummaries(m.id, { customer, start_time: start, end_time: end })).data[0]?.aggregated_value ?? 0) >= 5,
+      10_000,
+      100,
+    ).catch(() => undefined);
     const summary = await stripe.billing.meters.listEventSummaries(m.id, { customer, start_time: start, end_time: end });
     t.equal(summary.data[0]?.aggregated_value, 5, `${key}: counted for the customer named under the key (2 + 3), the keyless stream event not at all`);
     const wrong = await stripe.billing.meters.listEventSummaries(m.id, { customer: '[object Object]', start_time: start, end_time: end });

@@ -36,14 +36,22 @@ function clientFor(s: TestServer, key: string, port = s.port): Stripe {
 const postForm = (path: string, body: string, idempotencyKey?: string, key?: string, s: TestServer = server) =>
   s.request('POST', path, { body, headers: { ...FORM, ...(idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }) }, key });
 const postJson = (path: string, body: unknown, idempotencyKey?: string, key?: string, s: TestServer = server) =>
-  s.request('POST', path, { body: JSON.stringify(body), headers: { ...JSON_CT, ...(idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }) }, key });
+  s.request('POST', path, {
+    body: JSON.stringify(body),
+    headers: { ...JSON_CT, ...(idempotencyKey === undefined ? {} : { 'idempotency-key': idempotencyKey }) },
+    key,
+  });
 
 /** A v1 (error.type) or v2 (error.code) idempotency_error. */
 function expectIdempotencyError(t: tap.Test, res: Res, flavor: 'v1' | 'v2', label: string): void {
   t.equal(res.status, 400, `${label}: 400 (got ${res.status} ${res.text.slice(0, 250)})`);
   if (flavor === 'v1') t.equal(res.body?.error?.type, 'idempotency_error', `${label}: error.type`);
   else t.equal(res.body?.error?.code, 'idempotency_error', `${label}: error.code`);
-  t.match(res.body?.error?.message ?? '', /^Keys for idempotent requests can only be used with the same parameters they were first used with/, `${label}: message`);
+  t.match(
+    res.body?.error?.message ?? '',
+    /^Keys for idempotent requests can only be used with the same parameters they were first used with/,
+    `${label}: message`,
+  );
   t.equal(res.headers.get('idempotent-replayed'), null, `${label}: not a replay`);
 }
 
@@ -212,7 +220,7 @@ t.test('keys are per account', async (t) => {
   t.equal(a.status, 200, a.text);
   t.equal(b.status, 200, b.text);
   t.not(b.body.id, a.body.id, 'B gets its own meter');
-  t.equal(b.headers.get('idempotent-replayed'), null, 'not a replay of A\'s response');
+  t.equal(b.headers.get('idempotent-replayed'), null, "not a replay of A's response");
   t.same(await metersNamed('idem_account', KEY_A), [a.body.id]);
   t.same(await metersNamed('idem_account', KEY_B), [b.body.id]);
   // A different body from B with A's key is not a mismatch either.
@@ -226,7 +234,7 @@ t.test('keys are per account', async (t) => {
   t.equal((await postForm('/v1/billing/meter_events', 'event_name=idem_account&payload[stripe_customer_id]=cus_a&payload[value]=1', key3, KEY_A)).status, 200);
   const b3 = await postForm('/v1/billing/meter_events', 'event_name=idem_account&payload[stripe_customer_id]=cus_b&payload[value]=2', key3, KEY_B);
   t.equal(b3.status, 200, b3.text);
-  t.equal(b3.body.payload.stripe_customer_id, 'cus_b', 'B\'s own event, not A\'s replay');
+  t.equal(b3.body.payload.stripe_customer_id, 'cus_b', "B's own event, not A's replay");
   t.equal(b3.headers.get('idempotent-replayed'), null);
 });
 
@@ -251,7 +259,9 @@ t.test('GET ignores the Idempotency-Key', async (t) => {
   const get = await server.request('GET', `/v1/billing/meters/${created.id}`, { headers: { 'idempotency-key': key } });
   t.equal(get.status, 200);
   t.equal(get.body.id, created.id);
-  const summaries = await server.request('GET', `/v1/billing/meters/${created.id}/event_summaries?customer=c&start_time=0&end_time=60`, { headers: { 'idempotency-key': key } });
+  const summaries = await server.request('GET', `/v1/billing/meters/${created.id}/event_summaries?customer=c&start_time=0&end_time=60`, {
+    headers: { 'idempotency-key': key },
+  });
   t.equal(summaries.status, 200, summaries.text);
   t.equal(summaries.body.object, 'list');
 });
@@ -276,7 +286,10 @@ t.test('Idempotency-Key longer than 255 characters: 400', async (t) => {
   t.equal(stream.status, 400, 'stream');
   await expectStripeError(
     t,
-    clientFor(server, KEY_A).billing.meters.create({ display_name: 'x', event_name: 'idem_long', default_aggregation: { formula: 'sum' } }, { idempotencyKey: long }),
+    clientFor(server, KEY_A).billing.meters.create(
+      { display_name: 'x', event_name: 'idem_long', default_aggregation: { formula: 'sum' } },
+      { idempotencyKey: long },
+    ),
     Stripe.errors.StripeInvalidRequestError,
     { statusCode: 400 },
     'client',
@@ -304,10 +317,18 @@ t.test('meter event endpoints: replay, counted once; mismatch is an idempotency_
   t.equal(a2.headers.get('idempotent-replayed'), 'true');
   t.equal(a2.body.identifier, a1.body.identifier, 'the same identifier');
   t.equal(a2.text, a1.text, 'byte-identical body');
-  expectIdempotencyError(t, await postForm('/v1/billing/meter_events', v1Body.replace('value]=5', 'value]=6'), ik('ev-v1')), 'v1', 'v1 meter event, other value');
+  expectIdempotencyError(
+    t,
+    await postForm('/v1/billing/meter_events', v1Body.replace('value]=5', 'value]=6'), ik('ev-v1')),
+    'v1',
+    'v1 meter event, other value',
+  );
   await expectStripeError(
     t,
-    clientFor(server, KEY_A).billing.meterEvents.create({ event_name: 'idem_events', payload: { stripe_customer_id: customer, value: '7' } }, { idempotencyKey: ik('ev-v1') }),
+    clientFor(server, KEY_A).billing.meterEvents.create(
+      { event_name: 'idem_events', payload: { stripe_customer_id: customer, value: '7' } },
+      { idempotencyKey: ik('ev-v1') },
+    ),
     Stripe.errors.StripeIdempotencyError,
     { statusCode: 400 },
     'client v1 meter event, other body',
@@ -325,7 +346,8 @@ t.test('meter event endpoints: replay, counted once; mismatch is an idempotency_
   // Stream: events without identifiers.
   const token = (await postJson('/v2/billing/meter_event_session', {})).body.authentication_token;
   const streamBody = JSON.stringify({ events: [{ event_name: 'idem_events', payload: { stripe_customer_id: customer, value: '300' } }] });
-  const stream = (body: string) => server.request('POST', '/v2/billing/meter_event_stream', { key: token, body, headers: { ...JSON_CT, 'idempotency-key': ik('ev-stream') } });
+  const stream = (body: string) =>
+    server.request('POST', '/v2/billing/meter_event_stream', { key: token, body, headers: { ...JSON_CT, 'idempotency-key': ik('ev-stream') } });
   const c1 = await stream(streamBody);
   const c2 = await stream(streamBody);
   t.equal(c1.status, 200, c1.text);
@@ -339,7 +361,12 @@ t.test('meter event endpoints: replay, counted once; mismatch is an idempotency_
   t.equal((await postForm('/v1/billing/meter_event_adjustments', adj, ik('adj'))).status, 200);
   const adj2 = await postForm('/v1/billing/meter_event_adjustments', adj, ik('adj'));
   t.equal(adj2.headers.get('idempotent-replayed'), 'true');
-  expectIdempotencyError(t, await postForm('/v1/billing/meter_event_adjustments', adj.replace('does-not', 'really-does-not'), ik('adj')), 'v1', 'adjustment, other body');
+  expectIdempotencyError(
+    t,
+    await postForm('/v1/billing/meter_event_adjustments', adj.replace('does-not', 'really-does-not'), ik('adj')),
+    'v1',
+    'adjustment, other body',
+  );
 
   t.equal(await settledTotal(server, KEY_A, 'idem_events', meter.id, customer), 325, 'each event counted once: 5 + 20 + 300');
 });
@@ -379,7 +406,11 @@ t.test('a validation failure is not saved: the fixed request with the same key s
   t.equal(v2Ok.status, 200, v2Ok.text);
   const token = (await postJson('/v2/billing/meter_event_session', {})).body.authentication_token;
   const sKey = ik('fix-stream');
-  const sBad = await server.request('POST', '/v2/billing/meter_event_stream', { key: token, body: JSON.stringify({ events: [] }), headers: { ...JSON_CT, 'idempotency-key': sKey } });
+  const sBad = await server.request('POST', '/v2/billing/meter_event_stream', {
+    key: token,
+    body: JSON.stringify({ events: [] }),
+    headers: { ...JSON_CT, 'idempotency-key': sKey },
+  });
   t.equal(sBad.status, 400);
   const sOk = await server.request('POST', '/v2/billing/meter_event_stream', {
     key: token,
@@ -393,12 +424,18 @@ t.test('a validation failure is not saved: the fixed request with the same key s
   const stripe = clientFor(server, KEY_A);
   await expectStripeError(
     t,
-    stripe.billing.meters.create({ display_name: 'x', event_name: 'idem_fix_client', default_aggregation: { formula: 'median' as any } }, { idempotencyKey: ik('fix-client') }),
+    stripe.billing.meters.create(
+      { display_name: 'x', event_name: 'idem_fix_client', default_aggregation: { formula: 'median' as any } },
+      { idempotencyKey: ik('fix-client') },
+    ),
     Stripe.errors.StripeInvalidRequestError,
     { statusCode: 400 },
     'client: invalid formula',
   );
-  const m = await stripe.billing.meters.create({ display_name: 'x', event_name: 'idem_fix_client', default_aggregation: { formula: 'sum' } }, { idempotencyKey: ik('fix-client') });
+  const m = await stripe.billing.meters.create(
+    { display_name: 'x', event_name: 'idem_fix_client', default_aggregation: { formula: 'sum' } },
+    { idempotencyKey: ik('fix-client') },
+  );
   t.equal(m.event_name, 'idem_fix_client');
 });
 
@@ -528,7 +565,13 @@ t.test('the official client retries a lost response with the same Idempotency-Ke
 
   // Stream, with a session token.
   const session = await viaProxy.v2.billing.meterEventSession.create();
-  const streamClient = new Stripe(session.authentication_token, { host: '127.0.0.1', port: proxy.port, protocol: 'http', telemetry: false, maxNetworkRetries: 2 });
+  const streamClient = new Stripe(session.authentication_token, {
+    host: '127.0.0.1',
+    port: proxy.port,
+    protocol: 'http',
+    telemetry: false,
+    maxNetworkRetries: 2,
+  });
   await streamClient.v2.billing.meterEventStream.create({ events: [{ event_name: 'idem_retry', payload: { stripe_customer_id: customer, value: '500' } }] });
   const streamCalls = proxy.seen.filter((s) => s.path === '/v2/billing/meter_event_stream');
   t.equal(streamCalls.length, 2);
@@ -568,7 +611,10 @@ t.test('idempotency survives a server restart', async (t) => {
   t.equal(replay.text, first.text);
   expectIdempotencyError(t, await postForm('/v1/billing/meters', meterBody('idem_restart', 'Other'), meterKey), 'v1', 'mismatch after the restart');
   t.same(await metersNamed('idem_restart'), [first.body.id], 'still one meter');
-  const viaClient = await clientFor(server, KEY_A).billing.meters.create({ display_name: 'idem_restart', event_name: 'idem_restart', default_aggregation: { formula: 'sum' } }, { idempotencyKey: meterKey });
+  const viaClient = await clientFor(server, KEY_A).billing.meters.create(
+    { display_name: 'idem_restart', event_name: 'idem_restart', default_aggregation: { formula: 'sum' } },
+    { idempotencyKey: meterKey },
+  );
   t.equal(viaClient.id, first.body.id, 'client replay after the restart');
 
   // Meter events retried after the restart with the same key (and no identifier): the same derived identifier, so the

@@ -7,7 +7,6 @@ import type Stripe from 'stripe';
 import { startServer, eventually, currentRange } from './helpers/server';
 import { uniqueName, expectError, type ExpectedError } from './helpers/assertions';
 
-
 const KEY_A = 'sk_test_meters_a_' + Math.random().toString(36).slice(2, 10);
 const KEY_B = 'sk_test_meters_b_' + Math.random().toString(36).slice(2, 10);
 const KEY_C = 'sk_test_meters_c_' + Math.random().toString(36).slice(2, 10);
@@ -107,26 +106,48 @@ t.test('billing meters end to end', async (t) => {
   await t.test('list: limit, manual and automatic pagination, status filter (own account C)', async (t) => {
     const created: Stripe.Billing.Meter[] = [];
     for (let i = 0; i < 5; i++) {
-      created.push(await stripeC.billing.meters.create({ display_name: `List ${i}`, event_name: uniqueName(`list${i}`), default_aggregation: { formula: 'sum' } }));
+      created.push(
+        await stripeC.billing.meters.create({ display_name: `List ${i}`, event_name: uniqueName(`list${i}`), default_aggregation: { formula: 'sum' } }),
+      );
     }
     const newestFirst = created.map((m) => m.id).reverse();
 
     const first = await stripeC.billing.meters.list({ limit: 2 });
     t.equal(first.object, 'list');
     t.equal(first.url, '/v1/billing/meters');
-    t.same(first.data.map((m) => m.id), newestFirst.slice(0, 2), 'first page: the two newest meters');
+    t.same(
+      first.data.map((m) => m.id),
+      newestFirst.slice(0, 2),
+      'first page: the two newest meters',
+    );
     t.equal(first.has_more, true, 'has_more on the first page');
     const second = await stripeC.billing.meters.list({ limit: 2, starting_after: first.data[1].id });
-    t.same(second.data.map((m) => m.id), newestFirst.slice(2, 4), 'second page via starting_after');
+    t.same(
+      second.data.map((m) => m.id),
+      newestFirst.slice(2, 4),
+      'second page via starting_after',
+    );
     t.equal(second.has_more, true);
     const third = await stripeC.billing.meters.list({ limit: 2, starting_after: second.data[1].id });
-    t.same(third.data.map((m) => m.id), newestFirst.slice(4), 'last page');
+    t.same(
+      third.data.map((m) => m.id),
+      newestFirst.slice(4),
+      'last page',
+    );
     t.equal(third.has_more, false, 'no more after the last page');
     const back = await stripeC.billing.meters.list({ limit: 2, ending_before: third.data[0].id });
-    t.same(back.data.map((m) => m.id), newestFirst.slice(2, 4), 'ending_before goes back one page');
+    t.same(
+      back.data.map((m) => m.id),
+      newestFirst.slice(2, 4),
+      'ending_before goes back one page',
+    );
 
     const all = await stripeC.billing.meters.list({ limit: 2 }).autoPagingToArray({ limit: 100 });
-    t.same(all.map((m) => m.id), newestFirst, 'autoPagingToArray walks every page, newest first');
+    t.same(
+      all.map((m) => m.id),
+      newestFirst,
+      'autoPagingToArray walks every page, newest first',
+    );
     const iterated: string[] = [];
     for await (const m of stripeC.billing.meters.list({ limit: 1 })) iterated.push(m.id);
     t.same(iterated, newestFirst, 'for await with limit 1 walks every meter once');
@@ -139,10 +160,18 @@ t.test('billing meters end to end', async (t) => {
     await stripeC.billing.meters.deactivate(created[1].id);
     await stripeC.billing.meters.deactivate(created[3].id);
     const inactive = await stripeC.billing.meters.list({ status: 'inactive' });
-    t.same(inactive.data.map((m) => m.id), [created[3].id, created[1].id], 'status=inactive lists only deactivated meters');
+    t.same(
+      inactive.data.map((m) => m.id),
+      [created[3].id, created[1].id],
+      'status=inactive lists only deactivated meters',
+    );
     t.ok(inactive.data.every((m) => m.status === 'inactive'));
     const active = await stripeC.billing.meters.list({ status: 'active', limit: 1 }).autoPagingToArray({ limit: 100 });
-    t.same(active.map((m) => m.id), [created[4].id, created[2].id, created[0].id], 'status=active with auto-pagination');
+    t.same(
+      active.map((m) => m.id),
+      [created[4].id, created[2].id, created[0].id],
+      'status=active with auto-pagination',
+    );
 
     await expectError(t, stripeC.billing.meters.list({ limit: 0 }), { type: 'StripeInvalidRequestError', statusCode: 400, param: 'limit' }, 'limit 0');
     await expectError(t, stripeC.billing.meters.list({ limit: 101 }), { type: 'StripeInvalidRequestError', statusCode: 400, param: 'limit' }, 'limit 101');
@@ -164,7 +193,8 @@ t.test('billing meters end to end', async (t) => {
     const eventName = uniqueName('lifecycle');
     const m = await stripe.billing.meters.create({ display_name: 'Lifecycle', event_name: eventName, default_aggregation: { formula: 'sum' } });
     const { start, end } = currentRange();
-    const usage = async () => (await stripe.billing.meters.listEventSummaries(m.id, { customer: 'cus_life', start_time: start, end_time: end })).data[0]?.aggregated_value;
+    const usage = async () =>
+      (await stripe.billing.meters.listEventSummaries(m.id, { customer: 'cus_life', start_time: start, end_time: end })).data[0]?.aggregated_value;
     await stripe.billing.meterEvents.create({ event_name: eventName, payload: { stripe_customer_id: 'cus_life', value: '4' } });
     await eventually(async () => (await usage()) === 4, 10_000, 50);
     const before = nowS();
@@ -217,7 +247,11 @@ t.test('billing meters end to end', async (t) => {
       'one event per lifecycle change',
     );
     const onlyCreated = await stripe.v2.core.events.list({ object_id: m.id, types: ['v1.billing.meter.created'] });
-    t.same(onlyCreated.data.map((e) => e.type), ['v1.billing.meter.created'], 'types filter');
+    t.same(
+      onlyCreated.data.map((e) => e.type),
+      ['v1.billing.meter.created'],
+      'types filter',
+    );
     const one = await stripe.v2.core.events.retrieve(onlyCreated.data[0].id);
     t.equal(one.id, onlyCreated.data[0].id);
     t.equal(one.type, 'v1.billing.meter.created');
@@ -233,7 +267,11 @@ t.test('billing meters end to end', async (t) => {
       'second meter with the same event_name',
     );
     const all = await stripe.billing.meters.list({ limit: 100 }).autoPagingToArray({ limit: 1000 });
-    t.same(all.filter((x) => x.event_name === eventName).map((x) => x.id), [m.id], 'only the first meter exists');
+    t.same(
+      all.filter((x) => x.event_name === eventName).map((x) => x.id),
+      [m.id],
+      'only the first meter exists',
+    );
   });
 
   await t.test('unknown meter ids are 404 resource_missing', async (t) => {
@@ -279,7 +317,10 @@ t.test('billing meters end to end', async (t) => {
       await expectError(t, stripe.billing.meters.create(params as unknown as Stripe.Billing.MeterCreateParams), want, `invalid ${String(param)}`);
     }
     const all = await stripe.billing.meters.list({ limit: 100 }).autoPagingToArray({ limit: 1000 });
-    t.notOk(all.some((m) => m.event_name === base.event_name), 'no meter was created by the rejected requests');
+    t.notOk(
+      all.some((m) => m.event_name === base.event_name),
+      'no meter was created by the rejected requests',
+    );
     // And the name is still free.
     const ok = await stripe.billing.meters.create(base);
     t.equal(ok.event_name, base.event_name, 'the event_name can still be used');
@@ -297,7 +338,10 @@ t.test('billing meters end to end', async (t) => {
     const { start, end } = currentRange();
     await expectError(t, stripeB.billing.meters.listEventSummaries(mA.id, { customer, start_time: start, end_time: end }), notFound, "B reads A's summaries");
     const listB = await stripeB.billing.meters.list({ limit: 100 }).autoPagingToArray({ limit: 1000 });
-    t.notOk(listB.some((m) => m.id === mA.id), "B's list does not include A's meter");
+    t.notOk(
+      listB.some((m) => m.id === mA.id),
+      "B's list does not include A's meter",
+    );
     await expectError(
       t,
       stripeB.billing.meterEvents.create({ event_name: eventName, payload: { stripe_customer_id: customer, value: '1' } }),

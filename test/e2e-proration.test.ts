@@ -20,7 +20,12 @@ t.test('proration of licensed items', async (t) => {
   const basic = await stripe.prices.create({ currency: 'usd', product: product.id, unit_amount: 1000, recurring: { interval: 'day' } });
   const premium = await stripe.prices.create({ currency: 'usd', product: product.id, unit_amount: 2400, recurring: { interval: 'day' } });
   const meter = await stripe.billing.meters.create({ display_name: 'Calls', event_name: uniqueName('pr'), default_aggregation: { formula: 'sum' } });
-  const metered = await stripe.prices.create({ currency: 'usd', product: product.id, unit_amount: 1, recurring: { interval: 'day', usage_type: 'metered', meter: meter.id } });
+  const metered = await stripe.prices.create({
+    currency: 'usd',
+    product: product.id,
+    unit_amount: 1,
+    recurring: { interval: 'day', usage_type: 'metered', meter: meter.id },
+  });
   const clock = await stripe.testHelpers.testClocks.create({ frozen_time: T0 });
   const customer = await stripe.customers.create({ test_clock: clock.id });
   const sub = await stripe.subscriptions.create({ customer: customer.id, items: [{ price: basic.id, quantity: 2 }, { price: metered.id }] });
@@ -30,7 +35,9 @@ t.test('proration of licensed items', async (t) => {
     await eventually(async () => (await stripe.testHelpers.testClocks.retrieve(clock.id)).status === 'ready', 30_000, 100);
   };
   const pending = async () =>
-    (await stripe.invoiceItems.list({ customer: customer.id, pending: true, limit: 100 })).data.filter((ii) => ii.proration).sort((a, b) => a.amount - b.amount);
+    (await stripe.invoiceItems.list({ customer: customer.id, pending: true, limit: 100 })).data
+      .filter((ii) => ii.proration)
+      .sort((a, b) => a.amount - b.amount);
 
   // A quarter into the period: 2 -> 5 seats.
   await advance(T0 + DAY / 4);
@@ -52,7 +59,11 @@ t.test('proration of licensed items', async (t) => {
   await advance(T0 + DAY / 2);
   await stripe.subscriptionItems.update(seat.id, { price: premium.id });
   items = await pending();
-  t.same(items.map((i) => i.amount), [-2500, -1500, 3750, 6000], 'credit 5 x 1000 x 0.5, charge 5 x 2400 x 0.5');
+  t.same(
+    items.map((i) => i.amount),
+    [-2500, -1500, 3750, 6000],
+    'credit 5 x 1000 x 0.5, charge 5 x 2400 x 0.5',
+  );
 
   // proration_behavior none: no items; a metadata-only change: no items.
   await stripe.subscriptions.update(sub.id, { items: [{ id: seat.id, quantity: 6 }], proration_behavior: 'none' });

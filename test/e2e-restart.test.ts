@@ -218,11 +218,13 @@ t.test('a graceful restart keeps keys, meters, summaries, dedup and cancellation
   t.same(await snapshot(server, key, meters), beforeSecond, 'summaries are identical after the second restart');
   for (const r of recoveries(server)) t.equal(r.snapshotOffset, r.storedOffset, `second restart, partition ${r.partition}: nothing to replay`);
   t.equal(
-    (await stream(server, token, [
-      { name: SUM_EVENT, id: 'st-sentinel-1', customer: a, value: 100 },
-      { name: SUM_EVENT, id: 'v1-e3', customer: a, value: 11 },
-      { name: SUM_EVENT, id: 'st-sentinel-2', customer: b, value: 1000 },
-    ])).status,
+    (
+      await stream(server, token, [
+        { name: SUM_EVENT, id: 'st-sentinel-1', customer: a, value: 100 },
+        { name: SUM_EVENT, id: 'v1-e3', customer: a, value: 11 },
+        { name: SUM_EVENT, id: 'st-sentinel-2', customer: b, value: 1000 },
+      ])
+    ).status,
     200,
     'duplicates of events from both earlier runs, plus a new sentinel, accepted',
   );

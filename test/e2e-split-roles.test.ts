@@ -20,7 +20,11 @@ t.test('a meter created on the api process is usable on a gateway at once', { sk
   t.equal(v1.event_name, 'split_roles', 'the gateway validated the v1 event against the new meter');
   const session = await stripe.v2.billing.meterEventSession.create();
   await gateway.stripe(session.authentication_token).v2.billing.meterEventStream.create({
-    events: Array.from({ length: 50 }, (_, i) => ({ event_name: 'split_roles', identifier: `split-${i}`, payload: { stripe_customer_id: 'cus_split', value: '2' } })),
+    events: Array.from({ length: 50 }, (_, i) => ({
+      event_name: 'split_roles',
+      identifier: `split-${i}`,
+      payload: { stripe_customer_id: 'cus_split', value: '2' },
+    })),
   });
   const { start, end } = currentRange();
   await eventually(async () => {

@@ -54,10 +54,18 @@ t.test('usage-based billing cycle on a test clock', async (t) => {
   t.equal(clock.status, 'ready');
   t.equal(clock.name, 'cycle');
   t.same(await stripe.testHelpers.testClocks.retrieve(clock.id), clock);
-  t.ok((await stripe.testHelpers.testClocks.list()).data.some((c) => c.id === clock.id), 'listed');
+  t.ok(
+    (await stripe.testHelpers.testClocks.list()).data.some((c) => c.id === clock.id),
+    'listed',
+  );
   const other = await stripe.testHelpers.testClocks.create({ frozen_time: T0 });
   t.same(await stripe.testHelpers.testClocks.del(other.id), { id: other.id, object: 'test_helpers.test_clock', deleted: true });
-  await expectError(t, stripe.testHelpers.testClocks.retrieve(other.id), { type: 'StripeInvalidRequestError', statusCode: 404, code: 'resource_missing' }, 'deleted clock');
+  await expectError(
+    t,
+    stripe.testHelpers.testClocks.retrieve(other.id),
+    { type: 'StripeInvalidRequestError', statusCode: 404, code: 'resource_missing' },
+    'deleted clock',
+  );
   await expectError(t, stripe.testHelpers.testClocks.advance(clock.id, { frozen_time: T0 - 10 }), { ...INVALID, param: 'frozen_time' }, 'advance backwards');
 
   const customer = await stripe.customers.create({ email: 'c@example.com', test_clock: clock.id });
@@ -66,9 +74,24 @@ t.test('usage-based billing cycle on a test clock', async (t) => {
   await expectError(t, stripe.customers.create({ test_clock: 'clock_nope' }), { statusCode: 404, param: 'test_clock' }, 'unknown clock');
 
   // Subscriptions
-  await expectError(t, stripe.subscriptions.create({ customer: customer.id, items: [{ price: perUnit.id, quantity: 2 }] }), { ...INVALID, param: 'items[0][quantity]' }, 'metered items take no quantity');
-  await expectError(t, stripe.subscriptions.create({ customer: customer.id, items: [{ price: seat.id }, { price: monthly.id }] }), { ...INVALID }, 'mixed intervals');
-  await expectError(t, stripe.subscriptions.create({ customer: 'cus_nope', items: [{ price: seat.id }] }), { statusCode: 404, param: 'customer' }, 'unknown customer');
+  await expectError(
+    t,
+    stripe.subscriptions.create({ customer: customer.id, items: [{ price: perUnit.id, quantity: 2 }] }),
+    { ...INVALID, param: 'items[0][quantity]' },
+    'metered items take no quantity',
+  );
+  await expectError(
+    t,
+    stripe.subscriptions.create({ customer: customer.id, items: [{ price: seat.id }, { price: monthly.id }] }),
+    { ...INVALID },
+    'mixed intervals',
+  );
+  await expectError(
+    t,
+    stripe.subscriptions.create({ customer: 'cus_nope', items: [{ price: seat.id }] }),
+    { statusCode: 404, param: 'customer' },
+    'unknown customer',
+  );
   const sub = await stripe.subscriptions.create({
     customer: customer.id,
     items: [{ price: perUnit.id }, { price: graduated.id }, { price: seat.id, quantity: 2 }],
@@ -115,7 +138,14 @@ t.test('usage-based billing cycle on a test clock', async (t) => {
   });
   const cancelled = uniqueName('cancel');
   await streamer.v2.billing.meterEventStream.create({
-    events: [ev(T0 + 60, '3'), ev(T0 + 3600, '4.5', cancelled), ev(T0 + 7200, '2.25'), ev(T0 + DAY - 120, '0.25'), ev(T0 - 120, '100'), ev(T0 + DAY + 120, '100')],
+    events: [
+      ev(T0 + 60, '3'),
+      ev(T0 + 3600, '4.5', cancelled),
+      ev(T0 + 7200, '2.25'),
+      ev(T0 + DAY - 120, '0.25'),
+      ev(T0 - 120, '100'),
+      ev(T0 + DAY + 120, '100'),
+    ],
   });
   await stripe.billing.meterEventAdjustments.create({ event_name: meter.event_name, type: 'cancel', cancel: { identifier: cancelled } });
 
@@ -278,13 +308,31 @@ t.test('subscriptions without a clock; items; cancel', async (t) => {
   const b = await stripe.prices.create({ currency: 'usd', product: product.id, unit_amount: 300, recurring: { interval: 'month' } });
   const oneTime = await stripe.prices.create({ currency: 'usd', product: product.id, unit_amount: 300 });
   const customer = await stripe.customers.create({});
-  await expectError(t, stripe.subscriptions.create({ customer: customer.id, items: [{ price: oneTime.id }] }), { ...INVALID, param: 'items[0][price]' }, 'one-time price');
+  await expectError(
+    t,
+    stripe.subscriptions.create({ customer: customer.id, items: [{ price: oneTime.id }] }),
+    { ...INVALID, param: 'items[0][price]' },
+    'one-time price',
+  );
   const before = nowS();
   const sub = await stripe.subscriptions.create({ customer: customer.id, items: [{ price: a.id, quantity: 3 }] });
   t.ok(sub.start_date >= before - 1 && sub.start_date <= nowS() + 1, 'real time without a clock');
   const end = sub.items.data[0].current_period_end;
   const d0 = new Date(sub.start_date * 1000);
-  t.equal(end, Math.floor(Date.UTC(d0.getUTCFullYear(), d0.getUTCMonth() + 1, Math.min(d0.getUTCDate(), new Date(Date.UTC(d0.getUTCFullYear(), d0.getUTCMonth() + 2, 0)).getUTCDate()), d0.getUTCHours(), d0.getUTCMinutes(), d0.getUTCSeconds()) / 1000), 'one calendar month');
+  t.equal(
+    end,
+    Math.floor(
+      Date.UTC(
+        d0.getUTCFullYear(),
+        d0.getUTCMonth() + 1,
+        Math.min(d0.getUTCDate(), new Date(Date.UTC(d0.getUTCFullYear(), d0.getUTCMonth() + 2, 0)).getUTCDate()),
+        d0.getUTCHours(),
+        d0.getUTCMinutes(),
+        d0.getUTCSeconds(),
+      ) / 1000,
+    ),
+    'one calendar month',
+  );
   const firstInv = await stripe.invoices.retrieve(sub.latest_invoice as string);
   t.equal(firstInv.total, 2100);
 
@@ -321,10 +369,18 @@ t.test('subscriptions without a clock; items; cancel', async (t) => {
   const after = await stripe.invoices.retrieve(draft.id);
   t.equal(after.total, 2234);
   t.equal(after.lines.data.length, 1);
-  t.same((await stripe.invoiceItems.list({ invoice: draft.id })).data.map((i) => i.id), [x.id]);
+  t.same(
+    (await stripe.invoiceItems.list({ invoice: draft.id })).data.map((i) => i.id),
+    [x.id],
+  );
   await expectError(t, stripe.invoiceItems.create({ customer: customer.id, currency: 'usd' }), { ...INVALID, code: 'parameter_missing' }, 'amount is required');
   const paid = await stripe.invoices.pay(draft.id, { paid_out_of_band: true });
   t.equal(paid.status, 'paid', 'paying a draft finalizes it first');
   t.ok(paid.number !== null);
-  await expectError(t, stripe.invoiceItems.create({ customer: customer.id, currency: 'usd', amount: 1, invoice: draft.id }), { ...INVALID, param: 'invoice' }, 'no items on a paid invoice');
+  await expectError(
+    t,
+    stripe.invoiceItems.create({ customer: customer.id, currency: 'usd', amount: 1, invoice: draft.id }),
+    { ...INVALID, param: 'invoice' },
+    'no items on a paid invoice',
+  );
 });

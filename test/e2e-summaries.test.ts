@@ -156,7 +156,10 @@ t.test('meter event summaries end to end', async (t) => {
 
   await t.test('custom customer and value payload keys', async (t) => {
     const m = await meter('custom', { customer_mapping: { type: 'by_id', event_payload_key: 'account_ref' }, value_settings: { event_payload_key: 'tokens' } });
-    await stripe.billing.meterEvents.create({ event_name: m.event_name, payload: { account_ref: 'cus_ck', tokens: '4', value: '1000', stripe_customer_id: 'cus_other' } });
+    await stripe.billing.meterEvents.create({
+      event_name: m.event_name,
+      payload: { account_ref: 'cus_ck', tokens: '4', value: '1000', stripe_customer_id: 'cus_other' },
+    });
     await stripe.billing.meterEvents.create({ event_name: m.event_name, payload: { account_ref: 'cus_ck', tokens: '0.5' } });
     await flushed(m);
     t.equal(await totalUntil(4.5, m, 'cus_ck'), 4.5, 'values read from payload.tokens, customer from payload.account_ref');
@@ -179,25 +182,52 @@ t.test('meter event summaries end to end', async (t) => {
     await Promise.all([flushed(sum), flushed(count), flushed(last)]);
 
     const range = { start: H, end: H + 4 * HOUR };
-    await checkWindows(t, 'sum per hour, newest first, only windows with usage', [
-      [H + 3 * HOUR, H + 4 * HOUR, 8],
-      [H + HOUR, H + 2 * HOUR, 4],
-      [H, H + HOUR, 3],
-    ], sum, 'cus_h', range, { value_grouping_window: 'hour' });
+    await checkWindows(
+      t,
+      'sum per hour, newest first, only windows with usage',
+      [
+        [H + 3 * HOUR, H + 4 * HOUR, 8],
+        [H + HOUR, H + 2 * HOUR, 4],
+        [H, H + HOUR, 3],
+      ],
+      sum,
+      'cus_h',
+      range,
+      { value_grouping_window: 'hour' },
+    );
     const hourly = await summaries(sum, 'cus_h', range, { value_grouping_window: 'hour' });
     t.equal(hourly.has_more, false);
-    t.ok(hourly.data.every((s) => s.meter === sum.id && s.object === 'billing.meter_event_summary' && /^mtrusg_/.test(s.id)), 'summary objects');
+    t.ok(
+      hourly.data.every((s) => s.meter === sum.id && s.object === 'billing.meter_event_summary' && /^mtrusg_/.test(s.id)),
+      'summary objects',
+    );
     t.equal(new Set(hourly.data.map((s) => s.id)).size, 3, 'distinct summary ids');
-    await checkWindows(t, 'count per hour', [
-      [H + 3 * HOUR, H + 4 * HOUR, 1],
-      [H + HOUR, H + 2 * HOUR, 1],
-      [H, H + HOUR, 2],
-    ], count, 'cus_h', range, { value_grouping_window: 'hour' });
-    await checkWindows(t, 'last per hour', [
-      [H + 3 * HOUR, H + 4 * HOUR, 8],
-      [H + HOUR, H + 2 * HOUR, 4],
-      [H, H + HOUR, 2],
-    ], last, 'cus_h', range, { value_grouping_window: 'hour' });
+    await checkWindows(
+      t,
+      'count per hour',
+      [
+        [H + 3 * HOUR, H + 4 * HOUR, 1],
+        [H + HOUR, H + 2 * HOUR, 1],
+        [H, H + HOUR, 2],
+      ],
+      count,
+      'cus_h',
+      range,
+      { value_grouping_window: 'hour' },
+    );
+    await checkWindows(
+      t,
+      'last per hour',
+      [
+        [H + 3 * HOUR, H + 4 * HOUR, 8],
+        [H + HOUR, H + 2 * HOUR, 4],
+        [H, H + HOUR, 2],
+      ],
+      last,
+      'cus_h',
+      range,
+      { value_grouping_window: 'hour' },
+    );
     t.equal(await totalUntil(15, sum, 'cus_h', range), 15, 'the same range without grouping: end_time is exclusive');
     t.equal(await totalUntil(31, sum, 'cus_h', { start: H, end: H + 5 * HOUR }), 31, 'a wider range includes the boundary event');
     t.equal(await totalUntil(8, last, 'cus_h', range), 8, 'last over the range');
@@ -217,7 +247,11 @@ t.test('meter event summaries end to end', async (t) => {
     const auto = await stripe.billing.meters
       .listEventSummaries(sum.id, { customer: 'cus_h', start_time: range.start, end_time: range.end, value_grouping_window: 'hour', limit: 1 })
       .autoPagingToArray({ limit: 100 });
-    t.same(auto.map((s) => s.aggregated_value), [8, 4, 3], 'autoPagingToArray walks all windows once, newest first');
+    t.same(
+      auto.map((s) => s.aggregated_value),
+      [8, 4, 3],
+      'autoPagingToArray walks all windows once, newest first',
+    );
     const iterated: number[] = [];
     for await (const s of stripe.billing.meters.listEventSummaries(sum.id, {
       customer: 'cus_h',
@@ -243,20 +277,40 @@ t.test('meter event summaries end to end', async (t) => {
     ];
     for (const [ts, v] of events) await send(m, 'cus_day', v, ts);
     await flushed(m);
-    await checkWindows(t, 'sum per UTC day, newest first', [
-      [D + 2 * DAY, D + 3 * DAY, 5],
-      [D + DAY, D + 2 * DAY, 5],
-      [D, D + DAY, 1],
-    ], m, 'cus_day', { start: D, end: D + 3 * DAY }, { value_grouping_window: 'day' });
+    await checkWindows(
+      t,
+      'sum per UTC day, newest first',
+      [
+        [D + 2 * DAY, D + 3 * DAY, 5],
+        [D + DAY, D + 2 * DAY, 5],
+        [D, D + DAY, 1],
+      ],
+      m,
+      'cus_day',
+      { start: D, end: D + 3 * DAY },
+      { value_grouping_window: 'day' },
+    );
     t.equal(await totalUntil(111, m, 'cus_day', { start: D, end: TODAY + DAY }), 111, 'all days together');
-    await checkWindows(t, 'hourly windows inside one day', [
-      [D + DAY + 22 * HOUR, D + DAY + 23 * HOUR, 3],
-      [D + DAY + 2 * HOUR, D + DAY + 3 * HOUR, 2],
-    ], m, 'cus_day', { start: D + DAY, end: D + 2 * DAY }, { value_grouping_window: 'hour' });
+    await checkWindows(
+      t,
+      'hourly windows inside one day',
+      [
+        [D + DAY + 22 * HOUR, D + DAY + 23 * HOUR, 3],
+        [D + DAY + 2 * HOUR, D + DAY + 3 * HOUR, 2],
+      ],
+      m,
+      'cus_day',
+      { start: D + DAY, end: D + 2 * DAY },
+      { value_grouping_window: 'hour' },
+    );
     const auto = await stripe.billing.meters
       .listEventSummaries(m.id, { customer: 'cus_day', start_time: D, end_time: D + 3 * DAY, value_grouping_window: 'day', limit: 1 })
       .autoPagingToArray({ limit: 100 });
-    t.same(auto.map((s) => s.start_time), [D + 2 * DAY, D + DAY, D], 'auto-pagination over days');
+    t.same(
+      auto.map((s) => s.start_time),
+      [D + 2 * DAY, D + DAY, D],
+      'auto-pagination over days',
+    );
   });
 
   await t.test('misaligned, inverted or missing ranges are rejected', async (t) => {
@@ -266,13 +320,38 @@ t.test('meter event summaries end to end', async (t) => {
     const H = THIS_HOUR - 2 * HOUR;
     const D = TODAY - 2 * DAY;
     const call = (params: Partial<Stripe.Billing.MeterListEventSummariesParams>) =>
-      stripe.billing.meters.listEventSummaries(m.id, { customer: 'cus_r', start_time: M, end_time: M + 600, ...params } as Stripe.Billing.MeterListEventSummariesParams);
+      stripe.billing.meters.listEventSummaries(m.id, {
+        customer: 'cus_r',
+        start_time: M,
+        end_time: M + 600,
+        ...params,
+      } as Stripe.Billing.MeterListEventSummariesParams);
     await expectError(t, call({ start_time: M + 30 }), { ...bad, param: 'start_time' }, 'start_time not on a minute');
     await expectError(t, call({ end_time: M + 630 }), { ...bad, param: 'end_time' }, 'end_time not on a minute');
-    await expectError(t, call({ start_time: H + 60, end_time: H + HOUR, value_grouping_window: 'hour' }), { ...bad, param: 'start_time' }, 'hourly start not on an hour');
-    await expectError(t, call({ start_time: H, end_time: H + HOUR + 60, value_grouping_window: 'hour' }), { ...bad, param: 'end_time' }, 'hourly end not on an hour');
-    await expectError(t, call({ start_time: D + HOUR, end_time: D + DAY, value_grouping_window: 'day' }), { ...bad, param: 'start_time' }, 'daily start not on 00:00 UTC');
-    await expectError(t, call({ start_time: D, end_time: D + DAY + HOUR, value_grouping_window: 'day' }), { ...bad, param: 'end_time' }, 'daily end not on 00:00 UTC');
+    await expectError(
+      t,
+      call({ start_time: H + 60, end_time: H + HOUR, value_grouping_window: 'hour' }),
+      { ...bad, param: 'start_time' },
+      'hourly start not on an hour',
+    );
+    await expectError(
+      t,
+      call({ start_time: H, end_time: H + HOUR + 60, value_grouping_window: 'hour' }),
+      { ...bad, param: 'end_time' },
+      'hourly end not on an hour',
+    );
+    await expectError(
+      t,
+      call({ start_time: D + HOUR, end_time: D + DAY, value_grouping_window: 'day' }),
+      { ...bad, param: 'start_time' },
+      'daily start not on 00:00 UTC',
+    );
+    await expectError(
+      t,
+      call({ start_time: D, end_time: D + DAY + HOUR, value_grouping_window: 'day' }),
+      { ...bad, param: 'end_time' },
+      'daily end not on 00:00 UTC',
+    );
     await expectError(t, call({ start_time: M, end_time: M }), { ...bad, param: /^(start_time|end_time)$/ }, 'end_time == start_time');
     await expectError(t, call({ start_time: M + 600, end_time: M }), { ...bad, param: /^(start_time|end_time)$/ }, 'end_time < start_time');
     await expectError(t, call({ value_grouping_window: 'week' as 'day' }), { ...bad, param: 'value_grouping_window' }, 'unknown grouping');
@@ -323,10 +402,18 @@ t.test('meter event summaries end to end', async (t) => {
     await flushed(m);
     const range = { start: H1, end: H2 + HOUR };
     t.equal(await totalUntil(10, m, 'cus_w', range), 10, 'latest-sent in hour 1 (3) + hour 2 (7)');
-    await checkWindows(t, 'per hour', [
-      [H2, H2 + HOUR, 7],
-      [H1, H1 + HOUR, 3],
-    ], m, 'cus_w', range, { value_grouping_window: 'hour' });
+    await checkWindows(
+      t,
+      'per hour',
+      [
+        [H2, H2 + HOUR, 7],
+        [H1, H1 + HOUR, 3],
+      ],
+      m,
+      'cus_w',
+      range,
+      { value_grouping_window: 'hour' },
+    );
     t.equal(await totalUntil(100, m, 'cus_w2', range), 100, 'the other customer keeps its own value');
 
     // A newer event in hour 2 replaces the previous one.
@@ -377,7 +464,7 @@ t.test('meter event summaries end to end', async (t) => {
 
   await t.test('customer ids with unusual characters', async (t) => {
     const m = await meter('chars');
-    const customers = ['cus_ünïcødé_😀', 'cus\\back\\slash', 'cus\ttab', 'cus\nnewline', "cus'quote\"dq", 'cus with spaces', 'cus&amp=%20+'];
+    const customers = ['cus_ünïcødé_😀', 'cus\\back\\slash', 'cus\ttab', 'cus\nnewline', 'cus\'quote"dq', 'cus with spaces', 'cus&amp=%20+'];
     for (let i = 0; i < customers.length; i++) await send(m, customers[i], String(i + 1));
     await send(m, customers[0], '0.5');
     await flushed(m);

@@ -52,7 +52,11 @@ t.test('tax ids and balances end to end', async (t) => {
     const got = await stripe.customers.retrieveTaxId(c.id, vat.id);
     t.same(got, vat);
     const list = await stripe.customers.listTaxIds(c.id, { limit: 100 });
-    t.same(list.data.map((x) => x.id), [gr.id, other.id, gst.id, abn.id, gb.id, ein.id, vat.id], 'newest first');
+    t.same(
+      list.data.map((x) => x.id),
+      [gr.id, other.id, gst.id, abn.id, gb.id, ein.id, vat.id],
+      'newest first',
+    );
 
     const del = await stripe.customers.deleteTaxId(c.id, ein.id);
     t.same({ ...del }, { id: ein.id, object: 'tax_id', deleted: true });
@@ -62,11 +66,19 @@ t.test('tax ids and balances end to end', async (t) => {
     // Another customer's tax id is not reachable through this customer.
     const c2 = await stripe.customers.create();
     await expectError(t, stripe.customers.retrieveTaxId(c2.id, vat.id), { statusCode: 404 }, 'tax id of another customer');
-    await expectError(t, stripe.customers.createTaxId('cus_test_missing', { type: 'eu_vat', value: 'DE123456789' }), { statusCode: 404, code: 'resource_missing' }, 'unknown customer');
+    await expectError(
+      t,
+      stripe.customers.createTaxId('cus_test_missing', { type: 'eu_vat', value: 'DE123456789' }),
+      { statusCode: 404, code: 'resource_missing' },
+      'unknown customer',
+    );
     await expectError(t, stripeB.customers.retrieveTaxId(c.id, vat.id), { statusCode: 404 }, 'other account');
 
     const events = await stripe.events.list({ type: 'customer.tax_id.*', limit: 100 });
-    t.same(events.data.slice(0, 2).map((e) => e.type), ['customer.tax_id.deleted', 'customer.tax_id.created']);
+    t.same(
+      events.data.slice(0, 2).map((e) => e.type),
+      ['customer.tax_id.deleted', 'customer.tax_id.created'],
+    );
     t.equal((events.data[0].data.object as Stripe.TaxId).id, ein.id);
   });
 
@@ -88,7 +100,12 @@ t.test('tax ids and balances end to end', async (t) => {
       t.equal(err?.message, `Invalid value for ${type}.`);
     }
     await expectError(t, stripe.customers.createTaxId(c.id, { type: 'xx_nope' as any, value: '1' }), { statusCode: 400, param: 'type' }, 'unknown type');
-    await expectError(t, stripe.customers.createTaxId(c.id, { type: 'eu_vat' } as any), { statusCode: 400, code: 'parameter_missing', param: 'value' }, 'missing value');
+    await expectError(
+      t,
+      stripe.customers.createTaxId(c.id, { type: 'eu_vat' } as any),
+      { statusCode: 400, code: 'parameter_missing', param: 'value' },
+      'missing value',
+    );
     t.equal((await stripe.customers.listTaxIds(c.id)).data.length, 0, 'nothing was created');
     const ok = await stripe.customers.createTaxId(c.id, { type: 'us_ein', value: '123456789' });
     t.equal(ok.value, '123456789', 'EIN without the dash is valid');
@@ -105,29 +122,52 @@ t.test('tax ids and balances end to end', async (t) => {
     t.equal(owned.customer, c.id);
 
     const selfList = await stripe.taxIds.list();
-    t.same(selfList.data.map((x) => x.id), [self.id], 'default list: the account\'s own tax ids');
+    t.same(
+      selfList.data.map((x) => x.id),
+      [self.id],
+      "default list: the account's own tax ids",
+    );
     const custList = await stripe.taxIds.list({ owner: { type: 'customer', customer: c.id } });
-    t.same(custList.data.map((x) => x.id), [owned.id]);
-    t.same((await stripe.customers.listTaxIds(c.id)).data.map((x) => x.id), [owned.id], 'visible under the customer too');
+    t.same(
+      custList.data.map((x) => x.id),
+      [owned.id],
+    );
+    t.same(
+      (await stripe.customers.listTaxIds(c.id)).data.map((x) => x.id),
+      [owned.id],
+      'visible under the customer too',
+    );
     t.same(await stripe.taxIds.retrieve(self.id), self);
     await expectError(t, stripe.taxIds.create({ type: 'us_ein', value: 'x' }), INVALID_VALUE, 'invalid account tax id');
-    await expectError(t, stripe.taxIds.create({ type: 'us_ein', value: '12-3456789', owner: { type: 'customer', customer: 'cus_test_missing' } }), { statusCode: 404 }, 'unknown owner customer');
+    await expectError(
+      t,
+      stripe.taxIds.create({ type: 'us_ein', value: '12-3456789', owner: { type: 'customer', customer: 'cus_test_missing' } }),
+      { statusCode: 404 },
+      'unknown owner customer',
+    );
     const del = await stripe.taxIds.del(self.id);
     t.equal(del.deleted, true);
     t.same((await stripe.taxIds.list()).data, []);
     const events = await stripe.events.list({ types: ['tax_id.created', 'tax_id.deleted'] });
-    t.same(events.data.map((e) => e.type), ['tax_id.deleted', 'tax_id.created']);
+    t.same(
+      events.data.map((e) => e.type),
+      ['tax_id.deleted', 'tax_id.created'],
+    );
   });
 
   await t.test('account balance and balance transactions', async (t) => {
     const bal = await stripe.balance.retrieve();
-    t.same({ ...bal }, {
-      object: 'balance',
-      available: [{ amount: 0, currency: 'usd', source_types: { card: 0 } }],
-      connect_reserved: [{ amount: 0, currency: 'usd' }],
-      livemode: false,
-      pending: [{ amount: 0, currency: 'usd', source_types: { card: 0 } }],
-    }, 'a fresh account: usd 0, like Stripe');
+    t.same(
+      { ...bal },
+      {
+        object: 'balance',
+        available: [{ amount: 0, currency: 'usd', source_types: { card: 0 } }],
+        connect_reserved: [{ amount: 0, currency: 'usd' }],
+        livemode: false,
+        pending: [{ amount: 0, currency: 'usd', source_types: { card: 0 } }],
+      },
+      'a fresh account: usd 0, like Stripe',
+    );
     const list = await stripe.balanceTransactions.list();
     t.same(list.data, []);
     await expectError(t, stripe.balanceTransactions.retrieve('txn_test_missing'), { statusCode: 404, code: 'resource_missing' }, 'unknown balance transaction');
@@ -138,7 +178,12 @@ t.test('tax ids and balances end to end', async (t) => {
 
   await t.test('customer balance transactions', async (t) => {
     const c = await stripe.customers.create({ name: 'Credit' });
-    const credit = await stripe.customers.createBalanceTransaction(c.id, { amount: -1500, currency: 'usd', description: 'Goodwill credit', metadata: { ticket: 'T-1' } });
+    const credit = await stripe.customers.createBalanceTransaction(c.id, {
+      amount: -1500,
+      currency: 'usd',
+      description: 'Goodwill credit',
+      metadata: { ticket: 'T-1' },
+    });
     t.match(credit.id, /^cbtxn_test_/);
     t.equal(credit.object, 'customer_balance_transaction');
     t.equal(credit.amount, -1500);
@@ -159,21 +204,42 @@ t.test('tax ids and balances end to end', async (t) => {
     cust = (await stripe.customers.retrieve(c.id)) as Stripe.Customer;
     t.equal(cust.balance, -1100);
 
-    await expectError(t, stripe.customers.createBalanceTransaction(c.id, { amount: 100, currency: 'eur' }), { statusCode: 400, param: 'currency' }, 'other currency');
+    await expectError(
+      t,
+      stripe.customers.createBalanceTransaction(c.id, { amount: 100, currency: 'eur' }),
+      { statusCode: 400, param: 'currency' },
+      'other currency',
+    );
     await expectError(t, stripe.customers.createBalanceTransaction(c.id, { amount: 0, currency: 'usd' }), { statusCode: 400, param: 'amount' }, 'zero amount');
-    await expectError(t, stripe.customers.createBalanceTransaction('cus_test_missing', { amount: 5, currency: 'usd' }), { statusCode: 404 }, 'unknown customer');
+    await expectError(
+      t,
+      stripe.customers.createBalanceTransaction('cus_test_missing', { amount: 5, currency: 'usd' }),
+      { statusCode: 404 },
+      'unknown customer',
+    );
     cust = (await stripe.customers.retrieve(c.id)) as Stripe.Customer;
     t.equal(cust.balance, -1100, 'failed requests moved nothing');
 
     const list = await stripe.customers.listBalanceTransactions(c.id);
-    t.same(list.data.map((x) => [x.id, x.ending_balance]), [[debit.id, -1100], [credit.id, -1500]]);
+    t.same(
+      list.data.map((x) => [x.id, x.ending_balance]),
+      [
+        [debit.id, -1100],
+        [credit.id, -1500],
+      ],
+    );
     const got = await stripe.customers.retrieveBalanceTransaction(c.id, credit.id);
     t.same(got, credit);
     const up = await stripe.customers.updateBalanceTransaction(c.id, credit.id, { description: 'Renamed', metadata: { ticket: '', more: 'y' } });
     t.equal(up.description, 'Renamed');
     t.same(up.metadata, { more: 'y' });
     t.equal(up.amount, -1500, 'amount is immutable');
-    await expectError(t, stripe.customers.updateBalanceTransaction(c.id, credit.id, { amount: 5 } as any), { statusCode: 400, code: 'parameter_unknown' }, 'amount cannot be updated');
+    await expectError(
+      t,
+      stripe.customers.updateBalanceTransaction(c.id, credit.id, { amount: 5 } as any),
+      { statusCode: 400, code: 'parameter_unknown' },
+      'amount cannot be updated',
+    );
 
     const other = await stripe.customers.create();
     await expectError(t, stripe.customers.retrieveBalanceTransaction(other.id, credit.id), { statusCode: 404 }, 'transaction of another customer');
@@ -214,7 +280,9 @@ t.test('recordBalanceTransaction moves the balance (as invoice payments will)', 
   t.equal(charge.net, 1912);
   t.same(charge.fee_details, [{ amount: 88, application: null, currency: 'usd', description: 'Stripe processing fees', type: 'stripe_fee' }]);
   await store.transaction((tx) => recordBalanceTransaction(tx, p, { amount: 500, currency: 'eur', type: 'charge', source: 'in_test_2', description: null }));
-  const refund = await store.transaction((tx) => recordBalanceTransaction(tx, p, { amount: -300, currency: 'usd', type: 'refund', source: 're_test_1', description: 'Refund' }));
+  const refund = await store.transaction((tx) =>
+    recordBalanceTransaction(tx, p, { amount: -300, currency: 'usd', type: 'refund', source: 're_test_1', description: 'Refund' }),
+  );
   // A failing transaction moves nothing.
   await t.rejects(
     store.transaction(async (tx) => {
@@ -222,34 +290,49 @@ t.test('recordBalanceTransaction moves the balance (as invoice payments will)', 
       throw new Error('rolled back');
     }),
   );
-  const applied = await store.transaction((tx) => recordCustomerBalanceTransaction(tx, p, cus.id, { amount: 700, currency: 'usd', type: 'applied_to_invoice', invoice: 'in_test_1' }));
+  const applied = await store.transaction((tx) =>
+    recordCustomerBalanceTransaction(tx, p, cus.id, { amount: 700, currency: 'usd', type: 'applied_to_invoice', invoice: 'in_test_1' }),
+  );
   t.equal(applied.ending_balance, 700);
   await store.close();
 
   server = await startServer({ dataDir, key: KEY_A });
   const stripe = server.stripe();
   const bal = await stripe.balance.retrieve();
-  t.same(bal.available, [
-    { amount: 1612, currency: 'usd', source_types: { card: 1612 } },
-    { amount: 500, currency: 'eur', source_types: { card: 500 } },
-  ], 'available per currency: usd 2000 − 88 − 300, eur 500');
+  t.same(
+    bal.available,
+    [
+      { amount: 1612, currency: 'usd', source_types: { card: 1612 } },
+      { amount: 500, currency: 'eur', source_types: { card: 500 } },
+    ],
+    'available per currency: usd 2000 − 88 − 300, eur 500',
+  );
   t.same(bal.pending, [
     { amount: 0, currency: 'usd', source_types: { card: 0 } },
     { amount: 0, currency: 'eur', source_types: { card: 0 } },
   ]);
   const list = await stripe.balanceTransactions.list();
-  t.same(list.data.map((x) => [x.type, x.amount, x.net, x.currency]), [
-    ['refund', -300, -300, 'usd'],
-    ['charge', 500, 500, 'eur'],
-    ['charge', 2000, 1912, 'usd'],
-  ]);
+  t.same(
+    list.data.map((x) => [x.type, x.amount, x.net, x.currency]),
+    [
+      ['refund', -300, -300, 'usd'],
+      ['charge', 500, 500, 'eur'],
+      ['charge', 2000, 1912, 'usd'],
+    ],
+  );
   t.equal(list.data[2].reporting_category, 'charge');
   t.equal(list.data[0].reporting_category, 'refund');
   t.equal(list.data[2].status, 'available');
   t.equal(list.data[2].source, 'in_test_1');
-  t.same((await stripe.balanceTransactions.list({ type: 'refund' })).data.map((x) => x.id), [refund.id]);
+  t.same(
+    (await stripe.balanceTransactions.list({ type: 'refund' })).data.map((x) => x.id),
+    [refund.id],
+  );
   t.same(await stripe.balanceTransactions.retrieve(charge.id), charge);
   const cbt = await stripe.customers.listBalanceTransactions(cus.id);
-  t.same(cbt.data.map((x) => [x.type, x.amount, x.invoice, x.ending_balance]), [['applied_to_invoice', 700, 'in_test_1', 700]]);
+  t.same(
+    cbt.data.map((x) => [x.type, x.amount, x.invoice, x.ending_balance]),
+    [['applied_to_invoice', 700, 'in_test_1', 700]],
+  );
   t.equal(((await stripe.customers.retrieve(cus.id)) as Stripe.Customer).balance, 700);
 });

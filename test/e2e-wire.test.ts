@@ -124,7 +124,13 @@ t.test('Request-Id on every response: success, 4xx, 404 route', async (t) => {
 
   const meter = await createMeter('wire_reqid');
   t.match(meter.lastResponse.requestId, REQUEST_ID, 'the stripe client reads the Request-Id');
-  const err = await expectStripeError(t, server.stripe().billing.meters.retrieve('mtr_test_nope'), Stripe.errors.StripeInvalidRequestError, { statusCode: 404 }, 'retrieve a missing meter');
+  const err = await expectStripeError(
+    t,
+    server.stripe().billing.meters.retrieve('mtr_test_nope'),
+    Stripe.errors.StripeInvalidRequestError,
+    { statusCode: 404 },
+    'retrieve a missing meter',
+  );
   t.match(err?.requestId, REQUEST_ID, 'errors carry the Request-Id too');
 });
 
@@ -245,7 +251,10 @@ t.test('v1 arrays: expand[]= and expand[0]= forms, node and python queries', asy
     t.equal(res.status, 200, res.text);
     t.equal(res.body.id, meter.id);
   }
-  const meterEvent = await postForm('/v1/billing/meter_events', 'event_name=wire_expand_post&payload[stripe_customer_id]=cus_x&payload[value]=1&expand[]=payload');
+  const meterEvent = await postForm(
+    '/v1/billing/meter_events',
+    'event_name=wire_expand_post&payload[stripe_customer_id]=cus_x&payload[value]=1&expand[]=payload',
+  );
   t.equal(meterEvent.status, 200, meterEvent.text);
   // Mixing both forms for one name is ambiguous.
   const mixed = await req('GET', '/v1/billing/meters?expand[]=a&expand[0]=b');
@@ -276,7 +285,11 @@ t.test('v2 JSON bodies', async (t) => {
   t.match(res.body.created, RFC3339_MS, 'created is RFC 3339 with milliseconds');
   t.match(res.headers.get('content-type') ?? '', /^application\/json/);
 
-  const charset = await postJson('/v2/billing/meter_events', { event_name: 'wire_v2', payload: { stripe_customer_id: 'cus_v2', value: '1' } }, { 'content-type': 'application/json; charset=utf-8' });
+  const charset = await postJson(
+    '/v2/billing/meter_events',
+    { event_name: 'wire_v2', payload: { stripe_customer_id: 'cus_v2', value: '1' } },
+    { 'content-type': 'application/json; charset=utf-8' },
+  );
   t.equal(charset.status, 200, `content-type with charset: ${charset.text}`);
   t.match(charset.body.timestamp, RFC3339_MS, 'timestamp defaults to now');
   t.type(charset.body.identifier, 'string');
@@ -289,7 +302,12 @@ t.test('v2 JSON bodies', async (t) => {
   t.equal(adj.body.type, 'cancel');
 
   const token = await newSessionToken();
-  const stream = await postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'wire_v2', payload: { stripe_customer_id: 'cus_v2', value: '1' } }] }, {}, token);
+  const stream = await postJson(
+    '/v2/billing/meter_event_stream',
+    { events: [{ event_name: 'wire_v2', payload: { stripe_customer_id: 'cus_v2', value: '1' } }] },
+    {},
+    token,
+  );
   t.equal(stream.status, 200, stream.text);
   t.equal(stream.text, '{}', 'the stream answers exactly {}');
   t.match(stream.headers.get('request-id') ?? '', REQUEST_ID);
@@ -299,10 +317,25 @@ t.test('unknown parameters are rejected with parameter_unknown and the param (v1
   await createMeter('wire_unknown');
   const v1Cases: [string, Promise<Res>, string][] = [
     ['v1 top-level', postForm('/v1/billing/meters', 'display_name=x&event_name=wire_unknown_2&default_aggregation[formula]=sum&bogus=1'), 'bogus'],
-    ['v1 nested', postForm('/v1/billing/meters', 'display_name=x&event_name=wire_unknown_3&default_aggregation[formula]=sum&default_aggregation[bogus]=1'), 'default_aggregation[bogus]'],
-    ['v1 nested 2', postForm('/v1/billing/meters', 'display_name=x&event_name=wire_unknown_4&default_aggregation[formula]=sum&customer_mapping[type]=by_id&customer_mapping[event_payload_key]=c&customer_mapping[extra]=1'), 'customer_mapping[extra]'],
+    [
+      'v1 nested',
+      postForm('/v1/billing/meters', 'display_name=x&event_name=wire_unknown_3&default_aggregation[formula]=sum&default_aggregation[bogus]=1'),
+      'default_aggregation[bogus]',
+    ],
+    [
+      'v1 nested 2',
+      postForm(
+        '/v1/billing/meters',
+        'display_name=x&event_name=wire_unknown_4&default_aggregation[formula]=sum&customer_mapping[type]=by_id&customer_mapping[event_payload_key]=c&customer_mapping[extra]=1',
+      ),
+      'customer_mapping[extra]',
+    ],
     ['v1 meter event', postForm('/v1/billing/meter_events', 'event_name=wire_unknown&payload[stripe_customer_id]=cus_u&payload[value]=1&value=1'), 'value'],
-    ['v1 adjustment nested', postForm('/v1/billing/meter_event_adjustments', 'event_name=wire_unknown&type=cancel&cancel[identifier]=x&cancel[bogus]=y'), 'cancel[bogus]'],
+    [
+      'v1 adjustment nested',
+      postForm('/v1/billing/meter_event_adjustments', 'event_name=wire_unknown&type=cancel&cancel[identifier]=x&cancel[bogus]=y'),
+      'cancel[bogus]',
+    ],
     ['v1 update', postForm('/v1/billing/meters/mtr_test_whatever', 'event_name=renamed'), 'event_name'],
     ['v1 GET query', req('GET', '/v1/billing/meters?bogus=1'), 'bogus'],
   ];
@@ -315,11 +348,37 @@ t.test('unknown parameters are rejected with parameter_unknown and the param (v1
   }
   const token = await newSessionToken();
   const v2Cases: [string, Promise<Res>, string][] = [
-    ['v2 meter event', postJson('/v2/billing/meter_events', { event_name: 'wire_unknown', payload: { stripe_customer_id: 'c', value: '1' }, bogus: 1 }), 'bogus'],
-    ['v2 adjustment nested', postJson('/v2/billing/meter_event_adjustments', { event_name: 'wire_unknown', type: 'cancel', cancel: { identifier: 'x', bogus: 'y' } }), 'cancel[bogus]'],
+    [
+      'v2 meter event',
+      postJson('/v2/billing/meter_events', { event_name: 'wire_unknown', payload: { stripe_customer_id: 'c', value: '1' }, bogus: 1 }),
+      'bogus',
+    ],
+    [
+      'v2 adjustment nested',
+      postJson('/v2/billing/meter_event_adjustments', { event_name: 'wire_unknown', type: 'cancel', cancel: { identifier: 'x', bogus: 'y' } }),
+      'cancel[bogus]',
+    ],
     ['v2 session', postJson('/v2/billing/meter_event_session', { bogus: true }), 'bogus'],
-    ['v2 stream top-level', postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'wire_unknown', payload: { c: '1' } }], extra: 1 }, {}, token), 'extra'],
-    ['v2 stream nested', postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'wire_unknown', payload: { c: '1' } }, { event_name: 'wire_unknown', payload: { c: '1' }, bogus: 'y' }] }, {}, token), 'events[1][bogus]'],
+    [
+      'v2 stream top-level',
+      postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'wire_unknown', payload: { c: '1' } }], extra: 1 }, {}, token),
+      'extra',
+    ],
+    [
+      'v2 stream nested',
+      postJson(
+        '/v2/billing/meter_event_stream',
+        {
+          events: [
+            { event_name: 'wire_unknown', payload: { c: '1' } },
+            { event_name: 'wire_unknown', payload: { c: '1' }, bogus: 'y' },
+          ],
+        },
+        {},
+        token,
+      ),
+      'events[1][bogus]',
+    ],
   ];
   for (const [label, p, param] of v2Cases) {
     const e = expectError(t, await p, 400, 'v2', label);
@@ -342,7 +401,11 @@ t.test('missing required params: parameter_missing with the param', async (t) =>
     ['meter without event_name', postForm('/v1/billing/meters', 'display_name=x&default_aggregation[formula]=sum'), 'event_name'],
     ['meter without display_name', postForm('/v1/billing/meters', 'event_name=wire_missing_2&default_aggregation[formula]=sum'), 'display_name'],
     ['meter without default_aggregation', postForm('/v1/billing/meters', 'display_name=x&event_name=wire_missing_3'), 'default_aggregation'],
-    ['customer_mapping without key', postForm('/v1/billing/meters', 'display_name=x&event_name=wire_missing_5&default_aggregation[formula]=sum&customer_mapping[type]=by_id'), 'customer_mapping[event_payload_key]'],
+    [
+      'customer_mapping without key',
+      postForm('/v1/billing/meters', 'display_name=x&event_name=wire_missing_5&default_aggregation[formula]=sum&customer_mapping[type]=by_id'),
+      'customer_mapping[event_payload_key]',
+    ],
     ['meter event without payload', postForm('/v1/billing/meter_events', 'event_name=wire_missing'), 'payload'],
     ['meter event without event_name', postForm('/v1/billing/meter_events', 'payload[stripe_customer_id]=c&payload[value]=1'), 'event_name'],
     ['adjustment without type', postForm('/v1/billing/meter_event_adjustments', 'event_name=wire_missing&cancel[identifier]=x'), 'type'],
@@ -355,11 +418,23 @@ t.test('missing required params: parameter_missing with the param', async (t) =>
     t.equal(e.param, param, `${label}: param`);
     t.equal(e.message, `Missing required param: ${param}.`, `${label}: message`);
   }
-  const formula = expectError(t, await postForm('/v1/billing/meters', 'display_name=x&event_name=wire_missing_6&default_aggregation[formula]='), 400, 'v1', 'empty formula');
+  const formula = expectError(
+    t,
+    await postForm('/v1/billing/meters', 'display_name=x&event_name=wire_missing_6&default_aggregation[formula]='),
+    400,
+    'v1',
+    'empty formula',
+  );
   t.equal(formula.param, 'default_aggregation[formula]');
 
   const meter = await createMeter('wire_missing_summary');
-  const summary = expectError(t, await req('GET', `/v1/billing/meters/${meter.id}/event_summaries?start_time=0&end_time=60`), 400, 'v1', 'summaries without customer');
+  const summary = expectError(
+    t,
+    await req('GET', `/v1/billing/meters/${meter.id}/event_summaries?start_time=0&end_time=60`),
+    400,
+    'v1',
+    'summaries without customer',
+  );
   t.equal(summary.code, 'parameter_missing');
   t.equal(summary.param, 'customer');
 
@@ -370,7 +445,11 @@ t.test('missing required params: parameter_missing with the param', async (t) =>
     ['v2 adjustment without cancel', postJson('/v2/billing/meter_event_adjustments', { event_name: 'wire_missing', type: 'cancel' }), 'cancel'],
     ['stream without events', postJson('/v2/billing/meter_event_stream', {}, {}, token), 'events'],
     ['stream event without event_name', postJson('/v2/billing/meter_event_stream', { events: [{ payload: { c: '1' } }] }, {}, token), 'events[0][event_name]'],
-    ['stream event without payload', postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'x', payload: { c: '1' } }, { event_name: 'x' }] }, {}, token), 'events[1][payload]'],
+    [
+      'stream event without payload',
+      postJson('/v2/billing/meter_event_stream', { events: [{ event_name: 'x', payload: { c: '1' } }, { event_name: 'x' }] }, {}, token),
+      'events[1][payload]',
+    ],
   ];
   for (const [label, p, param] of v2Cases) {
     const e = expectError(t, await p, 400, 'v2', label);
@@ -447,7 +526,11 @@ t.test('body over MAX_BODY_BYTES: 413 JSON error, and the server keeps serving',
   t.type(v2.code, 'string');
 
   const token = await newSessionToken(small);
-  const events = Array.from({ length: 100 }, (_, i) => ({ event_name: 'wire_small', identifier: `big-${i}`, payload: { stripe_customer_id: 'cus_big', value: '1' } }));
+  const events = Array.from({ length: 100 }, (_, i) => ({
+    event_name: 'wire_small',
+    identifier: `big-${i}`,
+    payload: { stripe_customer_id: 'cus_big', value: '1' },
+  }));
   expectError(t, await postJson('/v2/billing/meter_event_stream', { events }, {}, token, small), 413, 'v2', 'stream body over the limit');
 
   const meterBody = 'display_name=' + 'y'.repeat(10 * 1024) + '&event_name=wire_small_2&default_aggregation[formula]=sum';
@@ -461,10 +544,19 @@ t.test('body over MAX_BODY_BYTES: 413 JSON error, and the server keeps serving',
   // Later requests, on new connections, are served.
   const ok = await postForm('/v1/billing/meter_events', 'event_name=wire_small&payload[stripe_customer_id]=cus_big&payload[value]=2', {}, small);
   t.equal(ok.status, 200, `a normal request afterwards: ${ok.text}`);
-  const justUnder = await postForm('/v1/billing/meter_events', 'event_name=wire_small&payload[stripe_customer_id]=cus_big&payload[value]=3&payload[filler]=' + 'w'.repeat(100), {}, small);
+  const justUnder = await postForm(
+    '/v1/billing/meter_events',
+    'event_name=wire_small&payload[stripe_customer_id]=cus_big&payload[value]=3&payload[filler]=' + 'w'.repeat(100),
+    {},
+    small,
+  );
   t.equal(justUnder.status, 200, justUnder.text);
   const list = await small.stripe().billing.meters.list();
-  t.same(list.data.map((m) => m.id), [meter.id], 'the oversized meter create did not create anything');
+  t.same(
+    list.data.map((m) => m.id),
+    [meter.id],
+    'the oversized meter create did not create anything',
+  );
   const { start, end } = currentRange();
   await eventually(async () => {
     const s = await small.stripe().billing.meters.listEventSummaries(meter.id, { customer: 'cus_big', start_time: start, end_time: end });
@@ -533,7 +625,13 @@ t.test('list pagination params', async (t) => {
     t.equal(res.body.object, 'list');
     t.equal(res.body.url, '/v1/billing/meters');
   }
-  const both = expectError(t, await req('GET', `/v1/billing/meters?starting_after=${meter.id}&ending_before=${meter.id}`), 400, 'v1', 'starting_after + ending_before');
+  const both = expectError(
+    t,
+    await req('GET', `/v1/billing/meters?starting_after=${meter.id}&ending_before=${meter.id}`),
+    400,
+    'v1',
+    'starting_after + ending_before',
+  );
   t.equal(both.type, 'invalid_request_error');
   t.ok(both.param === 'starting_after' || both.param === 'ending_before', `param names one of them (${both.param})`);
   t.match(both.message, /ending_before/);
@@ -547,7 +645,13 @@ t.test('list pagination params', async (t) => {
   }
   expectError(t, await req('GET', `${base}&starting_after=a&ending_before=b`), 400, 'v1', 'summaries starting_after + ending_before');
 
-  await expectStripeError(t, server.stripe().billing.meters.list({ limit: 101 }), Stripe.errors.StripeInvalidRequestError, { statusCode: 400, param: 'limit' }, 'client: limit 101');
+  await expectStripeError(
+    t,
+    server.stripe().billing.meters.list({ limit: 101 }),
+    Stripe.errors.StripeInvalidRequestError,
+    { statusCode: 400, param: 'limit' },
+    'client: limit 101',
+  );
   await expectStripeError(
     t,
     server.stripe().billing.meters.list({ starting_after: meter.id, ending_before: meter.id }),
@@ -569,7 +673,11 @@ t.test('unknown routes: 404 with a Stripe-style JSON error', async (t) => {
     ['GET', '/', 'v1'],
   ];
   for (const [method, path, flavor] of cases) {
-    const res = await req(method, path, method === 'POST' || method === 'PUT' ? { body: flavor === 'v2' ? '{}' : 'a=1', headers: flavor === 'v2' ? JSON_CT : FORM } : {});
+    const res = await req(
+      method,
+      path,
+      method === 'POST' || method === 'PUT' ? { body: flavor === 'v2' ? '{}' : 'a=1', headers: flavor === 'v2' ? JSON_CT : FORM } : {},
+    );
     const e = expectError(t, res, 404, flavor, `${method} ${path}`);
     t.equal(
       e.message,
@@ -582,7 +690,13 @@ t.test('unknown routes: 404 with a Stripe-style JSON error', async (t) => {
   t.equal(missing.code, 'resource_missing');
   t.equal(missing.param, 'id');
   t.equal(missing.message, "No such billing meter: 'mtr_test_missing'");
-  await expectStripeError(t, server.stripe().rawRequest('GET', '/v1/not_a_route', {}), Stripe.errors.StripeInvalidRequestError, { statusCode: 404 }, 'client: unknown route');
+  await expectStripeError(
+    t,
+    server.stripe().rawRequest('GET', '/v1/not_a_route', {}),
+    Stripe.errors.StripeInvalidRequestError,
+    { statusCode: 404 },
+    'client: unknown route',
+  );
 });
 
 t.test('HTTP-level abuse: aborted bodies, garbage, deep nesting, prototype keys, too many params', async (t) => {
@@ -634,9 +748,24 @@ t.test('HTTP-level abuse: aborted bodies, garbage, deep nesting, prototype keys,
   expectError(t, await postForm('/v1/billing/meter_events', `event_name=x&${many}`), 400, 'v1', '1001 parameters');
   const bigIndex = expectError(t, await req('GET', '/v1/billing/meters?expand[99999]=x'), 400, 'v1', 'array index 99999');
   t.equal(bigIndex.type, 'invalid_request_error');
-  const proto = expectError(t, await postForm('/v1/billing/meters', 'display_name=x&event_name=wire_proto&default_aggregation[formula]=sum&__proto__[polluted]=1&constructor[prototype][polluted]=1'), 400, 'v1', 'prototype keys (v1)');
+  const proto = expectError(
+    t,
+    await postForm(
+      '/v1/billing/meters',
+      'display_name=x&event_name=wire_proto&default_aggregation[formula]=sum&__proto__[polluted]=1&constructor[prototype][polluted]=1',
+    ),
+    400,
+    'v1',
+    'prototype keys (v1)',
+  );
   t.equal(proto.code, 'parameter_unknown');
-  const protoV2 = expectError(t, await postJson('/v2/billing/meter_events', '{"__proto__":{"polluted":1},"event_name":"x","payload":{"a":"b"}}'), 400, 'v2', 'prototype keys (v2)');
+  const protoV2 = expectError(
+    t,
+    await postJson('/v2/billing/meter_events', '{"__proto__":{"polluted":1},"event_name":"x","payload":{"a":"b"}}'),
+    400,
+    'v2',
+    'prototype keys (v2)',
+  );
   t.equal(protoV2.code, 'parameter_unknown');
   const after = await req('GET', '/v1/billing/meters?limit=1');
   t.equal(after.status, 200);
@@ -670,7 +799,8 @@ t.test('every error body seen was valid JSON with error.type (v1) or error.code 
     if (!ok) t.fail(`${label}: ${res.text.slice(0, 200)}`);
   }
   const v1Types = new Set(seenErrors.filter((e) => e.flavor === 'v1').map((e) => e.res.body?.error?.type));
-  for (const type of v1Types) t.ok(['api_error', 'card_error', 'idempotency_error', 'invalid_request_error'].includes(type), `v1 type ${type} is one of Stripe's`);
+  for (const type of v1Types)
+    t.ok(['api_error', 'card_error', 'idempotency_error', 'invalid_request_error'].includes(type), `v1 type ${type} is one of Stripe's`);
 });
 
 t.test('after all the bad input the server is alive and serves good requests', async (t) => {

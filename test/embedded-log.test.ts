@@ -22,11 +22,7 @@ function tmpDir(tt: { teardown(fn: () => void): void }): string {
   return dir;
 }
 
-async function openLog(
-  tt: { teardown(fn: () => unknown): void },
-  dir: string,
-  opts?: EmbeddedLogOptions,
-): Promise<EmbeddedLog> {
+async function openLog(tt: { teardown(fn: () => unknown): void }, dir: string, opts?: EmbeddedLogOptions): Promise<EmbeddedLog> {
   const log = await EmbeddedLog.open(dir, opts);
   tt.teardown(() => log.close());
   return log;
@@ -99,13 +95,10 @@ t.test('append/poll round trip: dense offsets, order, independent partitions', a
   t.equal(await prod.append(2, buf('x')), 0);
   t.equal(await prod.append(0, buf('y')), 15);
   const more = await readN(c, 2);
-  t.same(
-    more.map((r) => [r.partition, r.offset, r.value.toString()]).sort(),
-    [
-      [0, 15, 'y'],
-      [2, 0, 'x'],
-    ],
-  );
+  t.same(more.map((r) => [r.partition, r.offset, r.value.toString()]).sort(), [
+    [0, 15, 'y'],
+    [2, 0, 'x'],
+  ]);
 
   await t.rejects(prod.append(3, buf('x')), RangeError, 'unknown partition');
   await t.rejects(prod.append(0, Buffer.alloc(0)), RangeError, 'empty record');
@@ -312,8 +305,7 @@ t.test('poll returns only records whose fsync completed', async (t) => {
   let hold = false;
   const log = await openLog(t, dir, {
     faults: {
-      beforeSync: () =>
-        hold ? new Promise<void>((r) => (release = r)) : undefined,
+      beforeSync: () => (hold ? new Promise<void>((r) => (release = r)) : undefined),
     },
   });
   const prod = log.producer();
@@ -495,7 +487,10 @@ t.test('rotation and reclaim: committed segments are deleted, reads continue, of
   );
   a2.seek(0, 0);
   t.equal((await a2.poll(1, 100))[0].offset, log.startOffset(0), 'seek below the oldest retained offset');
-  t.notOk(fs.readdirSync(path.join(dir, 'p0')).some((n) => n.includes('.tmp')), 'no temp files left');
+  t.notOk(
+    fs.readdirSync(path.join(dir, 'p0')).some((n) => n.includes('.tmp')),
+    'no temp files left',
+  );
 });
 
 t.test('concurrent producer and consumer with commits reclaiming under the reader', async (t) => {
@@ -578,11 +573,9 @@ t.test('crash: SIGKILL mid-stream loses no acknowledged record', async (t) => {
   // Two rounds on the same directory: the second crash happens on top of a recovered log.
   const dir = tmpDir(t);
   for (let round = 0; round < 2; round++) {
-    const child = spawn(
-      process.execPath,
-      [path.join(__dirname, 'helpers/log-crash-writer.js'), dir, String(partitions), String(segmentBytes), modulePath],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const child = spawn(process.execPath, [path.join(__dirname, 'helpers/log-crash-writer.js'), dir, String(partitions), String(segmentBytes), modulePath], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     let lines = 0;

@@ -3,8 +3,7 @@ import { parseForm, parseQuery, parseJsonBody, ParamReader, MAX_PARAMS } from '.
 import { InvalidParamError, InvalidRequestError, MissingParamError, UnknownParamError } from '../shared/errors';
 
 /** A t.throws pattern: the error's class and the properties it must have (tap's ErrorMatch type wants a message). */
-const E = (ctor: abstract new (...args: never[]) => Error, props: Record<string, unknown> = {}) =>
-  ({ constructor: ctor, ...props }) as unknown as Error;
+const E = (ctor: abstract new (...args: never[]) => Error, props: Record<string, unknown> = {}) => ({ constructor: ctor, ...props }) as unknown as Error;
 
 /** Plain-JSON view of a parse result (the objects have no prototype, so compare through JSON). */
 const j = (v: unknown) => JSON.parse(JSON.stringify(v));
@@ -23,7 +22,7 @@ t.test('flat and nested (stripe-node meters.create body)', async (t) => {
   t.same(j(parseForm('')), {}, 'empty body');
 });
 
-t.test('stripe-node escapes: %20, & = + \' ( ) percent-encoded, literal brackets', async (t) => {
+t.test("stripe-node escapes: %20, & = + ' ( ) percent-encoded, literal brackets", async (t) => {
   const p = parseForm('payload[weird%20key]=a%26b%3Dc%2Bd%27%28x%29&payload[value]=25');
   t.same(j(p), { payload: { 'weird key': "a&b=c+d'(x)", value: '25' } });
 });
@@ -60,9 +59,13 @@ t.test('arrays of objects', async (t) => {
   t.same(j(parseForm('items[0][price]=p&items[0][quantity]=2&items[1][price]=q')), {
     items: [{ price: 'p', quantity: '2' }, { price: 'q' }],
   });
-  t.same(j(parseForm('items[][price]=p&items[][quantity]=2&items[][price]=q')), {
-    items: [{ price: 'p', quantity: '2' }, { price: 'q' }],
-  }, "Rack's rule for a[][k]");
+  t.same(
+    j(parseForm('items[][price]=p&items[][quantity]=2&items[][price]=q')),
+    {
+      items: [{ price: 'p', quantity: '2' }, { price: 'q' }],
+    },
+    "Rack's rule for a[][k]",
+  );
 });
 
 t.test('empty values, missing =, empty pairs and keys, repeated keys', async (t) => {
@@ -162,7 +165,12 @@ t.test('ParamReader.string', async (t) => {
     message: 'Missing required param: absent.',
     code: 'parameter_missing',
   });
-  t.throws(() => r.string('empty'), { constructor: InvalidParamError, param: 'empty', code: 'parameter_invalid_empty', message: /You passed an empty string for 'empty'/ });
+  t.throws(() => r.string('empty'), {
+    constructor: InvalidParamError,
+    param: 'empty',
+    code: 'parameter_invalid_empty',
+    message: /You passed an empty string for 'empty'/,
+  });
   t.equal(r.string('empty', { allowEmpty: true }), '');
   t.equal(r.string('empty', { allowEmpty: true, enum: ['day', 'hour'], maxLength: 3 }), '', "'' skips enum and length checks");
   t.ok(r.isUnset('empty'));
@@ -191,7 +199,11 @@ t.test('ParamReader.integer / boolean', async (t) => {
   t.throws(() => r.integer('bad'), { constructor: InvalidParamError, param: 'bad', message: 'Invalid integer: abc' });
   t.throws(() => r.integer('dec'), { constructor: InvalidParamError, message: 'Invalid integer: 1.5' });
   t.throws(() => r.integer('big'), E(InvalidParamError, { param: 'big' }));
-  t.throws(() => r.integer('zero', { min: 1, max: 100 }), { constructor: InvalidParamError, param: 'zero', message: 'This value must be greater than or equal to 1.' });
+  t.throws(() => r.integer('zero', { min: 1, max: 100 }), {
+    constructor: InvalidParamError,
+    param: 'zero',
+    message: 'This value must be greater than or equal to 1.',
+  });
   t.throws(() => r.integer('limit', { max: 5 }), { constructor: InvalidParamError, param: 'limit', message: 'This value must be less than or equal to 5.' });
   const js = new ParamReader(parseJsonBody('{"n":7,"f":1.5,"s":"8","x":null,"b":true}'));
   t.equal(js.integer('n'), 7, 'JSON number');
@@ -235,7 +247,9 @@ t.test('ParamReader.object: nested param names', async (t) => {
 });
 
 t.test('ParamReader.stringMap', async (t) => {
-  const r = new ParamReader(parseForm('payload[stripe_customer_id]=cus_1&payload[value]=25&payload[constructor]=c&long[k]=' + 'y'.repeat(101) + '&nested[a][b]=1&num[0]=a&num[1]=b'));
+  const r = new ParamReader(
+    parseForm('payload[stripe_customer_id]=cus_1&payload[value]=25&payload[constructor]=c&long[k]=' + 'y'.repeat(101) + '&nested[a][b]=1&num[0]=a&num[1]=b'),
+  );
   const m = r.stringMap('payload', { required: true, maxValueLength: 100 });
   t.same(j(m), { stripe_customer_id: 'cus_1', value: '25', constructor: 'c' });
   t.equal((m as Record<string, unknown>).toString, undefined, 'no inherited members');

@@ -117,9 +117,7 @@ t.test('arbitrary bytes: never a throw, always requests then at most one error, 
       const split = parseAll(splitAt(bytes, cuts));
       if (whole.error && !(whole.error.status >= 400 && whole.error.status < 600 && whole.error.status !== 500)) return false;
       // Splitting never changes what is understood.
-      return (
-        JSON.stringify(split.requests) === JSON.stringify(whole.requests) && (split.error?.status ?? 0) === (whole.error?.status ?? 0)
-      );
+      return JSON.stringify(split.requests) === JSON.stringify(whole.requests) && (split.error?.status ?? 0) === (whole.error?.status ?? 0);
     }),
     { seed: 7, numRuns: 3000 },
   );
@@ -143,7 +141,11 @@ t.test('strict rules', async (t) => {
   t.equal(status('GET /\u00e9 HTTP/1.1\r\nHost: a\r\n\r\n'), 400, 'a non-ASCII byte in the target');
   const limits = { ...DEFAULT_LIMITS, maxBodyBytes: 10 };
   t.equal(parseAll([Buffer.from('POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n')], limits).error?.status, 413, 'Content-Length over the limit');
-  t.equal(parseAll([Buffer.from('POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n5\r\nabcde\r\n')], limits).error?.status, 413, 'chunks over the limit');
+  t.equal(
+    parseAll([Buffer.from('POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n5\r\nabcde\r\n')], limits).error?.status,
+    413,
+    'chunks over the limit',
+  );
   const headers = parseAll([Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n__proto__: x\r\nConstructor: y\r\n\r\n')]).requests[0].headers;
   // biome-ignore lint/suspicious/noProto: the point is that this is an own, ordinary entry
   t.equal(headers.__proto__, 'x', '__proto__ is an ordinary header name');

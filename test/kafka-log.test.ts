@@ -322,11 +322,7 @@ function kafkaTests(): void {
       'seek backwards',
     );
     a.seek(0, 17);
-    t.same(
-      show(await readN(a, 3)),
-      ['0:17:v17', '0:18:v18', '0:19:v19'],
-      'seek forwards',
-    );
+    t.same(show(await readN(a, 3)), ['0:17:v17', '0:18:v18', '0:19:v19'], 'seek forwards');
     // Seek while records are queued but not polled: none of them is returned.
     await Promise.all(Array.from({ length: 10 }, (_, i) => prod.append(0, buf(`w${i}`))));
     await sleep(500);
@@ -403,15 +399,8 @@ function kafkaTests(): void {
       'every record was returned after assigned() resolved',
     );
     const all = polled.flatMap((p) => p.recs);
-    t.same(
-      show(all.filter((r) => r.partition === 0)),
-      ['0:3:s6', '0:4:s8'],
-    );
-    t.same(
-      show(all.filter((r) => r.partition === 1)),
-      ['1:1:s3', '1:2:s5', '1:3:s7', '1:4:s9'],
-      'the batch fetched before the seeks was discarded',
-    );
+    t.same(show(all.filter((r) => r.partition === 0)), ['0:3:s6', '0:4:s8']);
+    t.same(show(all.filter((r) => r.partition === 1)), ['1:1:s3', '1:2:s5', '1:3:s7', '1:4:s9'], 'the batch fetched before the seeks was discarded');
   });
 
   t.test('subscribe rejects when assigned() fails on the first assignment, and the member leaves', async (t) => {
@@ -479,7 +468,11 @@ function kafkaTests(): void {
       rest.push(...recs);
     }
     const firstP0 = first.filter((r) => r.partition === 0).map((r) => r.offset);
-    t.same(firstP0, Array.from({ length: firstP0.length }, (_, i) => i), 'reading restarts at 0');
+    t.same(
+      firstP0,
+      Array.from({ length: firstP0.length }, (_, i) => i),
+      'reading restarts at 0',
+    );
     t.same(
       rest.filter((r) => r.partition === 0).map((r) => r.offset),
       Array.from({ length: 280 }, (_, i) => 20 + i),
@@ -534,10 +527,7 @@ function kafkaTests(): void {
       gotB.every((r) => mineB.includes(r.partition)),
       'b reads only its partitions',
     );
-    t.same(
-      [...gotA, ...gotB].map((r) => `${r.partition}:${r.offset}`).sort(),
-      offs.map((o, i) => `${i % 4}:${o}`).sort(),
-    );
+    t.same([...gotA, ...gotB].map((r) => `${r.partition}:${r.offset}`).sort(), offs.map((o, i) => `${i % 4}:${o}`).sort());
     // b commits what it read on one partition before leaving.
     const pb = mineB[0];
     await b.commit(pb, 10);

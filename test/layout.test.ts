@@ -35,7 +35,8 @@ function sources(): string[] {
   return out;
 }
 
-const IMPORT = /(?:^|[^\w.])(?:import|export)\s[^'"`;]*?from\s*['"]([^'"]+)['"]|(?:^|[^\w.])import\s*\(\s*['"]([^'"]+)['"]\s*\)|(?:^|[^\w.])require\s*\(\s*['"]([^'"]+)['"]\s*\)|^\s*import\s*['"]([^'"]+)['"]/gm;
+const IMPORT =
+  /(?:^|[^\w.])(?:import|export)\s[^'"`;]*?from\s*['"]([^'"]+)['"]|(?:^|[^\w.])import\s*\(\s*['"]([^'"]+)['"]\s*\)|(?:^|[^\w.])require\s*\(\s*['"]([^'"]+)['"]\s*\)|^\s*import\s*['"]([^'"]+)['"]/gm;
 
 /** The imports of a file, comments removed: [specifier, resolved project path or null for a package]. */
 export function importsOf(file: string, text: string): [string, string | null][] {
@@ -78,7 +79,8 @@ t.test('layout rules', async (t) => {
       edges.push(target);
       const from = layer(file);
       const to = layer(target);
-      if ((from === 'ingest' && to === 'api') || (from === 'api' && to === 'ingest')) violations.push(`${file} imports ${target}: ingest/ and api/ never import each other`);
+      if ((from === 'ingest' && to === 'api') || (from === 'api' && to === 'ingest'))
+        violations.push(`${file} imports ${target}: ingest/ and api/ never import each other`);
       if (from === 'aggregator' && target.startsWith('shared/http/')) violations.push(`${file} imports HTTP code (${target})`);
       if (from === 'shared' && to !== 'shared') violations.push(`${file} imports ${target}: shared/ is the ground floor and imports nothing above it`);
     }
@@ -123,7 +125,10 @@ t.test('layout rules', async (t) => {
 });
 
 t.test('the checker sees what it must', async (t) => {
-  const imports = importsOf('api/x.ts', "import a from '../ingest/meter-events';\nconst k = await import('kafkajs');\n// import b from '../ingest/no'\nexport { c } from './y';\n");
+  const imports = importsOf(
+    'api/x.ts',
+    "import a from '../ingest/meter-events';\nconst k = await import('kafkajs');\n// import b from '../ingest/no'\nexport { c } from './y';\n",
+  );
   t.same(
     imports.map(([s]) => s),
     ['../ingest/meter-events', 'kafkajs', './y'],

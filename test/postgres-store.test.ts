@@ -9,16 +9,7 @@ import { Pool } from 'pg';
 import { PostgresStateStore, PG_MIGRATIONS } from '../shared/state/postgres-store';
 import { UniqueViolation } from '../shared/errors';
 import type { IdempotencyRecord, StateStore } from '../shared/state-store';
-import {
-  stateStoreConformance,
-  obj,
-  deferred,
-  rejection,
-  tick,
-  type ConformanceDriver,
-  type Data,
-  type StoreDb,
-} from './helpers/state-store-conformance';
+import { stateStoreConformance, obj, deferred, rejection, tick, type ConformanceDriver, type Data, type StoreDb } from './helpers/state-store-conformance';
 
 const url = process.env.DATABASE_URL;
 
@@ -85,11 +76,13 @@ if (!url) {
     const b = db2.store();
     await a.init();
     await b.init();
-    const tables = await admin.query<{ table_name: string }>(
-      `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`,
-      [db1.schema],
+    const tables = await admin.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`, [
+      db1.schema,
+    ]);
+    t.same(
+      tables.rows.map((r) => r.table_name),
+      ['api_keys', 'blobs', 'idempotency', 'objects', 'schema_migrations'],
     );
-    t.same(tables.rows.map((r) => r.table_name), ['api_keys', 'blobs', 'idempotency', 'objects', 'schema_migrations']);
     const col = await admin.query<{ data_type: string }>(
       `SELECT data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'objects' AND column_name = 'data'`,
       [db1.schema],
@@ -123,9 +116,7 @@ if (!url) {
 
   t.test('postgres: racing inserts of one id / unique key from several instances: exactly one wins', async (t) => {
     const { stores } = await instances(t, 3, 3);
-    const byId = await Promise.allSettled(
-      Array.from({ length: 12 }, (_, i) => stores[i % 3].insertObject(obj('a', 't', 'same', i, { i }))),
-    );
+    const byId = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => stores[i % 3].insertObject(obj('a', 't', 'same', i, { i }))));
     t.equal(byId.filter((r) => r.status === 'fulfilled').length, 1, 'one insert succeeded');
     for (const r of byId) {
       if (r.status === 'rejected') {
@@ -182,7 +173,10 @@ if (!url) {
     const got = await Promise.all(Array.from({ length: 15 }, (_, i) => stores[i % 3].putIdempotency(rec(i))));
     const first = await stores[0].getIdempotency('a', 'k');
     t.ok(first);
-    t.ok(got.every((g) => JSON.stringify(g) === JSON.stringify(first)), 'all callers see the stored (first) record');
+    t.ok(
+      got.every((g) => JSON.stringify(g) === JSON.stringify(first)),
+      'all callers see the stored (first) record',
+    );
   });
 
   t.test('postgres: concurrent init of many instances on a new schema', async (t) => {
@@ -190,7 +184,10 @@ if (!url) {
     const stores = Array.from({ length: 6 }, () => db.store());
     const started = Date.now();
     await Promise.all(stores.map((s) => s.init()));
-    t.same(await db.appliedVersions(), PG_MIGRATIONS.map((m) => m.version));
+    t.same(
+      await db.appliedVersions(),
+      PG_MIGRATIONS.map((m) => m.version),
+    );
     const rows = await admin.query(`SELECT count(*)::int AS n FROM ${q(db.schema)}.schema_migrations`);
     t.equal(rows.rows[0].n, PG_MIGRATIONS.length, 'one row per migration');
     t.comment(`6 concurrent inits: ${Date.now() - started} ms`);
@@ -232,7 +229,10 @@ if (!url) {
       await tx.insertObject(obj('a', 't', 'y', 1, { good: true }));
     });
     t.ok(await s.getObject('a', 't', 'y'));
-    t.same((await s.listObjects('a', 't', { limit: 10, where: { text: 'backslash-u0000: \\u0000' } })).data.map((o) => o.id), ['ok']);
+    t.same(
+      (await s.listObjects('a', 't', { limit: 10, where: { text: 'backslash-u0000: \\u0000' } })).data.map((o) => o.id),
+      ['ok'],
+    );
   });
 
   t.test('postgres: calls on tx made without awaiting run one after another and finish before COMMIT', async (t) => {
@@ -291,7 +291,10 @@ if (!url) {
     await closing;
     const other = db.store();
     await other.init();
-    t.same((await other.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['y', 'x']);
+    t.same(
+      (await other.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+      ['y', 'x'],
+    );
   });
 
   t.test('postgres: close lets calls queued for a connection finish first', async (t) => {
@@ -320,7 +323,10 @@ if (!url) {
     await closing;
     const other = db.store();
     await other.init();
-    t.same((await other.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['z', 'y', 'x']);
+    t.same(
+      (await other.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+      ['z', 'y', 'x'],
+    );
     t.same((await other.getObject('a', 't', 'x'))?.data, { n: 1 });
   });
 
@@ -344,7 +350,7 @@ if (!url) {
        WHERE application_name = 'meterd' AND state = 'idle in transaction' AND query LIKE $1`,
       [`%${db.schema}%`],
     );
-    t.equal(killed.rows.length, 1, 'killed the transaction\'s connection');
+    t.equal(killed.rows.length, 1, "killed the transaction's connection");
     await new Promise((r) => setTimeout(r, 100)); // the FATAL message arrives while no query runs
     gate.resolve();
     const err = (await tx) as Error;
@@ -360,10 +366,9 @@ if (!url) {
     await s.init();
     // Kill every connection of this store's pool from the server side.
     await s.getObject('a', 't', 'warm');
-    const killed = await admin.query(
-      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'meterd' AND query LIKE $1`,
-      [`%${db.schema}%`],
-    );
+    const killed = await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'meterd' AND query LIKE $1`, [
+      `%${db.schema}%`,
+    ]);
     t.ok(killed.rows.length >= 1, `terminated ${killed.rows.length} connection(s)`);
     // A call may fail once on a dead connection; afterwards the pool reconnects.
     await s.getObject('a', 't', 'x').catch(() => undefined);

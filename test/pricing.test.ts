@@ -57,7 +57,11 @@ t.test('transform_quantity', async (t) => {
 
 t.test('graduated tiers', async (t) => {
   // 1–5: $7/unit (700), 6–10: $6.50 (650), 11+: $6 (600)
-  const g = tiered('graduated', [[5, '700', null], [10, '650', null], [null, '600', null]]);
+  const g = tiered('graduated', [
+    [5, '700', null],
+    [10, '650', null],
+    [null, '600', null],
+  ]);
   t.equal(amt(g, 0), 0);
   t.equal(amt(g, 1), 700);
   t.equal(amt(g, 5), 3500);
@@ -66,29 +70,45 @@ t.test('graduated tiers', async (t) => {
   t.equal(amt(g, 12), 3500 + 3250 + 1200, '12 units: 5x7 + 5x6.5 + 2x6 = 79.50');
   t.equal(amt(g, '5.5'), 3500 + 325, 'decimal quantity crosses into tier 2');
   // Flat fees: first 10 for a $10 flat fee, then $1 per unit.
-  const f = tiered('graduated', [[10, '0', '1000'], [null, '100', null]]);
+  const f = tiered('graduated', [
+    [10, '0', '1000'],
+    [null, '100', null],
+  ]);
   t.equal(amt(f, 0), 1000, 'the first tier is always reached');
   t.equal(amt(f, 10), 1000);
   t.equal(amt(f, 11), 1100);
-  const f2 = tiered('graduated', [[10, '100', null], [null, '50', '500']]);
+  const f2 = tiered('graduated', [
+    [10, '100', null],
+    [null, '50', '500'],
+  ]);
   t.equal(amt(f2, 10), 1000, 'second tier flat fee not charged before it is reached');
   t.equal(amt(f2, 11), 1000 + 500 + 50);
   // Fractional cents per unit across tiers, rounded once.
-  const frac = tiered('graduated', [[1000, '0.5', null], [null, '0.25', null]]);
+  const frac = tiered('graduated', [
+    [1000, '0.5', null],
+    [null, '0.25', null],
+  ]);
   t.equal(priceAmount(frac, parseQuantity(1001)).exact, '500.25');
   t.equal(amt(frac, 1001), 500);
   t.equal(amt(frac, 1003), 501, '500.75 -> 501');
 });
 
 t.test('volume tiers', async (t) => {
-  const v = tiered('volume', [[5, '700', null], [10, '650', null], [null, '600', null]]);
+  const v = tiered('volume', [
+    [5, '700', null],
+    [10, '650', null],
+    [null, '600', null],
+  ]);
   t.equal(amt(v, 1), 700);
   t.equal(amt(v, 5), 3500);
   t.equal(amt(v, 6), 3900, 'all 6 units at 6.50');
   t.equal(amt(v, 10), 6500);
   t.equal(amt(v, 12), 7200, 'all 12 units at 6');
   t.equal(amt(v, '5.5'), 3575, '5.5 units fall in tier 2');
-  const vf = tiered('volume', [[10, '100', '500'], [null, '50', '1000']]);
+  const vf = tiered('volume', [
+    [10, '100', '500'],
+    [null, '50', '1000'],
+  ]);
   t.equal(amt(vf, 0), 500, 'zero is in the first tier');
   t.equal(amt(vf, 10), 1500);
   t.equal(amt(vf, 20), 2000);

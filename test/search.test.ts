@@ -27,7 +27,16 @@ const FIELDS: SearchFields<Doc> = {
 };
 
 const DOCS: Doc[] = [
-  { id: 'a', email: 'jenny@example.com', name: 'Jenny Rosen', created: 100, amount: 500, active: true, currency: 'usd', metadata: { order_id: '6735', tier: 'gold' } },
+  {
+    id: 'a',
+    email: 'jenny@example.com',
+    name: 'Jenny Rosen',
+    created: 100,
+    amount: 500,
+    active: true,
+    currency: 'usd',
+    metadata: { order_id: '6735', tier: 'gold' },
+  },
   { id: 'b', email: 'bob@example.org', name: "Bob O'Brien", created: 200, amount: 1500, active: false, currency: 'eur', metadata: { tier: 'silver' } },
   { id: 'c', email: null, name: 'Amazing "Co"', created: 300, amount: null, active: true, currency: 'usd', metadata: {} },
 ];
@@ -58,16 +67,22 @@ t.test('parses clauses into an AST', async (t) => {
   });
   const q = parseSearchQuery(`-metadata['order_id']:'6735' OR created>=1626998400 OR name~"amaz"`);
   t.equal(q.combinator, 'OR');
-  t.same(q.clauses.map((c) => [c.field, c.metadataKey, c.op, c.value, c.quoted, c.negated]), [
-    ['metadata', 'order_id', ':', '6735', true, true],
-    ['created', undefined, '>=', '1626998400', false, false],
-    ['name', undefined, '~', 'amaz', true, false],
-  ]);
+  t.same(
+    q.clauses.map((c) => [c.field, c.metadataKey, c.op, c.value, c.quoted, c.negated]),
+    [
+      ['metadata', 'order_id', ':', '6735', true, true],
+      ['created', undefined, '>=', '1626998400', false, false],
+      ['name', undefined, '~', 'amaz', true, false],
+    ],
+  );
   t.same(parseSearchQuery('email:null').clauses[0].value, null, 'bare null is the null literal');
   t.same(parseSearchQuery('email:"null"').clauses[0].value, 'null', 'quoted null is a string');
   t.same(parseSearchQuery(`name:"Amazing \\"Co\\""`).clauses[0].value, 'Amazing "Co"', 'backslash escapes the quote');
   t.same(parseSearchQuery(`name:'Bob O\\'Brien'`).clauses[0].value, "Bob O'Brien");
-  t.same(parseSearchQuery('amount<=10   AND   amount>2').clauses.map((c) => c.op), ['<=', '>']);
+  t.same(
+    parseSearchQuery('amount<=10   AND   amount>2').clauses.map((c) => c.op),
+    ['<=', '>'],
+  );
 });
 
 t.test('evaluates exact, substring, numeric, boolean, metadata, null and negation', async (t) => {

@@ -252,7 +252,13 @@ export function registerBalanceRoutes(http: HttpServer, s: Services): void {
       const description = r.string('description', { maxLength: 350 });
       const metadata = readMetadata(r) ?? {};
       const txn = await s.state.transaction((tx) =>
-        recordCustomerBalanceTransaction(tx, p, req.params[0], { amount, currency, type: 'adjustment', description: description ?? null, metadata }, 'customer'),
+        recordCustomerBalanceTransaction(
+          tx,
+          p,
+          req.params[0],
+          { amount, currency, type: 'adjustment', description: description ?? null, metadata },
+          'customer',
+        ),
       );
       return json(200, txn);
     }),
@@ -311,4 +317,3 @@ export function registerBalanceRoutes(http: HttpServer, s: Services): void {
     }),
   );
 }
-

@@ -15,7 +15,6 @@ import { log } from '../../shared/logger';
 import { autoFinalize, INVOICE_TYPE, type InvoiceObject } from './invoices';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
 
-
 export class BillingTicker {
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | null = null;
@@ -72,7 +71,8 @@ export class BillingTicker {
     const customers = new Map<string, Principal>();
     for (const o of drafts) {
       const inv = o.data;
-      if (inv.status !== 'draft' || inv.test_clock || !inv.auto_advance || inv.automatically_finalizes_at === null || inv.automatically_finalizes_at > now) continue;
+      if (inv.status !== 'draft' || inv.test_clock || !inv.auto_advance || inv.automatically_finalizes_at === null || inv.automatically_finalizes_at > now)
+        continue;
       customers.set(`${o.account}/${inv.customer}`, { account: o.account, livemode: (inv as { livemode?: unknown }).livemode === true });
     }
     for (const [k, p] of customers) {

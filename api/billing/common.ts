@@ -160,7 +160,10 @@ function decodePage(page: string): string {
   } catch {
     /* fall through */
   }
-  throw new InvalidRequestError(`Invalid page: ${page.slice(0, 40)}. Use the next_page value of a previous search result.`, { param: 'page', code: 'parameter_invalid' });
+  throw new InvalidRequestError(`Invalid page: ${page.slice(0, 40)}. Use the next_page value of a previous search result.`, {
+    param: 'page',
+    code: 'parameter_invalid',
+  });
 }
 
 /**
@@ -172,7 +175,15 @@ export async function searchEndpoint<T>(
   s: Services,
   p: Principal,
   params: Record<string, unknown>,
-  opts: { url: string; type: string; resource: string; fields: SearchFields<T>; where?: ListOptions['where']; include?: (doc: T) => boolean; render: (doc: T) => unknown },
+  opts: {
+    url: string;
+    type: string;
+    resource: string;
+    fields: SearchFields<T>;
+    where?: ListOptions['where'];
+    include?: (doc: T) => boolean;
+    render: (doc: T) => unknown;
+  },
 ): Promise<HttpResult> {
   const r = new ParamReader(params);
   r.assertNoUnknown(['query', 'limit', 'page', 'expand']);
@@ -239,7 +250,11 @@ export async function recordBillingEvent(
 
 /** Stripe's invoice prefixes: 8 uppercase letters/digits. */
 export function newInvoicePrefix(): string {
-  return randomBase62(24).toUpperCase().replace(/[^A-Z0-9]/g, '').slice(0, 8).padEnd(8, 'X');
+  return randomBase62(24)
+    .toUpperCase()
+    .replace(/[^A-Z0-9]/g, '')
+    .slice(0, 8)
+    .padEnd(8, 'X');
 }
 
 export function nowSeconds(s: Services): { nowMs: number; now: number } {

@@ -129,7 +129,7 @@ function applyCustomerParams(r: ParamReader, c: CustomerObject): void {
   const seq = r.integer('next_invoice_sequence', { min: 1, max: 1_000_000_000 });
   if (seq !== undefined) c.next_invoice_sequence = seq;
   if (r.has('preferred_locales')) {
-    c.preferred_locales = r.isUnset('preferred_locales') ? [] : r.stringArray('preferred_locales', { maxItems: 30 }) ?? [];
+    c.preferred_locales = r.isUnset('preferred_locales') ? [] : (r.stringArray('preferred_locales', { maxItems: 30 }) ?? []);
   }
   if (r.has('shipping')) {
     const sh = r.object('shipping');
@@ -213,7 +213,11 @@ export const CUSTOMER_SEARCH_FIELDS: SearchFields<CustomerObject> = {
 };
 
 export function registerCustomerRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/customers', apiEndpoint(s, (p, _req, params) => createCustomer(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/customers',
+    apiEndpoint(s, (p, _req, params) => createCustomer(s, p, params)),
+  );
 
   http.route(
     'GET',

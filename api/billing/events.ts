@@ -17,7 +17,6 @@ import { readListParams } from '../meters';
 import { listEndpoint, readCreatedRange } from './common';
 import { EVENT_TYPE, eventTypeMatches, type EventObject } from './outbox';
 
-
 export function registerEventRoutes(http: HttpServer, s: Services): void {
   http.route(
     'GET',

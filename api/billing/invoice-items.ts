@@ -20,7 +20,16 @@ import { expandBilling, expandParam, listEndpoint, nullableString, readCreatedRa
 import { loadCustomer } from './customers';
 import { loadPrice } from './prices';
 import { parseQuantity, priceAmount } from './pricing';
-import { addInvoiceItemLine, recomputeTotals, INVOICE_ITEM_TYPE, INVOICE_TYPE, loadInvoice, timeFor, type InvoiceItemObject, type InvoiceObject } from './invoices';
+import {
+  addInvoiceItemLine,
+  recomputeTotals,
+  INVOICE_ITEM_TYPE,
+  INVOICE_TYPE,
+  loadInvoice,
+  timeFor,
+  type InvoiceItemObject,
+  type InvoiceObject,
+} from './invoices';
 
 export async function loadInvoiceItem(store: StateStore, p: Principal, id: string): Promise<InvoiceItemObject> {
   const found = await store.getObject<InvoiceItemObject>(p.account, INVOICE_ITEM_TYPE, id);
@@ -32,7 +41,21 @@ const DEC = /^\d+(\.\d{1,12})?$/;
 
 async function createItem(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
-  r.assertNoUnknown(['customer', 'amount', 'currency', 'description', 'invoice', 'metadata', 'period', 'pricing', 'quantity', 'unit_amount_decimal', 'subscription', 'discountable', 'expand']);
+  r.assertNoUnknown([
+    'customer',
+    'amount',
+    'currency',
+    'description',
+    'invoice',
+    'metadata',
+    'period',
+    'pricing',
+    'quantity',
+    'unit_amount_decimal',
+    'subscription',
+    'discountable',
+    'expand',
+  ]);
   const customerId = r.string('customer', { required: true, maxLength: 5000 })!;
   const amountParam = r.integer('amount');
   let currency = r.string('currency', { maxLength: 3 })?.toLowerCase();
@@ -57,8 +80,10 @@ async function createItem(s: Services, p: Principal, params: Params) {
   }
   const given = [amountParam !== undefined, unitDec !== undefined, priceId !== undefined].filter(Boolean).length;
   if (given === 0) throw new MissingParamError('amount');
-  if (given > 1) throw new InvalidRequestError('You may only specify one of these parameters: amount, pricing[price], unit_amount_decimal.', { param: 'amount' });
-  if (unitDec !== undefined && !DEC.test(unitDec)) throw new InvalidParamError('unit_amount_decimal', `Invalid decimal: ${unitDec}`, 'parameter_invalid_decimal');
+  if (given > 1)
+    throw new InvalidRequestError('You may only specify one of these parameters: amount, pricing[price], unit_amount_decimal.', { param: 'amount' });
+  if (unitDec !== undefined && !DEC.test(unitDec))
+    throw new InvalidParamError('unit_amount_decimal', `Invalid decimal: ${unitDec}`, 'parameter_invalid_decimal');
 
   const ii = await s.state.transaction(async (tx) => {
     const customer = await loadCustomer(tx, p, customerId, 'customer');
@@ -68,14 +93,19 @@ async function createItem(s: Services, p: Principal, params: Params) {
     let pricing: InvoiceItemObject['pricing'] = null;
     if (priceId !== undefined) {
       const price = await loadPrice(tx, p, priceId, 'pricing[price]');
-      if (price.type !== 'one_time') throw new InvalidParamError('pricing[price]', 'The price specified is a recurring price; invoice items only accept one-time prices.');
-      if (currency && currency !== price.currency) throw new InvalidParamError('currency', `The price's currency ${price.currency} does not match ${currency}.`);
+      if (price.type !== 'one_time')
+        throw new InvalidParamError('pricing[price]', 'The price specified is a recurring price; invoice items only accept one-time prices.');
+      if (currency && currency !== price.currency)
+        throw new InvalidParamError('currency', `The price's currency ${price.currency} does not match ${currency}.`);
       currency = price.currency;
       amount = priceAmount(price, parseQuantity(quantity)).amount;
       unitAmountDecimal = price.unit_amount_decimal;
       pricing = { type: 'price_details', price_details: { price: price.id, product: price.product }, unit_amount_decimal: unitAmountDecimal };
     } else if (unitDec !== undefined) {
-      amount = priceAmount({ billing_scheme: 'per_unit', unit_amount_decimal: unitDec, tiers_mode: null, transform_quantity: null }, parseQuantity(quantity)).amount;
+      amount = priceAmount(
+        { billing_scheme: 'per_unit', unit_amount_decimal: unitDec, tiers_mode: null, transform_quantity: null },
+        parseQuantity(quantity),
+      ).amount;
       unitAmountDecimal = unitDec;
       pricing = { type: 'price_details', price_details: null, unit_amount_decimal: unitDec };
     } else {
@@ -87,7 +117,8 @@ async function createItem(s: Services, p: Principal, params: Params) {
     if (invoiceId) {
       inv = await loadInvoice(tx, p, invoiceId, 'invoice');
       if (inv.customer !== customer.id) throw new InvalidParamError('invoice', `The invoice ${inv.id} belongs to another customer.`);
-      if (inv.status !== 'draft') throw new InvalidParamError('invoice', `You can only add invoice items to draft invoices; invoice ${inv.id} is ${inv.status}.`);
+      if (inv.status !== 'draft')
+        throw new InvalidParamError('invoice', `You can only add invoice items to draft invoices; invoice ${inv.id} is ${inv.status}.`);
       if (inv.currency !== currency) throw new InvalidParamError('currency', `The invoice ${inv.id} is in ${inv.currency}.`);
     }
     const ii: InvoiceItemObject = {
@@ -129,12 +160,17 @@ async function createItem(s: Services, p: Principal, params: Params) {
 async function draftOf(tx: StateStore, p: Principal, ii: InvoiceItemObject, what: string): Promise<InvoiceObject | null> {
   if (!ii.invoice) return null;
   const inv = await loadInvoice(tx, p, ii.invoice, 'invoice');
-  if (inv.status !== 'draft') throw new InvalidRequestError(`You cannot ${what} an invoice item that is attached to a finalized invoice (${inv.id}).`, { code: 'invoice_not_editable' });
+  if (inv.status !== 'draft')
+    throw new InvalidRequestError(`You cannot ${what} an invoice item that is attached to a finalized invoice (${inv.id}).`, { code: 'invoice_not_editable' });
   return inv;
 }
 
 export function registerInvoiceItemRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/invoiceitems', apiEndpoint(s, (p, _req, params) => createItem(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/invoiceitems',
+    apiEndpoint(s, (p, _req, params) => createItem(s, p, params)),
+  );
 
   http.route(
     'GET',
@@ -150,7 +186,17 @@ export function registerInvoiceItemRoutes(http: HttpServer, s: Services): void {
       if (invoice) where.invoice = invoice;
       const pending = r.boolean('pending');
       const pred = pending === undefined ? undefined : (d: InvoiceItemObject) => (d.invoice === null) === pending;
-      return listEndpoint<InvoiceItemObject>(s, p, '/v1/invoiceitems', INVOICE_ITEM_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => d, expandParam(params));
+      return listEndpoint<InvoiceItemObject>(
+        s,
+        p,
+        '/v1/invoiceitems',
+        INVOICE_ITEM_TYPE,
+        page,
+        { where, ...readCreatedRange(r) },
+        pred,
+        (d) => d,
+        expandParam(params),
+      );
     }),
   );
 

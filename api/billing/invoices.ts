@@ -26,7 +26,17 @@ import { formatScaled } from '../../shared/decimal';
 import { computeWindows } from '../summaries';
 import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
-import { expandBilling, expandParam, listEndpoint, nullableString, readCreatedRange, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
+import {
+  expandBilling,
+  expandParam,
+  listEndpoint,
+  nullableString,
+  readCreatedRange,
+  readMetadata,
+  recordBillingEvent,
+  searchEndpoint,
+  type Metadata,
+} from './common';
 import { CUSTOMER_TYPE, loadCustomer, type CustomerObject } from './customers';
 import { PRICE_TYPE, type PriceObject } from './prices';
 import { priceAmount, truncatedQuantity } from './pricing';
@@ -180,7 +190,12 @@ export function makeLine(p: Principal, invoiceId: string | null, currency: strin
   const parent = spec.invoiceItem
     ? {
         type: 'invoice_item_details',
-        invoice_item_details: { invoice_item: spec.invoiceItem, proration: false, proration_details: { credited_items: null }, subscription: spec.subscription ?? null },
+        invoice_item_details: {
+          invoice_item: spec.invoiceItem,
+          proration: false,
+          proration_details: { credited_items: null },
+          subscription: spec.subscription ?? null,
+        },
         subscription_item_details: null,
       }
     : spec.subscriptionItem
@@ -439,11 +454,24 @@ async function markPaid(tx: StateStore, p: Principal, inv: InvoiceObject, now: n
   await saveInvoice(tx, p, inv, 'invoice.paid', before);
   // The emulated charge moves the account balance; a payment made out of band does not.
   if (paid > 0 && !outOfBand) {
-    await recordBalanceTransaction(tx, p, { amount: paid, currency: inv.currency, type: 'charge', source: inv.id, description: `Payment for invoice ${inv.number ?? inv.id}` });
+    await recordBalanceTransaction(tx, p, {
+      amount: paid,
+      currency: inv.currency,
+      type: 'charge',
+      source: inv.id,
+      description: `Payment for invoice ${inv.number ?? inv.id}`,
+    });
   }
 }
 
-export async function payIn(tx: StateStore, p: Principal, inv: InvoiceObject, now: number, usage?: Map<string, bigint>, outOfBand = false): Promise<InvoiceObject> {
+export async function payIn(
+  tx: StateStore,
+  p: Principal,
+  inv: InvoiceObject,
+  now: number,
+  usage?: Map<string, bigint>,
+  outOfBand = false,
+): Promise<InvoiceObject> {
   if (inv.status === 'paid') throw badState('Invoice is already paid');
   if (inv.status === 'void') throw badState('You can only pay an invoice in status open, draft or uncollectible; this invoice is void.');
   if (inv.status === 'draft') {
@@ -475,7 +503,12 @@ async function pendingItems(store: StateStore, p: Principal, customer: string, s
   const res = await store.listObjects<InvoiceItemObject>(p.account, INVOICE_ITEM_TYPE, { limit: 100, where: { customer, invoice: null } });
   return res.data
     .map((o) => o.data)
-    .filter((ii) => subscription === undefined || ((ii.parent?.subscription_details as { subscription?: string } | undefined)?.subscription ?? null) === (subscription ?? null) || !ii.parent)
+    .filter(
+      (ii) =>
+        subscription === undefined ||
+        ((ii.parent?.subscription_details as { subscription?: string } | undefined)?.subscription ?? null) === (subscription ?? null) ||
+        !ii.parent,
+    )
     .reverse();
 }
 
@@ -524,7 +557,17 @@ export const previewHooks: {
 
 async function createInvoice(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
-  r.assertNoUnknown(['customer', 'auto_advance', 'description', 'metadata', 'pending_invoice_items_behavior', 'currency', 'collection_method', 'subscription', 'expand']);
+  r.assertNoUnknown([
+    'customer',
+    'auto_advance',
+    'description',
+    'metadata',
+    'pending_invoice_items_behavior',
+    'currency',
+    'collection_method',
+    'subscription',
+    'expand',
+  ]);
   const customerId = r.string('customer', { required: true, maxLength: 5000 })!;
   const autoAdvance = r.boolean('auto_advance') ?? false;
   const description = r.string('description', { maxLength: 1500 }) ?? null;
@@ -555,7 +598,14 @@ async function createInvoice(s: Services, p: Principal, params: Params) {
   return json(200, await expandBilling(s.state, p, renderInvoice(inv), expandParam(params)));
 }
 
-async function transition(s: Services, p: Principal, id: string, params: Params, allowed: string[], fn: (tx: StateStore, inv: InvoiceObject, now: number, usage: Map<string, bigint> | undefined) => Promise<void>) {
+async function transition(
+  s: Services,
+  p: Principal,
+  id: string,
+  params: Params,
+  allowed: string[],
+  fn: (tx: StateStore, inv: InvoiceObject, now: number, usage: Map<string, bigint> | undefined) => Promise<void>,
+) {
   const r = new ParamReader(params);
   r.assertNoUnknown([...allowed, 'expand']);
   const pre = await loadInvoice(s.state, p, id);
@@ -570,7 +620,11 @@ async function transition(s: Services, p: Principal, id: string, params: Params,
 }
 
 export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/invoices', apiEndpoint(s, (p, _req, params) => createInvoice(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/invoices',
+    apiEndpoint(s, (p, _req, params) => createInvoice(s, p, params)),
+  );
 
   http.route(
     'POST',
@@ -599,7 +653,18 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     '/v1/invoices',
     apiEndpoint(s, async (p, _req, params) => {
       const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'customer', 'subscription', 'status', 'collection_method', 'created', 'due_date', 'expand']);
+      r.assertNoUnknown([
+        'limit',
+        'starting_after',
+        'ending_before',
+        'customer',
+        'subscription',
+        'status',
+        'collection_method',
+        'created',
+        'due_date',
+        'expand',
+      ]);
       const page = readListParams(r);
       const where: Record<string, string> = {};
       const customer = r.string('customer', { maxLength: 5000 });
@@ -609,7 +674,17 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
       const status = r.string('status', { enum: ['draft', 'open', 'paid', 'uncollectible', 'void'] });
       if (status) where.status = status;
       r.string('collection_method', { enum: ['charge_automatically', 'send_invoice'] });
-      return listEndpoint<InvoiceObject>(s, p, '/v1/invoices', INVOICE_TYPE, page, { where, ...readCreatedRange(r) }, undefined, renderInvoice, expandParam(params));
+      return listEndpoint<InvoiceObject>(
+        s,
+        p,
+        '/v1/invoices',
+        INVOICE_TYPE,
+        page,
+        { where, ...readCreatedRange(r) },
+        undefined,
+        renderInvoice,
+        expandParam(params),
+      );
     }),
   );
 
@@ -617,7 +692,13 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     'GET',
     '/v1/invoices/search',
     apiEndpoint(s, (p, _req, params) =>
-      searchEndpoint<InvoiceObject>(s, p, params, { url: '/v1/invoices/search', type: INVOICE_TYPE, resource: 'invoices', fields: INVOICE_SEARCH_FIELDS, render: renderInvoice }),
+      searchEndpoint<InvoiceObject>(s, p, params, {
+        url: '/v1/invoices/search',
+        type: INVOICE_TYPE,
+        resource: 'invoices',
+        fields: INVOICE_SEARCH_FIELDS,
+        render: renderInvoice,
+      }),
     ),
   );
 
@@ -717,10 +798,17 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     'POST',
     '/v1/invoices/:id/pay',
     apiEndpoint(s, (p, req, params) =>
-      transition(s, p, req.params[0], params, ['paid_out_of_band', 'forgive', 'off_session', 'payment_method', 'source', 'mandate'], async (tx, inv, now, usage) => {
-        const outOfBand = new ParamReader(params).boolean('paid_out_of_band') ?? false;
-        await payIn(tx, p, inv, now, usage, outOfBand);
-      }),
+      transition(
+        s,
+        p,
+        req.params[0],
+        params,
+        ['paid_out_of_band', 'forgive', 'off_session', 'payment_method', 'source', 'mandate'],
+        async (tx, inv, now, usage) => {
+          const outOfBand = new ParamReader(params).boolean('paid_out_of_band') ?? false;
+          await payIn(tx, p, inv, now, usage, outOfBand);
+        },
+      ),
     ),
   );
 
@@ -768,4 +856,3 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     ),
   );
 }
-

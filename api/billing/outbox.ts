@@ -65,13 +65,7 @@ function nestedDiff(before: Record<string, unknown>, after: Record<string, unkno
  * Builds and stores the event in `tx` (the caller's transaction), and queues its webhook deliveries in the same
  * transaction. An update whose diff is empty records nothing (Stripe sends no `*.updated` event for a no-op).
  */
-export async function storeEvent(
-  tx: StateStore,
-  p: Principal,
-  type: string,
-  object: unknown,
-  previous?: Record<string, unknown>,
-): Promise<EventObject | null> {
+export async function storeEvent(tx: StateStore, p: Principal, type: string, object: unknown, previous?: Record<string, unknown>): Promise<EventObject | null> {
   const snapshot = structuredClone(object);
   const data: EventObject['data'] = { object: snapshot };
   if (previous !== undefined && isPlain(snapshot)) {
@@ -101,7 +95,14 @@ export function eventTypeMatches(pattern: string, type: string): boolean {
   if (pattern === '*') return true;
   if (pattern.endsWith('.*')) return type.startsWith(pattern.slice(0, -1));
   if (pattern.includes('*')) {
-    const re = new RegExp('^' + pattern.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^]*') + '$');
+    const re = new RegExp(
+      '^' +
+        pattern
+          .split('*')
+          .map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+          .join('[^]*') +
+        '$',
+    );
     return re.test(type);
   }
   return pattern === type;
@@ -163,4 +164,3 @@ async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, 
   if (n > 0) for (const listener of deliveryListeners) listener();
   return n;
 }
-

@@ -97,8 +97,24 @@ const PRODUCT_HASH_PARAMS = ['id', 'name', 'active', 'metadata', 'statement_desc
 async function createPlan(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
   r.assertNoUnknown([
-    'id', 'currency', 'interval', 'interval_count', 'usage_type', 'meter', 'trial_period_days', 'product', 'amount', 'amount_decimal',
-    'billing_scheme', 'tiers', 'tiers_mode', 'transform_usage', 'nickname', 'active', 'metadata', 'expand',
+    'id',
+    'currency',
+    'interval',
+    'interval_count',
+    'usage_type',
+    'meter',
+    'trial_period_days',
+    'product',
+    'amount',
+    'amount_decimal',
+    'billing_scheme',
+    'tiers',
+    'tiers_mode',
+    'transform_usage',
+    'nickname',
+    'active',
+    'metadata',
+    'expand',
   ]);
   const expand = readExpand(r);
   const id = r.string('id', { maxLength: 5000 }) ?? newId('price', p.livemode);
@@ -139,7 +155,11 @@ async function createPlan(s: Services, p: Principal, params: Params) {
 }
 
 export function registerPlanRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/plans', apiEndpoint(s, (p, _req, params) => createPlan(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/plans',
+    apiEndpoint(s, (p, _req, params) => createPlan(s, p, params)),
+  );
 
   http.route(
     'GET',

@@ -26,7 +26,18 @@ import { newId } from '../../shared/ids';
 import { METER_TYPE, type MeterObject } from '../../shared/meters';
 import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
-import { expandBilling, listEndpoint, nowSeconds, nullableString, readCreatedRange, readExpand, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
+import {
+  expandBilling,
+  listEndpoint,
+  nowSeconds,
+  nullableString,
+  readCreatedRange,
+  readExpand,
+  readMetadata,
+  recordBillingEvent,
+  searchEndpoint,
+  type Metadata,
+} from './common';
 import { createProductIn, loadProduct } from './products';
 
 export const PRICE_TYPE = 'price';
@@ -99,7 +110,11 @@ function readAmountPair(r: ParamReader, intName: string, decName: string): [numb
   if (n !== undefined) return [n, String(n)];
   if (d !== undefined) {
     if (!DECIMAL.test(d)) {
-      throw new InvalidParamError(r.param(decName), `Invalid decimal: ${d.slice(0, 40)}; it must be a non-negative decimal with at most 12 decimal places.`, 'parameter_invalid_decimal');
+      throw new InvalidParamError(
+        r.param(decName),
+        `Invalid decimal: ${d.slice(0, 40)}; it must be a non-negative decimal with at most 12 decimal places.`,
+        'parameter_invalid_decimal',
+      );
     }
     const intPart = d.split('.')[0];
     const fracZero = !d.includes('.') || /^0+$/.test(d.split('.')[1]);
@@ -176,10 +191,20 @@ export function readPricing(r: ParamReader, names: PricingNames): Pricing {
     if (r.has('tiers')) throw new InvalidParamError('tiers', 'Tiers can only be specified when billing_scheme is tiered.');
     if (r.has('tiers_mode')) throw new InvalidParamError('tiers_mode', 'tiers_mode can only be specified when billing_scheme is tiered.');
     if (!amount) throw new MissingParamError(names.unitAmount);
-    return { billing_scheme: scheme, unit_amount: amount[0], unit_amount_decimal: amount[1], tiers: undefined, tiers_mode: null, transform_quantity: transform };
+    return {
+      billing_scheme: scheme,
+      unit_amount: amount[0],
+      unit_amount_decimal: amount[1],
+      tiers: undefined,
+      tiers_mode: null,
+      transform_quantity: transform,
+    };
   }
   if (amount) {
-    throw new InvalidParamError(r.has(names.unitAmount) ? names.unitAmount : names.unitAmountDecimal, `${names.unitAmount} cannot be used with billing_scheme tiered: set amounts on the tiers.`);
+    throw new InvalidParamError(
+      r.has(names.unitAmount) ? names.unitAmount : names.unitAmountDecimal,
+      `${names.unitAmount} cannot be used with billing_scheme tiered: set amounts on the tiers.`,
+    );
   }
   if (transform) throw new InvalidParamError(names.transform, `${names.transform} cannot be used with billing_scheme tiered.`);
   const mode = r.string('tiers_mode', { required: true, enum: ['graduated', 'volume'] }) as 'graduated' | 'volume';
@@ -201,7 +226,10 @@ export function readPricing(r: ParamReader, names: PricingNames): Pricing {
     const unit = readAmountPair(t, 'unit_amount', 'unit_amount_decimal');
     const flat = readAmountPair(t, 'flat_amount', 'flat_amount_decimal');
     if (!unit && !flat) {
-      throw new InvalidParamError(t.param('unit_amount'), `Each tier needs a unit amount or a flat amount: set ${t.param('unit_amount')} or ${t.param('flat_amount')}.`);
+      throw new InvalidParamError(
+        t.param('unit_amount'),
+        `Each tier needs a unit amount or a flat amount: set ${t.param('unit_amount')} or ${t.param('flat_amount')}.`,
+      );
     }
     tiers.push({
       flat_amount: flat ? flat[0] : null,
@@ -253,7 +281,10 @@ async function claimLookupKey(tx: StateStore, p: Principal, key: string, priceId
   if (held) {
     if (held.data.price === priceId) return;
     if (!transfer) {
-      throw new InvalidParamError('lookup_key', `A price (\`${held.data.price}\`) already uses that lookup key. Set transfer_lookup_key to move it to this price.`);
+      throw new InvalidParamError(
+        'lookup_key',
+        `A price (\`${held.data.price}\`) already uses that lookup key. Set transfer_lookup_key to move it to this price.`,
+      );
     }
     const holder = await tx.getObject<PriceObject>(p.account, PRICE_TYPE, held.data.price);
     if (holder) {
@@ -273,7 +304,14 @@ async function releaseLookupKey(tx: StateStore, p: Principal, key: string, price
 }
 
 /** Stores a new price (a plan too), claiming its lookup key. `idParam` names the param of a chosen id. */
-export async function insertPrice(tx: StateStore, p: Principal, price: PriceObject, nowMs: number, transferLookupKey: boolean, idParam?: string): Promise<void> {
+export async function insertPrice(
+  tx: StateStore,
+  p: Principal,
+  price: PriceObject,
+  nowMs: number,
+  transferLookupKey: boolean,
+  idParam?: string,
+): Promise<void> {
   try {
     await tx.insertObject({ account: p.account, type: PRICE_TYPE, id: price.id, createdMs: nowMs, data: price });
   } catch (err) {
@@ -313,8 +351,23 @@ const PRODUCT_DATA_PARAMS = ['name', 'active', 'metadata', 'statement_descriptor
 async function createPrice(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
   r.assertNoUnknown([
-    'currency', 'product', 'product_data', 'unit_amount', 'unit_amount_decimal', 'billing_scheme', 'tiers', 'tiers_mode', 'recurring',
-    'transform_quantity', 'nickname', 'lookup_key', 'transfer_lookup_key', 'active', 'metadata', 'tax_behavior', 'expand',
+    'currency',
+    'product',
+    'product_data',
+    'unit_amount',
+    'unit_amount_decimal',
+    'billing_scheme',
+    'tiers',
+    'tiers_mode',
+    'recurring',
+    'transform_quantity',
+    'nickname',
+    'lookup_key',
+    'transfer_lookup_key',
+    'active',
+    'metadata',
+    'tax_behavior',
+    'expand',
   ]);
   const expand = readExpand(r);
   const currency = readCurrency(r);
@@ -337,9 +390,7 @@ async function createPrice(s: Services, p: Principal, params: Params) {
 
   const price = await s.state.transaction(async (tx) => {
     const recurring = recurringParams ? await readRecurring(tx, p, recurringParams) : null;
-    const product = productData
-      ? await createProductIn(tx, p, nowMs, productData, PRODUCT_DATA_PARAMS)
-      : await loadProduct(tx, p, productId!, 'product', 400);
+    const product = productData ? await createProductIn(tx, p, nowMs, productData, PRODUCT_DATA_PARAMS) : await loadProduct(tx, p, productId!, 'product', 400);
     const price = buildPrice({
       id: newId('price', p.livemode),
       livemode: p.livemode,
@@ -394,7 +445,11 @@ export const PRICE_SEARCH_FIELDS: SearchFields<PriceObject> = {
 };
 
 export function registerPriceRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/prices', apiEndpoint(s, (p, _req, params) => createPrice(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/prices',
+    apiEndpoint(s, (p, _req, params) => createPrice(s, p, params)),
+  );
 
   http.route(
     'GET',
@@ -430,7 +485,9 @@ export function registerPriceRoutes(http: HttpServer, s: Services): void {
       if (usageType) preds.push((d) => d.recurring?.usage_type === usageType);
       if (meter) preds.push((d) => d.recurring?.meter === meter);
       const pred = preds.length ? (d: PriceObject) => preds.every((f) => f(d)) : undefined;
-      return listEndpoint<PriceObject>(s, p, '/v1/prices', PRICE_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => renderPrice(d, expand), expand, ['data.tiers']);
+      return listEndpoint<PriceObject>(s, p, '/v1/prices', PRICE_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => renderPrice(d, expand), expand, [
+        'data.tiers',
+      ]);
     }),
   );
 

@@ -55,7 +55,21 @@ export async function loadProduct(store: StateStore, p: Principal, id: string, p
   return found.data;
 }
 
-const UPDATABLE = ['active', 'default_price', 'description', 'images', 'marketing_features', 'metadata', 'name', 'shippable', 'statement_descriptor', 'tax_code', 'unit_label', 'url', 'expand'];
+const UPDATABLE = [
+  'active',
+  'default_price',
+  'description',
+  'images',
+  'marketing_features',
+  'metadata',
+  'name',
+  'shippable',
+  'statement_descriptor',
+  'tax_code',
+  'unit_label',
+  'url',
+  'expand',
+];
 
 function applyProductParams(r: ParamReader, prod: ProductObject, creating: boolean): void {
   const name = r.string('name', { required: creating, maxLength: 5000 });
@@ -64,7 +78,7 @@ function applyProductParams(r: ParamReader, prod: ProductObject, creating: boole
   if (active !== undefined) prod.active = active;
   const description = nullableString(r, 'description', 40000);
   if (description !== undefined) prod.description = description;
-  if (r.has('images')) prod.images = r.isUnset('images') ? [] : r.stringArray('images', { maxItems: 8 }) ?? [];
+  if (r.has('images')) prod.images = r.isUnset('images') ? [] : (r.stringArray('images', { maxItems: 8 }) ?? []);
   if (r.has('marketing_features')) {
     if (r.isUnset('marketing_features')) prod.marketing_features = [];
     else {
@@ -80,7 +94,7 @@ function applyProductParams(r: ParamReader, prod: ProductObject, creating: boole
   const sd = nullableString(r, 'statement_descriptor', 22);
   if (sd !== undefined) {
     if (sd !== null && (/[<>\\'"*]/.test(sd) || !/[A-Za-z]/.test(sd))) {
-      throw new InvalidParamError('statement_descriptor', "Invalid statement_descriptor: it must contain at least one letter and none of < > \\ ' \" *.");
+      throw new InvalidParamError('statement_descriptor', 'Invalid statement_descriptor: it must contain at least one letter and none of < > \\ \' " *.');
     }
     prod.statement_descriptor = sd;
   }
@@ -95,7 +109,14 @@ function applyProductParams(r: ParamReader, prod: ProductObject, creating: boole
 }
 
 /** The product a price's `product_data` / a plan's `product[...]` hash creates, inside the caller's transaction. */
-export async function createProductIn(tx: StateStore, p: Principal, nowMs: number, r: ParamReader, allowed: readonly string[], allowId = false): Promise<ProductObject> {
+export async function createProductIn(
+  tx: StateStore,
+  p: Principal,
+  nowMs: number,
+  r: ParamReader,
+  allowed: readonly string[],
+  allowId = false,
+): Promise<ProductObject> {
   r.assertNoUnknown(allowed);
   const now = Math.floor(nowMs / 1000);
   const id = allowId ? r.string('id', { maxLength: 5000 }) : undefined;
@@ -153,7 +174,11 @@ export const PRODUCT_SEARCH_FIELDS: SearchFields<ProductObject> = {
 };
 
 export function registerProductRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/products', apiEndpoint(s, (p, _req, params) => createProduct(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/products',
+    apiEndpoint(s, (p, _req, params) => createProduct(s, p, params)),
+  );
 
   http.route(
     'GET',
@@ -181,7 +206,13 @@ export function registerProductRoutes(http: HttpServer, s: Services): void {
     'GET',
     '/v1/products/search',
     apiEndpoint(s, (p, _req, params) =>
-      searchEndpoint<ProductObject>(s, p, params, { url: '/v1/products/search', type: PRODUCT_TYPE, resource: 'products', fields: PRODUCT_SEARCH_FIELDS, render: (d) => d }),
+      searchEndpoint<ProductObject>(s, p, params, {
+        url: '/v1/products/search',
+        type: PRODUCT_TYPE,
+        resource: 'products',
+        fields: PRODUCT_SEARCH_FIELDS,
+        render: (d) => d,
+      }),
     ),
   );
 

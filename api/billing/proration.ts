@@ -51,7 +51,16 @@ function productName(price: PriceObject): string {
 }
 
 /** Creates the proration invoice items for the change from `before` to `after` at `now` within [start, end). */
-export async function createProrations(tx: StateStore, p: Principal, before: SubLike, after: SubLike, now: number, start: number, end: number, nowMs: number): Promise<InvoiceItemObject[]> {
+export async function createProrations(
+  tx: StateStore,
+  p: Principal,
+  before: SubLike,
+  after: SubLike,
+  now: number,
+  start: number,
+  end: number,
+  nowMs: number,
+): Promise<InvoiceItemObject[]> {
   if (!(now > start && now < end)) return [];
   const remaining = end - now;
   const total = end - start;
@@ -77,7 +86,11 @@ export async function createProrations(tx: StateStore, p: Principal, before: Sub
       net_amount: amount,
       parent: { type: 'subscription_details', subscription_details: { subscription: after.id, subscription_item: it.id } },
       period: { start: now, end },
-      pricing: { type: 'price_details', price_details: { price: it.price.id, product: String(it.price.product) }, unit_amount_decimal: formatScaled((BigInt(amount) * 10n ** 15n) / BigInt(qty)) } as InvoiceItemObject['pricing'],
+      pricing: {
+        type: 'price_details',
+        price_details: { price: it.price.id, product: String(it.price.product) },
+        unit_amount_decimal: formatScaled((BigInt(amount) * 10n ** 15n) / BigInt(qty)),
+      } as InvoiceItemObject['pricing'],
       proration: true,
       quantity: qty,
       quantity_decimal: String(qty),

@@ -34,17 +34,7 @@ import { loadCustomer, type CustomerObject } from './customers';
 import { loadPrice, renderPrice, type PriceObject, type Interval } from './prices';
 import { renderPlan } from './plans';
 import { createProrations } from './proration';
-import {
-  autoFinalize,
-  finalizeIn,
-  insertInvoice,
-  meteredUsage,
-  newInvoice,
-  previewHooks,
-  sweepPendingItems,
-  timeFor,
-  type LineSpec,
-} from './invoices';
+import { autoFinalize, finalizeIn, insertInvoice, meteredUsage, newInvoice, previewHooks, sweepPendingItems, timeFor, type LineSpec } from './invoices';
 
 export const SUBSCRIPTION_TYPE = 'subscription';
 export const SUBSCRIPTION_ITEM_REF = 'subscription_item_ref';
@@ -212,7 +202,11 @@ export async function runClock(s: Services, p: Principal, clockId: string, now: 
   const customers = new Set<string>();
   let cursor: string | undefined;
   for (;;) {
-    const page = await s.state.listObjects<SubscriptionObject>(p.account, SUBSCRIPTION_TYPE, { limit: 100, startingAfter: cursor, where: { test_clock: clockId } });
+    const page = await s.state.listObjects<SubscriptionObject>(p.account, SUBSCRIPTION_TYPE, {
+      limit: 100,
+      startingAfter: cursor,
+      where: { test_clock: clockId },
+    });
     for (const o of page.data) {
       customers.add(o.data.customer);
       await cycleSubscription(s, p, o.id, now);
@@ -222,7 +216,11 @@ export async function runClock(s: Services, p: Principal, clockId: string, now: 
   }
   cursor = undefined;
   for (;;) {
-    const page: { data: Array<{ id: string }>; hasMore: boolean } = await s.state.listObjects<CustomerObject>(p.account, 'customer', { limit: 100, startingAfter: cursor, where: { test_clock: clockId } });
+    const page: { data: Array<{ id: string }>; hasMore: boolean } = await s.state.listObjects<CustomerObject>(p.account, 'customer', {
+      limit: 100,
+      startingAfter: cursor,
+      where: { test_clock: clockId },
+    });
     for (const o of page.data) customers.add(o.id);
     if (!page.hasMore || page.data.length === 0) break;
     cursor = page.data[page.data.length - 1].id;
@@ -264,7 +262,16 @@ previewHooks.preview = async (s, p, customer, subscriptionId) => {
 // ---------------------------------------------------------------------------------------------------------------------
 // Items
 
-function makeItem(p: Principal, subId: string, price: PriceObject, quantity: number | undefined, created: number, start: number, end: number, metadata: Metadata): SubscriptionItem {
+function makeItem(
+  p: Principal,
+  subId: string,
+  price: PriceObject,
+  quantity: number | undefined,
+  created: number,
+  start: number,
+  end: number,
+  metadata: Metadata,
+): SubscriptionItem {
   return {
     id: newId('si', p.livemode),
     object: 'subscription_item',
@@ -287,7 +294,10 @@ async function readItemPrice(tx: StateStore, p: Principal, r: ParamReader, curre
   if (!priceId) throw new MissingParamError(r.param('price'));
   const price = await loadPrice(tx, p, priceId, r.param('price'));
   if (!price.recurring) {
-    throw new InvalidParamError(r.param('price'), `The price specified is set to \`type=one_time\` but this field only accepts prices with \`type=recurring\`.`);
+    throw new InvalidParamError(
+      r.param('price'),
+      `The price specified is set to \`type=one_time\` but this field only accepts prices with \`type=recurring\`.`,
+    );
   }
   if (!price.active) throw new InvalidParamError(r.param('price'), `The price specified is inactive. This field only accepts active prices.`);
   if (currency && price.currency !== currency) {
@@ -332,7 +342,20 @@ function renderSub(sub: SubscriptionObject): SubscriptionObject {
 // ---------------------------------------------------------------------------------------------------------------------
 // Endpoints
 
-const SUB_CREATE = ['customer', 'items', 'metadata', 'description', 'cancel_at_period_end', 'cancel_at', 'collection_method', 'days_until_due', 'billing_cycle_anchor', 'proration_behavior', 'payment_behavior', 'expand'];
+const SUB_CREATE = [
+  'customer',
+  'items',
+  'metadata',
+  'description',
+  'cancel_at_period_end',
+  'cancel_at',
+  'collection_method',
+  'days_until_due',
+  'billing_cycle_anchor',
+  'proration_behavior',
+  'payment_behavior',
+  'expand',
+];
 
 async function createSubscription(s: Services, p: Principal, params: Params) {
   const r = new ParamReader(params);
@@ -433,7 +456,8 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
     });
     sub.latest_invoice = inv.id;
     await tx.insertObject({ account: p.account, type: SUBSCRIPTION_TYPE, id, createdMs: now * 1000, data: sub });
-    for (const it of items) await tx.insertObject({ account: p.account, type: SUBSCRIPTION_ITEM_REF, id: it.id, createdMs: now * 1000, data: { subscription: id } });
+    for (const it of items)
+      await tx.insertObject({ account: p.account, type: SUBSCRIPTION_ITEM_REF, id: it.id, createdMs: now * 1000, data: { subscription: id } });
     await recordBillingEvent(tx, p, 'customer.subscription.created', renderSub(sub));
     await insertInvoice(tx, p, inv);
     inv.auto_advance = true;
@@ -508,7 +532,8 @@ async function applyItemChanges(tx: StateStore, p: Principal, sub: SubscriptionO
       if (md !== undefined) it.metadata = md;
     } else {
       const price = await readItemPrice(tx, p, ip, sub.currency);
-      if (sub.items.data.some((i) => i.price.id === price.id)) throw new InvalidParamError(ip.param('price'), 'Cannot add multiple subscription items with the same price.');
+      if (sub.items.data.some((i) => i.price.id === price.id))
+        throw new InvalidParamError(ip.param('price'), 'Cannot add multiple subscription items with the same price.');
       const it = makeItem(p, sub.id, price, readQuantity(ip, price), now, start, end, readMetadata(ip) ?? {});
       sub.items.data.push(it);
       await tx.insertObject({ account: p.account, type: SUBSCRIPTION_ITEM_REF, id: it.id, createdMs: now * 1000, data: { subscription: sub.id } });
@@ -530,7 +555,10 @@ async function cancelSubscription(s: Services, p: Principal, id: string, params:
   if (cd) {
     cd.assertNoUnknown(['comment', 'feedback']);
     comment = cd.string('comment', { maxLength: 5000 }) ?? null;
-    feedback = cd.string('feedback', { enum: ['customer_service', 'low_quality', 'missing_features', 'other', 'switched_service', 'too_complex', 'too_expensive', 'unused'] }) ?? null;
+    feedback =
+      cd.string('feedback', {
+        enum: ['customer_service', 'low_quality', 'missing_features', 'other', 'switched_service', 'too_complex', 'too_expensive', 'unused'],
+      }) ?? null;
   }
   const pre = await loadSubscription(s.state, p, id);
   if (pre.status === 'canceled') throw new NotFoundError(`No such subscription: '${id}'`);
@@ -568,7 +596,11 @@ async function cancelSubscription(s: Services, p: Principal, id: string, params:
 }
 
 export function registerSubscriptionRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/subscriptions', apiEndpoint(s, (p, _req, params) => createSubscription(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/subscriptions',
+    apiEndpoint(s, (p, _req, params) => createSubscription(s, p, params)),
+  );
   http.route(
     'GET',
     '/v1/subscriptions',
@@ -581,13 +613,25 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       if (customer) where.customer = customer;
       const clock = r.string('test_clock', { maxLength: 5000 });
       if (clock) where.test_clock = clock;
-      const status = r.string('status', { enum: ['active', 'all', 'canceled', 'ended', 'incomplete', 'incomplete_expired', 'past_due', 'paused', 'trialing', 'unpaid'] });
+      const status = r.string('status', {
+        enum: ['active', 'all', 'canceled', 'ended', 'incomplete', 'incomplete_expired', 'past_due', 'paused', 'trialing', 'unpaid'],
+      });
       const price = r.string('price', { maxLength: 5000 });
       r.string('collection_method', { enum: ['charge_automatically', 'send_invoice'] });
       const pred = (d: SubscriptionObject) =>
         (status === 'all' ? true : status === 'ended' ? d.status === 'canceled' : status ? d.status === status : d.status !== 'canceled') &&
         (!price || d.items.data.some((i) => i.price.id === price));
-      return listEndpoint<SubscriptionObject>(s, p, '/v1/subscriptions', SUBSCRIPTION_TYPE, page, { where, ...readCreatedRange(r) }, pred, renderSub, expandParam(params));
+      return listEndpoint<SubscriptionObject>(
+        s,
+        p,
+        '/v1/subscriptions',
+        SUBSCRIPTION_TYPE,
+        page,
+        { where, ...readCreatedRange(r) },
+        pred,
+        renderSub,
+        expandParam(params),
+      );
     }),
   );
   http.route(
@@ -598,8 +642,16 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       return json(200, await expandBilling(s.state, p, renderSub(await loadSubscription(s.state, p, req.params[0])), expandParam(params)));
     }),
   );
-  http.route('POST', '/v1/subscriptions/:id', apiEndpoint(s, (p, req, params) => updateSubscription(s, p, req.params[0], params)));
-  http.route('DELETE', '/v1/subscriptions/:id', apiEndpoint(s, (p, req, params) => cancelSubscription(s, p, req.params[0], params)));
+  http.route(
+    'POST',
+    '/v1/subscriptions/:id',
+    apiEndpoint(s, (p, req, params) => updateSubscription(s, p, req.params[0], params)),
+  );
+  http.route(
+    'DELETE',
+    '/v1/subscriptions/:id',
+    apiEndpoint(s, (p, req, params) => cancelSubscription(s, p, req.params[0], params)),
+  );
 
   // Subscription items
   const findItem = async (store: StateStore, p: Principal, itemId: string) => {
@@ -621,7 +673,15 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       const sub = await loadSubscription(s.state, p, subId, 'subscription');
       let items = sub.items.data;
       if (page.startingAfter) items = items.slice(items.findIndex((i) => i.id === page.startingAfter) + 1);
-      return json(200, await expandBilling(s.state, p, { object: 'list', data: items.slice(0, page.limit).map(renderItem), has_more: items.length > page.limit, url: '/v1/subscription_items' }, expandParam(params)));
+      return json(
+        200,
+        await expandBilling(
+          s.state,
+          p,
+          { object: 'list', data: items.slice(0, page.limit).map(renderItem), has_more: items.length > page.limit, url: '/v1/subscription_items' },
+          expandParam(params),
+        ),
+      );
     }),
   );
   http.route(
@@ -645,7 +705,8 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         const now = await timeFor(s, tx, p, sub.test_clock);
         const sent = new ParamReader(pick(params, ['price', 'plan', 'quantity', 'metadata']));
         await applyItemChanges(tx, p, sub, [sent], now);
-        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none') await prorateChange(s, tx, p, before, sub, now);
+        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none')
+          await prorateChange(s, tx, p, before, sub, now);
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data[sub.items.data.length - 1];
       });
@@ -664,7 +725,8 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
         const now = await timeFor(s, tx, p, sub.test_clock);
         const sent = new ParamReader({ ...pick(params, ['price', 'plan', 'quantity', 'metadata']), id: req.params[0] });
         await applyItemChanges(tx, p, sub, [sent], now);
-        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none') await prorateChange(s, tx, p, before, sub, now);
+        if (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) !== 'none')
+          await prorateChange(s, tx, p, before, sub, now);
         await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
         return sub.items.data.find((i) => i.id === req.params[0])!;
       });

@@ -118,7 +118,9 @@ export function registerTestClockRoutes(http: HttpServer, s: Services): void {
       const snapshot = await s.state.transaction(async (tx) => {
         const clock = await loadClock(tx, p, id);
         if (clock.status !== 'ready') {
-          throw new InvalidRequestError(`The test clock ${id} is currently ${clock.status} and cannot be advanced until it is ready.`, { code: 'test_clock_not_ready' });
+          throw new InvalidRequestError(`The test clock ${id} is currently ${clock.status} and cannot be advanced until it is ready.`, {
+            code: 'test_clock_not_ready',
+          });
         }
         if (target <= clock.frozen_time) {
           throw new InvalidParamError('frozen_time', `The frozen_time must be after the test clock's current frozen_time (${clock.frozen_time}).`);

@@ -38,13 +38,20 @@ import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
-import { EVENT_TYPE, WEBHOOK_DELIVERY_TYPE, WEBHOOK_ENDPOINT_TYPE, onDeliveriesQueued, type DeliveryDoc, type EventObject, type StoredEndpoint } from './outbox';
+import {
+  EVENT_TYPE,
+  WEBHOOK_DELIVERY_TYPE,
+  WEBHOOK_ENDPOINT_TYPE,
+  onDeliveriesQueued,
+  type DeliveryDoc,
+  type EventObject,
+  type StoredEndpoint,
+} from './outbox';
 
 function render(e: StoredEndpoint, withSecret = false): Record<string, unknown> {
   const { secret, ...rest } = e;
   return withSecret ? { ...rest, secret } : rest;
 }
-
 
 /** Stripe's v1 signature scheme. */
 export function signPayload(payload: string, secret: string, t: number): string {
@@ -285,7 +292,11 @@ async function createEndpoint(s: Services, p: Principal, params: Params) {
 }
 
 export function registerWebhookRoutes(http: HttpServer, s: Services): void {
-  http.route('POST', '/v1/webhook_endpoints', apiEndpoint(s, (p, _req, params) => createEndpoint(s, p, params)));
+  http.route(
+    'POST',
+    '/v1/webhook_endpoints',
+    apiEndpoint(s, (p, _req, params) => createEndpoint(s, p, params)),
+  );
 
   http.route(
     'GET',

@@ -73,6 +73,19 @@ export async function migrate(store: AnalyticsStore): Promise<number> {
   return MIGRATIONS[MIGRATIONS.length - 1].version;
 }
 
-export const RAW_COLUMNS = ['account', 'livemode', 'meter_id', 'event_name', 'customer', 'identifier', 'timestamp_ms', 'value', 'payload', 'received_ms', 'partition', 'seq'] as const;
+export const RAW_COLUMNS = [
+  'account',
+  'livemode',
+  'meter_id',
+  'event_name',
+  'customer',
+  'identifier',
+  'timestamp_ms',
+  'value',
+  'payload',
+  'received_ms',
+  'partition',
+  'seq',
+] as const;
 export const ROLLUP_COLUMNS = ['account', 'meter_id', 'customer', 'minute', 'value_sum', 'event_count', 'partition', 'wm_offset'] as const;
 export const CANCEL_COLUMNS = ['account', 'meter_id', 'identifier', 'seq', 'cancel_received_ms', 'partition'] as const;

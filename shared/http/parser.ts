@@ -270,11 +270,15 @@ export class RequestParser {
     if (te !== undefined) {
       if (minorVersion === 0) throw bad('Bad Request: Transfer-Encoding is not defined for HTTP/1.0.');
       if (cl !== undefined) throw bad('Bad Request: a request must not have both Transfer-Encoding and Content-Length.');
-      const codings = te.toLowerCase().split(',').map((s) => s.trim());
+      const codings = te
+        .toLowerCase()
+        .split(',')
+        .map((s) => s.trim());
       if (codings.some((c) => c === '')) throw bad('Malformed Transfer-Encoding header.');
       const chunked = codings.filter((c) => c === 'chunked').length;
       const other = codings.find((c) => c !== 'chunked');
-      if (other !== undefined) throw new HttpProtocolError(501, `Not Implemented: Transfer-Encoding "${other.slice(0, 40)}" is not supported; send the body as is or chunked.`);
+      if (other !== undefined)
+        throw new HttpProtocolError(501, `Not Implemented: Transfer-Encoding "${other.slice(0, 40)}" is not supported; send the body as is or chunked.`);
       if (chunked !== 1) throw bad('Bad Request: "chunked" may appear only once in Transfer-Encoding.');
       this.state = State.ChunkSize;
       hasBody = true;
@@ -337,7 +341,8 @@ export class RequestParser {
       throw bad('Malformed chunked body: trailer lines must end with CRLF.');
     }
     if (end < 0) {
-      if (this.trailerBytes + data.length - start > this.limits.maxHeaderBytes) throw new HttpProtocolError(431, 'Request Header Fields Too Large: trailer section too large.');
+      if (this.trailerBytes + data.length - start > this.limits.maxHeaderBytes)
+        throw new HttpProtocolError(431, 'Request Header Fields Too Large: trailer section too large.');
       return -1;
     }
     this.trailerBytes += end + 2 - start;

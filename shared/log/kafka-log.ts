@@ -179,7 +179,8 @@ function kafkaLogCreator() {
     const fields: Record<string, unknown> = { namespace };
     for (const [k, v] of Object.entries(extra)) fields[k] = v instanceof Error ? v.message : v;
     const msg = `kafkajs: ${message}`;
-    if (level <= KafkaLogLevel.WARN) log.warn(msg, fields); // kafkajs reports every transient failure as an error
+    if (level <= KafkaLogLevel.WARN)
+      log.warn(msg, fields); // kafkajs reports every transient failure as an error
     else if (level === KafkaLogLevel.INFO) log.info(msg, fields);
     else log.debug(msg, fields);
   };
@@ -232,7 +233,6 @@ function resolveOptions(o: KafkaLogOptions): ResolvedOptions {
     logLevel,
   };
 }
-
 
 /** Options from the environment (KAFKA_*: see shared/config.ts, which reads and checks them). */
 export function kafkaOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): KafkaLogOptions {
@@ -570,7 +570,10 @@ class KafkaProducer implements LogProducer {
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
       // Explicit partitions only.
-      createPartitioner: () => ({ message }) => message.partition as number,
+      createPartitioner:
+        () =>
+        ({ message }) =>
+          message.partition as number,
       retry: { retries: 2, initialRetryTime: 100, maxRetryTime: 1000, factor: 0.2, multiplier: 2 },
     });
     const p = (async () => {

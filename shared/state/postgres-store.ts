@@ -45,14 +45,7 @@ import { OBJECT_COLS, toIdem, toJson as baseToJson, type IdemRow } from './rows'
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { Client, Pool, type PoolClient, type QueryResult, type QueryResultRow } from 'pg';
 import { InvalidRequestError, NotFoundError, UniqueViolation } from '../errors';
-import type {
-  ApiKeyRecord,
-  IdempotencyRecord,
-  ListOptions,
-  ListPage,
-  StateStore,
-  StoredObject,
-} from '../state-store';
+import type { ApiKeyRecord, IdempotencyRecord, ListOptions, ListPage, StateStore, StoredObject } from '../state-store';
 
 export interface PgMigration {
   version: number;
@@ -179,7 +172,6 @@ function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<
     data: r.data as T,
   };
 }
-
 
 function checkField(field: string): void {
   // Same rule as the SQLite driver (whose JSON path quoting cannot hold a '"'), plus NUL, which no text can hold.
@@ -319,9 +311,7 @@ class Ops {
   }
 
   async listApiKeys(r: Runner): Promise<ApiKeyRecord[]> {
-    const res = await r.query<ApiKeyRow>(
-      `SELECT secret, account, livemode, created_ms FROM ${this.t.apiKeys} ORDER BY created_ms ASC, secret ASC`,
-    );
+    const res = await r.query<ApiKeyRow>(`SELECT secret, account, livemode, created_ms FROM ${this.t.apiKeys} ORDER BY created_ms ASC, secret ASC`);
     return res.rows.map((row) => ({
       secret: row.secret,
       account: row.account,
@@ -545,11 +535,7 @@ async function applyMigrations(client: PoolClient, schema: string, migrations: r
     for (const m of migrations) {
       if (m.version <= current) continue;
       await client.query(m.sql);
-      await client.query('INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)', [
-        m.version,
-        m.name,
-        Date.now(),
-      ]);
+      await client.query('INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)', [m.version, m.name, Date.now()]);
     }
     await client.query('COMMIT');
   } catch (err) {

@@ -11,14 +11,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import Database from 'better-sqlite3';
 import { InvalidRequestError, NotFoundError, UniqueViolation } from '../errors';
 import { OBJECT_COLS, toIdem, toJson, type IdemRow } from './rows';
-import type {
-  ApiKeyRecord,
-  IdempotencyRecord,
-  ListOptions,
-  ListPage,
-  StateStore,
-  StoredObject,
-} from '../state-store';
+import type { ApiKeyRecord, IdempotencyRecord, ListOptions, ListPage, StateStore, StoredObject } from '../state-store';
 
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;
@@ -107,7 +100,6 @@ interface ApiKeyRow {
 const VISIBLE = '(expires_ms IS NULL OR expires_ms > ?)';
 const LIST_CACHE_MAX = 256;
 
-
 function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<T> {
   return {
     account,
@@ -119,7 +111,6 @@ function toObject<T>(account: string, type: string, r: ObjectRow): StoredObject<
     data: JSON.parse(r.data) as T,
   };
 }
-
 
 /** JSON path of a top-level field. */
 function fieldPath(field: string): string {
@@ -169,22 +160,16 @@ class Core {
     const p = (sql: string): Stmt => db.prepare(sql);
     this.st = {
       getObject: p(`SELECT ${OBJECT_COLS} FROM objects WHERE account = ? AND type = ? AND id = ? AND ${VISIBLE}`),
-      findByUniqueKey: p(
-        `SELECT ${OBJECT_COLS} FROM objects WHERE account = ? AND type = ? AND unique_key = ? AND ${VISIBLE}`,
-      ),
+      findByUniqueKey: p(`SELECT ${OBJECT_COLS} FROM objects WHERE account = ? AND type = ? AND unique_key = ? AND ${VISIBLE}`),
       cursor: p(`SELECT created_ms, seq FROM objects WHERE account = ? AND type = ? AND id = ? AND ${VISIBLE}`),
-      insertObject: p(
-        'INSERT INTO objects (account, type, id, created_ms, unique_key, expires_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      ),
+      insertObject: p('INSERT INTO objects (account, type, id, created_ms, unique_key, expires_ms, data) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       deleteExpiredConflicts: p(
         `DELETE FROM objects WHERE account = ? AND type = ? AND (id = ? OR unique_key = ?)
            AND expires_ms IS NOT NULL AND expires_ms <= ?`,
       ),
       updateObject: p(`UPDATE objects SET data = ? WHERE account = ? AND type = ? AND id = ? AND ${VISIBLE}`),
       deleteObject: p('DELETE FROM objects WHERE account = ? AND type = ? AND id = ? RETURNING expires_ms'),
-      scanType: p(
-        `SELECT account, ${OBJECT_COLS} FROM objects WHERE type = ? AND ${VISIBLE} ORDER BY created_ms ASC, seq ASC`,
-      ),
+      scanType: p(`SELECT account, ${OBJECT_COLS} FROM objects WHERE type = ? AND ${VISIBLE} ORDER BY created_ms ASC, seq ASC`),
       getIdem: p('SELECT * FROM idempotency WHERE account = ? AND key = ?'),
       putIdem: p(
         `INSERT INTO idempotency (account, key, request_line, request_hash, status, response_body, created_ms)
@@ -239,15 +224,7 @@ class Core {
   }
 
   private runInsert(obj: StoredObject<unknown>, json: string): void {
-    this.st.insertObject.run(
-      obj.account,
-      obj.type,
-      obj.id,
-      obj.createdMs,
-      obj.uniqueKey ?? null,
-      obj.expiresMs ?? null,
-      json,
-    );
+    this.st.insertObject.run(obj.account, obj.type, obj.id, obj.createdMs, obj.uniqueKey ?? null, obj.expiresMs ?? null, json);
   }
 
   insertObject<T>(obj: StoredObject<T>): void {
@@ -366,15 +343,7 @@ class Core {
   }
 
   putIdempotency(rec: IdempotencyRecord): IdempotencyRecord {
-    const res = this.st.putIdem.run(
-      rec.account,
-      rec.key,
-      rec.requestLine,
-      rec.requestHash,
-      rec.status,
-      rec.responseBody,
-      rec.createdMs,
-    );
+    const res = this.st.putIdem.run(rec.account, rec.key, rec.requestLine, rec.requestHash, rec.status, rec.responseBody, rec.createdMs);
     if (res.changes > 0) return { ...rec };
     const stored = this.getIdempotency(rec.account, rec.key);
     if (!stored) throw new Error('idempotency record vanished'); // cannot happen: one connection, no interleaving
@@ -538,9 +507,7 @@ export class SqliteStateStore implements StateStore {
       return Promise.resolve();
     }
     if (this.currentTx !== null && this.txContext.getStore() === this.currentTx) {
-      return Promise.reject(
-        new Error('deadlock: the store was called from inside its own transaction; use the `tx` handle given to fn'),
-      );
+      return Promise.reject(new Error('deadlock: the store was called from inside its own transaction; use the `tx` handle given to fn'));
     }
     return new Promise((resolve) => this.waiters.push(resolve));
   }

@@ -95,10 +95,9 @@ function splitKey(key: string): string[] | null {
     if (seg.indexOf('[') >= 0) return null;
     segs.push(seg);
     if (segs.length - 1 > MAX_DEPTH) {
-      throw new InvalidRequestError(
-        `Parameter ${snippet(key)} is nested too deeply: at most ${MAX_DEPTH} levels of brackets are allowed.`,
-        { param: snippet(key, 100) },
-      );
+      throw new InvalidRequestError(`Parameter ${snippet(key)} is nested too deeply: at most ${MAX_DEPTH} levels of brackets are allowed.`, {
+        param: snippet(key, 100),
+      });
     }
     i = close + 1;
   }
@@ -398,11 +397,7 @@ export class ParamReader {
       throw new InvalidParamError(p, `Invalid ${p}: must be one of ${oneOf(opts.enum)}`);
     }
     if (opts.maxLength !== undefined && v.length > opts.maxLength) {
-      throw new InvalidParamError(
-        p,
-        `Invalid string: ${v.slice(0, 20)}...; must be at most ${opts.maxLength} characters`,
-        'parameter_invalid_string_too_long',
-      );
+      throw new InvalidParamError(p, `Invalid string: ${v.slice(0, 20)}...; must be at most ${opts.maxLength} characters`, 'parameter_invalid_string_too_long');
     }
     return v;
   }
@@ -490,10 +485,7 @@ export class ParamReader {
       const kp = `${p}[${k}]`;
       if (typeof x !== 'string') throw new InvalidParamError(kp, `Invalid string: ${show(x)}`, 'parameter_invalid_string');
       if (opts.maxKeyLength !== undefined && k.length > opts.maxKeyLength) {
-        throw new InvalidParamError(
-          kp,
-          `Invalid ${p}: keys must be at most ${opts.maxKeyLength} characters; ${k.slice(0, 20)}... is too long`,
-        );
+        throw new InvalidParamError(kp, `Invalid ${p}: keys must be at most ${opts.maxKeyLength} characters; ${k.slice(0, 20)}... is too long`);
       }
       if (opts.maxValueLength !== undefined && x.length > opts.maxValueLength) {
         throw new InvalidParamError(

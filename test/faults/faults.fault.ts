@@ -59,39 +59,43 @@ t.test('1. kill -9 of one of two aggregators mid-stream: the other takes over, s
   t.comment(`scenario 1: ${Date.now() - started} ms`);
 });
 
-t.test('2. Kafka broker stopped and restarted mid-stream: 503 + Stripe-Should-Retry, automatic recovery, summaries exact', { skip: SKIP, timeout: 480_000 }, async (t) => {
-  const started = Date.now();
-  const kafka = outage(t, 'kafka');
-  await waitForExclusiveServers(t); // before the load starts (down() checks again)
-  const run = await startCluster(t, { prefix: 'fault-kafka', partitions: PARTITIONS, gateways: 1, aggregators: 2 });
-  const { cluster, client } = run;
-  const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
-  load.start();
-  await loadFor(client, 2000, 2000);
+t.test(
+  '2. Kafka broker stopped and restarted mid-stream: 503 + Stripe-Should-Retry, automatic recovery, summaries exact',
+  { skip: SKIP, timeout: 480_000 },
+  async (t) => {
+    const started = Date.now();
+    const kafka = outage(t, 'kafka');
+    await waitForExclusiveServers(t); // before the load starts (down() checks again)
+    const run = await startCluster(t, { prefix: 'fault-kafka', partitions: PARTITIONS, gateways: 1, aggregators: 2 });
+    const { cluster, client } = run;
+    const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
+    load.start();
+    await loadFor(client, 2000, 2000);
 
-  const ackedBefore = client.ackedEvents;
-  const downMs = await kafka.down();
-  const downAt = Date.now();
-  t.comment(`Kafka stopped in ${downMs} ms after ${ackedBefore} acknowledged events (${client.ackedEvents} now)`);
-  const got503 = await waitFor(() => client.retryable503 > 0, 20_000);
-  t.ok(got503, `the gateway answered 503 with Stripe-Should-Retry: true while Kafka was down (${client.retryable503} so far)`);
-  // Down for longer than the consumer session timeout (6 s here).
-  await sleep(Math.max(0, 7000 - (Date.now() - downAt)));
-  const ackedWhileDown = client.ackedEvents;
+    const ackedBefore = client.ackedEvents;
+    const downMs = await kafka.down();
+    const downAt = Date.now();
+    t.comment(`Kafka stopped in ${downMs} ms after ${ackedBefore} acknowledged events (${client.ackedEvents} now)`);
+    const got503 = await waitFor(() => client.retryable503 > 0, 20_000);
+    t.ok(got503, `the gateway answered 503 with Stripe-Should-Retry: true while Kafka was down (${client.retryable503} so far)`);
+    // Down for longer than the consumer session timeout (6 s here).
+    await sleep(Math.max(0, 7000 - (Date.now() - downAt)));
+    const ackedWhileDown = client.ackedEvents;
 
-  const upMs = await kafka.up();
-  const upAt = Date.now();
-  t.comment(`Kafka down for ${upAt - downAt - upMs} ms + ${upMs} ms to restart; ${client.retryable503} retryable 503s`);
-  const resumed = await waitFor(() => client.ackedEvents > ackedWhileDown + 500, 60_000);
-  t.ok(resumed, `the gateway acknowledges again after the restart (${Date.now() - upAt} ms)`);
-  const split = await cluster.waitForSplit(run.aggregators, PARTITIONS, 60_000);
-  t.ok(split.ok, `the aggregators own every partition again: ${JSON.stringify(split.owned)}`);
-  await loadFor(client, 1000, 2000);
+    const upMs = await kafka.up();
+    const upAt = Date.now();
+    t.comment(`Kafka down for ${upAt - downAt - upMs} ms + ${upMs} ms to restart; ${client.retryable503} retryable 503s`);
+    const resumed = await waitFor(() => client.ackedEvents > ackedWhileDown + 500, 60_000);
+    t.ok(resumed, `the gateway acknowledges again after the restart (${Date.now() - upAt} ms)`);
+    const split = await cluster.waitForSplit(run.aggregators, PARTITIONS, 60_000);
+    t.ok(split.ok, `the aggregators own every partition again: ${JSON.stringify(split.owned)}`);
+    await loadFor(client, 1000, 2000);
 
-  await verifyExact(t, run, load);
-  await cluster.stopAll();
-  t.comment(`scenario 2: ${Date.now() - started} ms`);
-});
+    await verifyExact(t, run, load);
+    await cluster.stopAll();
+    t.comment(`scenario 2: ${Date.now() - started} ms`);
+  },
+);
 
 /**
  * ClickHouse down mid-stream, then back. `lease` is AGGREGATOR_LEASE_SECONDS, `holdMs` how long the server stays down
@@ -102,7 +106,13 @@ async function clickhouseOutage(t: Test, lease: number, holdMs: number): Promise
   const started = Date.now();
   const clickhouse = outage(t, 'clickhouse');
   await waitForExclusiveServers(t); // before the load starts (down() checks again)
-  const run = await startCluster(t, { prefix: 'fault-ch', partitions: PARTITIONS, gateways: 1, aggregators: 2, env: { AGGREGATOR_LEASE_SECONDS: String(lease) } });
+  const run = await startCluster(t, {
+    prefix: 'fault-ch',
+    partitions: PARTITIONS,
+    gateways: 1,
+    aggregators: 2,
+    env: { AGGREGATOR_LEASE_SECONDS: String(lease) },
+  });
   const { cluster, client } = run;
   const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
   load.start();
@@ -132,37 +142,48 @@ async function clickhouseOutage(t: Test, lease: number, holdMs: number): Promise
   t.comment(`scenario 3 (lease ${lease} s): ${Date.now() - started} ms`);
 }
 
-t.test('3a. ClickHouse stopped and restarted mid-stream, outage shorter than the lease: gateways keep acknowledging, aggregators catch up, summaries exact', { skip: SKIP, timeout: 480_000 }, (t) =>
-  clickhouseOutage(t, 30, 3000),
+t.test(
+  '3a. ClickHouse stopped and restarted mid-stream, outage shorter than the lease: gateways keep acknowledging, aggregators catch up, summaries exact',
+  { skip: SKIP, timeout: 480_000 },
+  (t) => clickhouseOutage(t, 30, 3000),
 );
 
-t.test('3b. ClickHouse stopped and restarted mid-stream, outage longer than the lease: gateways keep acknowledging, aggregators catch up, summaries exact', { skip: SKIP, timeout: 480_000 }, (t) =>
-  clickhouseOutage(t, 5, 8000),
+t.test(
+  '3b. ClickHouse stopped and restarted mid-stream, outage longer than the lease: gateways keep acknowledging, aggregators catch up, summaries exact',
+  { skip: SKIP, timeout: 480_000 },
+  (t) => clickhouseOutage(t, 5, 8000),
 );
 
-t.test('4. a gateway SIGKILLed mid-batch while the other keeps serving: in-doubt requests resent, summaries exact', { skip: SKIP, timeout: 240_000 }, async (t) => {
-  const started = Date.now();
-  const run = await startCluster(t, { prefix: 'fault-gw', partitions: PARTITIONS, gateways: 2, aggregators: 1 });
-  const { cluster, client } = run;
-  const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
-  load.start();
-  await loadFor(client, 2000, 2000);
+t.test(
+  '4. a gateway SIGKILLed mid-batch while the other keeps serving: in-doubt requests resent, summaries exact',
+  { skip: SKIP, timeout: 240_000 },
+  async (t) => {
+    const started = Date.now();
+    const run = await startCluster(t, { prefix: 'fault-gw', partitions: PARTITIONS, gateways: 2, aggregators: 1 });
+    const { cluster, client } = run;
+    const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
+    load.start();
+    await loadFor(client, 2000, 2000);
 
-  // Kill gw1 while requests are in flight on it: freeze it first, so that they certainly get no answer (a request
-  // "in flight" from the client's side may otherwise be answered in the moment before the kill lands).
-  process.kill(cluster.server('gw1').proc.pid!, 'SIGSTOP');
-  await waitFor(() => (load.inFlight.get('gw1') ?? 0) >= 2, 5000);
-  const inFlight = load.inFlight.get('gw1') ?? 0;
-  const errorsBefore = client.networkErrors;
-  const ackedBefore = client.ackedEvents;
-  await cluster.kill('gw1');
-  // What a load balancer does once its health check fails: new requests go to gw2 only.
-  load.targets = [cluster.target('gw2')];
-  t.comment(`gw1 SIGKILLed with ${inFlight} requests in flight, after ${ackedBefore} acknowledged events`);
-  await loadFor(client, 1500, 2000);
-  t.ok(client.networkErrors > errorsBefore, `requests to the dead gateway failed without an answer (${client.networkErrors - errorsBefore}) and were resent to gw2`);
+    // Kill gw1 while requests are in flight on it: freeze it first, so that they certainly get no answer (a request
+    // "in flight" from the client's side may otherwise be answered in the moment before the kill lands).
+    process.kill(cluster.server('gw1').proc.pid!, 'SIGSTOP');
+    await waitFor(() => (load.inFlight.get('gw1') ?? 0) >= 2, 5000);
+    const inFlight = load.inFlight.get('gw1') ?? 0;
+    const errorsBefore = client.networkErrors;
+    const ackedBefore = client.ackedEvents;
+    await cluster.kill('gw1');
+    // What a load balancer does once its health check fails: new requests go to gw2 only.
+    load.targets = [cluster.target('gw2')];
+    t.comment(`gw1 SIGKILLed with ${inFlight} requests in flight, after ${ackedBefore} acknowledged events`);
+    await loadFor(client, 1500, 2000);
+    t.ok(
+      client.networkErrors > errorsBefore,
+      `requests to the dead gateway failed without an answer (${client.networkErrors - errorsBefore}) and were resent to gw2`,
+    );
 
-  await verifyExact(t, run, load);
-  await cluster.stopAll();
-  t.comment(`scenario 4: ${Date.now() - started} ms`);
-});
+    await verifyExact(t, run, load);
+    await cluster.stopAll();
+    t.comment(`scenario 4: ${Date.now() - started} ms`);
+  },
+);

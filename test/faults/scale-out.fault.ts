@@ -33,7 +33,10 @@ t.test('two gateways + two aggregators + one api: load through both gateways, ex
   for (const g of run.gateways) t.ok((client.ackedByTarget.get(g) ?? 0) > 0, `${g} acknowledged events`);
   for (const a of run.aggregators) {
     const h = await cluster.health(a);
-    t.ok(h.aggregator.stored > 0, `${a} stored events of its own partitions (stored ${h.aggregator.stored}, partitions ${Object.keys(h.aggregator.partitions).join(',')})`);
+    t.ok(
+      h.aggregator.stored > 0,
+      `${a} stored events of its own partitions (stored ${h.aggregator.stored}, partitions ${Object.keys(h.aggregator.partitions).join(',')})`,
+    );
   }
   t.comment(`scale-out: ${ok ? 'exact' : 'NOT exact'}, ${Date.now() - started} ms`);
   await cluster.stopAll();

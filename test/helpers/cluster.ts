@@ -210,7 +210,13 @@ export async function waitForMeter(gateway: TestServer, key: string, timeoutMs =
   throw new Error(`the meter is not visible on a gateway after ${timeoutMs} ms: ${last}`);
 }
 
-export async function summaries(api: TestServer, key: string, meterId: string, customers: string[], range: { start: number; end: number }): Promise<Map<string, number>> {
+export async function summaries(
+  api: TestServer,
+  key: string,
+  meterId: string,
+  customers: string[],
+  range: { start: number; end: number },
+): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   await Promise.all(
     customers.map(async (c) => {
@@ -381,7 +387,12 @@ function installExitHook(): void {
   const restore = (signal: NodeJS.Signals) => {
     for (const s of down) {
       try {
-        execFileSync('bash', [path.join(ROOT, 'deploy', 'up.sh')], { cwd: ROOT, env: { ...process.env, DEPLOY_SERVICES: s }, stdio: 'ignore', timeout: 120_000 });
+        execFileSync('bash', [path.join(ROOT, 'deploy', 'up.sh')], {
+          cwd: ROOT,
+          env: { ...process.env, DEPLOY_SERVICES: s },
+          stdio: 'ignore',
+          timeout: 120_000,
+        });
       } catch {
         // nothing more to do here
       }
@@ -479,7 +490,9 @@ export async function startCluster(t: Test, spec: ClusterSpec): Promise<RunningC
     cluster.dumpLogs();
     throw new Error(`the aggregators did not split the ${spec.partitions} partitions within 60 s: ${JSON.stringify(split.owned)}`);
   }
-  t.comment(`cluster up in ${Date.now() - started} ms: ${gateways.length} gateways, ${aggregators.length} aggregators, partitions ${JSON.stringify(split.owned)}`);
+  t.comment(
+    `cluster up in ${Date.now() - started} ms: ${gateways.length} gateways, ${aggregators.length} aggregators, partitions ${JSON.stringify(split.owned)}`,
+  );
   const client = new LoadClient(Math.random().toString(36).slice(2, 8), cluster.key);
   return { cluster, api, meterId, token, client, range, gateways, aggregators, partitions: spec.partitions };
 }
@@ -522,7 +535,11 @@ export async function verifyExact(t: Test, run: RunningCluster, load: Load, o: {
   });
   t.comment(`summaries ${r.matched ? 'matched' : 'did NOT match'} after ${r.ms} ms; aggregators:\n${await aggregatorStats(run)}`);
   if (!r.matched) t.comment(`grand total read back (vs expected) while waiting:\n${r.history.slice(-20).join('\n')}`);
-  t.same(diff(r.expected, r.got), [], 'event summaries (read from the api role) equal acknowledged + resent - cancelled, per customer: no loss, no double count');
+  t.same(
+    diff(r.expected, r.got),
+    [],
+    'event summaries (read from the api role) equal acknowledged + resent - cancelled, per customer: no loss, no double count',
+  );
   if (r.stable) t.same(diff(r.expected, r.stable), [], 'the totals are stable 1.5 s later: nothing is counted late');
   // At the end, the live aggregators must again own every partition between them (nothing left stuck unowned).
   const live = run.aggregators.filter((a) => cluster.alive(a));

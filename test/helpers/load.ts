@@ -343,7 +343,12 @@ export class Load {
           while (next < work.length) {
             const w = work[next++];
             // A duplicate goes to another target than the one that acknowledged it, when there is one.
-            const offset = w.dupe ? Math.max(0, this.targets.findIndex((t) => t.name !== w.r.ackedBy)) : i;
+            const offset = w.dupe
+              ? Math.max(
+                  0,
+                  this.targets.findIndex((t) => t.name !== w.r.ackedBy),
+                )
+              : i;
             await this.deliver(offset, w.r, w.dupe);
           }
         }),

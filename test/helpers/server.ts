@@ -22,7 +22,11 @@ export interface TestServer {
   /** A stripe client for `key` (or another key / session token). */
   stripe(key?: string): Stripe;
   /** Raw HTTP helper for wire-level tests. */
-  request(method: string, p: string, opts?: { body?: string | Buffer; headers?: Record<string, string>; key?: string | null }): Promise<{ status: number; headers: Headers; body: any; text: string }>;
+  request(
+    method: string,
+    p: string,
+    opts?: { body?: string | Buffer; headers?: Record<string, string>; key?: string | null },
+  ): Promise<{ status: number; headers: Headers; body: any; text: string }>;
   stop(): Promise<void>;
   kill(): Promise<void>;
 }
@@ -50,8 +54,17 @@ export function serverEnv(dataDir: string): NodeJS.ProcessEnv {
   for (const k of ['KAFKA_BROKERS', 'CLICKHOUSE_URL', 'DATABASE_URL']) {
     if (!env[k]) throw new Error(`METERD_TEST_MODE=distributed needs ${k}: run eval "$(deploy/up.sh)" first`);
   }
-  const id = path.basename(dataDir).replace(/[^A-Za-z0-9]/g, '_').toLowerCase();
-  return { ...env, KAFKA_TOPIC: `meterd-test-${id}`, KAFKA_PARTITIONS: env.KAFKA_PARTITIONS ?? '4', CLICKHOUSE_DATABASE: `t_${id}`, DATABASE_SCHEMA: `t_${id}` };
+  const id = path
+    .basename(dataDir)
+    .replace(/[^A-Za-z0-9]/g, '_')
+    .toLowerCase();
+  return {
+    ...env,
+    KAFKA_TOPIC: `meterd-test-${id}`,
+    KAFKA_PARTITIONS: env.KAFKA_PARTITIONS ?? '4',
+    CLICKHOUSE_DATABASE: `t_${id}`,
+    DATABASE_SCHEMA: `t_${id}`,
+  };
 }
 
 export function tempDir(name = 'meterd-test-'): string {

@@ -37,14 +37,7 @@ export interface ConformanceDriver {
   callsDuringTransaction: 'queue' | 'concurrent';
 }
 
-export function obj(
-  account: string,
-  type: string,
-  id: string,
-  createdMs: number,
-  data: Data,
-  extra: Partial<StoredObject<Data>> = {},
-): StoredObject<Data> {
+export function obj(account: string, type: string, id: string, createdMs: number, data: Data, extra: Partial<StoredObject<Data>> = {}): StoredObject<Data> {
   return { account, type, id, createdMs, data, ...extra };
 }
 
@@ -186,7 +179,10 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
 
     const expected = [...inserted].sort((a, b) => b.created - a.created || b.seq - a.seq).map((o) => o.id);
     // Sanity: ties really are present and broken by insertion order (not by id).
-    const tieGroup = inserted.filter((o) => o.created === 1_000).sort((a, b) => b.seq - a.seq).map((o) => o.id);
+    const tieGroup = inserted
+      .filter((o) => o.created === 1_000)
+      .sort((a, b) => b.seq - a.seq)
+      .map((o) => o.id);
     t.same(tieGroup, ['o_01', 'o_02', 'o_00'], 'tie group: insertion order, which differs from id order');
     t.same(expected.slice(-3), tieGroup);
 
@@ -250,9 +246,7 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
         t.equal((err as NotFoundError).status, 404);
       }
     }
-    const both = await rejection(
-      s.listObjects('acct', 't', { limit: 10, startingAfter: expected[3], endingBefore: expected[0] }),
-    );
+    const both = await rejection(s.listObjects('acct', 't', { limit: 10, startingAfter: expected[3], endingBefore: expected[0] }));
     t.ok(both instanceof InvalidRequestError, 'both cursors rejected');
     for (const limit of [0, 101, 1.5]) {
       t.ok((await rejection(s.listObjects('acct', 't', { limit }))) instanceof RangeError, `limit ${limit} rejected`);
@@ -304,20 +298,35 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
 
     // Filters combine with pagination and hasMore.
     const p1 = await s.listObjects('acct', 't', { limit: 2, where: { status: 'active' } });
-    t.same(p1.data.map((o) => o.id), ['f', 'e']);
+    t.same(
+      p1.data.map((o) => o.id),
+      ['f', 'e'],
+    );
     t.equal(p1.hasMore, true);
     const p2 = await s.listObjects('acct', 't', { limit: 2, where: { status: 'active' }, startingAfter: 'e' });
-    t.same(p2.data.map((o) => o.id), ['c', 'a']);
+    t.same(
+      p2.data.map((o) => o.id),
+      ['c', 'a'],
+    );
     t.equal(p2.hasMore, false);
     // A cursor object need not match the filter.
     const p3 = await s.listObjects('acct', 't', { limit: 5, where: { status: 'active' }, startingAfter: 'd' });
-    t.same(p3.data.map((o) => o.id), ['c', 'a']);
+    t.same(
+      p3.data.map((o) => o.id),
+      ['c', 'a'],
+    );
     const p4 = await s.listObjects('acct', 't', { limit: 1, where: { status: 'active' }, endingBefore: 'd' });
-    t.same(p4.data.map((o) => o.id), ['e']);
+    t.same(
+      p4.data.map((o) => o.id),
+      ['e'],
+    );
     t.equal(p4.hasMore, true);
     // Cursor + range + filter, and an empty page after a known cursor.
     const p5 = await s.listObjects('acct', 't', { limit: 5, where: { status: 'active' }, startingAfter: 'f', createdLtMs: 400 });
-    t.same(p5.data.map((o) => o.id), ['c', 'a']);
+    t.same(
+      p5.data.map((o) => o.id),
+      ['c', 'a'],
+    );
     t.same(await s.listObjects('acct', 't', { limit: 5, where: { status: 'nope' }, startingAfter: 'f' }), {
       data: [],
       hasMore: false,
@@ -335,8 +344,14 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     clock.now = 10_500; // expires_ms <= now: expired
     t.equal(await s.getObject('a', 'session', 's1'), null);
     t.equal(await s.findByUniqueKey('a', 'session', 'tok1'), null);
-    t.same((await s.listObjects('a', 'session', { limit: 10 })).data.map((o) => o.id), ['s3', 's2']);
-    t.same((await s.scanType('session')).map((o) => o.id), ['s2', 's3']);
+    t.same(
+      (await s.listObjects('a', 'session', { limit: 10 })).data.map((o) => o.id),
+      ['s3', 's2'],
+    );
+    t.same(
+      (await s.scanType('session')).map((o) => o.id),
+      ['s2', 's3'],
+    );
     t.equal(await s.updateObject('a', 'session', 's1', { tok: 9 }), false);
     t.ok((await rejection(s.listObjects('a', 'session', { limit: 10, startingAfter: 's1' }))) instanceof NotFoundError);
     t.equal((await s.listObjects('a', 'session', { limit: 1 })).hasMore, true);
@@ -392,11 +407,14 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     await s.insertObject(obj('a3', 'billing.meter', 'm3', 200, { x: 3 }));
     await s.insertObject(obj('a1', 'other', 'o1', 50, {}));
     const all = await s.scanType<Data>('billing.meter');
-    t.same(all.map((o) => [o.account, o.id, o.data.x]), [
-      ['a1', 'm1', 1],
-      ['a2', 'm2', 2],
-      ['a3', 'm3', 3],
-    ]);
+    t.same(
+      all.map((o) => [o.account, o.id, o.data.x]),
+      [
+        ['a1', 'm1', 1],
+        ['a2', 'm2', 2],
+        ['a3', 'm3', 3],
+      ],
+    );
     t.equal(all[0].type, 'billing.meter');
     t.same(await s.scanType('nothing'), []);
   });
@@ -440,7 +458,10 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     await s.putApiKey({ secret: 'sk_test_b_x', account: 'acct_3', livemode: false, createdMs: 10 });
     await s.putApiKey({ secret: 'sk_test_B', account: 'acct_3', livemode: false, createdMs: 10 });
     await s.putApiKey({ secret: 'sk_test_bX', account: 'acct_3', livemode: false, createdMs: 10 });
-    t.same((await s.listApiKeys()).slice(2).map((k) => k.secret), ['sk_test_B', 'sk_test_bX', 'sk_test_b_x']);
+    t.same(
+      (await s.listApiKeys()).slice(2).map((k) => k.secret),
+      ['sk_test_B', 'sk_test_bX', 'sk_test_b_x'],
+    );
   });
 
   t.test(`${name}: blobs: put (replace) and get`, async (t) => {
@@ -513,7 +534,10 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
         t.ok(e instanceof UniqueViolation);
         await tx.insertObject(obj('a', 't', 'x4', 4, {}));
       });
-      t.same((await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['x4', 'x3', 'x1']);
+      t.same(
+        (await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+        ['x4', 'x3', 'x1'],
+      );
 
       // The store keeps working after a rollback (the mutex / connection was released).
       await s.insertObject(obj('a', 't', 'x5', 5, {}));
@@ -528,9 +552,18 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
         await tx.init();
         await tx.insertObject(obj('a', 't', 'in', 2, { n: 1 }, { uniqueKey: 'u_in' }));
         t.equal((await tx.findByUniqueKey('a', 't', 'u_in'))?.id, 'in');
-        t.same((await tx.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['in', 'pre']);
-        t.same((await tx.listObjects('a', 't', { limit: 10, startingAfter: 'in' })).data.map((o) => o.id), ['pre']);
-        t.same((await tx.scanType('t')).map((o) => o.id), ['pre', 'in']);
+        t.same(
+          (await tx.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+          ['in', 'pre'],
+        );
+        t.same(
+          (await tx.listObjects('a', 't', { limit: 10, startingAfter: 'in' })).data.map((o) => o.id),
+          ['pre'],
+        );
+        t.same(
+          (await tx.scanType('t')).map((o) => o.id),
+          ['pre', 'in'],
+        );
         t.equal(await tx.updateObject('a', 't', 'pre', { n: 2 }), true);
         t.equal(await tx.deleteObject('a', 't', 'in'), true);
         const rec = { account: 'a', key: 'new', requestLine: 'r', requestHash: 'h', status: 201, responseBody: '{"x":1}', createdMs: 5 };
@@ -598,12 +631,18 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
         t.equal(await s.getObject('a', 't', 'in_tx'), null, 'uncommitted insert invisible');
         t.same((await s.getObject('a', 't', 'before'))?.data, { n: 0 }, 'uncommitted update invisible');
         await s.insertObject(obj('a', 't', 'outside', 3, {}));
-        t.same((await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['outside', 'before']);
+        t.same(
+          (await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+          ['outside', 'before'],
+        );
         gate.resolve();
         t.equal(await txDone, 'ok');
         t.ok(await s.getObject('a', 't', 'in_tx'), 'visible after commit');
         t.same((await s.getObject('a', 't', 'before'))?.data, { n: 1 });
-        t.same((await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['outside', 'in_tx', 'before']);
+        t.same(
+          (await s.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+          ['outside', 'in_tx', 'before'],
+        );
       });
     }
 
@@ -732,12 +771,18 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     const s2 = db.store();
     await s2.init();
     t.same((await s2.findByUniqueKey('a', 't', 'u'))?.data, { kept: true });
-    t.same((await s2.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['p2', 'p1']);
+    t.same(
+      (await s2.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+      ['p2', 'p1'],
+    );
     t.equal((await s2.getIdempotency('a', 'k'))?.responseBody, 'b');
     t.same(await s2.listApiKeys(), [{ secret: 'sk_test_1', account: 'a', livemode: false, createdMs: 1 }]);
     // The insertion sequence keeps increasing across reopen: a new object with an equal created_ms sorts newest.
     await s2.insertObject(obj('a', 't', 'p0', 2, {}));
-    t.same((await s2.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id), ['p0', 'p2', 'p1']);
+    t.same(
+      (await s2.listObjects('a', 't', { limit: 10 })).data.map((o) => o.id),
+      ['p0', 'p2', 'p1'],
+    );
 
     // Migrations applied exactly once.
     t.same(await db.appliedVersions(), driver.migrationVersions);
@@ -776,7 +821,10 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     t.ok(dup instanceof UniqueViolation, 'unique keys are shared');
     t.equal((dup as UniqueViolation).key, 'unique_key');
     await b.insertObject(obj('acct', 't', 'from_b', 2, { by: 'b' }));
-    t.same((await a.listObjects('acct', 't', { limit: 10 })).data.map((o) => o.id), ['from_b', 'from_a']);
+    t.same(
+      (await a.listObjects('acct', 't', { limit: 10 })).data.map((o) => o.id),
+      ['from_b', 'from_a'],
+    );
     t.equal(await b.updateObject('acct', 't', 'from_a', { by: 'b too' }), true);
     t.same((await a.getObject('acct', 't', 'from_a'))?.data, { by: 'b too' });
     await b.transaction(async (tx) => {
@@ -797,8 +845,14 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     t.same(await a.putIdempotency(rec(200)), rec(200));
     t.same(await b.putIdempotency(rec(500)), rec(200), 'first record wins across instances');
     await b.putApiKey({ secret: 'sk_test_shared', account: 'acct', livemode: false, createdMs: 1 });
-    t.same((await a.listApiKeys()).map((k) => k.secret), ['sk_test_shared']);
-    t.same((await a.scanType('t')).map((o) => o.id), ['from_a', 'from_b']);
+    t.same(
+      (await a.listApiKeys()).map((k) => k.secret),
+      ['sk_test_shared'],
+    );
+    t.same(
+      (await a.scanType('t')).map((o) => o.id),
+      ['from_a', 'from_b'],
+    );
     await a.prune(Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
     t.equal(await b.getIdempotency('acct', 'idem'), null, 'prune by one is seen by the other');
     if (a.putBlob && b.getBlob) {
