@@ -21,7 +21,8 @@ import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
 import { registerBillingRoutes, stopBillingJobs } from './api/billing';
-import { registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
+import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
+import { MeterEventSocketServer } from './ingest/ws-stream';
 import { Aggregator } from './aggregator/aggregator';
 
 const SYSTEM_ACCOUNT = '_system';
@@ -139,7 +140,8 @@ export async function startServer(config: Config): Promise<RunningServer> {
     idleTimeoutSeconds: config.httpIdleTimeoutS,
     requestTimeoutSeconds: config.httpRequestTimeoutS,
   });
-  if (roles.gateway) registerMeterEventRoutes(http, services);
+  const sockets = new MeterEventSocketServer(services, (principal, receivedMs, events) => appendEvents(services, principal, receivedMs, false, events));
+  if (roles.gateway) registerMeterEventRoutes(http, services, sockets);
   else if (roles.api) registerSessionRoute(http, services);
   if (roles.api) {
     registerMeterRoutes(http, services);
@@ -147,7 +149,21 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerCoreEventRoutes(http, services);
     registerBillingRoutes(http, services);
   }
-  http.route('GET', '/healthz', () => json(200, { status: 'ok', role: config.role, mode: drivers.mode, aggregator: aggregator?.health() ?? null }));
+  http.route('GET', '/healthz', () =>
+    json(200, {
+      status: 'ok',
+      role: config.role,
+      mode: drivers.mode,
+      aggregator: aggregator?.health() ?? null,
+      stream_sockets: roles.gateway
+        ? {
+            connections: sockets.connections,
+            batches_in_flight: sockets.stats.batchesInFlight,
+            peak_batches_in_flight_per_connection: sockets.stats.peakBatchesInFlightPerConnection,
+          }
+        : null,
+    }),
+  );
   const port = await http.listen(config.host, config.port);
 
   timers.push(
@@ -173,7 +189,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     stop: () =>
       (stopped ??= (async () => {
         for (const t of timers) clearInterval(t);
-        await http.close();
+        await Promise.all([http.close(), sockets.close()]);
         await stopBillingJobs();
         await services.producer.close();
         if (aggregator) await aggregator.stop();

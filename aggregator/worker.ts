@@ -5,15 +5,12 @@
  * stateful dedup decision is taken afterwards, in log order, by the aggregator (see aggregator.ts).
  */
 import Piscina from 'piscina';
-import { decodeRecord, eventSeq, hash32, RecordKind } from '../shared/event-record';
+import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
 import { validateMeterValue } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
 import { ownValue } from '../shared/wire/dict';
-
-export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
-export const MAX_FUTURE_MS = 5 * 60 * 1000;
 
 /** Flags per decoded event. */
 export const VALID = 1;

@@ -3,56 +3,32 @@
  * request becomes one log record per partition it touches; the response is sent only once every record is durable
  * (invariant 1). Identifier dedup happens downstream in the aggregators (invariant 2: claim after write).
  */
-import crypto from 'node:crypto';
 import type { HttpServer, HttpRequest, HttpResult } from '../shared/http/server';
 import { json } from '../shared/http/server';
 import { apiEndpoint } from '../shared/http/endpoints';
 import type { Services } from '../shared/services';
 import type { Principal } from '../shared/http/auth';
 import { ParamReader, parseJsonBody, type Params } from '../shared/wire/form';
-import { parseRfc3339 } from '../shared/wire/timestamp';
-import { newDict, ownValue } from '../shared/wire/dict';
+import { ownValue } from '../shared/wire/dict';
 import { InvalidRequestError, MeterEventError } from '../shared/errors';
 import { validateMeterValue } from '../shared/decimal';
 import { newId } from '../shared/ids';
 import { encodeRecord, partitionFor, RecordKind, MAX_EVENTS_PER_RECORD, type CancelTuple, type EventTuple } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
+import type { MeterEventSocketServer } from './ws-stream';
+import {
+  checkTimestampRange,
+  generatedIdentifier,
+  missing,
+  parseV2Timestamp,
+  readPayload,
+  readStreamEvents,
+  requireString,
+  type StreamBatchRules,
+} from './stream-events';
 
-export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
-export const MAX_FUTURE_MS = 5 * 60 * 1000;
 const OK_EMPTY: HttpResult = { status: 200, body: '{}' };
-
-/**
- * An identifier for an event sent without one. With an Idempotency-Key it is derived from the key, so the client's
- * automatic retry of the same request produces the same identifier and the event is still counted once.
- */
-export function generatedIdentifier(account: string, idempotencyKey: string, index: number): string {
-  if (!idempotencyKey) return crypto.randomUUID();
-  const h = crypto.createHash('sha256').update(`${account}\u0000${idempotencyKey}\u0000${index}`).digest('hex');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
-}
-
-/** v2 timestamps: RFC 3339; a string of digits is taken as unix seconds (what stripe-node sends for a JS Date). */
-export function parseV2Timestamp(value: unknown, param: string): number {
-  if (typeof value !== 'string' || value === '') throw new InvalidRequestError(`Invalid timestamp: must be an RFC 3339 date-time string.`, { param });
-  if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
-  const ms = parseRfc3339(value);
-  if (ms === null) {
-    throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, {
-      param,
-    });
-  }
-  return ms;
-}
-
-function checkTimestampRange(timestampMs: number, nowMs: number, param: string): void {
-  if (timestampMs < nowMs - MAX_PAST_MS) {
-    throw new MeterEventError('timestamp_too_far_in_past', 'The timestamp must be within the past 35 calendar days.', param);
-  }
-  if (timestampMs > nowMs + MAX_FUTURE_MS) {
-    throw new MeterEventError('timestamp_in_future', 'The timestamp cannot be more than 5 minutes in the future.', param);
-  }
-}
+const HTTP_STREAM_RULES: StreamBatchRules = { maxEvents: MAX_EVENTS_PER_RECORD, integerSeconds: false };
 
 /** Synchronous validation against the meter (v1 and v2 meter_events). */
 async function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): Promise<MeterInfo> {
@@ -84,54 +60,29 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
   return meter;
 }
 
-/** Payload values are strings; JSON numbers are accepted and kept in their decimal text. */
-function readPayload(raw: unknown, param: string): Record<string, string> {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
-    throw new InvalidRequestError(`Invalid object: ${param} must be a map of strings.`, { param });
-  const out = newDict<string>();
-  let n = 0;
-  for (const k of Object.keys(raw)) {
-    const v = (raw as Record<string, unknown>)[k];
-    if (typeof v === 'string') out[k] = v;
-    else if (typeof v === 'number' && Number.isFinite(v)) out[k] = String(v);
-    else throw new InvalidRequestError(`Invalid string: ${param}[${k}] must be a string.`, { param: `${param}[${k}]` });
-    if (out[k].length > 100) throw new InvalidRequestError(`Invalid string: ${param}[${k}] must be at most 100 characters.`, { param: `${param}[${k}]` });
-    if (++n > 50) throw new InvalidRequestError(`Invalid object: ${param} may have at most 50 keys.`, { param });
-  }
-  if (n === 0) throw new InvalidRequestError(`Invalid object: ${param} cannot be empty.`, { param });
-  return out;
-}
-
-function requireString(v: unknown, param: string, maxLength: number, required: boolean): string | undefined {
-  if (v === undefined || v === null) {
-    if (required) throw new InvalidRequestError(`Missing required param: ${param}.`, { code: 'parameter_missing', param });
-    return undefined;
-  }
-  if (typeof v !== 'string') throw new InvalidRequestError(`Invalid string: ${param} must be a string.`, { param });
-  if (v.length > maxLength) throw new InvalidRequestError(`Invalid string: ${param} must be at most ${maxLength} characters.`, { param });
-  if (required && v === '') throw new InvalidRequestError(`Invalid string: ${param} cannot be empty.`, { param });
-  return v;
-}
-
-/** Appends the events of one request: one record per partition, all durable before this resolves. */
+/**
+ * Appends the events of one request or batch: one record per partition it touches (split at the record size limit),
+ * all durable before this resolves.
+ */
 export async function appendEvents(s: Services, p: Principal, receivedMs: number, validated: boolean, events: EventTuple[]): Promise<void> {
   const partitions = s.producer.partitions;
-  if (partitions === 1) {
-    await s.producer.append(0, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events }));
+  const record = (evs: EventTuple[]) => encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs });
+  if (partitions === 1 && events.length <= MAX_EVENTS_PER_RECORD) {
+    await s.producer.append(0, record(events));
     return;
   }
   const groups = new Map<number, EventTuple[]>();
   for (const e of events) {
-    const part = partitionFor(p.account, e[1], partitions);
+    const part = partitions === 1 ? 0 : partitionFor(p.account, e[1], partitions);
     let g = groups.get(part);
     if (!g) groups.set(part, (g = []));
     g.push(e);
   }
   const writes: Promise<number>[] = [];
   for (const [part, evs] of groups) {
-    writes.push(
-      s.producer.append(part, encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs })),
-    );
+    for (let i = 0; i < evs.length; i += MAX_EVENTS_PER_RECORD) {
+      writes.push(s.producer.append(part, record(evs.length <= MAX_EVENTS_PER_RECORD ? evs : evs.slice(i, i + MAX_EVENTS_PER_RECORD))));
+    }
   }
   await Promise.all(writes);
 }
@@ -190,43 +141,14 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   });
 }
 
-function missing(param: string): never {
-  throw new InvalidRequestError(`Missing required param: ${param}.`, { code: 'parameter_missing', param });
-}
-
-/**
- * The stream: structural checks only (what cannot even be recorded is refused now); meter, customer, value and
- * timestamp rules are checked asynchronously by the aggregator and reported as v2 core events, as Stripe does.
- */
+/** The HTTP stream: Stripe's limit of 100 events per request; the rules of each event are in readStreamEvents. */
 async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
   const nowMs = s.now();
   const principal = s.auth.sessionToken(req, nowMs);
   return s.hotIdempotency.run(principal, req, async () => {
     const body = parseJsonBody(req.body) as Record<string, unknown>;
     for (const k in body) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
-    const raw = body.events;
-    if (raw === undefined) missing('events');
-    if (!Array.isArray(raw)) throw new InvalidRequestError('Invalid array: events must be an array of events.', { param: 'events' });
-    if (raw.length === 0) throw new InvalidRequestError('Invalid array: events must contain at least one event.', { param: 'events' });
-    if (raw.length > MAX_EVENTS_PER_RECORD) {
-      throw new InvalidRequestError(`Invalid array: events can contain at most ${MAX_EVENTS_PER_RECORD} events, got ${raw.length}.`, { param: 'events' });
-    }
-    const events: EventTuple[] = new Array(raw.length);
-    for (let i = 0; i < raw.length; i++) {
-      const e = raw[i] as Record<string, unknown>;
-      const param = `events[${i}]`;
-      if (e === null || typeof e !== 'object' || Array.isArray(e)) throw new InvalidRequestError(`Invalid object: ${param} must be an object.`, { param });
-      for (const k in e) {
-        if (k !== 'event_name' && k !== 'payload' && k !== 'identifier' && k !== 'timestamp') {
-          throw new InvalidRequestError(`Received unknown parameter: ${param}[${k}]`, { code: 'parameter_unknown', param: `${param}[${k}]` });
-        }
-      }
-      const eventName = requireString(e.event_name, `${param}[event_name]`, 100, true)!;
-      const payload = readPayload(e.payload === undefined ? missing(`${param}[payload]`) : e.payload, `${param}[payload]`);
-      const identifier = requireString(e.identifier, `${param}[identifier]`, 100, false) || generatedIdentifier(principal.account, req.idempotencyKey, i);
-      const timestampMs = e.timestamp === undefined ? nowMs : parseV2Timestamp(e.timestamp, `${param}[timestamp]`);
-      events[i] = [eventName, identifier, timestampMs, payload];
-    }
+    const events = readStreamEvents(body.events, principal.account, req.idempotencyKey, nowMs, HTTP_STREAM_RULES);
     await appendEvents(s, principal, nowMs, false, events);
     return OK_EMPTY;
   });
@@ -295,7 +217,8 @@ async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', 
   });
 }
 
-export function registerMeterEventRoutes(http: HttpServer, s: Services): void {
+/** Registers the meter event endpoints; `sockets` serves the WebSocket form of the stream on the stream's path. */
+export function registerMeterEventRoutes(http: HttpServer, s: Services, sockets: MeterEventSocketServer): void {
   http.route(
     'POST',
     '/v1/billing/meter_events',
@@ -317,6 +240,7 @@ export function registerMeterEventRoutes(http: HttpServer, s: Services): void {
     apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency),
   );
   http.route('POST', '/v2/billing/meter_event_stream', (req) => stream(s, req));
+  http.upgradeRoute('/v2/billing/meter_event_stream', sockets.handshake);
   registerSessionRoute(http, s);
 }
 

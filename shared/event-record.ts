@@ -113,6 +113,10 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
   throw new Error(`unknown log record kind ${String(kind)}`);
 }
 
+/** How far from the time it is received an event's timestamp may be (Stripe's rule: 35 days back, 5 minutes ahead). */
+export const MAX_PAST_MS = 35 * 24 * 3600 * 1000;
+export const MAX_FUTURE_MS = 5 * 60 * 1000;
+
 /** Most events one record may hold (the stream's per-request limit). */
 export const MAX_EVENTS_PER_RECORD = 100;
 /** Most partitions the seq encoding below supports. */

@@ -55,9 +55,16 @@ export interface IssuedSession {
   expiresMs: number;
 }
 
+/** A verified meter event session token. */
+export interface SessionClaims {
+  principal: Principal;
+  sessionId: string;
+  expiresMs: number;
+}
+
 export class Authenticator {
   private readonly keys = new Map<string, Principal>();
-  private readonly verified = new Map<string, { principal: Principal; expiresMs: number }>();
+  private readonly verified = new Map<string, SessionClaims>();
 
   constructor(
     keys: ApiKeyRecord[],
@@ -83,12 +90,17 @@ export class Authenticator {
     throw new AuthenticationError(`Invalid API Key provided: ${redact(credential)}`);
   }
 
-  sessionToken(req: HttpRequest, nowMs: number): Principal {
+  sessionToken(req: Pick<HttpRequest, 'authorization'>, nowMs: number): Principal {
+    return this.session(req, nowMs).principal;
+  }
+
+  /** The claims of the request's session token; throws the Stripe error for a missing, invalid or expired one. */
+  session(req: Pick<HttpRequest, 'authorization'>, nowMs: number): SessionClaims {
     const credential = credentialOf(req.authorization);
     const cached = this.verified.get(credential);
     if (cached) {
       if (cached.expiresMs <= nowMs) throw new SessionExpiredError();
-      return cached.principal;
+      return cached;
     }
     if (this.keys.has(credential)) {
       throw new AuthenticationError(
@@ -100,7 +112,7 @@ export class Authenticator {
     if (this.verified.size > 10_000) this.verified.clear();
     this.verified.set(credential, claims);
     if (claims.expiresMs <= nowMs) throw new SessionExpiredError();
-    return claims.principal;
+    return claims;
   }
 
   issueSession(p: Principal, sessionId: string, nowMs: number): IssuedSession {
@@ -114,7 +126,7 @@ export class Authenticator {
     return crypto.createHmac('sha256', this.hmacSecret).update(payload).digest('base64url');
   }
 
-  private verify(token: string): { principal: Principal; expiresMs: number } | null {
+  private verify(token: string): SessionClaims | null {
     if (!token.startsWith(TOKEN_PREFIX)) return null;
     const dot = token.indexOf('.', TOKEN_PREFIX.length);
     if (dot === -1) return null;
@@ -128,6 +140,6 @@ export class Authenticator {
     if (parts.length !== 4) return null;
     const expiresMs = Number(parts[3]);
     if (!Number.isFinite(expiresMs)) return null;
-    return { principal: { account: parts[1], livemode: parts[2] === '1' }, expiresMs };
+    return { principal: { account: parts[1], livemode: parts[2] === '1' }, sessionId: parts[0], expiresMs };
   }
 }

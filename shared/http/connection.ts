@@ -25,13 +25,24 @@ export interface ConnectionOwner {
   /** The bytes of an error response to a request that broke the protocol (the connection closes after it). */
   protocolError(err: HttpProtocolError, head: RequestHead | null, path: string | null): string;
   connectionClosed(conn: Connection): void;
+  /** Whether an upgrade request to this target switches protocols (otherwise its Upgrade field is ignored). */
+  upgradesTo?(head: RequestHead): boolean;
+  /**
+   * Answers an accepted upgrade request: the bytes of an error response (the connection then closes), or the function
+   * that takes the socket over once every earlier request on it has been answered.
+   */
+  upgrade?(head: RequestHead): string | UpgradeTakeover;
 }
+
+/** Takes a socket over after its upgrade request; `rest` is what the client sent after that request. */
+export type UpgradeTakeover = (socket: net.Socket, rest: Buffer) => void;
 
 interface Exchange {
   head: RequestHead | null;
   response: Buffer | string | null;
   close: boolean;
   continueSent: boolean;
+  takeover?: UpgradeTakeover;
 }
 
 export class Connection {
@@ -56,22 +67,31 @@ export class Connection {
       onHead: (head) => this.onHead(head),
       onRequest: (head, body) => this.onRequest(head, body),
       onError: (err, head, path) => this.onProtocolError(err, head, path),
+      acceptsUpgrade: owner.upgradesTo ? (head) => owner.upgradesTo!(head) : undefined,
     });
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.updateFlow());
-    socket.on('error', () => undefined);
-    socket.on('end', () => {
+    socket.on('data', this.listeners.data);
+    socket.on('drain', this.listeners.drain);
+    socket.on('error', this.listeners.error);
+    socket.on('end', this.listeners.end);
+    socket.on('close', this.listeners.close);
+  }
+
+  private readonly listeners = {
+    data: (chunk: Buffer) => this.onData(chunk),
+    drain: () => this.updateFlow(),
+    error: () => undefined,
+    end: () => {
       // The client will send nothing more: answer what it sent, then close.
       this.parser.stop();
       this.closing = true;
       if (this.queue.length === 0) this.end();
-    });
-    socket.on('close', () => {
+    },
+    close: () => {
       this.destroyed = true;
-      owner.connectionClosed(this);
-    });
-  }
+      this.owner.connectionClosed(this);
+    },
+  };
 
   /** No request is being read or answered. */
   get idle(): boolean {
@@ -105,6 +125,15 @@ export class Connection {
   private onRequest(head: RequestHead, body: Buffer): void {
     const ex = this.reading!;
     this.reading = null;
+    if (head.upgrade && this.owner.upgrade && this.owner.upgradesTo?.(head)) {
+      // The parser has stopped: what follows belongs to the new protocol.
+      ex.close = true;
+      const decision = this.owner.upgrade(head);
+      if (typeof decision === 'string') ex.response = decision;
+      else ex.takeover = decision;
+      this.flush();
+      return;
+    }
     // Nothing after "Connection: close" is a request we may act on.
     if (head.close) this.parser.stop();
     let answered = false;
@@ -150,6 +179,10 @@ export class Connection {
     let wrote = false;
     while (this.queue.length > 0 && !this.destroyed) {
       const ex = this.queue[0];
+      if (ex.takeover) {
+        this.handOver(ex.takeover);
+        return;
+      }
       if (ex.response === null) {
         if (ex.head?.expectsContinue && !ex.continueSent && this.reading === ex) {
           ex.continueSent = true;
@@ -178,6 +211,23 @@ export class Connection {
     }
     if (this.closing && this.queue.length === 0) this.end();
     this.updateFlow();
+  }
+
+  /** Gives the socket to the new protocol: this connection no longer reads, writes or tracks it. */
+  private handOver(takeover: UpgradeTakeover): void {
+    this.queue.length = 0;
+    this.destroyed = true;
+    const socket = this.socket;
+    socket.off('data', this.listeners.data);
+    socket.off('drain', this.listeners.drain);
+    socket.off('error', this.listeners.error);
+    socket.off('end', this.listeners.end);
+    socket.off('close', this.listeners.close);
+    while (socket.writableCorked > 0) socket.uncork();
+    this.owner.connectionClosed(this);
+    takeover(socket, this.parser.upgradeRest);
+    // Reading was paused if the pipeline was full; the new owner has its listeners now.
+    if (this.readPaused) socket.resume();
   }
 
   private updateFlow(): void {

@@ -46,6 +46,8 @@ export interface RequestHead {
   expectsContinue: boolean;
   /** Whether a body follows (Content-Length > 0 or chunked). */
   hasBody: boolean;
+  /** A bodiless HTTP/1.1 GET asking to switch protocols (`Connection: upgrade` with an `Upgrade` field). */
+  upgrade: boolean;
 }
 
 export interface ParserEvents {
@@ -58,6 +60,11 @@ export interface ParserEvents {
    * `path` is the target's path whenever the request line was read (it picks the v1 or v2 error shape).
    */
   onError(err: HttpProtocolError, head: RequestHead | null, path: string | null): void;
+  /**
+   * Whether to switch protocols for this upgrade request. If so, parsing ends with it and the bytes read after its
+   * head are in `upgradeRest`; if not, the Upgrade field is ignored (RFC 9110 §7.8) and parsing goes on.
+   */
+  acceptsUpgrade?(head: RequestHead): boolean;
 }
 
 const enum State {
@@ -101,6 +108,8 @@ export class RequestParser {
   private trailerBytes = 0;
   /** The path of the request line being parsed, for the shape of an error in its head. */
   private path: string | null = null;
+  /** After an accepted upgrade: what the client sent after the upgrade request (the new protocol's first bytes). */
+  upgradeRest: Buffer = EMPTY;
 
   constructor(
     private readonly limits: HttpLimits,
@@ -199,6 +208,13 @@ export class RequestParser {
     this.path = null;
     const head = this.parseHead(data.toString('latin1', start, end));
     this.head = head;
+    if (head.upgrade && this.events.acceptsUpgrade?.(head)) {
+      this.upgradeRest = data.subarray(end + 4);
+      this.events.onHead(head);
+      if (this.state !== State.Stopped) this.complete();
+      this.stop();
+      return data.length;
+    }
     this.events.onHead(head);
     if (!head.hasBody && this.state !== State.Stopped) this.complete();
     return this.state === State.Stopped ? data.length : end + 4;
@@ -302,7 +318,8 @@ export class RequestParser {
     }
     this.bodySize = 0;
     this.bodyParts = [];
-    const head: RequestHead = { method, path, query, minorVersion, headers, close, expectsContinue, hasBody };
+    const upgrade = method === 'GET' && minorVersion === 1 && !hasBody && headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/.test(connection);
+    const head: RequestHead = { method, path, query, minorVersion, headers, close, expectsContinue, hasBody, upgrade };
     return head;
   }
 

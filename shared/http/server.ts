@@ -11,7 +11,7 @@ import net from 'node:net';
 import { newRequestId } from '../ids';
 import { ApiError, HttpProtocolError, RouteNotFoundError, StripeError } from '../errors';
 import { log } from '../logger';
-import { Connection, type ConnectionOwner } from './connection';
+import { Connection, type ConnectionOwner, type UpgradeTakeover } from './connection';
 import { DEFAULT_LIMITS, type HttpLimits, type RequestHead } from './parser';
 
 export type ApiFlavor = 'v1' | 'v2';
@@ -38,6 +38,12 @@ export interface HttpResult {
 }
 
 export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResult;
+
+/**
+ * Decides on an upgrade request (synchronously: nothing else on the connection may be answered before it): returns
+ * the function that takes the socket over, or throws a StripeError that is rendered as the HTTP answer.
+ */
+export type UpgradeHandler = (req: HttpRequest, head: RequestHead) => UpgradeTakeover;
 
 export const CURRENT_API_VERSION = '2026-10-28.endive';
 
@@ -87,6 +93,7 @@ const ALLOWED_METHODS = 'GET, HEAD, POST, DELETE';
  * HTTP's registered methods (RFC 9110, 5789): those without a route get Stripe's 404 "Unrecognized request URL", as
  * on api.stripe.com; a method outside this list (`FOO`, or `get`: methods are case-sensitive) gets 405 with Allow.
  */
+const EMPTY_BODY = Buffer.alloc(0);
 const STANDARD_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
 
 interface Route {
@@ -106,6 +113,7 @@ export class HttpServer implements ConnectionOwner {
   readonly limits: HttpLimits;
   private readonly server: net.Server;
   private readonly routes = new Map<string, MethodRoutes>();
+  private readonly upgrades = new Map<string, UpgradeHandler>();
   private readonly connections = new Set<Connection>();
   private readonly idleMs: number;
   private readonly requestMs: number;
@@ -155,6 +163,44 @@ export class HttpServer implements ConnectionOwner {
     return this;
   }
 
+  /** A path whose GET upgrade requests switch protocols (WebSocket); its other requests are routed as usual. */
+  upgradeRoute(path: string, handler: UpgradeHandler): this {
+    this.upgrades.set(path, handler);
+    return this;
+  }
+
+  /** ConnectionOwner */
+  upgradesTo(head: RequestHead): boolean {
+    return !this.closing && this.upgrades.has(head.path);
+  }
+
+  /** ConnectionOwner: an accepted upgrade request. */
+  upgrade(head: RequestHead): string | UpgradeTakeover {
+    const request = this.request(head, EMPTY_BODY);
+    try {
+      return this.upgrades.get(head.path)!(request, head);
+    } catch (err) {
+      return this.render(this.failure(err, request), request, false, true);
+    }
+  }
+
+  private request(head: RequestHead, body: Buffer): HttpRequest {
+    const h = head.headers;
+    return {
+      method: head.method === 'HEAD' ? 'GET' : head.method,
+      path: head.path,
+      query: head.query,
+      params: [],
+      authorization: h.authorization ?? '',
+      contentType: h['content-type'] ?? '',
+      stripeVersion: h['stripe-version'] ?? '',
+      idempotencyKey: h['idempotency-key'] ?? '',
+      body,
+      requestId: newRequestId(),
+      flavor: head.path.startsWith('/v2/') ? 'v2' : 'v1',
+    };
+  }
+
   private match(method: string, path: string): { route: Route; params: string[] } | null {
     const table = this.routes.get(method);
     if (!table) return null;
@@ -177,22 +223,8 @@ export class HttpServer implements ConnectionOwner {
   /** ConnectionOwner: one complete request. */
   dispatch(head: RequestHead, body: Buffer, answer: (response: Buffer | string, close: boolean) => void): void {
     const isHead = head.method === 'HEAD';
-    const method = isHead ? 'GET' : head.method;
-    const h = head.headers;
-    const flavor: ApiFlavor = head.path.startsWith('/v2/') ? 'v2' : 'v1';
-    const request: HttpRequest = {
-      method,
-      path: head.path,
-      query: head.query,
-      params: [],
-      authorization: h.authorization ?? '',
-      contentType: h['content-type'] ?? '',
-      stripeVersion: h['stripe-version'] ?? '',
-      idempotencyKey: h['idempotency-key'] ?? '',
-      body,
-      requestId: newRequestId(),
-      flavor,
-    };
+    const request = this.request(head, body);
+    const { method, flavor } = request;
     const reply = (result: HttpResult) => answer(this.render(result, request, isHead, head.close), head.close);
     if (!STANDARD_METHODS.has(method)) {
       const err = new HttpProtocolError(405, `Method ${method.slice(0, 20)} is not supported on ${head.path.slice(0, 200)}: use GET, HEAD, POST or DELETE.`);
