@@ -23,6 +23,7 @@ import { registerCoreEventRoutes } from './api/core-events';
 import { registerBillingRoutes, stopBillingJobs } from './api/billing';
 import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { MeterEventSocketServer } from './ingest/ws-stream';
+import { GatewayThreads } from './ingest/gateway-threads';
 import { Aggregator } from './aggregator/aggregator';
 
 const SYSTEM_ACCOUNT = '_system';
@@ -81,6 +82,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const { keys, generated } = await apiKeys(config, state);
   const meters = new MeterRegistry(state, drivers.mode !== 'embedded');
   await meters.load();
+  const secret = await sessionSecret(state);
   const durableKeys = new StoreIdempotencyRecords(state);
   const recentKeys = new MemoryIdempotencyRecords();
   const services: Services = {
@@ -88,7 +90,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     state,
     analytics,
     meters,
-    auth: new Authenticator(keys, await sessionSecret(state), config.sessionTtlMs),
+    auth: new Authenticator(keys, secret, config.sessionTtlMs),
     idempotency: new Idempotency(durableKeys, [recentKeys]),
     hotIdempotency: new Idempotency(recentKeys, [durableKeys]),
     producer: eventLog.producer(),
@@ -140,7 +142,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     idleTimeoutSeconds: config.httpIdleTimeoutS,
     requestTimeoutSeconds: config.httpRequestTimeoutS,
   });
-  const sockets = new MeterEventSocketServer(services, (principal, receivedMs, events) => appendEvents(services, principal, receivedMs, false, events));
+  const sockets = new MeterEventSocketServer(services.auth, (principal, receivedMs, events) => appendEvents(services, principal, receivedMs, false, events));
   if (roles.gateway) registerMeterEventRoutes(http, services, sockets);
   else if (roles.api) registerSessionRoute(http, services);
   if (roles.api) {
@@ -149,22 +151,30 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerCoreEventRoutes(http, services);
     registerBillingRoutes(http, services);
   }
-  http.route('GET', '/healthz', () =>
-    json(200, {
+  // Declared before the routes that read it; set when the threads start.
+  let gateway: GatewayThreads | null = null;
+  http.route('GET', '/healthz', async () => {
+    const streams = roles.gateway ? await (gateway ? gateway.streamStats() : sockets.snapshot()) : null;
+    return json(200, {
       status: 'ok',
       role: config.role,
       mode: drivers.mode,
+      gateway_threads: config.gatewayThreads,
       aggregator: aggregator?.health() ?? null,
-      stream_sockets: roles.gateway
+      stream_sockets: streams
         ? {
-            connections: sockets.connections,
-            batches_in_flight: sockets.stats.batchesInFlight,
-            peak_batches_in_flight_per_connection: sockets.stats.peakBatchesInFlightPerConnection,
+            connections: streams.connections,
+            batches_in_flight: streams.batchesInFlight,
+            peak_batches_in_flight_per_connection: streams.peakBatchesInFlightPerConnection,
           }
         : null,
-    }),
-  );
-  const port = await http.listen(config.host, config.port);
+    });
+  });
+  // With gateway threads, they own the sockets and this thread's router answers what they forward.
+  gateway = config.gatewayThreads > 0 ? new GatewayThreads(http, services) : null;
+  const port = gateway
+    ? await gateway.start({ threads: config.gatewayThreads, host: config.host, port: config.port, sessionSecret: secret })
+    : await http.listen(config.host, config.port);
 
   timers.push(
     setInterval(() => {
@@ -175,7 +185,9 @@ export async function startServer(config: Config): Promise<RunningServer> {
   for (const t of timers) t.unref();
 
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
-  process.stdout.write(`meterd listening on ${url} (role ${config.role}, ${drivers.mode} mode: ${drivers.describe}; data in ${config.dataDir})\n`);
+  process.stdout.write(
+    `meterd listening on ${url} (role ${config.role}, ${drivers.mode} mode: ${drivers.describe}; ${gateway ? `${config.gatewayThreads} gateway threads` : 'HTTP on the main thread'}; data in ${config.dataDir})\n`,
+  );
   if (generated) process.stdout.write(`generated a test API key (kept in the state store): ${generated}\n`);
   else if (config.apiKeys.length > 0) process.stdout.write(`API keys: ${keys.length} configured (API_KEYS and the state store)\n`);
   // Started without API_KEYS: say which stored key to use, as on the first start.
@@ -189,7 +201,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     stop: () =>
       (stopped ??= (async () => {
         for (const t of timers) clearInterval(t);
-        await Promise.all([http.close(), sockets.close()]);
+        await Promise.all([gateway ? gateway.close() : http.close(), sockets.close()]);
         await stopBillingJobs();
         await services.producer.close();
         if (aggregator) await aggregator.stop();

@@ -16,19 +16,11 @@ import { newId } from '../shared/ids';
 import { encodeRecord, partitionFor, RecordKind, MAX_EVENTS_PER_RECORD, type CancelTuple, type EventTuple } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
 import type { MeterEventSocketServer } from './ws-stream';
-import {
-  checkTimestampRange,
-  generatedIdentifier,
-  missing,
-  parseV2Timestamp,
-  readPayload,
-  readStreamEvents,
-  requireString,
-  type StreamBatchRules,
-} from './stream-events';
+import { encodeEventRecords } from './records';
+import { checkTimestampRange, generatedIdentifier, missing, parseV2Timestamp, readPayload, readStreamRequest, requireString } from './stream-events';
 
-const OK_EMPTY: HttpResult = { status: 200, body: '{}' };
-const HTTP_STREAM_RULES: StreamBatchRules = { maxEvents: MAX_EVENTS_PER_RECORD, integerSeconds: false };
+/** The stream's answer: an empty object, as Stripe's. */
+export const STREAM_ACCEPTED: HttpResult = { status: 200, body: '{}' };
 
 /** Synchronous validation against the meter (v1 and v2 meter_events). */
 async function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): Promise<MeterInfo> {
@@ -65,26 +57,9 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
  * all durable before this resolves.
  */
 export async function appendEvents(s: Services, p: Principal, receivedMs: number, validated: boolean, events: EventTuple[]): Promise<void> {
-  const partitions = s.producer.partitions;
-  const record = (evs: EventTuple[]) => encodeRecord({ kind: RecordKind.Events, account: p.account, livemode: p.livemode, receivedMs, validated, events: evs });
-  if (partitions === 1 && events.length <= MAX_EVENTS_PER_RECORD) {
-    await s.producer.append(0, record(events));
-    return;
-  }
-  const groups = new Map<number, EventTuple[]>();
-  for (const e of events) {
-    const part = partitions === 1 ? 0 : partitionFor(p.account, e[1], partitions);
-    let g = groups.get(part);
-    if (!g) groups.set(part, (g = []));
-    g.push(e);
-  }
-  const writes: Promise<number>[] = [];
-  for (const [part, evs] of groups) {
-    for (let i = 0; i < evs.length; i += MAX_EVENTS_PER_RECORD) {
-      writes.push(s.producer.append(part, record(evs.length <= MAX_EVENTS_PER_RECORD ? evs : evs.slice(i, i + MAX_EVENTS_PER_RECORD))));
-    }
-  }
-  await Promise.all(writes);
+  const records = encodeEventRecords(p, receivedMs, validated, events, s.producer.partitions);
+  if (records.length === 1) await s.producer.append(records[0][0], records[0][1]);
+  else await Promise.all(records.map(([part, record]) => s.producer.append(part, record)));
 }
 
 async function appendCancel(s: Services, p: Principal, receivedMs: number, cancel: CancelTuple): Promise<void> {
@@ -141,16 +116,13 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   });
 }
 
-/** The HTTP stream: Stripe's limit of 100 events per request; the rules of each event are in readStreamEvents. */
+/** The HTTP stream; the rules of each event are in readStreamEvents. */
 async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
   const nowMs = s.now();
   const principal = s.auth.sessionToken(req, nowMs);
   return s.hotIdempotency.run(principal, req, async () => {
-    const body = parseJsonBody(req.body) as Record<string, unknown>;
-    for (const k in body) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
-    const events = readStreamEvents(body.events, principal.account, req.idempotencyKey, nowMs, HTTP_STREAM_RULES);
-    await appendEvents(s, principal, nowMs, false, events);
-    return OK_EMPTY;
+    await appendEvents(s, principal, nowMs, false, readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs));
+    return STREAM_ACCEPTED;
   });
 }
 

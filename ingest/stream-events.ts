@@ -5,8 +5,9 @@
  */
 import crypto from 'node:crypto';
 import { InvalidRequestError, MeterEventError } from '../shared/errors';
-import { MAX_FUTURE_MS, MAX_PAST_MS, type EventTuple } from '../shared/event-record';
+import { MAX_EVENTS_PER_RECORD, MAX_FUTURE_MS, MAX_PAST_MS, type EventTuple } from '../shared/event-record';
 import { newDict } from '../shared/wire/dict';
+import { parseJsonBody } from '../shared/wire/form';
 import { parseRfc3339 } from '../shared/wire/timestamp';
 
 /**
@@ -112,4 +113,14 @@ export function readStreamEvents(raw: unknown, account: string, retryKey: string
     events[i] = [eventName, identifier, timestampMs, payload];
   }
   return events;
+}
+
+/** The HTTP stream: Stripe's limit of 100 events per request. */
+const HTTP_STREAM_RULES: StreamBatchRules = { maxEvents: MAX_EVENTS_PER_RECORD, integerSeconds: false };
+
+/** The events of a `POST /v2/billing/meter_event_stream` body (JSON `{events: [...]}`). */
+export function readStreamRequest(body: Buffer, account: string, idempotencyKey: string, nowMs: number): EventTuple[] {
+  const params = parseJsonBody(body) as Record<string, unknown>;
+  for (const k in params) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
+  return readStreamEvents(params.events, account, idempotencyKey, nowMs, HTTP_STREAM_RULES);
 }

@@ -12,12 +12,12 @@ import { Packr, Unpackr } from 'msgpackr';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, InvalidRequestError, ServiceUnavailableError, StripeError } from '../shared/errors';
 import type { EventTuple } from '../shared/event-record';
-import type { Principal, SessionClaims } from '../shared/http/auth';
+import type { Authenticator, Principal, SessionClaims } from '../shared/http/auth';
 import type { UpgradeTakeover } from '../shared/http/connection';
 import type { RequestHead } from '../shared/http/parser';
 import type { HttpRequest } from '../shared/http/server';
 import { log } from '../shared/logger';
-import type { Services } from '../shared/services';
+import type { StreamSocketStats } from './gateway-messages';
 import { readStreamEvents, type StreamBatchRules } from './stream-events';
 
 export const STREAM_SUBPROTOCOL = 'meterd.stream.v1';
@@ -77,12 +77,16 @@ export class MeterEventSocketServer {
   readonly stats = { batchesInFlight: 0, peakBatchesInFlightPerConnection: 0 };
 
   constructor(
-    private readonly s: Services,
+    private readonly auth: Pick<Authenticator, 'session'>,
     private readonly append: AppendBatch,
   ) {}
 
   get connections(): number {
     return this.streams.size;
+  }
+
+  snapshot(): StreamSocketStats {
+    return { connections: this.streams.size, ...this.stats };
   }
 
   /** The upgrade handler of `GET /v2/billing/meter_event_stream`. */
@@ -119,7 +123,7 @@ export class MeterEventSocketServer {
     }
     const encoding = readEncoding(req.query);
     if (this.closing) throw new ServiceUnavailableError('The server is shutting down; reconnect shortly.');
-    const claims = this.s.auth.session({ authorization }, this.s.now());
+    const claims = this.auth.session({ authorization }, Date.now());
     return (socket, rest) => {
       const upgradeRequest = { method: 'GET', url: `${head.path}?${head.query}`, headers: head.headers, socket };
       this.wss.handleUpgrade(upgradeRequest as never, socket, rest, (ws) => {

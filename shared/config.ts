@@ -1,6 +1,7 @@
 /**
  * Every setting comes from the environment, read once at start-up. The README's configuration table mirrors this file.
  */
+import os from 'node:os';
 import path from 'node:path';
 
 export type Role = 'all' | 'gateway' | 'aggregator' | 'api';
@@ -27,6 +28,8 @@ export interface Config {
   flushIntervalMs: number;
   /** Aggregator worker threads (piscina). */
   aggregatorThreads: number;
+  /** Threads that own the HTTP and WebSocket connections (0: the main thread serves them). */
+  gatewayThreads: number;
   /** How long the identifier dedup window and the adjustment window last. */
   dedupWindowMs: number;
   /** Seconds between dedup index snapshots (bounds replay after a crash). */
@@ -143,6 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     flushEvents: r.int('FLUSH_EVENTS', 100_000, 1),
     flushIntervalMs: r.int('FLUSH_INTERVAL_MS', 250, 1),
     aggregatorThreads: r.int('AGGREGATOR_THREADS', 1, 1, 64),
+    gatewayThreads: r.int('GATEWAY_THREADS', os.availableParallelism(), 0, 64),
     dedupWindowMs: r.int('DEDUP_WINDOW_HOURS', 24, 1) * 3600_000,
     snapshotIntervalMs: r.int('SNAPSHOT_INTERVAL_S', 60, 1) * 1000,
     sessionTtlMs: r.int('SESSION_TTL_SECONDS', 900, 1) * 1000,

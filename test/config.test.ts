@@ -4,6 +4,7 @@
  */
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
+import os from 'node:os';
 import { ConfigError, loadConfig } from '../shared/config';
 import { MAIN, tempDir } from './helpers/server';
 
@@ -17,6 +18,8 @@ t.test('defaults', async (t) => {
   t.equal(c.webhookMaxAttempts, 16);
   t.equal(c.startupWaitMs, 60_000);
   t.same(c.apiKeys, []);
+  t.equal(c.gatewayThreads, os.availableParallelism(), 'a gateway thread per core');
+  t.equal(loadConfig({ GATEWAY_THREADS: '0' }).gatewayThreads, 0, '0: HTTP on the main thread');
 });
 
 t.test('every problem at once', async (t) => {
@@ -31,19 +34,20 @@ t.test('every problem at once', async (t) => {
       KAFKA_BROKERS: 'k:1',
       KAFKA_SSL: 'maybe',
       KAFKA_PARTITIONS: '0',
+      GATEWAY_THREADS: '-1',
     });
   } catch (e) {
     err = e;
   }
   t.ok(err instanceof ConfigError, 'a ConfigError');
   const problems = (err as ConfigError).problems;
-  for (const name of ['API_KEYS', 'PORT', 'FLUSH_EVENTS', 'ROLE', 'LOG_LEVEL', 'KAFKA_SSL', 'KAFKA_PARTITIONS']) {
+  for (const name of ['API_KEYS', 'PORT', 'FLUSH_EVENTS', 'ROLE', 'LOG_LEVEL', 'KAFKA_SSL', 'KAFKA_PARTITIONS', 'GATEWAY_THREADS']) {
     t.ok(
       problems.some((p) => p.startsWith(name) || p.includes(` ${name}`)),
       `names ${name}`,
     );
   }
-  t.equal(problems.length, 7, 'one problem each');
+  t.equal(problems.length, 8, 'one problem each');
   t.ok(
     problems.every((p) => /expected/.test(p)),
     'each says what is expected',

@@ -14,6 +14,7 @@ export interface Principal {
 }
 
 const TOKEN_PREFIX = 'mets_';
+const SECRET_KEY = /^(sk|rk)_(test|live)_/;
 
 export function accountForKey(secret: string): string {
   return 'acct_' + crypto.createHash('sha256').update(secret).digest('hex').slice(0, 24);
@@ -102,7 +103,8 @@ export class Authenticator {
       if (cached.expiresMs <= nowMs) throw new SessionExpiredError();
       return cached;
     }
-    if (this.keys.has(credential)) {
+    // Any secret key, known here or not (a gateway thread knows none): the client sent the wrong kind of credential.
+    if (this.keys.has(credential) || SECRET_KEY.test(credential)) {
       throw new AuthenticationError(
         'This endpoint takes a meter event session token, not an API key: create a session with POST /v2/billing/meter_event_session and send its authentication_token as the Bearer token.',
       );

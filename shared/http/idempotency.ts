@@ -78,13 +78,16 @@ export class Idempotency {
   }
 
   async run(principal: Principal, req: HttpRequest, execute: () => Promise<HttpResult>): Promise<HttpResult> {
-    const key = req.idempotencyKey;
-    if (!key || req.method !== 'POST') return execute();
+    if (!req.idempotencyKey || req.method !== 'POST') return execute();
+    return this.runKeyed(principal, keyedRequest(req), execute);
+  }
+
+  /** Like run, for a request whose key, request line and body hash were taken elsewhere (a gateway thread). */
+  async runKeyed(principal: Principal, keyed: KeyedRequest, execute: () => Promise<HttpResult>): Promise<HttpResult> {
+    const { key, requestLine, requestHash } = keyed;
     if (key.length > 255) {
       throw new InvalidRequestError('Idempotency-Key must be at most 255 characters long.', { param: 'Idempotency-Key' });
     }
-    const requestLine = `${req.method} ${req.path}`;
-    const requestHash = crypto.createHash('sha256').update(req.body).digest('base64url');
     const prior = await this.lookup(principal.account, key);
     if (prior) return replay(prior, requestLine, requestHash, key);
     const lock = principal.account + '\u0000' + key;
@@ -117,6 +120,21 @@ export class Idempotency {
       this.executing.delete(lock);
     }
   }
+}
+
+/** What identifies a POST with an Idempotency-Key: the key, its method and path, and a hash of its body. */
+export interface KeyedRequest {
+  key: string;
+  requestLine: string;
+  requestHash: string;
+}
+
+export function keyedRequest(req: Pick<HttpRequest, 'idempotencyKey' | 'method' | 'path' | 'body'>): KeyedRequest {
+  return {
+    key: req.idempotencyKey,
+    requestLine: `${req.method} ${req.path}`,
+    requestHash: crypto.createHash('sha256').update(req.body).digest('base64url'),
+  };
 }
 
 function replay(prior: IdempotencyRecord, requestLine: string, requestHash: string, key: string): HttpResult {

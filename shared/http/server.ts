@@ -114,6 +114,7 @@ export class HttpServer implements ConnectionOwner {
   private readonly server: net.Server;
   private readonly routes = new Map<string, MethodRoutes>();
   private readonly upgrades = new Map<string, UpgradeHandler>();
+  private fallbackHandler: RouteHandler | null = null;
   private readonly connections = new Set<Connection>();
   private readonly idleMs: number;
   private readonly requestMs: number;
@@ -233,28 +234,44 @@ export class HttpServer implements ConnectionOwner {
       reply(result);
       return;
     }
-    const found = this.match(method, head.path);
-    if (!found) {
-      reply(errorResult(new RouteNotFoundError(method, head.path), flavor));
-      return;
-    }
-    request.params = found.params;
-    request.flavor = found.route.flavor;
     this.inFlight++;
     const finish = (result: HttpResult) => {
       this.inFlight--;
       reply(result);
       if (this.inFlight === 0 && this.draining) this.draining();
     };
+    const result = this.handle(request);
+    if (result instanceof Promise) result.then(finish);
+    else finish(result);
+  }
+
+  /**
+   * Routes one request and runs its handler; never throws or rejects (a failure is its error result). Requests that
+   * no route matches go to the fallback if one is set (a gateway thread forwards them to the main thread), else 404.
+   */
+  handle(request: HttpRequest): Promise<HttpResult> | HttpResult {
+    const found = this.match(request.method, request.path);
+    let handler: RouteHandler;
+    if (found) {
+      request.params = found.params;
+      request.flavor = found.route.flavor;
+      handler = found.route.handler;
+    } else if (this.fallbackHandler) handler = this.fallbackHandler;
+    else return errorResult(new RouteNotFoundError(request.method, request.path), request.flavor);
     let result: Promise<HttpResult> | HttpResult;
     try {
-      result = found.route.handler(request);
+      result = handler(request);
     } catch (err) {
-      result = this.failure(err, request);
+      return this.failure(err, request);
     }
-    if (result instanceof Promise) {
-      result.then(finish, (err) => finish(this.failure(err, request)));
-    } else finish(result);
+    if (result instanceof Promise) return result.catch((err) => this.failure(err, request));
+    return result;
+  }
+
+  /** Handles every request that no route matches. */
+  fallback(handler: RouteHandler): this {
+    this.fallbackHandler = handler;
+    return this;
   }
 
   /** ConnectionOwner: the answer to what broke the protocol. */
@@ -305,17 +322,26 @@ export class HttpServer implements ConnectionOwner {
     }
   }
 
-  listen(host: string, port: number): Promise<number> {
+  /** Listens on host:port, or on a listening socket another thread opened (`fd`), so that threads share a port. */
+  listen(host: string, port: number, fd?: number): Promise<number> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(new Error(`cannot listen on ${host}:${port}: ${err.message}`));
       this.server.once('error', onError);
-      this.server.listen({ host, port, backlog: 1024 }, () => {
+      const options = fd === undefined ? { host, port, backlog: 1024 } : { fd };
+      this.server.listen(options, () => {
         this.server.off('error', onError);
         this.sweeper = setInterval(() => this.sweep(), 1000);
         this.sweeper.unref();
         resolve((this.server.address() as net.AddressInfo).port);
       });
     });
+  }
+
+  /** The listening socket's file descriptor, for other threads to listen on (see listen). */
+  get listeningFd(): number {
+    const handle = (this.server as unknown as { _handle?: { fd?: number } })._handle;
+    if (handle?.fd === undefined || handle.fd < 0) throw new Error('the HTTP server has no listening file descriptor');
+    return handle.fd;
   }
 
   /** Stops accepting connections, waits (bounded) for requests in flight, then closes every connection. */

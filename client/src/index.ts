@@ -1,0 +1,27 @@
+export {
+  BatchRejectedError,
+  FrameTooLargeError,
+  QueueFullError,
+  SessionError,
+  StreamClosedError,
+  StreamConnectionError,
+  type StreamErrorObject,
+  StreamServerError,
+} from './errors';
+export {
+  type DisconnectInfo,
+  MAX_BATCH_EVENTS,
+  MAX_FRAME_BYTES,
+  type MeterEvent,
+  MeterEventStream,
+  type MeterEventStreamOptions,
+  type ReadyMessage,
+  type ReconnectInfo,
+  SESSION_PATH,
+  STREAM_PATH,
+  SUBPROTOCOL,
+  type StreamAuthMode,
+  type StreamEncoding,
+  type StreamSession,
+  type StreamStats,
+} from './stream';

@@ -1,0 +1,101 @@
+/**
+ * A gateway thread: one of GATEWAY_THREADS threads that share the listening socket. It does the per-event work of the
+ * meter event stream where the bytes arrive (HTTP parsing, WebSocket frames, session token checks, JSON or msgpack
+ * decoding, the structural checks, encoding the log records) and hands the main thread only encoded records to append.
+ * Every other request is forwarded to the main thread's router as is and its result rendered here, so every route
+ * answers exactly as it does without threads.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { ApiError } from '../shared/errors';
+import { Authenticator, type Principal } from '../shared/http/auth';
+import { keyedRequest } from '../shared/http/idempotency';
+import { HttpServer, type HttpRequest, type HttpResult } from '../shared/http/server';
+import { log } from '../shared/logger';
+import type { EventTuple } from '../shared/event-record';
+import { deserializeError, transferable, type GatewayThreadInit, type ToMain, type ToThread } from './gateway-messages';
+import { encodeEventRecords } from './records';
+import { readStreamRequest } from './stream-events';
+import { MeterEventSocketServer } from './ws-stream';
+
+export const STREAM_PATH = '/v2/billing/meter_event_stream';
+
+function main(): void {
+  const port = parentPort;
+  if (!port) throw new Error('gateway-thread.js runs as a worker thread of meterd');
+  const init = workerData as GatewayThreadInit;
+  log.setLevel(init.logLevel);
+  const auth = new Authenticator([], Buffer.from(init.sessionSecret, 'base64'), init.sessionTtlMs);
+  const waiting = new Map<number, (reply: ToThread) => void>();
+  let nextId = 1;
+
+  function call(message: ToMain, transfer: ArrayBuffer[] = []): Promise<ToThread> {
+    return new Promise((resolve) => {
+      waiting.set((message as { id: number }).id, resolve);
+      port!.postMessage(message, transfer);
+    });
+  }
+
+  async function forward(req: HttpRequest): Promise<HttpResult> {
+    const body = new Uint8Array(req.body.length);
+    body.set(req.body);
+    const { params: _params, body: _body, ...rest } = req;
+    const reply = await call({ t: 'forward', id: nextId++, request: { ...rest, body } }, [body.buffer]);
+    return reply.t === 'result' ? reply.result : { status: 500, body: JSON.stringify(new ApiError().toV1Body()) };
+  }
+
+  async function appendBatch(principal: Principal, receivedMs: number, events: EventTuple[]): Promise<void> {
+    const { records, transfer } = transferable(encodeEventRecords(principal, receivedMs, false, events, init.partitions));
+    const reply = await call({ t: 'batch', id: nextId++, records }, transfer);
+    if (reply.t === 'appended' && reply.error) throw deserializeError(reply.error);
+  }
+
+  const http = new HttpServer({
+    maxBodyBytes: init.maxBodyBytes,
+    idleTimeoutSeconds: init.idleTimeoutSeconds,
+    requestTimeoutSeconds: init.requestTimeoutSeconds,
+  });
+  const sockets = new MeterEventSocketServer(auth, appendBatch);
+  http.route('POST', STREAM_PATH, async (req) => {
+    const nowMs = Date.now();
+    const principal = auth.sessionToken(req, nowMs);
+    const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+    const keyed = req.idempotencyKey ? keyedRequest(req) : null;
+    const { records, transfer } = transferable(encodeEventRecords(principal, nowMs, false, events, init.partitions));
+    const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
+    if (reply.t !== 'result') throw new ApiError();
+    return reply.result;
+  });
+  http.upgradeRoute(STREAM_PATH, sockets.handshake);
+  http.fallback(forward);
+
+  port.on('message', (message: ToThread) => {
+    if (message.t === 'stats') {
+      port.postMessage({ t: 'stats', id: message.id, stats: sockets.snapshot() } satisfies ToMain);
+      return;
+    }
+    if (message.t === 'close') {
+      Promise.all([http.close(), sockets.close()])
+        .catch((err) => log.error('gateway thread close failed', { err: String(err) }))
+        .finally(() => {
+          port.postMessage({ t: 'closed' } satisfies ToMain);
+          port.close();
+        });
+      return;
+    }
+    const resolve = waiting.get(message.id);
+    if (resolve) {
+      waiting.delete(message.id);
+      resolve(message);
+    }
+  });
+
+  http.listen(init.host, init.port, init.fd ?? undefined).then(
+    (listening) => port.postMessage({ t: 'listening', port: listening, fd: init.fd ?? http.listeningFd } satisfies ToMain),
+    (err) => {
+      port.postMessage({ t: 'failed', message: String((err as Error)?.message ?? err) } satisfies ToMain);
+      port.close();
+    },
+  );
+}
+
+main();
