@@ -55,9 +55,8 @@ export class StreamClosedError extends Error {
   }
 }
 
-/** Creating a meter event session failed (`POST /v2/billing/meter_event_session`, or the `session` callback). */
-export class SessionError extends Error {
-  override readonly name = 'SessionError';
+/** A failure that came with an HTTP answer: its status and, when the body held one, Stripe's error object. */
+abstract class HttpAnswerError extends Error {
   constructor(
     message: string,
     readonly status?: number,
@@ -68,17 +67,14 @@ export class SessionError extends Error {
   }
 }
 
+/** Creating a meter event session failed (`POST /v2/billing/meter_event_session`, or the `session` callback). */
+export class SessionError extends HttpAnswerError {
+  override readonly name = 'SessionError';
+}
+
 /** The WebSocket upgrade or connection failed (e.g. HTTP 401 on the upgrade, network error, no `ready` in time). */
-export class StreamConnectionError extends Error {
+export class StreamConnectionError extends HttpAnswerError {
   override readonly name = 'StreamConnectionError';
-  constructor(
-    message: string,
-    readonly status?: number,
-    readonly error?: StreamErrorObject,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
 }
 
 /** An `error` message from the server that names no batch (`id: null`), or an unreadable server message. */
