@@ -24,6 +24,9 @@
  *   --events N --duration S --connections N     passed to the generator (defaults 2,000,000 / 30 / 16)
  *   --batch N --customers N --client raw|http   passed to the generator (defaults 100 / 100 / raw)
  *   --timestamps                                passed to the generator (explicit event timestamps)
+ *   --rate R                                    offered load for the meterd runs, events/s (default 0: closed loop);
+ *                                               e.g. half the closed-loop figure for the p99 at half of max load. The
+ *                                               null server always runs closed loop: it is the generator's ceiling
  *   --poll-mode adaptive|all --freshness-timeout S   passed to the generator
  *   --health-interval MS                        consumer lag sampling period (default 250)
  *   --meter-settle-ms MS                        pause between meter creation and load (default 2500 with split, else 0)
@@ -261,7 +264,7 @@ interface GenResult {
   events_per_s?: number;
   requests?: number;
   load_seconds?: number;
-  ack_latency_ms?: { p50: number | null; p99: number | null };
+  ack_latency_ms?: { p50: number | null; p99: number | null; p999?: number | null };
   errors?: Record<string, number>;
   client_cpu?: { pct_of_one_core: number };
   load_start_epoch_ms?: number;
@@ -597,6 +600,7 @@ function markdownTable(rows: Row[]): string {
     'vs null server',
     'p50 ack (ms)',
     'p99 ack (ms)',
+    'p999 ack (ms)',
     'freshness after last ack',
     'max consumer lag',
     'verification',
@@ -612,7 +616,7 @@ function markdownTable(rows: Row[]): string {
       const cells = head.map(() => '–');
       cells[0] = r.target;
       cells[1] = label(r);
-      cells[9] = `FAILED: ${(r.error ?? g?.error ?? 'no result').split('\n')[0]}`;
+      cells[10] = `FAILED: ${(r.error ?? g?.error ?? 'no result').split('\n')[0]}`;
       lines.push(`| ${cells.join(' | ')} |`);
       continue;
     }
@@ -633,7 +637,7 @@ function markdownTable(rows: Row[]): string {
         : '0';
     lines.push(
       `| ${r.target} | ${label(r)} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${ratio} | ` +
-        `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fresh} | ${lagCell(r)} | ${ver} | ` +
+        `${fmtMs(g.ack_latency_ms?.p50)} | ${fmtMs(g.ack_latency_ms?.p99)} | ${fmtMs(g.ack_latency_ms?.p999)} | ${fresh} | ${lagCell(r)} | ${ver} | ` +
         `${g.client_cpu ? `${g.client_cpu.pct_of_one_core}%` : '–'} | ` +
         `${r.server_cpu_pct_of_one_core != null ? `${r.server_cpu_pct_of_one_core}%` : '–'} | ${errs} |`,
     );
@@ -813,7 +817,9 @@ async function main(): Promise<number> {
   fs.mkdirSync(resultsDir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
 
-  const genArgs = (ev: number, dur: number): string[] => [
+  const rate = a.num('rate', 0);
+  if (!(rate >= 0)) throw new Error('--rate must be >= 0 (events/s)');
+  const genArgs = (ev: number, dur: number, offered = 0): string[] => [
     '--events',
     String(ev),
     '--duration',
@@ -827,6 +833,7 @@ async function main(): Promise<number> {
     '--client',
     client,
     ...(a.bool('timestamps') ? ['--timestamps'] : []),
+    ...(offered > 0 ? ['--rate', String(offered)] : []),
     ...(a.str('poll-mode') ? ['--poll-mode', a.str('poll-mode')!] : []),
     ...(a.str('freshness-timeout') ? ['--freshness-timeout', a.str('freshness-timeout')!] : []),
   ];
@@ -880,7 +887,7 @@ async function main(): Promise<number> {
     dataParent,
     serverEntry,
     genScript,
-    genArgs: genArgs(events, duration),
+    genArgs: genArgs(events, duration, rate),
     genTimeoutMs: genTimeout,
     healthIntervalMs: healthInterval,
   };
@@ -995,7 +1002,7 @@ async function main(): Promise<number> {
     const svgPath = path.join(resultsDir, `${stamp}.svg`);
     const title =
       `meterd stream ingest (${mode}${mode !== 'embedded' ? `, ${topology}` : ''}): ≤${fmtInt(events)} events, ≤${duration} s, ` +
-      `${connections} connections, batch ${batch}, ${cpus.length} cores`;
+      `${connections} connections, batch ${batch}${rate > 0 ? `, offered ${fmtInt(rate)} events/s` : ''}, ${cpus.length} cores`;
     fs.writeFileSync(svgPath, svgChart(rows, title));
     process.stderr.write(`bench: chart written to ${svgPath}\n`);
   }

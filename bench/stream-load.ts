@@ -31,6 +31,10 @@
  *   --poll-mode adaptive|all  post-run polling: all = every pending customer every interval (16 connections);
  *                           adaptive (default) = one sentinel query per interval while behind, then a doubling sweep
  *                           (same answer, without loading the server it measures; see Generator.converge)
+ *   --rate R                offered load: send batches on a fixed schedule of R events/s (default 0: as fast as the
+ *                           connections are answered). Latency is measured from each batch's scheduled send time, so
+ *                           a server that falls behind shows its queueing in the p99 instead of slowing the schedule
+ *                           (no coordinated omission); use enough --connections to carry the rate
  *   --quiet                 no progress lines
  *
  * Every event has a unique identifier `<runid>-<10 digits>`; bodies are built once per batch size as a template and
@@ -95,6 +99,8 @@ interface Options {
   pollIntervalMs: number;
   pollMode: 'adaptive' | 'all';
   quiet: boolean;
+  /** Offered events/s; 0 = closed loop (each connection sends its next batch when the last one is answered). */
+  rate: number;
   runId: string;
 }
 
@@ -136,12 +142,14 @@ function parseOptions(argv: string[]): Options {
     pollIntervalMs: a.num('poll-interval', 50),
     pollMode: a.str('poll-mode', 'adaptive') as 'adaptive' | 'all',
     quiet: a.bool('quiet'),
+    rate: a.num('rate', 0),
     runId,
   };
   if (o.events < 1 || o.events > 2 ** 31 - 1) throw new Error('--events must be in 1..2^31-1');
   if (!(o.durationS > 0)) throw new Error('--duration must be > 0');
   if (o.connections < 1 || o.connections > 4096) throw new Error('--connections must be in 1..4096');
   if (o.batch < 1 || o.batch > 100) throw new Error('--batch must be in 1..100');
+  if (!(o.rate >= 0)) throw new Error('--rate must be >= 0 (events/s; 0 = as fast as answered)');
   if (o.customers < 1 || o.customers > 1_000_000) throw new Error('--customers must be in 1..1,000,000');
   if (o.client !== 'raw' && o.client !== 'http') throw new Error('--client must be raw or http');
   if (o.pollMode !== 'adaptive' && o.pollMode !== 'all') throw new Error('--poll-mode must be adaptive or all');
@@ -948,6 +956,9 @@ class Slot {
   private attempts = 0;
   private auth401 = 0;
   private t0 = 0;
+  /** --rate: when this batch was due to be sent; its latency counts from then. */
+  private due = 0;
+  private firstSend = false;
   private readonly onResp: RawCallback;
 
   constructor(
@@ -970,7 +981,19 @@ class Slot {
     g.nextSeq += n;
     this.n = n;
     this.attempts = 0;
+    this.firstSend = true;
     g.maybeRefreshSession();
+    if (g.o.rate > 0) {
+      this.due = g.loadStart + (this.seq0 / g.o.rate) * 1000;
+      const wait = this.due - performance.now();
+      if (wait > 1) {
+        setTimeout(() => {
+          this.prepare();
+          this.fire();
+        }, wait);
+        return;
+      }
+    }
     this.prepare();
     this.fire();
   }
@@ -1033,7 +1056,10 @@ class Slot {
       return;
     }
     if (this.gen !== this.g.sessions.generation) this.rehead();
-    this.t0 = performance.now();
+    // A resend keeps the first send's start: the latency of a batch is until its acknowledgement, however many tries.
+    // A batch sent up to 1 ms early (timers are that coarse) counts from its send.
+    if (this.firstSend) this.t0 = this.g.o.rate > 0 ? Math.min(this.due, performance.now()) : performance.now();
+    this.firstSend = false;
     this.transport.send(this.req, this.bodyOff, this.onResp);
   }
 
@@ -1440,6 +1466,7 @@ async function main(): Promise<number> {
       duration_s: o.durationS,
       connections: o.connections,
       batch: o.batch,
+      rate: o.rate,
       customers: o.customers,
       meter_event_name: o.eventName,
       timestamps: o.timestamps,
@@ -1488,7 +1515,8 @@ async function main(): Promise<number> {
     ['events acknowledged', `${fmtInt(g.acked)} in ${(loadElapsedMs / 1000).toFixed(2)} s`],
     ['accepted events/s', fmtInt(eps)],
     ['requests (200)', `${fmtInt(g.requests)} (${fmtInt(result.requests_per_s)}/s, batch ${o.batch})`],
-    ['ack latency ms', `p50 ${lat.p50} | p90 ${lat.p90} | p99 ${lat.p99} | max ${lat.max}`],
+    ['offered load', o.rate > 0 ? `${fmtInt(o.rate)} events/s (latency from each batch's scheduled send)` : 'closed loop (as fast as answered)'],
+    ['ack latency ms', `p50 ${lat.p50} | p90 ${lat.p90} | p99 ${lat.p99} | p999 ${lat.p999} | max ${lat.max}`],
     ['errors by status', Object.keys(errors).length ? JSON.stringify(errors) : 'none'],
     ['retries / rejected / uncertain', `${g.retries} / ${g.rejectedEvents} / ${g.uncertainEvents} events`],
     ['client CPU (load phase)', `${result.client_cpu.pct_of_one_core}% of one core`],
