@@ -16,11 +16,20 @@ import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
+import { PRICE_TYPE, renderPrice, type PriceObject } from './prices';
+import { renderPlan } from './plans';
 
 /** Stops the billing background job (called by main.ts on shutdown, before the store closes). */
 export const stopBillingJobs = stopBillingTicker;
 
 export function registerBillingRoutes(http: HttpServer, s: Services): void {
+  // Older API versions embed whole prices and plans where newer ones name them by id.
+  s.versioning.setLoader(async (account, type, id) => {
+    const found = await s.state.getObject<PriceObject>(account, PRICE_TYPE, id);
+    if (!found) return null;
+    if (type === 'price') return { ...renderPrice(found.data, []) };
+    return found.data.type === 'recurring' ? { ...renderPlan(found.data, []) } : null;
+  });
   registerCustomerRoutes(http, s);
   registerProductRoutes(http, s);
   registerPriceRoutes(http, s);

@@ -6,7 +6,8 @@
  */
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { CURRENT_API_VERSION } from '../../shared/http/server';
+import { CURRENT_API_VERSION } from '../../shared/versioning/releases';
+import { readAccountVersion } from '../../shared/versioning/account-versions';
 import { newId } from '../../shared/ids';
 
 export const EVENT_TYPE = 'event';
@@ -77,7 +78,9 @@ export async function storeEvent(tx: StateStore, p: Principal, type: string, obj
   const ev: EventObject = {
     id: newId('evt', p.livemode),
     object: 'event',
-    api_version: CURRENT_API_VERSION,
+    // The account's default version when the event happens: what its data is rendered in (webhook endpoints pinned
+    // to a version get their own rendering at delivery).
+    api_version: (await readAccountVersion(tx, p.account)) ?? CURRENT_API_VERSION,
     created: Math.floor(nowMs / 1000),
     data,
     livemode: p.livemode,

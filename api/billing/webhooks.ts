@@ -20,8 +20,11 @@
  * Several API processes (distributed mode) each run a dispatcher over the shared store: a process claims a delivery
  * with a lease (row locked while claiming) before sending, so each attempt is made once; a process that dies
  * mid-attempt leaves the lease to expire (timeout + 5 s) and another process retries. A receiver may still see an
- * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id. Events are rendered in the server's API version whatever the endpoint's
- * `api_version`.
+ * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id.
+ *
+ * Versions (Stripe's rule): an endpoint created with `api_version` keeps it and receives every event rendered in it
+ * (its `api_version` field says so); one created without receives each event in the version the event was created
+ * in (the account's default at that time).
  */
 import type { Config } from '../../shared/config';
 import crypto from 'node:crypto';
@@ -36,6 +39,8 @@ import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
+import type { ApiVersioning } from '../../shared/versioning/versioning';
+import { CURRENT_API_VERSION, isKnownVersion } from '../../shared/versioning/releases';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
 import {
@@ -80,6 +85,7 @@ export class WebhookDispatcher {
   constructor(
     private readonly store: StateStore,
     config: Pick<Config, 'webhookRetryBaseMs' | 'webhookMaxAttempts' | 'webhookTimeoutMs' | 'webhookPollMs'>,
+    private readonly versioning: ApiVersioning,
   ) {
     this.retryBaseMs = config.webhookRetryBaseMs;
     this.maxAttempts = config.webhookMaxAttempts;
@@ -195,7 +201,9 @@ export class WebhookDispatcher {
       await this.finish(account, d);
       return;
     }
-    const payload = JSON.stringify(ev.data, null, 2);
+    const event = structuredClone(ev.data);
+    event.api_version = endpoint.data.api_version ?? (ev.data.api_version && isKnownVersion(ev.data.api_version) ? ev.data.api_version : CURRENT_API_VERSION);
+    const payload = JSON.stringify(await this.versioning.renderObject(event, event.api_version, account), null, 2);
     const t = Math.floor(Date.now() / 1000);
     let error: string | null = null;
     try {
@@ -260,6 +268,14 @@ function readEnabledEvents(r: ParamReader, required: boolean): string[] | undefi
   return [...new Set(ev)];
 }
 
+/** An endpoint's pinned version must be one the release table knows (it renders every delivery). */
+function readApiVersion(r: ParamReader): string | null {
+  const version = r.string('api_version', { maxLength: 100 });
+  if (version === undefined) return null;
+  if (!isKnownVersion(version)) throw new InvalidParamError('api_version', `Invalid Stripe API version: ${version}`);
+  return version;
+}
+
 async function loadEndpoint(store: StateStore, p: Principal, id: string): Promise<StoredEndpoint> {
   const found = await store.getObject<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, id);
   if (!found) throw new NotFoundError(`No such webhook endpoint: '${id}'`);
@@ -275,7 +291,7 @@ async function createEndpoint(s: Services, p: Principal, params: Params) {
   const e: StoredEndpoint = {
     id: newId('we', p.livemode),
     object: 'webhook_endpoint',
-    api_version: r.string('api_version', { maxLength: 100 }) ?? null,
+    api_version: readApiVersion(r),
     application: null,
     created: now,
     description: nullableString(r, 'description', 5000) ?? null,
@@ -354,6 +370,6 @@ export function registerWebhookRoutes(http: HttpServer, s: Services): void {
   );
 
   if (activeDispatcher) activeDispatcher.stop();
-  activeDispatcher = new WebhookDispatcher(s.state, s.config);
+  activeDispatcher = new WebhookDispatcher(s.state, s.config, s.versioning);
   activeDispatcher.start();
 }

@@ -23,12 +23,18 @@ export function paramsOf(req: HttpRequest): Params {
   return parseForm(req.body);
 }
 
-/** An API-key endpoint; POSTs go through the given idempotency layer. */
+/**
+ * An API-key endpoint; POSTs go through the given idempotency layer. The request is served in its API version:
+ * older parameters are translated for the endpoint, and the endpoint's answer (always the newest shape, which is
+ * what the idempotency layer keeps) is rendered in that version.
+ */
 export function apiEndpoint(s: Services, fn: Endpoint, idempotency: Idempotency = s.idempotency): RouteHandler {
-  return (req) => {
+  return async (req) => {
     const principal = s.auth.apiKey(req);
-    if (req.method !== 'POST') return fn(principal, req, paramsOf(req));
-    return idempotency.run(principal, req, async () => fn(principal, req, paramsOf(req)));
+    const version = await s.versioning.requestVersion(req, principal);
+    const params = () => s.versioning.upgradeParams(version, req, paramsOf(req));
+    const result = req.method === 'POST' ? await idempotency.run(principal, req, async () => fn(principal, req, params())) : await fn(principal, req, params());
+    return req.flavor === 'v1' ? s.versioning.renderResult(result, version, principal.account) : result;
   };
 }
 

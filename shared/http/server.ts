@@ -13,6 +13,7 @@ import { ApiError, HttpProtocolError, RouteNotFoundError, StripeError } from '..
 import { log } from '../logger';
 import { Connection, type ConnectionOwner, type UpgradeTakeover } from './connection';
 import { DEFAULT_LIMITS, type HttpLimits, type RequestHead } from './parser';
+import { CURRENT_API_VERSION } from '../versioning/releases';
 
 export type ApiFlavor = 'v1' | 'v2';
 
@@ -45,7 +46,7 @@ export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResul
  */
 export type UpgradeHandler = (req: HttpRequest, head: RequestHead) => UpgradeTakeover;
 
-export const CURRENT_API_VERSION = '2026-10-28.endive';
+export { CURRENT_API_VERSION } from '../versioning/releases';
 
 const STATUS_TEXT: Record<number, string> = {
   200: '200 OK',
