@@ -4,9 +4,9 @@
 import type { Services } from '../services';
 import type { Principal } from './auth';
 import type { Idempotency } from './idempotency';
-import { json, type HttpRequest, type HttpResult, type RouteHandler } from './server';
+import { errorResult, json, type HttpRequest, type HttpResult, type RouteHandler } from './server';
 import { parseForm, parseJsonBody, parseQuery, type Params } from '../wire/form';
-import { InvalidRequestError } from '../errors';
+import { InvalidRequestError, StripeError } from '../errors';
 
 export type Endpoint = (principal: Principal, req: HttpRequest, params: Params) => Promise<HttpResult> | HttpResult;
 
@@ -33,8 +33,15 @@ export function apiEndpoint(s: Services, fn: Endpoint, idempotency: Idempotency 
     const principal = s.auth.apiKey(req);
     const version = await s.versioning.requestVersion(req, principal);
     const params = () => s.versioning.upgradeParams(version, req, paramsOf(req));
-    const result = req.method === 'POST' ? await idempotency.run(principal, req, async () => fn(principal, req, params())) : await fn(principal, req, params());
-    return req.flavor === 'v1' ? s.versioning.renderResult(result, version, principal.account) : result;
+    let result: HttpResult;
+    try {
+      result = req.method === 'POST' ? await idempotency.run(principal, req, async () => fn(principal, req, params())) : await fn(principal, req, params());
+    } catch (err) {
+      if (!(err instanceof StripeError)) throw err;
+      result = errorResult(err, req.flavor);
+    }
+    if (req.flavor === 'v1') result = await s.versioning.renderResult(result, version, principal.account);
+    return { ...result, stripeVersion: version };
   };
 }
 

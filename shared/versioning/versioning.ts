@@ -30,14 +30,7 @@ export class ApiVersioning {
   /** Picks the request's version and records it on the request (the response header names it). */
   async requestVersion(req: HttpRequest, p: Principal): Promise<string> {
     const sent = req.stripeVersion;
-    let version: string;
-    try {
-      version = sent ? checkApiVersion(sent) : CURRENT_API_VERSION;
-    } catch (err) {
-      // Not echoed: nothing is rendered in a version that does not exist.
-      req.stripeVersion = '';
-      throw err;
-    }
+    let version = sent ? checkApiVersion(sent) : CURRENT_API_VERSION;
     // Every use of the account fixes its default on the first one, whatever this request sends.
     const accountDefault = await this.accounts.versionOf(p.account);
     if (!sent && req.flavor === 'v1') version = accountDefault;
