@@ -207,6 +207,19 @@ t.test('API versions end to end', async (t) => {
     });
     t.equal(v2bad.status, 400);
     t.equal(v2bad.body.error.message, 'Invalid Stripe API version: nope');
+    const session = await current.v2.billing.meterEventSession.create();
+    const streamed = (headers: Record<string, string>) =>
+      server.request('POST', '/v2/billing/meter_event_stream', {
+        key: session.authentication_token,
+        headers: { 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ events: [{ event_name: meter.event_name, payload: { stripe_customer_id: customer.id, value: '1' } }] }),
+      });
+    const accepted = await streamed({ 'Stripe-Version': ACACIA });
+    t.equal(accepted.status, 200, 'the stream takes any known version');
+    t.equal(accepted.headers.get('stripe-version'), ACACIA);
+    const refused = await streamed({ 'Stripe-Version': '2025-02-30.basil' });
+    t.equal(refused.status, 400, 'and refuses an unknown one');
+    t.equal(refused.body.error.message, 'Invalid Stripe API version: 2025-02-30.basil');
   });
 
   await t.test('webhook endpoints keep their version; events record the one they were created in', async (t) => {
