@@ -283,3 +283,26 @@ t.test('request parameters of an older version', async (t) => {
   upgradeParams(BASIL, basil as never);
   t.same(basil.params, { price: 'price_once' }, 'basil takes the new parameters only (the endpoint refuses `price`)');
 });
+
+t.test('configuration: DEFAULT_API_VERSION and ACCOUNT_API_VERSIONS', async (t) => {
+  const { loadConfig, ConfigError } = await import('../shared/config');
+  const base = { DATA_DIR: '/tmp/meterd-config-test' };
+  t.equal(loadConfig(base).defaultApiVersion, CURRENT_API_VERSION, 'the newest release by default');
+  t.same(loadConfig(base).accountApiVersions, []);
+  const c = loadConfig({ ...base, DEFAULT_API_VERSION: ACACIA, ACCOUNT_API_VERSIONS: `acct_123=${BASIL}, sk_test_abcdefgh12=${ACACIA}` });
+  t.equal(c.defaultApiVersion, ACACIA);
+  t.same(c.accountApiVersions, [
+    { account: 'acct_123', version: BASIL },
+    { account: 'sk_test_abcdefgh12', version: ACACIA },
+  ]);
+  try {
+    loadConfig({ ...base, DEFAULT_API_VERSION: '2025-03-31', ACCOUNT_API_VERSIONS: `acct_1=nope,sk_test_secretsecret=${BASIL}x,acct_2`, PORT: 'x' });
+    t.fail('expected a configuration error');
+  } catch (err) {
+    t.ok(err instanceof ConfigError);
+    const problems = (err as InstanceType<typeof ConfigError>).problems;
+    t.equal(problems.length, 5, 'every problem at once');
+    t.match(problems.join('\n'), /DEFAULT_API_VERSION="2025-03-31" is not valid/);
+    t.notMatch(problems.join('\n'), /secretsecret/, 'a secret key is not printed whole');
+  }
+});
