@@ -74,31 +74,50 @@ export async function renderInVersion(value: unknown, version: string, load: Obj
 }
 
 /** Each event's data in the event's own version (outermost events first; their data is not visited again). */
-async function renderEvents(node: unknown, load: ObjectLoader): Promise<void> {
+async function renderEvents(root: unknown, load: ObjectLoader): Promise<void> {
+  const events: ApiObject[] = [];
+  collectEvents(root, events);
+  for (const event of events) {
+    const version = typeof event.api_version === 'string' && isKnownVersion(event.api_version) ? event.api_version : CURRENT_API_VERSION;
+    event.api_version = version;
+    await renderInVersion(event.data, version, load);
+  }
+}
+
+function collectEvents(node: unknown, out: ApiObject[]): void {
   if (Array.isArray(node)) {
-    for (const x of node) await renderEvents(x, load);
+    for (const x of node) collectEvents(x, out);
     return;
   }
   if (!isObject(node)) return;
   if (node.object === 'event' && isObject(node.data)) {
-    const version = typeof node.api_version === 'string' && isKnownVersion(node.api_version) ? node.api_version : CURRENT_API_VERSION;
-    node.api_version = version;
-    await renderInVersion(node.data, version, load);
+    out.push(node);
     return;
   }
-  for (const k of Object.keys(node)) await renderEvents(node[k], load);
+  for (const k of Object.keys(node)) collectEvents(node[k], out);
 }
 
-/** Undoes one change over the whole tree, parents before children; events were rendered already and are skipped. */
-async function undo(node: unknown, change: VersionChange, ctx: DowngradeContext): Promise<void> {
+/**
+ * Undoes one change over the whole tree, parents before children; events were rendered already and are skipped. The
+ * objects are found first (a synchronous walk), then rewritten in that order, awaiting only the rewrites that load.
+ */
+async function undo(root: unknown, change: VersionChange, ctx: DowngradeContext): Promise<void> {
+  const found: ApiObject[] = [];
+  collect(root, change.downgrade, found);
+  for (const obj of found) {
+    const done = change.downgrade[obj.object as string](obj, ctx);
+    if (done) await done;
+  }
+}
+
+function collect(node: unknown, types: VersionChange['downgrade'], out: ApiObject[]): void {
   if (Array.isArray(node)) {
-    for (const x of node) await undo(x, change, ctx);
+    for (const x of node) collect(x, types, out);
     return;
   }
   if (!isObject(node) || node.object === 'event') return;
-  const type = node.object;
-  if (typeof type === 'string' && Object.hasOwn(change.downgrade, type)) await change.downgrade[type](node, ctx);
-  for (const k of Object.keys(node)) await undo(node[k], change, ctx);
+  if (typeof node.object === 'string' && Object.hasOwn(types, node.object)) out.push(node);
+  for (const k of Object.keys(node)) collect(node[k], types, out);
 }
 
 /** Rewrites a request of `version` into the newest version's parameters, oldest change first. */
