@@ -306,3 +306,33 @@ t.test('configuration: DEFAULT_API_VERSION and ACCOUNT_API_VERSIONS', async (t) 
     t.notMatch(problems.join('\n'), /secretsecret/, 'a secret key is not printed whole');
   }
 });
+
+t.test("an account's default version: fixed on first use, changed by the operator", async (t) => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { SqliteStateStore } = await import('../shared/state/sqlite-store');
+  const { AccountVersions, readAccountVersion } = await import('../shared/versioning/account-versions');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-versions-'));
+  const store = new SqliteStateStore(path.join(dir, 'state.sqlite'));
+  await store.init();
+  t.teardown(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const uncached = new AccountVersions(store, BASIL, 0);
+  t.equal(await readAccountVersion(store, 'acct_a'), null, 'nothing before the first use');
+  t.same(await Promise.all([uncached.versionOf('acct_a'), uncached.versionOf('acct_a')]), [BASIL, BASIL], 'concurrent first uses agree');
+  t.equal(await readAccountVersion(store, 'acct_a'), BASIL, 'kept in the store');
+  const later = new AccountVersions(store, CURRENT_API_VERSION, 0);
+  t.equal(await later.versionOf('acct_a'), BASIL, 'a later default for new accounts does not move an existing one');
+  t.equal(await later.versionOf('acct_b'), CURRENT_API_VERSION, 'a new account gets the default of its first use');
+  await later.set('acct_a', ACACIA);
+  t.equal(await uncached.versionOf('acct_a'), ACACIA, "the operator's change is seen by every reader");
+  await later.set('acct_new', ACACIA);
+  t.equal(await later.versionOf('acct_new'), ACACIA, 'an account can be set before its first use');
+  const cached = new AccountVersions(store, BASIL, 60_000);
+  t.equal(await cached.versionOf('acct_a'), ACACIA);
+  await later.set('acct_a', BASIL);
+  t.equal(await cached.versionOf('acct_a'), ACACIA, "another process's change shows once the cached value expires");
+});

@@ -57,12 +57,18 @@ export class AccountVersions {
 
   /** The operator's change of an account's default version. */
   async set(account: string, version: string): Promise<void> {
-    await this.store.transaction(async (tx) => {
-      const data: ApiVersionSetting = { api_version: version };
-      if (!(await tx.updateObject(account, ACCOUNT_SETTINGS_TYPE, API_VERSION_ID, data))) {
-        await tx.insertObject({ account, type: ACCOUNT_SETTINGS_TYPE, id: API_VERSION_ID, createdMs: Date.now(), data });
-      }
-    });
+    const data: ApiVersionSetting = { api_version: version };
+    try {
+      await this.store.transaction(async (tx) => {
+        if (!(await tx.updateObject(account, ACCOUNT_SETTINGS_TYPE, API_VERSION_ID, data))) {
+          await tx.insertObject({ account, type: ACCOUNT_SETTINGS_TYPE, id: API_VERSION_ID, createdMs: Date.now(), data });
+        }
+      });
+    } catch (err) {
+      // Another process (starting with the same setting, or the account's first request) inserted it meanwhile.
+      if (!(err instanceof UniqueViolation)) throw err;
+      await this.store.updateObject(account, ACCOUNT_SETTINGS_TYPE, API_VERSION_ID, data);
+    }
     this.cache.delete(account);
   }
 }
