@@ -336,3 +336,29 @@ t.test("an account's default version: fixed on first use, changed by the operato
   await later.set('acct_a', BASIL);
   t.equal(await cached.versionOf('acct_a'), ACACIA, "another process's change shows once the cached value expires");
 });
+
+t.test("an event's previous_attributes are rendered in the event's version", async (t) => {
+  const item = (start: number, end: number) => ({ id: 'si_1', object: 'subscription_item', current_period_start: start, current_period_end: end });
+  const renewed = () => ({
+    id: 'evt_1',
+    object: 'event',
+    api_version: ACACIA,
+    type: 'customer.subscription.updated',
+    data: {
+      object: { id: 'sub_1', object: 'subscription', discounts: [], latest_invoice: 'in_2', items: { object: 'list', data: [item(200, 300)] } },
+      previous_attributes: { latest_invoice: 'in_1', items: { data: [item(100, 200)] } },
+    },
+  });
+  const acacia = renewed();
+  await renderInVersion(acacia, CURRENT_API_VERSION, loader);
+  t.same(
+    acacia.data.previous_attributes,
+    { latest_invoice: 'in_1', current_period_start: 100, current_period_end: 200 },
+    'the period that moved is listed where acacia has it; the items, equal in acacia, are not',
+  );
+  t.equal((acacia.data.object as ApiObject).current_period_start, 200);
+  const current = renewed();
+  current.api_version = CURRENT_API_VERSION;
+  await renderInVersion(current, ACACIA, loader);
+  t.same(current.data.previous_attributes, { latest_invoice: 'in_1', items: { data: [item(100, 200)] } }, 'the newest version keeps what was recorded');
+});

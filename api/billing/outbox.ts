@@ -8,6 +8,9 @@ import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { CURRENT_API_VERSION } from '../../shared/versioning/releases';
 import { readAccountVersion } from '../../shared/versioning/account-versions';
+import { isPlain, previousAttributes } from '../../shared/versioning/previous-attributes';
+
+export { previousAttributes };
 import { newId } from '../../shared/ids';
 
 export const EVENT_TYPE = 'event';
@@ -23,43 +26,6 @@ export interface EventObject {
   pending_webhooks: number;
   request: { id: string | null; idempotency_key: string | null };
   type: string;
-}
-
-function isPlain(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function same(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-/**
- * Stripe's `previous_attributes`: the old values of what changed. Hashes (metadata, address, …) are compared key by
- * key and only their changed keys appear, a key that did not exist before as null. Only the top-level keys present in
- * `before` are considered, so callers may pass either the whole previous object or just the changed attributes.
- */
-export function previousAttributes(before: Record<string, unknown>, after: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k of Object.keys(before)) {
-    const b = before[k];
-    const a = after[k];
-    if (same(a, b)) continue;
-    if (isPlain(a) && isPlain(b)) out[k] = nestedDiff(b, a);
-    else out[k] = b === undefined ? null : b;
-  }
-  return out;
-}
-
-function nestedDiff(before: Record<string, unknown>, after: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
-    const b = before[k];
-    const a = after[k];
-    if (same(a, b)) continue;
-    if (isPlain(a) && isPlain(b)) out[k] = nestedDiff(b, a);
-    else out[k] = b === undefined ? null : b;
-  }
-  return out;
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import { isObject, type ApiObject, type DowngradeContext, type ParamsRequest, type VersionChange } from './change';
 import { CURRENT_API_VERSION, isBefore, isKnownVersion } from './releases';
+import { objectBefore, previousAttributes } from './previous-attributes';
 import { subscriptionItemPeriods } from './changes/basil-subscription-item-periods';
 import { invoiceParent } from './changes/basil-invoice-parent';
 import { invoicePayments } from './changes/basil-invoice-payments';
@@ -80,8 +81,26 @@ async function renderEvents(root: unknown, load: ObjectLoader): Promise<void> {
   for (const event of events) {
     const version = typeof event.api_version === 'string' && isKnownVersion(event.api_version) ? event.api_version : CURRENT_API_VERSION;
     event.api_version = version;
-    await renderInVersion(event.data, version, load);
+    await renderEventData(event.data as ApiObject, version, load);
   }
+}
+
+/**
+ * `data.object` in `version`; `previous_attributes` (recorded against the newest shape) are recomputed between the
+ * object before and after the change, both rendered in `version`: a period that moved back to the subscription shows
+ * there, as Stripe's older webhooks show it.
+ */
+async function renderEventData(data: ApiObject, version: string, load: ObjectLoader): Promise<void> {
+  const after = data.object;
+  const previous = data.previous_attributes;
+  if (!isObject(after) || !isObject(previous) || changesFor(version).length === 0) {
+    await renderInVersion(after, version, load);
+    return;
+  }
+  const before = objectBefore(after, previous);
+  await renderInVersion(before, version, load);
+  await renderInVersion(after, version, load);
+  data.previous_attributes = previousAttributes(before, after);
 }
 
 function collectEvents(node: unknown, out: ApiObject[]): void {
