@@ -248,6 +248,28 @@ t.test('API versions end to end', async (t) => {
     t.equal(plainEvent.api_version, BASIL_DEFAULT, "the unpinned one gets the account's version at the event's creation");
     t.notOk('current_period_end' in plainEvent.data.object);
 
+    // A renewal: the period moves on the items; acacia sees it move on the subscription.
+    const DAY = 86400;
+    const T0 = Math.floor(Date.now() / 1000 / 60) * 60 - 2 * DAY;
+    const daily = await current.prices.create({ currency: 'usd', product: product.id, unit_amount: 100, recurring: { interval: 'day' } });
+    const clock = await current.testHelpers.testClocks.create({ frozen_time: T0 });
+    const clocked = await current.customers.create({ email: 'renewal@example.com', test_clock: clock.id });
+    await current.webhookEndpoints.update(pinnedEndpoint.id, { enabled_events: ['customer.subscription.updated'] });
+    const renewing = await current.subscriptions.create({ customer: clocked.id, items: [{ price: daily.id }] });
+    await current.testHelpers.testClocks.advance(clock.id, { frozen_time: T0 + DAY + 60 });
+    const renewalOf = (body: string) => {
+      const e = JSON.parse(body);
+      return e.type === 'customer.subscription.updated' && e.data.object.id === renewing.id && 'current_period_start' in (e.data.previous_attributes ?? {});
+    };
+    await eventually(async () => old.got.some(renewalOf), 30_000, 100);
+    const renewal = JSON.parse(old.got.find(renewalOf)!);
+    t.equal(renewal.data.previous_attributes.current_period_start, T0, "acacia's previous_attributes name the subscription's old period");
+    t.equal(renewal.data.previous_attributes.current_period_end, T0 + DAY);
+    t.equal(renewal.data.object.current_period_start, T0 + DAY);
+    t.notOk('items' in renewal.data.previous_attributes, 'the items, equal in acacia, are not listed');
+    const stored = await current.events.retrieve(renewal.id);
+    t.ok('items' in (stored.data.previous_attributes ?? {}), 'the same event read in the version it was created in lists the items (basil: periods on items)');
+
     const listed = await acacia.events.retrieve(plainEvent.id);
     t.equal(listed.api_version, BASIL_DEFAULT, 'an event is a snapshot in its own version, whoever reads it');
     t.notOk('current_period_end' in (listed.data.object as unknown as Obj));
