@@ -57,6 +57,8 @@ export interface Config {
   /** How long an aggregator's claim on a partition lasts without renewal (distributed mode). */
   leaseMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** When set, GET /metrics needs `Authorization: Bearer <token>`. */
+  metricsToken: string | null;
 }
 
 /** Every configuration problem found, all at once; main prints one line each and exits non-zero. */
@@ -164,7 +166,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseSchema: r.raw('DATABASE_SCHEMA') ?? 'public',
     leaseMs: r.int('AGGREGATOR_LEASE_SECONDS', 20, 1) * 1000,
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error'] as const),
+    metricsToken: r.raw('METRICS_TOKEN') || null,
   };
+  if (config.metricsToken !== null && !/^[\x21-\x7e]+$/.test(config.metricsToken)) {
+    r.problems.push('METRICS_TOKEN is not valid: expected printable ASCII without spaces (it is sent as a bearer token)');
+  }
   if (config.kafkaBrokers.length > 0) kafkaSettings(env, r);
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return config;

@@ -56,6 +56,8 @@ export interface LogConsumer {
 
 export interface EventLog {
   readonly partitions: number;
+  /** The offset the next durable record of `partition` gets (the log end), for the consumer lag metric. */
+  endOffset?(partition: number): number | Promise<number>;
   producer(): LogProducer;
   consumer(group: string): LogConsumer;
   close(): Promise<void>;

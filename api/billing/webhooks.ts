@@ -36,6 +36,8 @@ import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
+import { metrics } from '../../shared/metrics';
+import { recordDeliveryAttempt } from './recent-deliveries';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
 import {
@@ -193,10 +195,12 @@ export class WebhookDispatcher {
     ]);
     if (endpoint?.data.status !== 'enabled' || !ev) {
       await this.finish(account, d);
+      DROPPED.inc();
       return;
     }
     const payload = JSON.stringify(ev.data, null, 2);
     const t = Math.floor(Date.now() / 1000);
+    const started = performance.now();
     let error: string | null = null;
     try {
       const res = await fetch(endpoint.data.url, {
@@ -215,11 +219,13 @@ export class WebhookDispatcher {
       error = String((err as Error)?.message ?? err);
     }
     if (this.stopped) return;
+    const attempts = d.attempts + 1;
+    const outcome = error === null ? 'delivered' : attempts >= this.maxAttempts ? 'abandoned' : 'retry_scheduled';
+    countAttempt(account, d, endpoint.data.url, ev.data.type, attempts, error, performance.now() - started, outcome);
     if (error === null) {
       await this.finish(account, d);
       return;
     }
-    const attempts = d.attempts + 1;
     if (attempts >= this.maxAttempts) {
       log.warn('webhook delivery abandoned', { endpoint: d.endpoint, event: d.event, attempts, error });
       await this.finish(account, d);
@@ -229,6 +235,37 @@ export class WebhookDispatcher {
     const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
     await this.store.updateObject(account, WEBHOOK_DELIVERY_TYPE, d.id, next);
   }
+}
+
+const DROPPED = metrics.webhookDeliveries.child('dropped');
+const ATTEMPT_SECONDS = metrics.webhookSeconds.child();
+
+/** Counts one delivery attempt and keeps it for the dashboard. */
+function countAttempt(
+  account: string,
+  d: DeliveryDoc,
+  url: string,
+  eventType: string,
+  attempt: number,
+  error: string | null,
+  ms: number,
+  outcome: string,
+): void {
+  ATTEMPT_SECONDS.observe(ms / 1000);
+  metrics.webhookAttempts.child(error === null ? 'success' : 'failure').inc();
+  if (outcome === 'retry_scheduled') metrics.webhookRetries.child().inc();
+  else metrics.webhookDeliveries.child(outcome).inc();
+  recordDeliveryAttempt(account, {
+    at: Date.now(),
+    endpoint: d.endpoint,
+    url,
+    event: d.event,
+    event_type: eventType,
+    attempt,
+    error,
+    duration_ms: Math.round(ms),
+    outcome,
+  });
 }
 
 const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];

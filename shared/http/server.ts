@@ -35,6 +35,8 @@ export interface HttpResult {
   /** JSON text, already serialized (handlers often serialize once and keep the text for idempotent replays). */
   body: string;
   headers?: Record<string, string>;
+  /** `application/json` unless set (the /metrics text, the dashboard's assets). */
+  contentType?: string;
 }
 
 export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResult;
@@ -294,7 +296,7 @@ export class HttpServer implements ConnectionOwner {
   }
 
   private render(result: HttpResult, request: Pick<HttpRequest, 'requestId' | 'stripeVersion' | 'idempotencyKey'>, isHead: boolean, close: boolean): string {
-    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
+    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${result.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
     if (request.idempotencyKey) head += `Idempotency-Key: ${request.idempotencyKey}\r\n`;
     if (result.headers) for (const k in result.headers) head += `${k}: ${result.headers[k]}\r\n`;
     head += this.date();
