@@ -9,6 +9,7 @@
   const LIVE_POINTS = 150;
   const LIVE_EVERY_MS = 2000;
   const EVENTS_EVERY_MS = 5000;
+  const ERROR_REPORT_TYPES = ['v1.billing.meter.error_report_triggered', 'v1.billing.meter.no_meter_found'];
 
   const $ = (id) => document.getElementById(id);
   const state = { key: null, liveTimer: null, eventsTimer: null, previous: null, live: [[], [], [], []], charts: {} };
@@ -17,7 +18,10 @@
 
   async function api(path, params) {
     const url = new URL(path, window.location.origin);
-    for (const [k, v] of Object.entries(params ?? {})) if (v !== undefined && v !== '') url.searchParams.set(k, String(v));
+    for (const [k, v] of Object.entries(params ?? {})) {
+      if (Array.isArray(v)) for (const item of v) url.searchParams.append(`${k}[]`, String(item));
+      else if (v !== undefined && v !== '') url.searchParams.set(k, String(v));
+    }
     const res = await fetch(url, { headers: { Authorization: `Bearer ${state.key}` }, cache: 'no-store' });
     const text = await res.text();
     let body = null;
@@ -149,7 +153,7 @@
 
   async function pollEvents() {
     try {
-      const page = await api('/v2/core/events', { limit: 10 });
+      const page = await api('/v2/core/events', { limit: 10, types: ERROR_REPORT_TYPES });
       const body = $('events-body');
       body.replaceChildren();
       for (const ev of page.data) {
@@ -165,7 +169,7 @@
       }
       if (page.data.length === 0) {
         const row = document.createElement('tr');
-        cell(row, 'no events', 'muted').colSpan = 4;
+        cell(row, 'no error reports', 'muted').colSpan = 4;
         body.appendChild(row);
       }
     } catch (err) {
@@ -260,9 +264,21 @@
         { label: 'p50', stroke: '#16a34a', width: 2 },
         { label: 'p99', stroke: '#dc2626', width: 2 },
       ]);
-      makeChart('chart-usage', 'Usage per window', [
-        { label: 'aggregated value', stroke: '#7c3aed', fill: 'rgba(124,58,237,0.25)', paths: uPlot.paths.bars({ size: [0.8, 60] }), points: { show: false } },
-      ]);
+      makeChart(
+        'chart-usage',
+        'Usage per window',
+        [
+          {
+            label: 'aggregated value',
+            stroke: '#7c3aed',
+            fill: 'rgba(124,58,237,0.25)',
+            paths: uPlot.paths.bars({ size: [0.8, 60] }),
+            points: { show: false },
+          },
+        ],
+        // Bars start at zero (or below it, for negative usage).
+        { scales: { y: { range: (_u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } } },
+      );
     }
     pollLive();
     pollEvents();
