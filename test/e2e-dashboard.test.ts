@@ -13,6 +13,12 @@ import { chromium, type Browser } from 'playwright-core';
 import { startServer, eventually, ROOT } from './helpers/server';
 import { uniqueName } from './helpers/assertions';
 
+// Globals of the page, used only inside the functions page.evaluate and page.waitForFunction run in the browser.
+declare const document: any;
+declare const window: any;
+declare const sessionStorage: any;
+declare const localStorage: any;
+
 const BROWSER = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const SCREENSHOT = path.join(ROOT, 'test', 'artifacts', 'dashboard.png');
 
