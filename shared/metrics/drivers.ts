@@ -70,8 +70,14 @@ class CountedConsumer implements LogConsumer {
   }
 }
 
-/** The event log with its producers and consumers counted. */
+/** The event log with its producers and consumers counted, and its durable writes (group commits) measured. */
 export function countedLog(log: EventLog): EventLog {
+  const groupRecords = metrics.logGroupCommitRecords.child();
+  const syncSeconds = metrics.logSyncSeconds.child();
+  log.observeDurableWrites?.((records, seconds) => {
+    groupRecords.observe(records);
+    syncSeconds.observe(seconds);
+  });
   return {
     partitions: log.partitions,
     endOffset: log.endOffset ? (partition: number) => log.endOffset!(partition) : undefined,
