@@ -113,27 +113,28 @@ abstract class Family<C extends Child> {
   abstract values(merged: Map<string, number | number[]>): MetricValue<string>[];
 }
 
-export class Counter extends Family<CounterChild> {
+/** A family of one number per series (counters and gauges). */
+abstract class ScalarFamily<C extends CounterChild | GaugeChild> extends Family<C> {
+  values(merged: Map<string, number | number[]>): MetricValue<string>[] {
+    return [...merged].map(([key, v]) => ({ labels: this.labelsOf(key), value: v as number }));
+  }
+}
+
+export class Counter extends ScalarFamily<CounterChild> {
   constructor(name: string, help: string, labelNames: readonly string[] = []) {
     super(name, help, labelNames, 'counter');
   }
   protected create(): CounterChild {
     return new CounterChild();
   }
-  values(merged: Map<string, number | number[]>): MetricValue<string>[] {
-    return [...merged].map(([key, v]) => ({ labels: this.labelsOf(key), value: v as number }));
-  }
 }
 
-export class Gauge extends Family<GaugeChild> {
+export class Gauge extends ScalarFamily<GaugeChild> {
   constructor(name: string, help: string, labelNames: readonly string[] = []) {
     super(name, help, labelNames, 'gauge');
   }
   protected create(): GaugeChild {
     return new GaugeChild();
-  }
-  values(merged: Map<string, number | number[]>): MetricValue<string>[] {
-    return [...merged].map(([key, v]) => ({ labels: this.labelsOf(key), value: v as number }));
   }
 }
 
@@ -197,6 +198,11 @@ export class MetricsRegistry {
       // prom-client's Registry only reads these members of a registered metric.
     } as unknown as Parameters<Registry['registerMetric']>[0]);
     return family;
+  }
+
+  /** The families' names, in registration order. */
+  names(): string[] {
+    return this.families.map((f) => f.name);
   }
 
   get(name: string): AnyFamily | undefined {
