@@ -119,3 +119,16 @@ t.test("every meterd metric is in the README's table, and the Grafana dashboard 
   for (const name of used) t.ok(names.includes(name), `${name} (Grafana) exists`);
   t.ok(used.size >= 20, `the dashboard uses ${used.size} meterd metrics`);
 });
+
+t.test('a failing or hanging collector does not fail or block the scrape', async (t) => {
+  const { registry, lag, accepted } = fresh();
+  accepted.child('x', 'false').inc(3);
+  lag.collector = () => {
+    throw new Error('broken');
+  };
+  t.equal(parseExposition(await registry.render()).value('test_events_total'), 3);
+  lag.collector = () => new Promise<void>(() => undefined);
+  const started = Date.now();
+  t.equal(parseExposition(await registry.render()).value('test_events_total'), 3);
+  t.ok(Date.now() - started < 10_000, 'answered after the collector timeout');
+});

@@ -12,6 +12,7 @@
  * values plus those snapshots, summed per series. Nothing is sent per event.
  */
 import { Registry, type MetricValue } from 'prom-client';
+import { log } from '../logger';
 
 export type MetricKind = 'counter' | 'gauge' | 'histogram';
 
@@ -20,6 +21,7 @@ export type FamilySnapshot = Array<[key: string, value: number | number[]]>;
 export type RegistrySnapshot = Record<string, FamilySnapshot>;
 
 const SEP = '\u0001';
+const COLLECT_TIMEOUT_MS = 2000;
 
 export class CounterChild {
   value = 0;
@@ -179,7 +181,7 @@ export class MetricsRegistry {
   private readonly families: AnyFamily[] = [];
   /** The snapshots of other threads for the scrape being rendered. */
   private remote: RegistrySnapshot[] = [];
-  /** Scrapes render one at a time: `remote` belongs to the one rendering. */
+  /** Scrapes run one at a time: `remote` belongs to the one rendering. */
   private rendering: Promise<unknown> = Promise.resolve();
   readonly prom = new Registry();
 
@@ -209,8 +211,22 @@ export class MetricsRegistry {
     return this.families.find((f) => f.name === name);
   }
 
+  /**
+   * Runs the collectors. One that fails or takes longer than COLLECT_TIMEOUT_MS (a gateway thread that does not answer)
+   * leaves its family as the last scrape saw it: a scrape always gets an answer.
+   */
   private async collect(): Promise<void> {
-    for (const f of this.families) if (f.collector) await f.collector();
+    for (const f of this.families) {
+      const collector = f.collector;
+      if (!collector) continue;
+      let timer: NodeJS.Timeout | undefined;
+      const bounded = new Promise<void>((resolve) => (timer = setTimeout(resolve, COLLECT_TIMEOUT_MS)));
+      const run = Promise.resolve()
+        .then(collector)
+        .catch((err) => log.warn('metrics collector failed', { metric: f.name, err: String(err) }));
+      await Promise.race([run, bounded]);
+      clearTimeout(timer);
+    }
   }
 
   /** This thread's values, for the thread that renders them. */
@@ -224,9 +240,16 @@ export class MetricsRegistry {
     return out;
   }
 
+  /** Scrapes collect and read one at a time: a collector may rebuild a family's series while another reads them. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.rendering.then(fn);
+    this.rendering = run.catch(() => undefined);
+    return run;
+  }
+
   /** Every family (this thread's values plus `remote`'s), and prom-client's own metrics, in the text format. */
   render(remote: RegistrySnapshot[] = []): Promise<string> {
-    const run = this.rendering.then(async () => {
+    return this.exclusive(async () => {
       await this.collect();
       this.remote = remote;
       try {
@@ -235,19 +258,19 @@ export class MetricsRegistry {
         this.remote = [];
       }
     });
-    this.rendering = run.catch(() => undefined);
-    return run;
   }
 
-  /** One family's value per series after merging, for the dashboard's JSON (counters and gauges: numbers). */
-  async values(remote: RegistrySnapshot[] = []): Promise<Record<string, Array<{ labels: Record<string, string>; value: number | number[] }>>> {
-    await this.collect();
-    const out: Record<string, Array<{ labels: Record<string, string>; value: number | number[] }>> = Object.create(null);
-    for (const f of this.families) {
-      const merged = f.merged(remote.map((r) => r[f.name] ?? []));
-      out[f.name] = [...merged].map(([key, value]) => ({ labels: labelsFromKey(f.labelNames, key), value }));
-    }
-    return out;
+  /** Every family's series after merging `remote` (histograms: buckets…, sum, count), for the dashboard's JSON. */
+  values(remote: RegistrySnapshot[] = []): Promise<Record<string, Array<{ labels: Record<string, string>; value: number | number[] }>>> {
+    return this.exclusive(async () => {
+      await this.collect();
+      const out: Record<string, Array<{ labels: Record<string, string>; value: number | number[] }>> = Object.create(null);
+      for (const f of this.families) {
+        const merged = f.merged(remote.map((r) => r[f.name] ?? []));
+        out[f.name] = [...merged].map(([key, value]) => ({ labels: labelsFromKey(f.labelNames, key), value }));
+      }
+      return out;
+    });
   }
 
   get contentType(): string {
