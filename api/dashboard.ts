@@ -96,6 +96,8 @@ export function registerDashboardRoutes(http: HttpServer, s: Services, remote: R
     const result = asset(file);
     http.route('GET', route, () => result);
   }
+  const page = asset(files['/dashboard']);
+  http.route('GET', '/dashboard/', () => page);
   http.route(
     'GET',
     '/dashboard/api/live',
