@@ -152,6 +152,8 @@ t.test('the dashboard authenticates, plots the summaries sent and shows a stream
   t.equal(live.events_accepted, 505, 'the live JSON counts the events accepted (4 v1, 1 + 500 streamed)');
   t.ok(live.consumer_lag.length >= 1, 'and the consumer lag per partition');
   t.not(await page.textContent('#tile-ack'), '–', 'the ack latency tile shows p50 / p99');
+  const lagSeries = await page.evaluate(() => Array.from((window as any).meterdDashboard.charts['chart-lag'].data[1]));
+  t.ok(lagSeries.length >= 1 && lagSeries.every((v) => typeof v === 'number' && v >= 0), 'the lag chart plots the lag');
 
   fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });

@@ -12,7 +12,7 @@
   const ERROR_REPORT_TYPES = ['v1.billing.meter.error_report_triggered', 'v1.billing.meter.no_meter_found'];
 
   const $ = (id) => document.getElementById(id);
-  const state = { key: null, liveTimer: null, eventsTimer: null, previous: null, live: [[], [], [], []], charts: {} };
+  const state = { key: null, liveTimer: null, eventsTimer: null, previous: null, live: [[], [], [], [], [], []], charts: {} };
   const exposed = { charts: state.charts, usage: null, lastLive: null };
   window.meterdDashboard = exposed;
 
@@ -117,14 +117,17 @@
         $('tile-ack').textContent = p50 === null ? '–' : `${fmt(p50 * 1000, 1)} / ${fmt(p99 * 1000, 1)}`;
         $('tile-fresh').textContent = fresh === null ? '–' : fmt(fresh, 2);
         $('tile-rejected').textContent = fmt((now.requests_rejected - before.requests_rejected) / seconds, 1);
-        const [t, rates, p50s, p99s] = state.live;
+        const [t, rates, p50s, p99s, lags, freshs] = state.live;
         t.push(now.time_ms / 1000);
         rates.push(rate);
         p50s.push(p50 === null ? null : p50 * 1000);
         p99s.push(p99 === null ? null : p99 * 1000);
+        lags.push(now.consumer_lag.length ? lag : null);
+        freshs.push(fresh);
         for (const a of state.live) if (a.length > LIVE_POINTS) a.shift();
         state.charts['chart-rate'].setData([t, rates]);
         state.charts['chart-ack'].setData([t, p50s, p99s]);
+        state.charts['chart-lag'].setData([t, lags, freshs]);
       }
     } catch (err) {
       if (err.status === 401) return logout(err.message);
@@ -264,6 +267,15 @@
         { label: 'p50', stroke: '#16a34a', width: 2 },
         { label: 'p99', stroke: '#dc2626', width: 2 },
       ]);
+      makeChart(
+        'chart-lag',
+        'Consumer lag (records) and freshness p99 (s)',
+        [
+          { label: 'lag', stroke: '#ea580c', width: 2, scale: 'records' },
+          { label: 'freshness p99', stroke: '#0891b2', width: 2, scale: 's' },
+        ],
+        { axes: [{}, { scale: 'records', size: 70 }, { scale: 's', side: 1, size: 50, grid: { show: false } }] },
+      );
       makeChart(
         'chart-usage',
         'Usage per window',
