@@ -17,7 +17,7 @@ import { deserializeError, transferable, type GatewayThreadInit, type ToMain, ty
 import { encodeEventRecords } from './records';
 import { readStreamRequest } from './stream-events';
 import { MeterEventSocketServer } from './ws-stream';
-import { countAccepted, countingRejections, countRejected, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
+import { countAccepted, countingRejections, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
 
 export const STREAM_PATH = '/v2/billing/meter_event_stream';
 
@@ -75,7 +75,6 @@ function main(): void {
       const { result } = reply;
       // A replayed answer (Idempotency-Key) stored nothing new; an error answer was rendered by the main thread.
       if (result.status === 200 && !result.headers?.['Idempotent-Replayed']) countAccepted(streamSeries, principal.livemode, events.length, started);
-      else if (result.status >= 400) countRejected(streamSeries.endpoint, errorCodeOf(result));
       return result;
     }),
   );
@@ -117,13 +116,4 @@ function main(): void {
 }
 
 /** The error of an answer the main thread rendered, for counting it by code. */
-function errorCodeOf(result: HttpResult): { code?: string; type?: string } {
-  try {
-    const body = JSON.parse(result.body) as { error?: { code?: string; type?: string } };
-    return body.error ?? {};
-  } catch {
-    return {};
-  }
-}
-
 main();

@@ -5,7 +5,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { collectDefaultMetrics } from 'prom-client';
-import type { RouteHandler } from '../http/server';
+import type { HttpResult, RouteHandler } from '../http/server';
 import { Counter, type CounterChild, Gauge, Histogram, type HistogramChild, MetricsRegistry } from './registry';
 
 export { MetricsRegistry, type RegistrySnapshot } from './registry';
@@ -164,15 +164,31 @@ export function countRejected(endpoint: IngestEndpoint, err: unknown): void {
   metrics.rejected.child(endpoint, String(code).slice(0, 64)).inc();
 }
 
-/** A meter event route whose failures are counted by error code (accepted requests are counted where they are). */
+/** The Stripe error object of an error answer, for its code. */
+function errorOf(result: HttpResult): { code?: string; type?: string } {
+  try {
+    const body = JSON.parse(result.body) as { error?: { code?: string; type?: string } };
+    return body.error ?? {};
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * A meter event route whose failures are counted by error code (accepted requests are counted where they are): both
+ * errors thrown and error answers returned (apiEndpoint renders Stripe errors itself, in the request's API version).
+ */
 export function countingRejections(endpoint: IngestEndpoint, handler: RouteHandler): RouteHandler {
   return async (req) => {
+    let result: HttpResult;
     try {
-      return await handler(req);
+      result = await handler(req);
     } catch (err) {
       countRejected(endpoint, err);
       throw err;
     }
+    if (result.status >= 400) countRejected(endpoint, errorOf(result));
+    return result;
   };
 }
 
