@@ -15,6 +15,10 @@ import { registerEventRoutes } from './events';
 import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
+import { registerCouponRoutes } from './coupons';
+import { registerPromotionCodeRoutes } from './promotion-codes';
+import { registerDiscountRoutes } from './discounts';
+import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 
 /** Stops the billing background job (called by main.ts on shutdown, before the store closes). */
@@ -33,5 +37,8 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerWebhookRoutes(http, s);
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
+  registerCouponRoutes(http, s);
+  registerPromotionCodeRoutes(http, s);
+  registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
   startBillingTicker(s);
 }
