@@ -18,6 +18,7 @@ import { registerBalanceRoutes } from './balance';
 import { registerCouponRoutes } from './coupons';
 import { registerPromotionCodeRoutes } from './promotion-codes';
 import { registerDiscountRoutes } from './discounts';
+import { registerCreditNoteRoutes } from './credit-notes';
 import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 
@@ -40,5 +41,6 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerCouponRoutes(http, s);
   registerPromotionCodeRoutes(http, s);
   registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
+  registerCreditNoteRoutes(http, s);
   startBillingTicker(s);
 }

@@ -451,7 +451,7 @@ export async function loadInvoice(store: StateStore, p: Principal, id: string, p
   return found.data;
 }
 
-async function saveInvoice(tx: StateStore, p: Principal, inv: InvoiceObject, event: string | null, before?: InvoiceObject): Promise<void> {
+export async function saveInvoice(tx: StateStore, p: Principal, inv: InvoiceObject, event: string | null, before?: InvoiceObject): Promise<void> {
   await tx.updateObject(p.account, INVOICE_TYPE, inv.id, inv);
   if (event) await recordBillingEvent(tx, p, event, renderInvoice(inv), before ? (renderInvoice(before) as Record<string, unknown>) : undefined);
 }
@@ -542,7 +542,7 @@ export const finalizeHooks: {
   expireCredits?: (tx: StateStore, p: Principal, customer: string, now: number) => Promise<void>;
 } = {};
 
-async function markPaid(tx: StateStore, p: Principal, inv: InvoiceObject, now: number, outOfBand = false): Promise<void> {
+export async function markPaid(tx: StateStore, p: Principal, inv: InvoiceObject, now: number, outOfBand = false): Promise<void> {
   const before = structuredClone(inv);
   const paid = inv.amount_remaining;
   inv.amount_paid += paid;
