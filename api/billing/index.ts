@@ -19,6 +19,7 @@ import { registerCouponRoutes } from './coupons';
 import { registerPromotionCodeRoutes } from './promotion-codes';
 import { registerDiscountRoutes } from './discounts';
 import { registerCreditNoteRoutes } from './credit-notes';
+import { registerCreditGrantRoutes } from './credit-grants';
 import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 
@@ -42,5 +43,6 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerPromotionCodeRoutes(http, s);
   registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
   registerCreditNoteRoutes(http, s);
+  registerCreditGrantRoutes(http, s);
   startBillingTicker(s);
 }
