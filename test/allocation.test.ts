@@ -1,6 +1,14 @@
 /** Unit tests of the discount and credit arithmetic (api/billing/allocation.ts). */
 import t from 'tap';
-import { allocateCredits, allocateDiscounts, creditOrder, percentOf, percentToBasisPoints, splitProportionally } from '../api/billing/allocation';
+import {
+  allocateCredits,
+  allocateDiscounts,
+  creditOrder,
+  creditedShare,
+  percentOf,
+  percentToBasisPoints,
+  splitProportionally,
+} from '../api/billing/allocation';
 
 const all = () => true;
 
@@ -82,4 +90,33 @@ t.test("credit grants in Stripe's order: priority, expiry, creation", async (t) 
     sorted.map((x) => x.id),
     ['prio', 'exp1', 'exp2', 'old', 'late'],
   );
+});
+
+t.test("credit notes take a line's discount in proportion, exactly over several notes", async (t) => {
+  t.equal(creditedShare(100, 1000, 0, 500), 50);
+  t.equal(creditedShare(100, 1000, 500, 500), 50);
+  // 33 of discount on a line of 100 credited in thirds: 11 + 11 + 11, never 33.33 rounded three times.
+  t.same([creditedShare(33, 100, 0, 33), creditedShare(33, 100, 33, 33), creditedShare(33, 100, 66, 34)], [11, 11, 11]);
+  t.equal(creditedShare(7, 0, 0, 0), 0);
+  let seed = 11;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed % n;
+  };
+  for (let k = 0; k < 300; k++) {
+    const A = 1 + rnd(10000);
+    const E = rnd(A + 1);
+    let before = 0;
+    let sum = 0;
+    while (before < A) {
+      const a = 1 + rnd(A - before);
+      sum += creditedShare(E, A, before, a);
+      before += a;
+    }
+    if (sum !== E) {
+      t.fail(`line ${A}, reduction ${E}: credited ${sum}`);
+      return;
+    }
+  }
+  t.pass('300 random sequences of notes credit exactly the line reduction');
 });

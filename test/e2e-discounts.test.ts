@@ -175,8 +175,17 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     t.equal(((await stripe.customers.retrieve(customer.id)) as Stripe.Customer).discount, null);
     const plain = await stripe.invoices.create({ customer: customer.id });
     t.same(plain.discounts, []);
-    const events = await stripe.events.list({ type: 'customer.discount.*' as string, limit: 10 });
-    void events;
+    const events = (await stripe.events.list({ limit: 30 })).data.filter(
+      (e) => (e.data.object as { customer?: string; id?: string }).customer === customer.id || (e.data.object as { id?: string }).id === customer.id,
+    );
+    t.same(
+      events
+        .map((e) => e.type)
+        .reverse()
+        .filter((ty) => ty.startsWith('customer.')),
+      ['customer.created', 'customer.discount.created', 'customer.discount.deleted', 'customer.updated'],
+      'discount events follow the customer event',
+    );
   });
 
   await t.test('subscription discounts over billing periods: repeating and once', async (t) => {
@@ -205,6 +214,16 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     });
     t.equal((s2.latest_invoice as Stripe.Invoice).total, 700);
     t.same(s2.discounts, [], 'a once discount is used up by the first invoice');
+    const expanded = await stripe.subscriptions.retrieve(s1.id, { expand: ['discounts'] });
+    const d = expanded.discounts[0] as Stripe.Discount;
+    t.equal(d.object, 'discount');
+    t.equal(d.subscription, s1.id);
+    t.same(d.source, { coupon: twoMonths.id, type: 'coupon' });
+    t.equal(d.start, T0);
+    t.equal(d.end, MAR15, 'repeating for two months from the start');
+    t.notOk('_coupon' in d, 'internal fields are not served');
+    const inv1 = await stripe.invoices.retrieve((s1.latest_invoice as Stripe.Invoice).id, { expand: ['discounts'] });
+    t.equal((inv1.discounts[0] as Stripe.Discount).id, d.id);
 
     const advance = async (to: number) => {
       await stripe.testHelpers.testClocks.advance(clock.id, { frozen_time: to });

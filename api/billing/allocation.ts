@@ -116,3 +116,16 @@ export function creditOrder<T extends { priority: number | null; expires_at: num
     return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
   });
 }
+
+/**
+ * The part of `lineReduction` (a discount or credit of an invoice line of amount `lineAmount`) that goes with crediting
+ * `amount` of the line after `before` was credited already: round(e x (before + amount) / A) - round(e x before / A),
+ * half-up. Summed over notes that credit the whole line, it is exactly the line's reduction.
+ */
+export function creditedShare(lineReduction: number, lineAmount: number, before: number, amount: number): number {
+  if (lineAmount === 0) return 0;
+  const E = BigInt(lineReduction);
+  const A = BigInt(lineAmount);
+  const at = (x: number) => (2n * E * BigInt(x) + A) / (2n * A);
+  return Number(at(before + amount) - at(before));
+}

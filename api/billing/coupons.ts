@@ -144,6 +144,7 @@ export async function createDiscount(
   src: { coupon?: string; promotionCode?: string; param: string },
   target: DiscountTarget,
   start: number,
+  opts: { deferEvent?: boolean } = {},
 ): Promise<DiscountObject> {
   let promo: PromotionCodeObject | null = null;
   let couponId = src.coupon;
@@ -159,6 +160,10 @@ export async function createDiscount(
       throw new InvalidParamError(src.param, `This promotion code cannot be redeemed because it is inactive: ${promo.code}.`, 'promotion_code_inactive');
     if (promo.customer !== null && promo.customer !== target.customer) {
       throw new InvalidParamError(src.param, `This promotion code cannot be redeemed by this customer: ${promo.code}.`);
+    }
+    if (promo.restrictions.first_time_transaction) {
+      const paid = await tx.listObjects(p.account, 'invoice', { limit: 1, where: { customer: target.customer, status: 'paid' } });
+      if (paid.data.length > 0) throw new InvalidParamError(src.param, `This promotion code is only for customers who have never paid: ${promo.code}.`);
     }
     couponId = promo.promotion.coupon;
   }
@@ -192,6 +197,8 @@ export async function createDiscount(
     _coupon: { ...coupon },
   };
   await tx.insertObject({ account: p.account, type: DISCOUNT_TYPE, id: d.id, createdMs: Date.now(), data: d });
+  // Stripe reports discounts attached to customers and subscriptions (not those made for one invoice).
+  if (!d.invoice && !opts.deferEvent) await recordBillingEvent(tx, p, 'customer.discount.created', renderDiscount(d));
   return d;
 }
 

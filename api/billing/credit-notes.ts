@@ -31,6 +31,7 @@ import { expandBilling, expandParam, listEndpoint, readCreatedRange, readMetadat
 import { loadInvoice, markPaid, recomputeTotals, saveInvoice, timeFor, type InvoiceObject, type LineItem, type PretaxCreditAmount } from './invoices';
 import { recordCustomerBalanceTransaction } from './balance';
 import { parseAmount } from './pricing';
+import { creditedShare } from './allocation';
 
 export const CREDIT_NOTE_TYPE = 'credit_note';
 
@@ -134,13 +135,7 @@ async function earlierNotes(store: StateStore, p: Principal, invoice: string): P
 
 /** Share of each of the line's discounts and credits for crediting `amount` after `before` was credited already. */
 function sharesOf(line: LineItem, before: number, amount: number): PretaxCreditAmount[] {
-  const A = BigInt(line.amount);
-  if (A === 0n) return [];
-  return (line.pretax_credit_amounts as PretaxCreditAmount[]).map((e) => {
-    const E = BigInt(e.amount);
-    const share = roundDiv(E * BigInt(before + amount), A) - roundDiv(E * BigInt(before), A);
-    return { ...e, amount: Number(share) };
-  });
+  return (line.pretax_credit_amounts as PretaxCreditAmount[]).map((e) => ({ ...e, amount: creditedShare(e.amount, line.amount, before, amount) }));
 }
 
 function unitTimes(quantity: number, unitDecimal: string, param: string): number {

@@ -201,9 +201,10 @@ async function createCustomer(s: Services, p: Principal, params: Params) {
   };
   applyCustomerParams(r, c);
   await s.state.transaction(async (tx) => {
-    await applyCustomerDiscountParams(tx, p, r, c, now);
+    const discountEvents = await applyCustomerDiscountParams(tx, p, r, c, now);
     await tx.insertObject({ account: p.account, type: CUSTOMER_TYPE, id: c.id, createdMs: nowMs, data: c });
     await recordBillingEvent(tx, p, 'customer.created', c);
+    await discountEvents();
   });
   return json(200, c);
 }
@@ -276,9 +277,10 @@ export function registerCustomerRoutes(http: HttpServer, s: Services): void {
         const c = await loadCustomer(tx, p, req.params[0]);
         const before = structuredClone(c);
         applyCustomerParams(r, c);
-        await applyCustomerDiscountParams(tx, p, r, c, Math.floor(s.now() / 1000));
+        const discountEvents = await applyCustomerDiscountParams(tx, p, r, c, Math.floor(s.now() / 1000));
         await tx.updateObject(p.account, CUSTOMER_TYPE, c.id, c);
         await recordBillingEvent(tx, p, 'customer.updated', c, before as unknown as Record<string, unknown>);
+        await discountEvents();
         return c;
       });
       return json(200, updated);

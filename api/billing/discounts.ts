@@ -100,26 +100,29 @@ async function endDiscount(tx: StateStore, p: Principal, d: DiscountObject, at: 
 
 /**
  * `coupon` / `promotion_code` on a customer (create or update; Stripe's legacy params, still what sets a customer's
- * discount): replaces the customer's discount. Records customer.discount.created (and .deleted for a replaced one);
- * the caller records customer.created / customer.updated.
+ * discount): replaces the customer's discount. Returns what records customer.discount.created (and .deleted for a
+ * replaced one), for the caller to run after it recorded customer.created / customer.updated.
  */
-export async function applyCustomerDiscountParams(tx: StateStore, p: Principal, r: ParamReader, c: CustomerObject, now: number): Promise<void> {
+export async function applyCustomerDiscountParams(tx: StateStore, p: Principal, r: ParamReader, c: CustomerObject, now: number): Promise<() => Promise<void>> {
   const coupon = r.string('coupon', { maxLength: 5000 });
   const promotionCode = r.string('promotion_code', { maxLength: 5000 });
-  if (coupon === undefined && promotionCode === undefined) return;
+  if (coupon === undefined && promotionCode === undefined) return async () => {};
   if (coupon !== undefined && promotionCode !== undefined)
     throw new InvalidParamError('promotion_code', 'You may only specify one of coupon and promotion_code.');
-  const old = c.discount as unknown as DiscountObject | null;
+  const old = c.discount as unknown as Omit<DiscountObject, '_coupon'> | null;
   const d = await createDiscount(
     tx,
     p,
     { coupon, promotionCode, param: coupon !== undefined ? 'coupon' : 'promotion_code' },
     { customer: c.id, currency: c.currency },
     now,
+    { deferEvent: true },
   );
-  if (old) await recordBillingEvent(tx, p, 'customer.discount.deleted', old);
   c.discount = renderDiscount(d) as never;
-  await recordBillingEvent(tx, p, 'customer.discount.created', renderDiscount(d));
+  return async () => {
+    if (old) await recordBillingEvent(tx, p, 'customer.discount.deleted', old);
+    await recordBillingEvent(tx, p, 'customer.discount.created', renderDiscount(d));
+  };
 }
 
 export function registerDiscountRoutes(
