@@ -17,7 +17,9 @@
  *   total = 2600 - 260 - 2250 = 90 = amount_due.
  */
 import t from 'tap';
-import type Stripe from 'stripe';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import Stripe from 'stripe';
 import { startServer, eventually } from './helpers/server';
 import { expectError, uniqueName } from './helpers/assertions';
 
@@ -27,10 +29,26 @@ const KEY_B = 'sk_test_cred_b_' + Math.random().toString(36).slice(2, 10);
 const dec = (s: string) => s as unknown as Stripe.Decimal;
 
 t.test('billing credits applied to metered lines at finalization', async (t) => {
-  const server = await startServer({ env: { API_KEYS: `${KEY_A},${KEY_B}` }, key: KEY_A });
+  const got: Array<{ body: string; signature: string }> = [];
+  const rx = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      got.push({ body: Buffer.concat(chunks).toString('utf8'), signature: String(req.headers['stripe-signature'] ?? '') });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => rx.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => new Promise<void>((resolve) => rx.close(() => resolve())));
+  const server = await startServer({ env: { API_KEYS: `${KEY_A},${KEY_B}`, WEBHOOK_POLL_MS: '200' }, key: KEY_A });
   t.teardown(() => server.stop());
   const stripe = server.stripe(KEY_A);
   const stripeB = server.stripe(KEY_B);
+  const we = await stripe.webhookEndpoints.create({
+    url: `http://127.0.0.1:${(rx.address() as AddressInfo).port}/hook`,
+    enabled_events: ['billing.credit_grant.*', 'billing.credit_balance_transaction.created', 'customer.discount.created'],
+  });
 
   const T0 = Math.floor((Date.now() / 1000 - 2 * DAY) / 60) * 60;
   const meter = await stripe.billing.meters.create({ display_name: 'Tokens', event_name: uniqueName('credits'), default_aggregation: { formula: 'sum' } });
@@ -242,5 +260,30 @@ t.test('billing credits applied to metered lines at finalization', async (t) => 
   const events = await stripe.events.list({ limit: 100 });
   const types = new Set<string>(events.data.map((e) => e.type));
   for (const ty of ['billing.credit_grant.created', 'billing.credit_grant.updated', 'billing.credit_balance_transaction.created']) t.ok(types.has(ty), ty);
+
+  // The same events reach the webhook endpoint, signed.
+  const verifier = new Stripe('sk_test_unused', { telemetry: false });
+  const delivered = () => got.map((g) => verifier.webhooks.constructEvent(g.body, g.signature, we.secret!));
+  await eventually(
+    async () => delivered().some((e) => e.type === 'billing.credit_grant.updated' && (e.data.object as { id: string }).id === gB.id),
+    30_000,
+    100,
+  );
+  const hooks = delivered();
+  t.equal(hooks.filter((e) => e.type === 'billing.credit_grant.created').length, 6);
+  t.ok(hooks.some((e) => e.type === 'customer.discount.created' && (e.data.object as { subscription?: string }).subscription === sub.id));
+  const appliedHooks = hooks.filter(
+    (e) =>
+      e.type === 'billing.credit_balance_transaction.created' && (e.data.object as Stripe.Billing.CreditBalanceTransaction).debit?.type === 'credits_applied',
+  );
+  t.same(
+    appliedHooks.map((e) => (e.data.object as Stripe.Billing.CreditBalanceTransaction).debit!.amount.monetary!.value),
+    [150, 200, 1900],
+    'in the order they were applied',
+  );
+  t.notOk(
+    hooks.some((e) => e.type.startsWith('invoice.')),
+    'only the enabled events',
+  );
   void gX;
 });
