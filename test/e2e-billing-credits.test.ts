@@ -47,7 +47,7 @@ t.test('billing credits applied to metered lines at finalization', async (t) => 
   const stripeB = server.stripe(KEY_B);
   const we = await stripe.webhookEndpoints.create({
     url: `http://127.0.0.1:${(rx.address() as AddressInfo).port}/hook`,
-    enabled_events: ['billing.credit_grant.*', 'billing.credit_balance_transaction.created', 'customer.discount.created'],
+    enabled_events: ['billing.credit_grant.created', 'billing.credit_grant.updated', 'billing.credit_balance_transaction.created', 'customer.discount.created'],
   });
 
   const T0 = Math.floor((Date.now() / 1000 - 2 * DAY) / 60) * 60;

@@ -37,6 +37,7 @@ t.test('credit notes', async (t) => {
   const lineA = inv.lines.data.find((l) => l.description === 'A')!;
   const lineB = inv.lines.data.find((l) => l.description === 'B')!;
   const discount = inv.discounts[0] as string;
+  t.same(lineB.discount_amounts, [{ amount: 50, discount }], "line B's share of the 10 %");
 
   await t.test('preview and preview lines compute without storing', async (t) => {
     const params = { invoice: inv.id, lines: [{ type: 'invoice_line_item' as const, invoice_line_item: lineA.id, quantity: 2 }] };
