@@ -17,11 +17,10 @@
  *   total = 2600 - 260 - 2250 = 90 = amount_due.
  */
 import t from 'tap';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
 import { startServer, eventually } from './helpers/server';
 import { expectError, uniqueName } from './helpers/assertions';
+import { startWebhookReceiver } from './helpers/webhook-receiver';
 
 const DAY = 86400;
 const KEY_A = 'sk_test_cred_a_' + Math.random().toString(36).slice(2, 10);
@@ -29,24 +28,14 @@ const KEY_B = 'sk_test_cred_b_' + Math.random().toString(36).slice(2, 10);
 const dec = (s: string) => s as unknown as Stripe.Decimal;
 
 t.test('billing credits applied to metered lines at finalization', async (t) => {
-  const got: Array<{ body: string; signature: string }> = [];
-  const rx = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      got.push({ body: Buffer.concat(chunks).toString('utf8'), signature: String(req.headers['stripe-signature'] ?? '') });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => rx.listen(0, '127.0.0.1', () => resolve()));
-  t.teardown(() => new Promise<void>((resolve) => rx.close(() => resolve())));
+  const receiver = await startWebhookReceiver(t);
+  const got = receiver.got;
   const server = await startServer({ env: { API_KEYS: `${KEY_A},${KEY_B}`, WEBHOOK_POLL_MS: '200' }, key: KEY_A });
   t.teardown(() => server.stop());
   const stripe = server.stripe(KEY_A);
   const stripeB = server.stripe(KEY_B);
   const we = await stripe.webhookEndpoints.create({
-    url: `http://127.0.0.1:${(rx.address() as AddressInfo).port}/hook`,
+    url: receiver.url,
     enabled_events: ['billing.credit_grant.created', 'billing.credit_grant.updated', 'billing.credit_balance_transaction.created', 'customer.discount.created'],
   });
 

@@ -131,6 +131,19 @@ export async function listMatching<T>(
   }
 }
 
+/** One page of an in-memory list (an invoice's or credit note's lines) by Stripe's cursors (ids). */
+export function pageOfArray<T extends { id: string }>(all: T[], page: PageParams): { data: T[]; hasMore: boolean } {
+  let rest = all;
+  if (page.startingAfter) {
+    const i = all.findIndex((l) => l.id === page.startingAfter);
+    rest = i < 0 ? [] : all.slice(i + 1);
+  } else if (page.endingBefore) {
+    const i = all.findIndex((l) => l.id === page.endingBefore);
+    rest = i < 0 ? [] : all.slice(Math.max(0, i - page.limit), i);
+  }
+  return { data: rest.slice(0, page.limit), hasMore: rest.length > page.limit };
+}
+
 /** Lists `type` and renders a Stripe list envelope. */
 export async function listEndpoint<T>(
   s: Services,

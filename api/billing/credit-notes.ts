@@ -27,7 +27,7 @@ import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
-import { expandBilling, expandParam, listEndpoint, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
+import { expandBilling, expandParam, listEndpoint, pageOfArray, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadInvoice, markPaid, recomputeTotals, saveInvoice, timeFor, type InvoiceObject, type LineItem, type PretaxCreditAmount } from './invoices';
 import { recordCustomerBalanceTransaction } from './balance';
 import { parseAmount } from './pricing';
@@ -370,18 +370,6 @@ async function loadCreditNote(store: StateStore, p: Principal, id: string): Prom
   return found.data;
 }
 
-function pageOf<T extends { id: string }>(all: T[], page: { limit: number; startingAfter?: string; endingBefore?: string }): { data: T[]; hasMore: boolean } {
-  let rest = all;
-  if (page.startingAfter) {
-    const i = all.findIndex((l) => l.id === page.startingAfter);
-    rest = i < 0 ? [] : all.slice(i + 1);
-  } else if (page.endingBefore) {
-    const i = all.findIndex((l) => l.id === page.endingBefore);
-    rest = i < 0 ? [] : all.slice(Math.max(0, i - page.limit), i);
-  }
-  return { data: rest.slice(0, page.limit), hasMore: rest.length > page.limit };
-}
-
 async function createCreditNote(s: Services, p: Principal, params: Params) {
   const cn = await s.state.transaction(async (tx) => {
     const { cn, inv } = await buildCreditNote(s, tx, p, params);
@@ -432,7 +420,7 @@ export function registerCreditNoteRoutes(http: HttpServer, s: Services): void {
     apiEndpoint(s, async (p, _req, params) => {
       const page = readListParams(new ParamReader(params));
       const { cn } = await buildCreditNote(s, s.state, p, params, ['limit', 'starting_after', 'ending_before']);
-      const res = pageOf(cn.lines.data, page);
+      const res = pageOfArray(cn.lines.data, page);
       return listResult('/v1/credit_notes/preview/lines', res.data, res.hasMore);
     }),
   );
@@ -479,7 +467,7 @@ export function registerCreditNoteRoutes(http: HttpServer, s: Services): void {
       const r = new ParamReader(params);
       r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
       const cn = await loadCreditNote(s.state, p, req.params[0]);
-      const res = pageOf(cn.lines.data, readListParams(r));
+      const res = pageOfArray(cn.lines.data, readListParams(r));
       return listResult(`/v1/credit_notes/${cn.id}/lines`, res.data, res.hasMore);
     }),
   );

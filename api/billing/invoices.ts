@@ -31,6 +31,7 @@ import {
   expandParam,
   listEndpoint,
   nullableString,
+  pageOfArray,
   readCreatedRange,
   readMetadata,
   recordBillingEvent,
@@ -824,15 +825,8 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
       r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
       const page = readListParams(r);
       const inv = await loadInvoice(s.state, p, req.params[0]);
-      let lines = inv.lines.data;
-      if (page.startingAfter) {
-        const i = lines.findIndex((l) => l.id === page.startingAfter);
-        lines = i < 0 ? [] : lines.slice(i + 1);
-      } else if (page.endingBefore) {
-        const i = lines.findIndex((l) => l.id === page.endingBefore);
-        lines = i < 0 ? [] : lines.slice(Math.max(0, i - page.limit), i);
-      }
-      return listResult(`/v1/invoices/${inv.id}/lines`, lines.slice(0, page.limit), lines.length > page.limit);
+      const res = pageOfArray(inv.lines.data, page);
+      return listResult(`/v1/invoices/${inv.id}/lines`, res.data, res.hasMore);
     }),
   );
 

@@ -599,6 +599,7 @@ async function cancelSubscription(s: Services, p: Principal, id: string, params:
     if (invoiceNow && metered.some((l) => (l.quantity ?? 0n) > 0n)) {
       const customer = await loadCustomer(tx, p, sub.customer, 'customer');
       const inv = newInvoice(p, customer, {
+        discounts: await inheritedDiscounts(tx, p, customer, sub, now, true),
         created: now,
         currency: sub.currency,
         subscription: sub.id,
