@@ -214,6 +214,10 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     });
     t.equal((s2.latest_invoice as Stripe.Invoice).total, 700);
     t.same(s2.discounts, [], 'a once discount is used up by the first invoice');
+    const c3 = await stripe.customers.create({ test_clock: clock.id });
+    const withCoupon = (await stripe.customers.update(c3.id, { coupon: twoMonths.id } as Stripe.CustomerUpdateParams)) as Stripe.Customer;
+    t.equal(withCoupon.discount!.start, T0, "a customer's discount starts at its test clock's time");
+    t.equal(withCoupon.discount!.end, MAR15);
     const expanded = await stripe.subscriptions.retrieve(s1.id, { expand: ['discounts'] });
     const d = expanded.discounts[0] as Stripe.Discount;
     t.equal(d.object, 'discount');

@@ -26,6 +26,7 @@ import { createDiscount, DISCOUNT_TYPE, loadDiscount, renderDiscount, type Disco
 interface CustomerObject {
   id: string;
   currency: string | null;
+  test_clock: string | null;
   discount: Record<string, unknown> | null;
 }
 
@@ -103,13 +104,16 @@ async function endDiscount(tx: StateStore, p: Principal, d: DiscountObject, at: 
  * discount): replaces the customer's discount. Returns what records customer.discount.created (and .deleted for a
  * replaced one), for the caller to run after it recorded customer.created / customer.updated.
  */
-export async function applyCustomerDiscountParams(tx: StateStore, p: Principal, r: ParamReader, c: CustomerObject, now: number): Promise<() => Promise<void>> {
+export async function applyCustomerDiscountParams(tx: StateStore, p: Principal, r: ParamReader, c: CustomerObject, realNow: number): Promise<() => Promise<void>> {
   const coupon = r.string('coupon', { maxLength: 5000 });
   const promotionCode = r.string('promotion_code', { maxLength: 5000 });
   if (coupon === undefined && promotionCode === undefined) return async () => {};
   if (coupon !== undefined && promotionCode !== undefined)
     throw new InvalidParamError('promotion_code', 'You may only specify one of coupon and promotion_code.');
   const old = c.discount as unknown as Omit<DiscountObject, '_coupon'> | null;
+  // The discount starts at the customer's time: its test clock's, when it has one.
+  const clock = c.test_clock ? await tx.getObject<{ frozen_time: number }>(p.account, 'test_helpers.test_clock', c.test_clock) : null;
+  const now = clock?.data.frozen_time ?? realNow;
   const d = await createDiscount(
     tx,
     p,
