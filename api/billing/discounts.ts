@@ -104,7 +104,13 @@ async function endDiscount(tx: StateStore, p: Principal, d: DiscountObject, at: 
  * discount): replaces the customer's discount. Returns what records customer.discount.created (and .deleted for a
  * replaced one), for the caller to run after it recorded customer.created / customer.updated.
  */
-export async function applyCustomerDiscountParams(tx: StateStore, p: Principal, r: ParamReader, c: CustomerObject, realNow: number): Promise<() => Promise<void>> {
+export async function applyCustomerDiscountParams(
+  tx: StateStore,
+  p: Principal,
+  r: ParamReader,
+  c: CustomerObject,
+  realNow: number,
+): Promise<() => Promise<void>> {
   const coupon = r.string('coupon', { maxLength: 5000 });
   const promotionCode = r.string('promotion_code', { maxLength: 5000 });
   if (coupon === undefined && promotionCode === undefined) return async () => {};
