@@ -83,12 +83,27 @@ t.test('credits: grant by grant, line by line, exact', async (t) => {
   t.same(allocateCredits([50], [{ id: 'g', balance: 0, eligible: all }]), [[0]]);
 });
 
-t.test("credit grants in Stripe's order: priority, expiry, creation", async (t) => {
-  const g = (id: string, priority: number | null, expires_at: number | null, created: number) => ({ id, priority, expires_at, created });
-  const sorted = creditOrder([g('late', 50, null, 1), g('exp2', 50, 200, 5), g('exp1', 50, 100, 9), g('prio', 10, null, 9), g('old', null, null, 0)]);
+t.test("credit grants in Stripe's order: priority, expiry, category, effective_at, creation", async (t) => {
+  const g = (id: string, priority: number | null, expires_at: number | null, created: number, category = 'paid', effective_at: number | null = null) => ({
+    id,
+    priority,
+    expires_at,
+    created,
+    category,
+    effective_at,
+  });
+  const sorted = creditOrder([
+    g('late', 50, null, 1),
+    g('exp2', 50, 200, 5),
+    g('exp1', 50, 100, 9),
+    g('prio', 10, null, 9),
+    g('old', null, null, 0),
+    g('promo', 50, null, 7, 'promotional'),
+    g('earlyEffective', 50, null, 8, 'paid', -5),
+  ]);
   t.same(
     sorted.map((x) => x.id),
-    ['prio', 'exp1', 'exp2', 'old', 'late'],
+    ['prio', 'exp1', 'exp2', 'promo', 'earlyEffective', 'old', 'late'],
   );
 });
 

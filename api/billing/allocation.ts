@@ -8,7 +8,7 @@
  *    eligible lines in proportion to their remaining amounts by largest remainder (ties to the earlier line), so the
  *    line shares are integers that add up to the invoice's figure exactly and no line goes below 0.
  *  - Credits apply after every discount, to the lines they are scoped to, grant by grant in the order given (the
- *    caller sorts: priority, then expiry, then creation), line by line in invoice order, each taking
+ *    caller sorts with creditOrder), line by line in invoice order, each taking
  *    min(grant balance left, line amount left): integers, no rounding at all.
  */
 
@@ -103,8 +103,14 @@ export function allocateCredits(amounts: number[], credits: CreditSource[]): num
   return out;
 }
 
-/** Credit grants in Stripe's application order: priority (lower first; null = 50), then expiry (earlier first, none last), then creation. */
-export function creditOrder<T extends { priority: number | null; expires_at: number | null; created: number; id: string }>(grants: T[]): T[] {
+/**
+ * Credit grants in Stripe's application order: priority (lower first; null = 50), then expiry (earlier first, none
+ * last), then category (promotional before paid), then effective_at (earlier first), then creation (older first).
+ */
+export function creditOrder<
+  T extends { priority: number | null; expires_at: number | null; category?: string; effective_at?: number | null; created: number; id: string },
+>(grants: T[]): T[] {
+  const rank = (c: string | undefined) => (c === 'promotional' ? 0 : 1);
   return [...grants].sort((a, b) => {
     const pa = a.priority ?? 50;
     const pb = b.priority ?? 50;
@@ -112,6 +118,10 @@ export function creditOrder<T extends { priority: number | null; expires_at: num
     const ea = a.expires_at ?? Number.POSITIVE_INFINITY;
     const eb = b.expires_at ?? Number.POSITIVE_INFINITY;
     if (ea !== eb) return ea - eb;
+    if (rank(a.category) !== rank(b.category)) return rank(a.category) - rank(b.category);
+    const fa = a.effective_at ?? a.created;
+    const fb = b.effective_at ?? b.created;
+    if (fa !== fb) return fa - fb;
     if (a.created !== b.created) return a.created - b.created;
     return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
   });

@@ -12,7 +12,8 @@
  *
  * Application (at finalization, in the finalizing transaction, after discounts, before the customer balance): the
  * customer's grants in the invoice's currency that are effective (effective_at <= the invoice's finalization time),
- * not expired and not voided, in Stripe's order (priority, then expiry, then creation), each taking
+ * not expired and not voided, in Stripe's order (allocation.creditOrder: priority, expiry, category, effective_at,
+ * creation), each taking
  * min(its balance, what is left of a line after discounts) line by line over the lines in its scope: integers, no
  * rounding. The lines show it in `pretax_credit_amounts` (type credit_balance_transaction), the invoice in
  * `total_pretax_credit_amounts`, and total = subtotal - discounts - credits.
