@@ -118,6 +118,7 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     const customer = await stripe.customers.create();
     await stripe.invoiceItems.create({ customer: customer.id, amount: 1000, currency: 'usd', description: 'A' });
     await stripe.invoiceItems.create({ customer: customer.id, amount: 333, currency: 'usd', description: 'B' });
+    await stripe.invoiceItems.create({ customer: customer.id, amount: 700, currency: 'usd', description: 'N', discountable: false });
     const five = await stripe.coupons.create({ amount_off: 500, currency: 'usd' });
     const fifteen = await stripe.coupons.create({ percent_off: 15, duration: 'forever' });
     let inv = await stripe.invoices.create({
@@ -125,7 +126,7 @@ t.test('coupons, promotion codes and discounts', async (t) => {
       pending_invoice_items_behavior: 'include',
       discounts: [{ coupon: five.id }, { coupon: fifteen.id }],
     });
-    t.equal(inv.subtotal, 1333);
+    t.equal(inv.subtotal, 2033);
     t.equal(inv.discounts.length, 2);
     const [d1, d2] = inv.discounts as string[];
     t.match(d1, /^di_test_/);
@@ -133,9 +134,11 @@ t.test('coupons, promotion codes and discounts', async (t) => {
       { amount: 500, discount: d1 },
       { amount: 125, discount: d2 },
     ]);
-    t.equal(inv.total, 708, '1333 - 500 - 125');
-    t.equal(inv.amount_due, 708);
+    t.equal(inv.total, 708 + 700, '1333 - 500 - 125, and 700 not discountable');
+    t.same(Object.fromEntries(inv.lines.data.map((l) => [l.description, l.discountable])), { A: true, B: true, N: false });
+    t.equal(inv.amount_due, 1408);
     const byDesc = Object.fromEntries(inv.lines.data.map((l) => [l.description, l]));
+    t.same(byDesc.N.discount_amounts, [], 'a line that is not discountable takes no share');
     t.same(byDesc.A.discount_amounts, [
       { amount: 375, discount: d1 },
       { amount: 94, discount: d2 },
@@ -150,12 +153,12 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     ]);
     // Removing the discounts on the draft restores the amounts; the finalized invoice keeps what it has.
     inv = await stripe.invoices.update(inv.id, { discounts: '' });
-    t.equal(inv.total, 1333);
+    t.equal(inv.total, 2033);
     t.same(inv.total_discount_amounts, []);
     inv = await stripe.invoices.update(inv.id, { discounts: [{ discount: d2 }] });
-    t.equal(inv.total, 1333 - 200, '15 % of 1333 = 199.95 -> 200');
+    t.equal(inv.total, 2033 - 200, '15 % of the discountable 1333 = 199.95 -> 200');
     inv = await stripe.invoices.finalizeInvoice(inv.id);
-    t.equal(inv.amount_due, 1133);
+    t.equal(inv.amount_due, 1833);
     await expectError(t, stripe.invoices.update(inv.id, { discounts: '' }), { statusCode: 400, param: 'discounts' }, 'discounts of a finalized invoice');
     await expectError(t, stripe.invoices.create({ customer: customer.id, discounts: [{ coupon: 'missing' }] }), { statusCode: 404 }, 'unknown coupon');
     const eur = await stripe.coupons.create({ amount_off: 100, currency: 'eur' });

@@ -637,6 +637,7 @@ export function addInvoiceItemLine(p: Principal, inv: InvoiceObject, ii: Invoice
   });
   line.quantity = ii.quantity;
   line.quantity_decimal = ii.quantity_decimal;
+  line.discountable = ii.discountable;
   line.pricing = ii.pricing;
   inv.lines.data.push(line);
   recomputeTotals(inv);
