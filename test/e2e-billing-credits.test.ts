@@ -275,4 +275,43 @@ t.test('billing credits applied to metered lines at finalization', async (t) => 
     'only the enabled events',
   );
   void gX;
+
+  await t.test('two invoices of one customer finalized at once never spend a grant twice', async (t) => {
+    const clock2 = await stripe.testHelpers.testClocks.create({ frozen_time: T0 });
+    const c2 = await stripe.customers.create({ test_clock: clock2.id });
+    const subs = await Promise.all([1, 2].map(() => stripe.subscriptions.create({ customer: c2.id, items: [{ price: metered.id }] })));
+    const small = await grant(300, { customer: c2.id });
+    await stripe.billing.meterEvents.create({ event_name: meter.event_name, timestamp: T0 + 120, payload: { stripe_customer_id: c2.id, value: '100' } });
+    await eventually(
+      async () =>
+        (await stripe.invoices.createPreview({ customer: c2.id, subscription: subs[0].id })).lines.data.some((l) => String(l.quantity_decimal) === '100'),
+      30_000,
+      200,
+    );
+    await stripe.testHelpers.testClocks.advance(clock2.id, { frozen_time: T0 + DAY + 60 });
+    await eventually(async () => (await stripe.testHelpers.testClocks.retrieve(clock2.id)).status === 'ready', 30_000, 100);
+    const drafts = (await stripe.invoices.list({ customer: c2.id, status: 'draft' })).data;
+    t.equal(drafts.length, 2);
+    const finals = await Promise.all(drafts.map((d) => stripe.invoices.finalizeInvoice(d.id)));
+    const creditOf = (i: Stripe.Invoice) =>
+      i.lines.data.flatMap((l) => l.pretax_credit_amounts ?? []).reduce((a, c) => a + (c.type === 'credit_balance_transaction' ? c.amount : 0), 0);
+    t.same(
+      finals.map((i) => i.subtotal),
+      [250, 250],
+    );
+    t.equal(
+      finals.map(creditOf).reduce((a, x) => a + x, 0),
+      300,
+      'exactly the grant, split 250 + 50 in some order',
+    );
+    t.same(
+      finals.map(creditOf).sort((a, b) => a - b),
+      [50, 250],
+    );
+    t.equal(
+      (await stripe.billing.creditBalanceSummaries.retrieve({ customer: c2.id, filter: { type: 'credit_grant', credit_grant: small.id } })).balances[0]
+        .available_balance.monetary!.value,
+      0,
+    );
+  });
 });

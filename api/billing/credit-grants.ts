@@ -157,13 +157,28 @@ async function grantsOf(store: StateStore, p: Principal, customer: string): Prom
   }
 }
 
+/**
+ * The customer's grants read again one by one inside the transaction: a read that feeds a write locks its row (the
+ * PostgreSQL store reads FOR UPDATE), so an application never races an expire, a void or another application on a
+ * stale balance (finalizations of one customer are also serialized by the customer's row, which numbers invoices).
+ * Always in the list's order, so concurrent transactions lock in the same order.
+ */
+async function lockedGrantsOf(tx: StateStore, p: Principal, customer: string): Promise<CreditGrantObject[]> {
+  const out: CreditGrantObject[] = [];
+  for (const listed of await grantsOf(tx, p, customer)) {
+    const found = await tx.getObject<CreditGrantObject>(p.account, CREDIT_GRANT_TYPE, listed.id);
+    if (found) out.push(found.data);
+  }
+  return out;
+}
+
 function usable(g: CreditGrantObject, at: number): boolean {
   return g.voided_at === null && g.effective_at <= at && (g.expires_at === null || at < g.expires_at);
 }
 
 /** Writes off what is left of the customer's grants whose expires_at is at or before `now`. */
 export async function expireDueGrants(tx: StateStore, p: Principal, customer: string, now: number): Promise<void> {
-  for (const g of await grantsOf(tx, p, customer)) {
+  for (const g of await lockedGrantsOf(tx, p, customer)) {
     if (g.voided_at !== null || g.expires_at === null || g.expires_at > now || g._available === 0) continue;
     await recordTxn(tx, p, g, g.expires_at, { debit: 'credits_expired', amount: g._available });
     g._available = 0;
@@ -182,7 +197,7 @@ function covers(scope: Scope, price: string | null, metered: boolean): boolean {
 async function applyCredits(tx: StateStore, p: Principal, inv: InvoiceObject, now: number): Promise<void> {
   await expireDueGrants(tx, p, inv.customer, now);
   const grants = creditOrder(
-    (await grantsOf(tx, p, inv.customer)).filter((g) => g.amount.monetary.currency === inv.currency && g._available > 0 && usable(g, now)),
+    (await lockedGrantsOf(tx, p, inv.customer)).filter((g) => g.amount.monetary.currency === inv.currency && g._available > 0 && usable(g, now)),
   );
   if (grants.length === 0) return;
   const metered = new Set((inv._usage ?? []).map((u) => u.line));
