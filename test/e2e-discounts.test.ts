@@ -208,6 +208,9 @@ t.test('coupons, promotion codes and discounts', async (t) => {
     });
     t.equal(s1.discounts.length, 1);
     t.equal((s1.latest_invoice as Stripe.Invoice).total, 800);
+    const preview = await stripe.invoices.createPreview({ subscription: s1.id });
+    t.equal(preview.total, 800, 'the preview of the next invoice shows the discount');
+    t.same(preview.total_discount_amounts, [{ amount: 200, discount: s1.discounts[0] as string }]);
     const c2 = await stripe.customers.create({ test_clock: clock.id });
     const s2 = await stripe.subscriptions.create({
       customer: c2.id,
