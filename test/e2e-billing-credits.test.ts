@@ -204,6 +204,7 @@ t.test('billing credits applied to metered lines at finalization', async (t) => 
   const one = await stripe.billing.creditBalanceTransactions.retrieve(applied[0].id);
   t.equal(one.object, 'billing.credit_balance_transaction');
   t.equal(one.test_clock, clock.id);
+  t.equal((await stripe.billing.creditGrants.retrieve(gB.id)).updated, T0, 'spending a grant is not an update of the grant');
   sum = await summary(metredScope);
   t.equal(sum.balances[0].available_balance.monetary!.value, 3100 + 70, 'B 3100 + E 70');
   t.equal((await summary({ type: 'credit_grant', credit_grant: gP.id })).balances[0].available_balance.monetary!.value, 0);

@@ -111,8 +111,12 @@ async function loadGrant(store: StateStore, p: Principal, id: string, param = 'i
   return found.data;
 }
 
+/**
+ * Stores the grant. With `before` (a change of the grant's own fields) `updated` moves and billing.credit_grant.updated
+ * is recorded; without it (only its balance moved, which the transactions report) the served object is unchanged.
+ */
 async function saveGrant(tx: StateStore, p: Principal, g: CreditGrantObject, before: CreditGrantObject | null, at: number): Promise<void> {
-  g.updated = at;
+  if (before) g.updated = at;
   await tx.updateObject(p.account, CREDIT_GRANT_TYPE, g.id, g);
   if (before) await recordBillingEvent(tx, p, 'billing.credit_grant.updated', renderGrant(g), renderGrant(before) as unknown as Record<string, unknown>);
 }
