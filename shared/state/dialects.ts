@@ -3,7 +3,7 @@
  * the migrations (migrations.ts) are written once. Kysely is used as a typed query builder and compiler only: each
  * dialect compiles with Kysely's own SQLite or PostgreSQL compiler, and the driver modules (sqlite-store.ts,
  * postgres-store.ts) run the compiled SQL on their connections. Why not Kysely's executors too: see the README
- * ("State store").
+ * ("The log and state drivers").
  *
  * What differs:
  *  - column types: a key column compares byte-wise (SQLite's default BINARY collation; PostgreSQL needs COLLATE "C"),

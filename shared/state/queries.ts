@@ -52,9 +52,14 @@ class Prepared {
     this.sql = compiled.sql;
     this.slots = compiled.parameters.map((p) => (p instanceof Slot ? p.index : -1));
     this.constants = compiled.parameters.map((p) => (p instanceof Slot ? undefined : p));
+    this.inOrder = this.slots.every((slot, i) => slot === i);
   }
 
+  /** The values are the parameters as they are (no constant, each value once, in order): most statements. */
+  private readonly inOrder: boolean;
+
   bind(values: readonly unknown[]): Statement {
+    if (this.inOrder && values.length === this.slots.length) return { kind: this.kind, sql: this.sql, params: values, cache: this.cache };
     const params = new Array<unknown>(this.slots.length);
     for (let i = 0; i < params.length; i++) {
       const s = this.slots[i];

@@ -88,8 +88,7 @@ class Core {
         } else {
           const stmt = (s.cache.handle as Stmt | undefined) ?? this.prepare(s);
           const params = s.params;
-          // An array binds its elements as the anonymous parameters, without spreading it into arguments.
-          result = s.kind === 'first' ? stmt.get(params) : s.kind === 'rows' ? stmt.all(params) : stmt.run(params).changes;
+          result = s.kind === 'first' ? stmt.get(...params) : s.kind === 'rows' ? stmt.all(...params) : stmt.run(...params).changes;
         }
       } catch (err) {
         step = op.throw(err);
