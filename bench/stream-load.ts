@@ -12,21 +12,39 @@ import { sleep } from './load/control';
 import { Generator } from './load/generator';
 import { HttpLoad } from './load/http-load';
 import { LagSampler } from './load/lag';
-import { type Options, parseOptions } from './load/options';
+import { HELP, type Options, parseOptions, wantsHelp } from './load/options';
 import { probeLoop } from './load/probe';
 import { type Verification, converge, verify } from './load/verify';
+import { WsLoad } from './load/ws-load';
 import { round } from './stats';
 
 function fmtInt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
+/** The progress line: elapsed, acknowledged, rate now and so far, errors, and the consumer lag when sampled. */
+function progressLine(g: Generator, lag: LagSampler | null, now: number, rateNow: number): string {
+  const elapsedS = (now - g.loadStart) / 1000;
+  const errs = [...g.errors.values()].reduce((a, b) => a + b, 0);
+  const ls = lag?.samples[lag.samples.length - 1];
+  return (
+    `  [${elapsedS.toFixed(1)}s] acked ${fmtInt(g.acked)} events, ${fmtInt(rateNow)}/s now, ` +
+    `${fmtInt(elapsedS > 0 ? g.acked / elapsedS : 0)}/s so far, ${errs} errors` +
+    (ls ? `, stored ${fmtInt(ls.stored)} (lag ${fmtInt(ls.acked - ls.stored)} events, ${lag!.secondsBehind(ls).toFixed(1)} s behind)` : '')
+  );
+}
+
 async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (wantsHelp(argv)) {
+    process.stdout.write(HELP);
+    return 0;
+  }
   let o: Options;
   try {
-    o = parseOptions(process.argv.slice(2));
+    o = parseOptions(argv);
   } catch (err) {
-    process.stderr.write(`stream-load: ${(err as Error).message}\n`);
+    process.stderr.write(`stream-load: ${(err as Error).message} (--help lists the options)\n`);
     return 2;
   }
   const g = new Generator(o);
@@ -35,7 +53,10 @@ async function main(): Promise<number> {
   };
   log(
     `stream-load: ${o.url.origin} run=${o.runId} events=${fmtInt(o.events)} duration<=${o.durationS}s ` +
-      `connections=${o.connections} batch=${o.batch} customers=${o.customers} client=${o.client}${o.nullMode ? ' (null mode)' : ''}`,
+      (o.transport === 'ws'
+        ? `transport=ws connections=${o.wsConnections} batch=${o.wsBatch} in-flight=${o.wsInflight} encoding=${o.wsEncoding}`
+        : `transport=http connections=${o.connections} batch=${o.batch} client=${o.client}`) +
+      ` customers=${o.customers}${o.rate > 0 ? ` rate=${fmtInt(o.rate)}/s` : ''}${o.nullMode ? ' (null mode)' : ''}`,
   );
 
   let setupError: string | undefined;
@@ -62,35 +83,39 @@ async function main(): Promise<number> {
     if (!(await lag.sample())) log(`stream-load: lag sampling: the first /healthz round failed (${lag.firstError}); will keep trying`);
   }
 
-  // Progress lines.
+  // Progress: one line rewritten in place on a terminal, else a line every 5 s.
+  const tty = process.stderr.isTTY === true;
   let lastAcked = 0;
   let lastT = performance.now();
   const progress = o.quiet
     ? null
-    : setInterval(() => {
-        const t = performance.now();
-        const rate = ((g.acked - lastAcked) / (t - lastT)) * 1000;
-        lastAcked = g.acked;
-        lastT = t;
-        const errs = [...g.errors.values()].reduce((a, b) => a + b, 0);
-        const ls = lag?.samples[lag.samples.length - 1];
-        log(
-          `  [${((t - g.loadStart) / 1000).toFixed(1)}s] acked ${fmtInt(g.acked)} events (${fmtInt(rate)}/s), ` +
-            `${fmtInt(g.requests)} requests, ${errs} errors` +
-            (ls ? `, stored ${fmtInt(ls.stored)} (lag ${fmtInt(ls.acked - ls.stored)}, ${lag!.secondsBehind(ls).toFixed(1)} s behind)` : ''),
-        );
-      }, 5000);
+    : setInterval(
+        () => {
+          const t = performance.now();
+          const line = progressLine(g, lag, t, ((g.acked - lastAcked) / Math.max(1, t - lastT)) * 1000);
+          lastAcked = g.acked;
+          lastT = t;
+          if (tty) process.stderr.write(`\r\x1b[K${line}`);
+          else log(line);
+        },
+        tty ? 1000 : 5000,
+      );
+  const endProgress = (): void => {
+    if (progress) clearInterval(progress);
+    if (progress && tty) process.stderr.write('\n');
+  };
 
   const cpu0 = process.cpuUsage();
   const wall0 = Date.now();
   const probe = o.probe ? probeLoop(g).catch((e) => g.noteError('probe', String(e))) : Promise.resolve();
   lag?.start();
-  await g.runLoad(new HttpLoad(g));
+  const load = o.transport === 'ws' ? new WsLoad(g) : new HttpLoad(g);
+  await g.runLoad(load);
   g.stopping = true;
   const loadEndPerf = g.lastAck || performance.now();
   const cpu = process.cpuUsage(cpu0);
   const loadElapsedMs = Math.max(1, (g.lastAck || performance.now()) - g.loadStart);
-  if (progress) clearInterval(progress);
+  endProgress();
   await probe;
   g.closeLoad();
 
@@ -105,6 +130,7 @@ async function main(): Promise<number> {
   g.closeAll();
   const lagReport = lag ? lag.report(g.loadStartEpoch, g.lastAck ? performance.timeOrigin + g.lastAck : null) : null;
 
+  const wsStats = load instanceof WsLoad ? load.stats() : null;
   const eps = (g.acked / loadElapsedMs) * 1000;
   const lat = g.hist.summary();
   const errors: Record<string, number> = {};
@@ -119,13 +145,15 @@ async function main(): Promise<number> {
     run_id: o.runId,
     url: o.url.origin,
     api_url: o.api.url.origin,
-    client: o.client,
+    transport: o.transport,
+    client: o.transport === 'ws' ? '@meterd/stream-client' : o.client,
     meter_id: g.meterId || null,
     options: {
       events: o.events,
       duration_s: o.durationS,
-      connections: o.connections,
-      batch: o.batch,
+      connections: o.transport === 'ws' ? o.wsConnections : o.connections,
+      batch: o.transport === 'ws' ? o.wsBatch : o.batch,
+      ...(o.transport === 'ws' ? { in_flight_per_connection: o.wsInflight, encoding: o.wsEncoding } : {}),
       rate: o.rate,
       customers: o.customers,
       meter_event_name: o.eventName,
@@ -139,7 +167,8 @@ async function main(): Promise<number> {
     ack_latency_ms: lat,
     errors,
     first_error_bodies: firstErrors,
-    retries: g.retries,
+    retries: g.retries + (wsStats?.resentBatches ?? 0),
+    ...(wsStats ? { ws_reconnects: wsStats.reconnects } : {}),
     rejected_events: g.rejectedEvents,
     uncertain_events: g.uncertainEvents,
     sessions_created: g.sessions.created,
@@ -174,11 +203,14 @@ async function main(): Promise<number> {
     ['target', `${o.url.origin}${o.nullMode ? ' (null mode)' : ''}`],
     ['events acknowledged', `${fmtInt(g.acked)} in ${(loadElapsedMs / 1000).toFixed(2)} s`],
     ['accepted events/s', fmtInt(eps)],
-    ['requests (200)', `${fmtInt(g.requests)} (${fmtInt(result.requests_per_s)}/s, batch ${o.batch})`],
+    [
+      o.transport === 'ws' ? 'batches acknowledged' : 'requests (200)',
+      `${fmtInt(g.requests)} (${fmtInt(result.requests_per_s)}/s, batch ${result.options.batch})`,
+    ],
     ['offered load', o.rate > 0 ? `${fmtInt(o.rate)} events/s (latency from each batch's scheduled send)` : 'closed loop (as fast as answered)'],
     ['ack latency ms', `p50 ${lat.p50} | p90 ${lat.p90} | p99 ${lat.p99} | p999 ${lat.p999} | max ${lat.max}`],
     ['errors by status', Object.keys(errors).length ? JSON.stringify(errors) : 'none'],
-    ['retries / rejected / uncertain', `${g.retries} / ${g.rejectedEvents} / ${g.uncertainEvents} events`],
+    ['retries / rejected / uncertain', `${result.retries} / ${g.rejectedEvents} / ${g.uncertainEvents} events`],
     ['client CPU (load phase)', `${result.client_cpu.pct_of_one_core}% of one core`],
   ];
   if (fresh) {

@@ -39,7 +39,16 @@ Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
                           connections are answered). Latency is measured from each batch's scheduled send time, so
                           a server that falls behind shows its queueing in the p99 instead of slowing the schedule
                           (no coordinated omission); use enough --connections to carry the rate
+  --transport http|ws     http (default): POST /v2/billing/meter_event_stream, --connections connections with one
+                          request in flight each; ws: the WebSocket stream through the client package
+                          (@meterd/stream-client in client/), --ws-connections connections with --ws-inflight batches
+                          of --ws-batch events in flight each (identifiers derived by the server from the batch id)
+  --ws-connections N      WebSocket connections (default 4)
+  --ws-batch N            events per WebSocket batch, 1..1000 (default 1000)
+  --ws-inflight N         batches in flight per WebSocket connection, 1..64 (default 16)
+  --ws-encoding E         msgpack (default) or json frames
   --quiet                 no progress lines
+  --help                  this text
 
 Every event has a unique identifier \`<runid>-<10 digits>\`; bodies are built once per batch size as a template and
 only digits are patched in place (identifier, customer, value), in a buffer that also holds the request head, so a
@@ -98,13 +107,54 @@ export interface Options {
   quiet: boolean;
   /** Offered events/s; 0 = closed loop (each connection sends its next batch when the last one is answered). */
   rate: number;
+  transport: 'http' | 'ws';
+  wsConnections: number;
+  wsBatch: number;
+  wsInflight: number;
+  wsEncoding: 'msgpack' | 'json';
   runId: string;
+}
+
+/** Flags that take no value. */
+const BOOLEANS = ['null', 'no-probe', 'timestamps', 'quiet', 'help'];
+/** Every flag the generator knows (anything else is a usage error). */
+export const GENERATOR_FLAGS = [
+  ...BOOLEANS,
+  'url',
+  'api-url',
+  'health-url',
+  'health-interval',
+  'meter-settle-ms',
+  'key',
+  'events',
+  'duration',
+  'connections',
+  'batch',
+  'customers',
+  'meter-event-name',
+  'meter-id',
+  'customer-prefix',
+  'client',
+  'freshness-timeout',
+  'poll-interval',
+  'poll-mode',
+  'rate',
+  'transport',
+  'ws-connections',
+  'ws-batch',
+  'ws-inflight',
+  'ws-encoding',
+];
+
+/** `--help` was given: the caller prints HELP. */
+export function wantsHelp(argv: string[]): boolean {
+  return argv.includes('--help') || argv.includes('-h');
 }
 
 const SAFE = /^[A-Za-z0-9_\-.:]+$/;
 
 export function parseOptions(argv: string[]): Options {
-  const a = new Args(argv, ['null', 'no-probe', 'timestamps', 'quiet']);
+  const a = new Args(argv, BOOLEANS, GENERATOR_FLAGS);
   const target = endpoint(a.str('url', 'http://127.0.0.1:8080'), '--url');
   const { url, host, port } = target;
   const api = a.str('api-url') ? endpoint(a.str('api-url')!, '--api-url') : target;
@@ -140,6 +190,11 @@ export function parseOptions(argv: string[]): Options {
     pollMode: a.str('poll-mode', 'adaptive') as 'adaptive' | 'all',
     quiet: a.bool('quiet'),
     rate: a.num('rate', 0),
+    transport: a.str('transport', 'http') as 'http' | 'ws',
+    wsConnections: Math.floor(a.num('ws-connections', 4)),
+    wsBatch: Math.floor(a.num('ws-batch', 1000)),
+    wsInflight: Math.floor(a.num('ws-inflight', 16)),
+    wsEncoding: a.str('ws-encoding', 'msgpack') as 'msgpack' | 'json',
     runId,
   };
   if (o.events < 1 || o.events > 2 ** 31 - 1) throw new Error('--events must be in 1..2^31-1');
@@ -152,6 +207,11 @@ export function parseOptions(argv: string[]): Options {
   if (o.pollMode !== 'adaptive' && o.pollMode !== 'all') throw new Error('--poll-mode must be adaptive or all');
   if (!(o.healthIntervalMs >= 20)) throw new Error('--health-interval must be >= 20 (ms)');
   if (!(o.meterSettleMs >= 0)) throw new Error('--meter-settle-ms must be >= 0');
+  if (o.transport !== 'http' && o.transport !== 'ws') throw new Error('--transport must be http or ws');
+  if (o.wsConnections < 1 || o.wsConnections > 1024) throw new Error('--ws-connections must be in 1..1024');
+  if (o.wsBatch < 1 || o.wsBatch > 1000) throw new Error('--ws-batch must be in 1..1000');
+  if (o.wsInflight < 1 || o.wsInflight > 64) throw new Error('--ws-inflight must be in 1..64');
+  if (o.wsEncoding !== 'msgpack' && o.wsEncoding !== 'json') throw new Error('--ws-encoding must be msgpack or json');
   if (!SAFE.test(o.eventName)) throw new Error('--meter-event-name: use [A-Za-z0-9_-.:] only');
   if (!SAFE.test(o.customerPrefix)) throw new Error('--customer-prefix: use [A-Za-z0-9_-.:] only');
   return o;

@@ -81,7 +81,7 @@ export function lagPanel(rows: Row[], W: number, y0: number): { parts: string[];
   return { parts, height: y - y0 };
 }
 
-/** Hand-written SVG: accepted events/s and p50/p99 ack latency per target, then the consumer lag per meterd run. */
+/** Hand-written SVG: accepted events/s and p50/p99/p999 ack latency per row, then the consumer lag per meterd run. */
 export function svgChart(rows: Row[], title: string): string {
   const data = rows
     .filter((r) => r.result?.events_per_s !== undefined)
@@ -90,14 +90,15 @@ export function svgChart(rows: Row[], title: string): string {
       eps: r.result!.events_per_s!,
       p50: r.result!.ack_latency_ms?.p50 ?? 0,
       p99: r.result!.ack_latency_ms?.p99 ?? 0,
+      p999: r.result!.ack_latency_ms?.p999 ?? 0,
       note:
         r.mode === 'null'
           ? 'baseline'
           : `freshness ${r.result!.freshness?.converged ? `${fmtMs(r.result!.freshness.after_last_ack_ms)} ms` : 'n/a'}, ` +
             `max consumer lag ${lagCell(r)}, verification ${r.result!.verification?.ok ? 'OK' : 'FAILED'}`,
     }));
-  const W = 860;
-  const labelW = 150;
+  const W = 1000;
+  const labelW = 290;
   const barH = 26;
   const gap = 14;
   const panelW = W - labelW - 150;
@@ -121,8 +122,8 @@ export function svgChart(rows: Row[], title: string): string {
 
   // Panel 2: latency.
   y += 16;
-  const maxLat = Math.max(0.001, ...data.map((d) => Math.max(d.p50, d.p99)));
-  parts.push(`<text x="20" y="${y}" font-size="14" font-weight="bold">Ack latency per request, ms (lower is better)</text>`);
+  const maxLat = Math.max(0.001, ...data.map((d) => Math.max(d.p50, d.p99, d.p999)));
+  parts.push(`<text x="20" y="${y}" font-size="14" font-weight="bold">Ack latency per request or batch, ms (lower is better)</text>`);
   y += 14;
   const lh = 16;
   data.forEach((d, i) => {
@@ -133,7 +134,12 @@ export function svgChart(rows: Row[], title: string): string {
     parts.push(`<text x="${labelW + w50 + 6}" y="${y + lh * 0.78}" font-size="11">p50 ${fmtMs(d.p50)}</text>`);
     parts.push(`<rect x="${labelW}" y="${y + lh + 2}" width="${w99.toFixed(1)}" height="${lh}" fill="${colors[i % colors.length]}" fill-opacity="0.55"/>`);
     parts.push(`<text x="${labelW + w99 + 6}" y="${y + lh * 1.78 + 2}" font-size="11">p99 ${fmtMs(d.p99)}</text>`);
-    y += 2 * lh + gap + 6;
+    const w999 = Math.max(1, (d.p999 / maxLat) * panelW);
+    parts.push(
+      `<rect x="${labelW}" y="${y + 2 * (lh + 2)}" width="${w999.toFixed(1)}" height="${lh}" fill="${colors[i % colors.length]}" fill-opacity="0.3"/>`,
+    );
+    parts.push(`<text x="${labelW + w999 + 6}" y="${y + lh * 2.78 + 4}" font-size="11">p999 ${fmtMs(d.p999)}</text>`);
+    y += 3 * lh + gap + 8;
   });
 
   // Panel 3: consumer lag over time.

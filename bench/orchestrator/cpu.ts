@@ -1,17 +1,95 @@
-/** CPU time of the server's processes, sampled from /proc. */
+/**
+ * CPU time of the server's processes, per thread kind, sampled from /proc/<pid>/task/<tid>/stat every 500 ms.
+ *
+ * Kinds: `main` (each process's main thread), `gateway` (gateway threads) and `aggregator` (the aggregator's worker
+ * threads), both known from the tags that bench/orchestrator/thread-tags.ts writes; `clickhouse` (threads named by
+ * chdb, the embedded ClickHouse: any comm other than `node`); `helpers` (the other `node` threads: V8's platform
+ * workers (GC, compilation) and libuv's thread pool (fs, fdatasync)).
+ */
 import * as fs from 'node:fs';
 
 export const CLK_TCK = 100; // USER_HZ on Linux
 
-/** Samples the CPU time (user+system, all threads) of processes and their descendants from /proc, every 500 ms. */
-export class TreeCpu {
-  private readonly samples: [number, number][] = [];
-  private timer: NodeJS.Timeout | null = null;
-  private readonly rootPids: number[];
+export const THREAD_KINDS = ['gateway', 'main', 'aggregator', 'clickhouse', 'helpers'] as const;
+export type ThreadKind = (typeof THREAD_KINDS)[number];
+export type KindSeconds = Record<ThreadKind, number>;
 
-  constructor(rootPids: number | number[]) {
-    this.rootPids = Array.isArray(rootPids) ? rootPids : [rootPids];
+/** comm and user+system ticks of one /proc/.../stat line (comm may hold spaces and parentheses). */
+export function parseStat(text: string): { comm: string; ticks: number } | null {
+  const open = text.indexOf('(');
+  const close = text.lastIndexOf(')');
+  if (open < 0 || close < open) return null;
+  const f = text.slice(close + 2).split(' ');
+  const ticks = Number(f[11]) + Number(f[12]);
+  return Number.isFinite(ticks) ? { comm: text.slice(open + 1, close), ticks } : null;
+}
+
+/** The tags file of thread-tags.ts: tid -> role. */
+export function parseTags(text: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const line of text.split('\n')) {
+    const m = /^(\d+) (\w+)$/.exec(line.trim());
+    if (m) out.set(Number(m[1]), m[2]!);
   }
+  return out;
+}
+
+export function threadKind(pid: number, tid: number, comm: string, tag: string | undefined): ThreadKind {
+  if (tid === pid || tag === 'main') return 'main';
+  if (tag === 'gateway') return 'gateway';
+  if (tag === 'worker') return 'aggregator';
+  return comm === 'node' ? 'helpers' : 'clickhouse';
+}
+
+export function zeroKinds(): KindSeconds {
+  return { gateway: 0, main: 0, aggregator: 0, clickhouse: 0, helpers: 0 };
+}
+
+/** One sample: when, and the cumulative ticks of every thread seen so far (exited threads keep their last count). */
+export interface ThreadSample {
+  t: number;
+  ticks: Map<string, { pid: number; tid: number; comm: string; ticks: number }>;
+}
+
+/** Seconds of CPU per kind between two epoch-ms instants, interpolated between the samples around them. */
+export function kindSecondsBetween(samples: ThreadSample[], tags: Map<number, string>, t0: number, t1: number): KindSeconds | null {
+  if (samples.length < 2 || t1 <= t0) return null;
+  const totals = samples.map((s) => {
+    const k = zeroKinds();
+    for (const th of s.ticks.values()) k[threadKind(th.pid, th.tid, th.comm, tags.get(th.tid))] += th.ticks / CLK_TCK;
+    return { t: s.t, k };
+  });
+  const at = (t: number): KindSeconds => {
+    if (t <= totals[0]!.t) return totals[0]!.k;
+    for (let i = 1; i < totals.length; i++) {
+      if (totals[i]!.t >= t) {
+        const a = totals[i - 1]!;
+        const b = totals[i]!;
+        const f = (t - a.t) / Math.max(1, b.t - a.t);
+        const out = zeroKinds();
+        for (const kind of THREAD_KINDS) out[kind] = a.k[kind] + (b.k[kind] - a.k[kind]) * f;
+        return out;
+      }
+    }
+    return totals[totals.length - 1]!.k;
+  };
+  const a = at(t0);
+  const b = at(t1);
+  const out = zeroKinds();
+  for (const kind of THREAD_KINDS) out[kind] = Math.max(0, b[kind] - a[kind]);
+  return out;
+}
+
+/** Samples every thread of the given processes from /proc every 500 ms (Linux only; elsewhere it stays empty). */
+export class ThreadCpu {
+  readonly samples: ThreadSample[] = [];
+  private readonly last = new Map<string, { pid: number; tid: number; comm: string; ticks: number }>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly pids: number[],
+    private readonly tagsFile: string | null,
+  ) {}
 
   start(): void {
     if (process.platform !== 'linux') return;
@@ -22,61 +100,58 @@ export class TreeCpu {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (process.platform === 'linux') this.sample();
   }
 
   private sample(): void {
-    const stats = new Map<number, { ppid: number; ticks: number }>();
-    let entries: string[];
-    try {
-      entries = fs.readdirSync('/proc');
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (e.charCodeAt(0) < 48 || e.charCodeAt(0) > 57) continue;
+    for (const pid of this.pids) {
+      let tids: string[];
       try {
-        const s = fs.readFileSync(`/proc/${e}/stat`, 'latin1');
-        const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-        stats.set(Number(e), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) });
+        tids = fs.readdirSync(`/proc/${pid}/task`);
       } catch {
-        /* gone */
+        continue; // exited
       }
-    }
-    const tree = new Set<number>(this.rootPids);
-    let grew = true;
-    while (grew) {
-      grew = false;
-      for (const [pid, st] of stats) {
-        if (!tree.has(pid) && tree.has(st.ppid)) {
-          tree.add(pid);
-          grew = true;
+      for (const tid of tids) {
+        try {
+          const st = parseStat(fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1'));
+          if (st) this.last.set(`${pid}/${tid}`, { pid, tid: Number(tid), comm: st.comm, ticks: st.ticks });
+        } catch {
+          // the thread ended between the listing and the read
         }
       }
     }
-    let ticks = 0;
-    for (const pid of tree) ticks += stats.get(pid)?.ticks ?? 0;
-    if (this.rootPids.every((p) => stats.has(p))) this.samples.push([Date.now(), ticks]);
+    this.samples.push({ t: Date.now(), ticks: new Map(this.last) });
   }
 
-  private at(t: number): number | null {
-    const s = this.samples;
-    if (s.length === 0) return null;
-    if (t <= s[0]![0]) return s[0]![1];
-    for (let i = 1; i < s.length; i++) {
-      if (s[i]![0] >= t) {
-        const [t0, v0] = s[i - 1]!;
-        const [t1, v1] = s[i]!;
-        return v0 + ((v1 - v0) * (t - t0)) / Math.max(1, t1 - t0);
-      }
+  tags(): Map<number, string> {
+    if (!this.tagsFile) return new Map();
+    try {
+      return parseTags(fs.readFileSync(this.tagsFile, 'utf8'));
+    } catch {
+      return new Map();
     }
-    return s[s.length - 1]![1];
   }
 
-  /** CPU use between two epoch-ms instants, in % of one core; null when unknown. */
-  pctBetween(t0: number, t1: number): number | null {
-    const a = this.at(t0);
-    const b = this.at(t1);
-    if (a === null || b === null || t1 <= t0) return null;
-    return Math.round(((((b - a) / CLK_TCK) * 1000) / (t1 - t0)) * 1000) / 10;
+  /** CPU-seconds per kind between two epoch-ms instants. */
+  between(t0: number, t1: number): KindSeconds | null {
+    return kindSecondsBetween(this.samples, this.tags(), t0, t1);
   }
+}
+
+/** Peak resident set size (VmHWM) of the processes, summed, in bytes; null when unreadable. */
+export function peakRss(pids: number[]): number | null {
+  let sum = 0;
+  let any = false;
+  for (const pid of pids) {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
+      if (m) {
+        sum += Number(m[1]) * 1024;
+        any = true;
+      }
+    } catch {
+      // exited
+    }
+  }
+  return any ? sum : null;
 }

@@ -1,4 +1,6 @@
 /** What one bench row holds: the target that ran, the generator's result, the server's processes and CPU. */
+import type { KindSeconds } from './cpu';
+import type { Transport } from './options';
 
 export type Mode = 'null' | 'embedded' | 'distributed';
 export type Topology = 'all' | 'split';
@@ -35,7 +37,7 @@ export interface GenResult {
   load_seconds?: number;
   ack_latency_ms?: { p50: number | null; p99: number | null; p999?: number | null };
   errors?: Record<string, number>;
-  client_cpu?: { pct_of_one_core: number };
+  client_cpu?: { user_s: number; system_s: number; pct_of_one_core: number };
   load_start_epoch_ms?: number;
   load_end_epoch_ms?: number;
   freshness?: { after_last_ack_ms: number | null; converged: boolean } | null;
@@ -54,20 +56,43 @@ export interface ProcInfo {
   exit?: string;
 }
 
+/** The server's CPU over one window, per thread kind, and what it is divided by. */
+export interface ServerCpu {
+  /** `load`: first send to last ack; `until stored`: first send until the aggregator(s) had stored every event. */
+  window: 'load' | 'until stored';
+  window_s: number;
+  events: number;
+  seconds: KindSeconds;
+}
+
 export interface Row {
   target: string;
   mode: Mode;
+  transport: Transport;
   topology?: Topology;
   ran: boolean;
   ok: boolean;
   error?: string;
   generator_exit_code?: number | null;
   server_cpu_pct_of_one_core?: number | null;
+  server_cpu?: ServerCpu | null;
+  /** Peak resident set size of the server's process(es), summed (VmHWM). */
+  server_peak_rss_bytes?: number | null;
   processes?: ProcInfo[];
   deployment?: (Deployment & { cleanup?: Record<string, string> | 'kept' }) | null;
   result?: GenResult | null;
 }
 
-export function label(r: Pick<Row, 'mode' | 'topology' | 'target'>): string {
+/** What ran: a null server, `embedded` or `distributed (all|split)`. */
+export function targetName(r: Pick<Row, 'mode' | 'topology' | 'target'>): string {
   return r.mode === 'null' ? r.target : r.mode === 'embedded' ? 'embedded' : `distributed (${r.topology ?? 'all'})`;
+}
+
+export function transportName(r: Pick<Row, 'transport'>): string {
+  return r.transport === 'ws' ? 'WebSocket' : 'HTTP';
+}
+
+/** The row's name in the progress and the chart: the target and the transport. */
+export function label(r: Pick<Row, 'mode' | 'topology' | 'target' | 'transport'>): string {
+  return `${targetName(r)}, ${transportName(r)}`;
 }
