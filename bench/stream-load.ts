@@ -16,6 +16,7 @@ import { HELP, type Options, parseOptions, wantsHelp } from './load/options';
 import { probeLoop } from './load/probe';
 import { type Verification, converge, verify } from './load/verify';
 import { WsLoad } from './load/ws-load';
+import { WsRawLoad } from './load/ws-raw-load';
 import { round } from './stats';
 
 function fmtInt(n: number): string {
@@ -53,16 +54,18 @@ async function main(): Promise<number> {
   };
   log(
     `stream-load: ${o.url.origin} run=${o.runId} events=${fmtInt(o.events)} duration<=${o.durationS}s ` +
-      (o.transport === 'ws'
-        ? `transport=ws connections=${o.wsConnections} batch=${o.wsBatch} in-flight=${o.wsInflight} encoding=${o.wsEncoding}`
+      (o.transport !== 'http'
+        ? `transport=${o.transport} connections=${o.wsConnections} batch=${o.wsBatch} in-flight=${o.wsInflight} encoding=${o.wsEncoding}`
         : `transport=http connections=${o.connections} batch=${o.batch} client=${o.client}`) +
       ` customers=${o.customers}${o.rate > 0 ? ` rate=${fmtInt(o.rate)}/s` : ''}${o.nullMode ? ' (null mode)' : ''}`,
   );
 
+  const load = o.transport === 'ws' ? new WsLoad(g) : o.transport === 'ws-raw' ? new WsRawLoad(g) : new HttpLoad(g);
   let setupError: string | undefined;
   try {
     if (!o.nullMode) await g.setupMeter();
     await g.sessions.refresh();
+    if (load instanceof WsRawLoad) await load.open();
   } catch (err) {
     setupError = (err as Error).message;
   }
@@ -109,7 +112,6 @@ async function main(): Promise<number> {
   const wall0 = Date.now();
   const probe = o.probe ? probeLoop(g).catch((e) => g.noteError('probe', String(e))) : Promise.resolve();
   lag?.start();
-  const load = o.transport === 'ws' ? new WsLoad(g) : new HttpLoad(g);
   await g.runLoad(load);
   g.stopping = true;
   const loadEndPerf = g.lastAck || performance.now();
@@ -146,14 +148,14 @@ async function main(): Promise<number> {
     url: o.url.origin,
     api_url: o.api.url.origin,
     transport: o.transport,
-    client: o.transport === 'ws' ? '@meterd/stream-client' : o.client,
+    client: o.transport === 'ws' ? '@meterd/stream-client' : o.transport === 'ws-raw' ? 'ws (raw frames)' : o.client,
     meter_id: g.meterId || null,
     options: {
       events: o.events,
       duration_s: o.durationS,
-      connections: o.transport === 'ws' ? o.wsConnections : o.connections,
-      batch: o.transport === 'ws' ? o.wsBatch : o.batch,
-      ...(o.transport === 'ws' ? { in_flight_per_connection: o.wsInflight, encoding: o.wsEncoding } : {}),
+      connections: o.transport !== 'http' ? o.wsConnections : o.connections,
+      batch: o.transport !== 'http' ? o.wsBatch : o.batch,
+      ...(o.transport !== 'http' ? { in_flight_per_connection: o.wsInflight, encoding: o.wsEncoding } : {}),
       rate: o.rate,
       customers: o.customers,
       meter_event_name: o.eventName,
@@ -204,7 +206,7 @@ async function main(): Promise<number> {
     ['events acknowledged', `${fmtInt(g.acked)} in ${(loadElapsedMs / 1000).toFixed(2)} s`],
     ['accepted events/s', fmtInt(eps)],
     [
-      o.transport === 'ws' ? 'batches acknowledged' : 'requests (200)',
+      o.transport !== 'http' ? 'batches acknowledged' : 'requests (200)',
       `${fmtInt(g.requests)} (${fmtInt(result.requests_per_s)}/s, batch ${result.options.batch})`,
     ],
     ['offered load', o.rate > 0 ? `${fmtInt(o.rate)} events/s (latency from each batch's scheduled send)` : 'closed loop (as fast as answered)'],

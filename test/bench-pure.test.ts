@@ -4,7 +4,9 @@
  * WebSocket batch's head.
  */
 import t from 'tap';
-import { pack } from 'msgpackr';
+import { pack, unpack } from 'msgpackr';
+import { buildFrameTemplate } from '../bench/load/ws-raw-load';
+import { writeDigits } from '../bench/load/templates';
 import { parseOptions as parseGeneratorOptions, GENERATOR_FLAGS, HELP as GENERATOR_HELP } from '../bench/load/options';
 import { peekBatch } from '../bench/frame-head';
 import { CLK_TCK, type ThreadSample, kindSecondsBetween, parseStat, parseTags, threadKind } from '../bench/orchestrator/cpu';
@@ -46,7 +48,9 @@ t.test('orchestrator options: defaults, checks, unknown options, help', async (t
 
   t.throws(() => parseRunOptions(['--bogus', '1'], ROOT), /unknown option --bogus/);
   t.throws(() => parseRunOptions(['--evnets', '1'], ROOT), /unknown option --evnets/, 'a typo is refused, not ignored');
-  t.throws(() => parseRunOptions(['--transport', 'grpc'], ROOT), /--transport must be http, ws or both/);
+  t.throws(() => parseRunOptions(['--transport', 'grpc'], ROOT), /--transport must be http, ws, ws-raw, both or all/);
+  t.same(parseRunOptions(['--transport', 'all'], ROOT).transports, ['http', 'ws', 'ws-raw']);
+  t.same(parseRunOptions(['--transport', 'ws-raw,http,ws-raw'], ROOT).transports, ['ws-raw', 'http'], 'a list, without repeats');
   t.throws(() => parseRunOptions(['--mode', 'cloud'], ROOT), /--mode must be/);
   t.throws(() => parseRunOptions(['--batch', '101'], ROOT), /--batch must be an integer in 1\.\.100/);
   t.throws(() => parseRunOptions(['--ws-inflight', '65'], ROOT), /--ws-inflight/);
@@ -74,7 +78,7 @@ t.test('generator options: transports, limits, every flag in its help', async (t
   t.equal(w.transport, 'ws');
   t.equal(w.wsConnections, 2);
   t.equal(w.wsInflight, 8);
-  t.throws(() => parseGeneratorOptions([...base, '--transport', 'quic']), /--transport must be http or ws/);
+  t.throws(() => parseGeneratorOptions([...base, '--transport', 'quic']), /--transport must be http, ws or ws-raw/);
   t.throws(() => parseGeneratorOptions([...base, '--ws-batch', '1001']), /--ws-batch/);
   t.throws(() => parseGeneratorOptions([...base, '--nope']), /unknown option --nope/);
   t.throws(() => parseGeneratorOptions(['--url', 'http://example.com:80', '--key', 'sk_test_abcdefgh']), /non-loopback/);
@@ -296,4 +300,29 @@ t.test("the null server reads a WebSocket batch's id and size without decoding i
   t.equal(peekBatch(pack([1, 2])), null, 'not a map');
   t.equal(peekBatch(Buffer.alloc(0)), null, 'empty');
   t.equal(peekBatch(pack({ id: 'cut', events: [ev] }).subarray(0, 6)), null, 'truncated');
+});
+
+t.test('ws-raw frames: the template patched in place decodes to the batch it stands for', async (t) => {
+  const o = { runId: 'abcd1234', eventName: 'bench_tokens', customerPrefix: 'cus_abcd1234_', timestamps: false };
+  for (const n of [1, 15, 16, 1000]) {
+    const tpl = buildFrameTemplate(n, o, 2);
+    const frame = Buffer.from(tpl.frame);
+    writeDigits(frame, tpl.idOff, 10, 4_200_000 + n);
+    for (let i = 0; i < n; i++) {
+      writeDigits(frame, tpl.custOff[i]!, 2, i % 100);
+      writeDigits(frame, tpl.valOff[i]!, 3, 100 + (i % 900));
+    }
+    const m = unpack(frame) as { id: string; events: { event_name: string; payload: Record<string, string> }[] };
+    t.equal(m.id, `abcd1234-${String(4_200_000 + n).padStart(10, '0')}`, `${n} events: the id`);
+    t.equal(m.events.length, n);
+    t.same(m.events[n - 1], {
+      event_name: 'bench_tokens',
+      payload: { stripe_customer_id: `cus_abcd1234_${String((n - 1) % 100).padStart(2, '0')}`, value: String(100 + ((n - 1) % 900)) },
+    });
+    t.same(peekBatch(frame), { id: m.id, events: n }, 'and the null server reads its head');
+  }
+  const ts = buildFrameTemplate(2, { ...o, timestamps: true }, 1);
+  const frame = Buffer.from(ts.frame);
+  frame.write('2026-12-06T20:00:00.000Z', ts.tsOff![1]!, 'latin1');
+  t.equal((unpack(frame) as { events: { timestamp: string }[] }).events[1]!.timestamp, '2026-12-06T20:00:00.000Z');
 });

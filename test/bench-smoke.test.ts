@@ -1,5 +1,5 @@
 /**
- * The bench orchestrator end to end at a tiny size: `node dist/bench/run.js` with both transports runs the null
+ * The bench orchestrator end to end at a tiny size: `node dist/bench/run.js` with every transport runs the null
  * servers and meterd (embedded; distributed when METERD_TEST_MODE=distributed and the servers' URLs are exported),
  * prints one table with every row, and every meterd row's summaries are exact. No timing is asserted.
  */
@@ -33,7 +33,7 @@ function run(args: string[]): Promise<{ code: number | null; stdout: string; std
 t.test('npm run bench -- --help explains the options and exits 0; an unknown option exits 2 with the help', async (t) => {
   const help = await run(['--help']);
   t.equal(help.code, 0);
-  t.match(help.stdout, /--transport http\|ws\|both/);
+  t.match(help.stdout, /--transport LIST +which streams/);
   const bad = await run(['--no-such-flag']);
   t.equal(bad.code, 2);
   t.match(bad.stderr, /unknown option --no-such-flag/);
@@ -41,7 +41,7 @@ t.test('npm run bench -- --help explains the options and exits 0; an unknown opt
 });
 
 t.test(
-  'a tiny run with both transports: every row in one table, summaries exact',
+  'a tiny run with every transport (HTTP, WebSocket through the client package, raw WebSocket frames): every row in one table, summaries exact',
   { skip: distributed && !serversExported ? 'distributed mode needs KAFKA_BROKERS, CLICKHOUSE_URL and DATABASE_URL exported' : false },
   async (t) => {
     t.ok(fs.existsSync(MAIN) && fs.existsSync(RUN), 'built (npm run build)');
@@ -52,7 +52,7 @@ t.test(
       '--mode',
       mode,
       '--transport',
-      'both',
+      'all',
       '--events',
       '20000',
       '--duration',
@@ -81,14 +81,22 @@ t.test(
     const name = mode === 'embedded' ? 'embedded' : 'distributed (all)';
     t.same(
       rows.map((c) => `${c[0]}, ${c[1]}`),
-      ['null server (uWS), HTTP', 'null server (uWS), WebSocket', 'null server (meterd HTTP layer), HTTP', `${name}, HTTP`, `${name}, WebSocket`],
+      [
+        'null server (uWS), HTTP',
+        'null server (uWS), WebSocket',
+        'null server (uWS), WebSocket (raw frames)',
+        'null server (meterd HTTP layer), HTTP',
+        `${name}, HTTP`,
+        `${name}, WebSocket`,
+        `${name}, WebSocket (raw frames)`,
+      ],
       'every row, in order',
     );
     for (const c of rows) {
       t.equal(c[2], '20,000', `${c[0]}, ${c[1]}: every event acknowledged`);
       t.equal(c[13], '0', `${c[0]}, ${c[1]}: no error`);
     }
-    for (const c of rows.slice(3)) {
+    for (const c of rows.slice(4)) {
       t.match(c[12]!, /^exact \(101 customers\)$/, `${c[0]}, ${c[1]}: summaries exact`);
       t.match(c[9]!, /^[\d.]+ \/ [\d.]+ \/ [\d.]+ \/ [\d.]+ \/ [\d.]+ = [\d.]+/, `${c[0]}, ${c[1]}: CPU per thread kind measured`);
       t.match(c[11]!, /MiB|GiB/, 'peak RSS measured');
@@ -98,7 +106,7 @@ t.test(
     const report = JSON.parse(fs.readFileSync(path.join(results, json[0]!), 'utf8')) as { rows: { ok: boolean; transport: string }[] };
     t.same(
       report.rows.map((x) => x.ok),
-      [true, true, true, true, true],
+      [true, true, true, true, true, true, true],
     );
     const svg = fs.readdirSync(results).filter((f) => f.endsWith('.svg'));
     t.equal(svg.length, 1, 'the chart written');

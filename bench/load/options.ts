@@ -39,10 +39,12 @@ Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
                           connections are answered). Latency is measured from each batch's scheduled send time, so
                           a server that falls behind shows its queueing in the p99 instead of slowing the schedule
                           (no coordinated omission); use enough --connections to carry the rate
-  --transport http|ws     http (default): POST /v2/billing/meter_event_stream, --connections connections with one
+  --transport http|ws|ws-raw  http (default): POST /v2/billing/meter_event_stream, --connections connections with one
                           request in flight each; ws: the WebSocket stream through the client package
                           (@meterd/stream-client in client/), --ws-connections connections with --ws-inflight batches
-                          of --ws-batch events in flight each (identifiers derived by the server from the batch id)
+                          of --ws-batch events in flight each (identifiers derived by the server from the batch id);
+                          ws-raw: the same stream from \`ws\` sockets and msgpack frames patched from a template (no
+                          client package: what the server takes when the client costs next to nothing; no reconnect)
   --ws-connections N      WebSocket connections (default 4)
   --ws-batch N            events per WebSocket batch, 1..1000 (default 1000)
   --ws-inflight N         batches in flight per WebSocket connection, 1..64 (default 16)
@@ -107,7 +109,7 @@ export interface Options {
   quiet: boolean;
   /** Offered events/s; 0 = closed loop (each connection sends its next batch when the last one is answered). */
   rate: number;
-  transport: 'http' | 'ws';
+  transport: 'http' | 'ws' | 'ws-raw';
   wsConnections: number;
   wsBatch: number;
   wsInflight: number;
@@ -190,7 +192,7 @@ export function parseOptions(argv: string[]): Options {
     pollMode: a.str('poll-mode', 'adaptive') as 'adaptive' | 'all',
     quiet: a.bool('quiet'),
     rate: a.num('rate', 0),
-    transport: a.str('transport', 'http') as 'http' | 'ws',
+    transport: a.str('transport', 'http') as 'http' | 'ws' | 'ws-raw',
     wsConnections: Math.floor(a.num('ws-connections', 4)),
     wsBatch: Math.floor(a.num('ws-batch', 1000)),
     wsInflight: Math.floor(a.num('ws-inflight', 16)),
@@ -207,7 +209,7 @@ export function parseOptions(argv: string[]): Options {
   if (o.pollMode !== 'adaptive' && o.pollMode !== 'all') throw new Error('--poll-mode must be adaptive or all');
   if (!(o.healthIntervalMs >= 20)) throw new Error('--health-interval must be >= 20 (ms)');
   if (!(o.meterSettleMs >= 0)) throw new Error('--meter-settle-ms must be >= 0');
-  if (o.transport !== 'http' && o.transport !== 'ws') throw new Error('--transport must be http or ws');
+  if (!['http', 'ws', 'ws-raw'].includes(o.transport)) throw new Error('--transport must be http, ws or ws-raw');
   if (o.wsConnections < 1 || o.wsConnections > 1024) throw new Error('--ws-connections must be in 1..1024');
   if (o.wsBatch < 1 || o.wsBatch > 1000) throw new Error('--ws-batch must be in 1..1000');
   if (o.wsInflight < 1 || o.wsInflight > 64) throw new Error('--ws-inflight must be in 1..64');

@@ -14,10 +14,12 @@ const FLAGS: Flag[] = [
   { name: 'mode', arg: 'embedded|distributed|both', help: 'which meterd runs (default embedded); the null server runs in every mode' },
   {
     name: 'transport',
-    arg: 'http|ws|both',
+    arg: 'LIST',
     help:
-      'which stream (default both): http = POST /v2/billing/meter_event_stream from raw keep-alive sockets; ws = the WebSocket stream ' +
-      'through the client package (client/, @meterd/stream-client); both = a row of each per target',
+      'which streams, comma-separated (default both): http = POST /v2/billing/meter_event_stream from raw keep-alive sockets; ws = the ' +
+      'WebSocket stream through the client package (client/, @meterd/stream-client); ws-raw = the WebSocket stream from bare `ws` ' +
+      'sockets with msgpack frames patched from a template (no client package, no reconnect: shows what the client package costs); ' +
+      'both = http,ws; all = http,ws,ws-raw. A row per target and transport',
   },
   { name: 'topology', arg: 'all|split', help: 'distributed process layout (default all): one process, or gateway + aggregator + api' },
   { name: 'events', arg: 'N', help: 'events per meterd run (default 2,000,000); a run stops at N events or --duration, whichever comes first' },
@@ -30,10 +32,10 @@ const FLAGS: Flag[] = [
   { name: 'connections', arg: 'N', help: 'HTTP: keep-alive connections, one request in flight each (default 16)' },
   { name: 'batch', arg: 'N', help: 'HTTP: events per request, 1..100 (default 100)' },
   { name: 'client', arg: 'raw|http', help: "HTTP: raw sockets (default) or node:http's keep-alive Agent" },
-  { name: 'ws-connections', arg: 'N', help: 'WebSocket: connections (default 4)' },
+  { name: 'ws-connections', arg: 'N', help: 'WebSocket (ws and ws-raw): connections (default 4)' },
   { name: 'ws-batch', arg: 'N', help: 'WebSocket: events per batch, 1..1000 (default 1000)' },
   { name: 'ws-inflight', arg: 'N', help: 'WebSocket: batches in flight per connection, 1..64 (default 16)' },
-  { name: 'ws-encoding', arg: 'msgpack|json', help: 'WebSocket: frame encoding (default msgpack)' },
+  { name: 'ws-encoding', arg: 'msgpack|json', help: 'WebSocket: frame encoding of the client package (default msgpack; ws-raw sends msgpack only)' },
   { name: 'customers', arg: 'N', help: 'distinct customers (default 100)' },
   { name: 'timestamps', help: 'send an explicit timestamp in every event' },
   {
@@ -101,7 +103,8 @@ export function helpText(): string {
   return `${out.join('\n')}\n`;
 }
 
-export type Transport = 'http' | 'ws';
+export type Transport = 'http' | 'ws' | 'ws-raw';
+const TRANSPORTS: readonly Transport[] = ['http', 'ws', 'ws-raw'];
 
 export interface RunOptions {
   mode: 'embedded' | 'distributed' | 'both';
@@ -158,13 +161,19 @@ export function parseRunOptions(argv: string[], root: string): RunOptions {
   const events = intIn('events', a.num('events', 2_000_000), 1, 2 ** 31 - 1);
   const duration = a.num('duration', 30);
   if (!(duration > 0)) throw new Error('--duration must be > 0 (seconds)');
-  const transport = oneOf('transport', a.str('transport', 'both'), ['http', 'ws', 'both'] as const);
+  const transports: Transport[] = [];
+  for (const t of a.str('transport', 'both').split(',')) {
+    const v = t.trim();
+    const add =
+      v === 'both' ? (['http', 'ws'] as const) : v === 'all' ? TRANSPORTS : [oneOf('transport', v, [...TRANSPORTS, 'both', 'all'] as const) as Transport];
+    for (const x of add) if (!transports.includes(x)) transports.push(x);
+  }
   const rate = a.num('rate', 0);
   if (!(rate >= 0)) throw new Error('--rate must be >= 0 (events/s; 0 = closed loop)');
   const settle = a.str('meter-settle-ms');
   const o: RunOptions = {
     mode: oneOf('mode', a.str('mode', 'embedded'), ['embedded', 'distributed', 'both'] as const),
-    transports: transport === 'both' ? ['http', 'ws'] : [transport],
+    transports,
     topology: oneOf('topology', a.str('topology', 'all'), ['all', 'split'] as const),
     events,
     duration,

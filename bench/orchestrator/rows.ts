@@ -89,7 +89,7 @@ export function targetName(r: Pick<Row, 'mode' | 'topology' | 'target'>): string
 }
 
 export function transportName(r: Pick<Row, 'transport'>): string {
-  return r.transport === 'ws' ? 'WebSocket' : 'HTTP';
+  return r.transport === 'ws' ? 'WebSocket' : r.transport === 'ws-raw' ? 'WebSocket (raw frames)' : 'HTTP';
 }
 
 /** The row's name in the progress and the chart: the target and the transport. */
