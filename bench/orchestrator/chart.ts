@@ -97,8 +97,8 @@ export function svgChart(rows: Row[], title: string): string {
           : `freshness ${r.result!.freshness?.converged ? `${fmtMs(r.result!.freshness.after_last_ack_ms)} ms` : 'n/a'}, ` +
             `max consumer lag ${lagCell(r)}, verification ${r.result!.verification?.ok ? 'OK' : 'FAILED'}`,
     }));
-  const W = 1000;
-  const labelW = 290;
+  const W = 1060;
+  const labelW = 330;
   const barH = 26;
   const gap = 14;
   const panelW = W - labelW - 150;
