@@ -155,7 +155,7 @@ async function main(): Promise<number> {
       duration_s: o.durationS,
       connections: o.transport !== 'http' ? o.wsConnections : o.connections,
       batch: o.transport !== 'http' ? o.wsBatch : o.batch,
-      ...(o.transport !== 'http' ? { in_flight_per_connection: o.wsInflight, encoding: o.wsEncoding } : {}),
+      ...(o.transport !== 'http' ? { in_flight_per_connection: o.wsInflight, encoding: o.wsEncoding, identifiers: o.wsIdentifiers } : {}),
       rate: o.rate,
       customers: o.customers,
       meter_event_name: o.eventName,

@@ -303,7 +303,7 @@ t.test("the null server reads a WebSocket batch's id and size without decoding i
 });
 
 t.test('ws-raw frames: the template patched in place decodes to the batch it stands for', async (t) => {
-  const o = { runId: 'abcd1234', eventName: 'bench_tokens', customerPrefix: 'cus_abcd1234_', timestamps: false };
+  const o = { runId: 'abcd1234', eventName: 'bench_tokens', customerPrefix: 'cus_abcd1234_', timestamps: false, wsIdentifiers: false };
   for (const n of [1, 15, 16, 1000]) {
     const tpl = buildFrameTemplate(n, o, 2);
     const frame = Buffer.from(tpl.frame);
@@ -321,8 +321,12 @@ t.test('ws-raw frames: the template patched in place decodes to the batch it sta
     });
     t.same(peekBatch(frame), { id: m.id, events: n }, 'and the null server reads its head');
   }
-  const ts = buildFrameTemplate(2, { ...o, timestamps: true }, 1);
+  const ts = buildFrameTemplate(2, { ...o, timestamps: true, wsIdentifiers: true }, 1);
   const frame = Buffer.from(ts.frame);
   frame.write('2026-12-06T20:00:00.000Z', ts.tsOff![1]!, 'latin1');
-  t.equal((unpack(frame) as { events: { timestamp: string }[] }).events[1]!.timestamp, '2026-12-06T20:00:00.000Z');
+  writeDigits(frame, ts.identOff![1]!, 10, 77);
+  const ev = (unpack(frame) as { events: { timestamp: string; identifier: string; payload: unknown }[] }).events[1]!;
+  t.equal(ev.timestamp, '2026-12-06T20:00:00.000Z', 'timestamps patched');
+  t.equal(ev.identifier, 'abcd1234-0000000077', 'identifiers patched');
+  t.same(ev.payload, { stripe_customer_id: 'cus_abcd1234_0', value: '111' });
 });

@@ -48,7 +48,9 @@ Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
   --ws-connections N      WebSocket connections (default 4)
   --ws-batch N            events per WebSocket batch, 1..1000 (default 1000)
   --ws-inflight N         batches in flight per WebSocket connection, 1..64 (default 16)
-  --ws-encoding E         msgpack (default) or json frames
+  --ws-encoding E         msgpack (default) or json frames (ws only; ws-raw sends msgpack)
+  --ws-identifiers        WebSocket: give every event an identifier (<runid>-<seq>, as the HTTP load does) instead of
+                          letting the server derive one from the batch id (one SHA-256 per event on the server)
   --quiet                 no progress lines
   --help                  this text
 
@@ -114,11 +116,12 @@ export interface Options {
   wsBatch: number;
   wsInflight: number;
   wsEncoding: 'msgpack' | 'json';
+  wsIdentifiers: boolean;
   runId: string;
 }
 
 /** Flags that take no value. */
-const BOOLEANS = ['null', 'no-probe', 'timestamps', 'quiet', 'help'];
+const BOOLEANS = ['null', 'no-probe', 'timestamps', 'quiet', 'help', 'ws-identifiers'];
 /** Every flag the generator knows (anything else is a usage error). */
 export const GENERATOR_FLAGS = [
   ...BOOLEANS,
@@ -197,6 +200,7 @@ export function parseOptions(argv: string[]): Options {
     wsBatch: Math.floor(a.num('ws-batch', 1000)),
     wsInflight: Math.floor(a.num('ws-inflight', 16)),
     wsEncoding: a.str('ws-encoding', 'msgpack') as 'msgpack' | 'json',
+    wsIdentifiers: a.bool('ws-identifiers'),
     runId,
   };
   if (o.events < 1 || o.events > 2 ** 31 - 1) throw new Error('--events must be in 1..2^31-1');

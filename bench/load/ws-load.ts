@@ -2,7 +2,8 @@
  * The WebSocket stream load, driven through the client package (@meterd/stream-client in client/), as a user of the
  * WebSocket stream would send: --ws-connections streams, each with --ws-inflight workers that send a batch of
  * --ws-batch events with `sendBatch` and wait for its acknowledgement. The client batches, keeps the window, resends
- * after reconnects (same batch id: the server derives the same identifiers) and refreshes sessions; the bench counts,
+ * after reconnects (same batch id: the server derives the same identifiers, unless --ws-identifiers sends explicit
+ * ones) and refreshes sessions; the bench counts,
  * per acknowledged batch, what it sent per customer (for the exactness check) and the latency from the send (or, with
  * --rate, from the time the batch was due).
  */
@@ -72,6 +73,7 @@ export class WsLoad implements Load {
       val[i] = v;
       events[i] = {
         event_name: o.eventName,
+        ...(o.wsIdentifiers ? { identifier: `${o.runId}-${seq0 + i}` } : {}),
         payload: { stripe_customer_id: this.customerIds[c]!, value: String(v) },
         ...(timestamp ? { timestamp } : {}),
       };

@@ -1,7 +1,7 @@
 /**
  * The WebSocket stream load without the client package (`--ws-client raw`): `ws` sockets sending msgpack frames built
  * once per batch size as a template in which only fixed-width digits are patched (batch id, customer, value), like the
- * HTTP load's bodies. It measures what the server takes when the client costs next to nothing, so a run can show
+ * HTTP load's bodies (with --ws-identifiers, each event's identifier `<runid>-<10 digits>` too). It measures what the server takes when the client costs next to nothing, so a run can show
  * whether the client package is the generator's ceiling. Kept minimal: no reconnect (a lost connection aborts the
  * run; what was in flight is counted as uncertain), `retry: true` errors resent after a pause.
  */
@@ -21,12 +21,14 @@ export interface FrameTemplate {
   custOff: Uint32Array;
   valOff: Uint32Array;
   tsOff: Uint32Array | null;
+  /** With identifiers: where each event's `<runid>-<10 digits>` digits are. */
+  identOff: Uint32Array | null;
 }
 
 /** Encodes the template by hand (msgpack: fixmap/fixstr/str8 and array16 suffice for these fixed shapes). */
 export function buildFrameTemplate(
   n: number,
-  o: { runId: string; eventName: string; customerPrefix: string; timestamps: boolean },
+  o: { runId: string; eventName: string; customerPrefix: string; timestamps: boolean; wsIdentifiers: boolean },
   custWidth: number,
 ): FrameTemplate {
   const bytes: number[] = [];
@@ -42,6 +44,7 @@ export function buildFrameTemplate(
   const custOff = new Uint32Array(n);
   const valOff = new Uint32Array(n);
   const tsOff = o.timestamps ? new Uint32Array(n) : null;
+  const identOff = o.wsIdentifiers ? new Uint32Array(n) : null;
   bytes.push(0x82);
   str('id');
   const idOff = str(`${o.runId}-${'0'.repeat(ID_DIGITS)}`) + o.runId.length + 1;
@@ -49,9 +52,13 @@ export function buildFrameTemplate(
   if (n < 16) bytes.push(0x90 | n);
   else bytes.push(0xdc, n >> 8, n & 0xff);
   for (let i = 0; i < n; i++) {
-    bytes.push(tsOff ? 0x83 : 0x82);
+    bytes.push(0x82 + (tsOff ? 1 : 0) + (identOff ? 1 : 0));
     str('event_name');
     str(o.eventName);
+    if (identOff) {
+      str('identifier');
+      identOff[i] = str(`${o.runId}-${'0'.repeat(ID_DIGITS)}`) + o.runId.length + 1;
+    }
     str('payload');
     bytes.push(0x82);
     str('stripe_customer_id');
@@ -63,7 +70,7 @@ export function buildFrameTemplate(
       tsOff[i] = str('2000-01-01T00:00:00.000Z');
     }
   }
-  return { frame: Buffer.from(bytes), idOff, custOff, valOff, tsOff };
+  return { frame: Buffer.from(bytes), idOff, custOff, valOff, tsOff, identOff };
 }
 
 interface Slot {
@@ -192,6 +199,7 @@ export class WsRawLoad implements Load {
       val[i] = 100 + ((h >>> 7) % 900);
       writeDigits(frame, t.custOff[i]!, g.custWidth, cust[i]!);
       writeDigits(frame, t.valOff[i]!, VAL_DIGITS, val[i]!);
+      if (t.identOff) writeDigits(frame, t.identOff[i]!, ID_DIGITS, seq0 + i);
     }
     if (t.tsOff) {
       const iso = new Date().toISOString();

@@ -36,6 +36,10 @@ const FLAGS: Flag[] = [
   { name: 'ws-batch', arg: 'N', help: 'WebSocket: events per batch, 1..1000 (default 1000)' },
   { name: 'ws-inflight', arg: 'N', help: 'WebSocket: batches in flight per connection, 1..64 (default 16)' },
   { name: 'ws-encoding', arg: 'msgpack|json', help: 'WebSocket: frame encoding of the client package (default msgpack; ws-raw sends msgpack only)' },
+  {
+    name: 'ws-identifiers',
+    help: 'WebSocket: give every event an identifier, as the HTTP rows do (default: none, the server derives them from the batch id: one SHA-256 per event)',
+  },
   { name: 'customers', arg: 'N', help: 'distinct customers (default 100)' },
   { name: 'timestamps', help: 'send an explicit timestamp in every event' },
   {
@@ -120,6 +124,7 @@ export interface RunOptions {
   wsBatch: number;
   wsInflight: number;
   wsEncoding: 'msgpack' | 'json';
+  wsIdentifiers: boolean;
   customers: number;
   timestamps: boolean;
   pollMode: 'adaptive' | 'all' | null;
@@ -185,6 +190,7 @@ export function parseRunOptions(argv: string[], root: string): RunOptions {
     wsBatch: intIn('ws-batch', a.num('ws-batch', 1000), 1, 1000),
     wsInflight: intIn('ws-inflight', a.num('ws-inflight', 16), 1, 64),
     wsEncoding: oneOf('ws-encoding', a.str('ws-encoding', 'msgpack'), ['msgpack', 'json'] as const),
+    wsIdentifiers: a.bool('ws-identifiers'),
     customers: intIn('customers', a.num('customers', 100), 1, 1_000_000),
     timestamps: a.bool('timestamps'),
     pollMode: a.str('poll-mode') === undefined ? null : oneOf('poll-mode', a.str('poll-mode')!, ['adaptive', 'all'] as const),
@@ -229,7 +235,17 @@ export function generatorArgs(o: RunOptions, transport: Transport, events: numbe
     String(o.customers),
     ...(transport === 'http'
       ? ['--connections', String(o.connections), '--batch', String(o.batch), '--client', o.client]
-      : ['--ws-connections', String(o.wsConnections), '--ws-batch', String(o.wsBatch), '--ws-inflight', String(o.wsInflight), '--ws-encoding', o.wsEncoding]),
+      : [
+          '--ws-connections',
+          String(o.wsConnections),
+          '--ws-batch',
+          String(o.wsBatch),
+          '--ws-inflight',
+          String(o.wsInflight),
+          '--ws-encoding',
+          o.wsEncoding,
+          ...(o.wsIdentifiers ? ['--ws-identifiers'] : []),
+        ]),
     ...(o.timestamps ? ['--timestamps'] : []),
     ...(rate > 0 ? ['--rate', String(rate)] : []),
     ...(o.pollMode ? ['--poll-mode', o.pollMode] : []),
