@@ -65,7 +65,7 @@ async function main(): Promise<number> {
   try {
     if (!o.nullMode) await g.setupMeter();
     await g.sessions.refresh();
-    if (load instanceof WsRawLoad) await load.open();
+    if (load instanceof WsRawLoad || load instanceof WsLoad) await load.open();
   } catch (err) {
     setupError = (err as Error).message;
   }

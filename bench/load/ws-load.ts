@@ -25,7 +25,8 @@ export class WsLoad implements Load {
     this.customerIds = Array.from({ length: g.o.customers }, (_, i) => g.customerId(i));
   }
 
-  prepare(): number {
+  /** Opens the connections (sessions, upgrades) before the load's clock starts, as the HTTP load's are by then. */
+  async open(): Promise<void> {
     const o = this.g.o;
     const batches = Math.ceil(o.events / o.wsBatch);
     const connections = Math.max(1, Math.min(o.wsConnections, batches));
@@ -44,7 +45,11 @@ export class WsLoad implements Load {
       stream.on('error', (err: Error) => this.g.noteError(`ws ${err.name}`, err.message));
       this.streams.push(stream);
     }
+    await Promise.all(this.streams.map((s) => s.connect()));
     this.workers = Math.max(1, Math.min(connections * o.wsInflight, batches));
+  }
+
+  prepare(): number {
     return this.workers;
   }
 
