@@ -127,6 +127,17 @@ function drain(res: uWS.HttpResponse, done: (bytes: number, body: Buffer | null)
   });
 }
 
+/** --validate: answers 401 (an expired session, as the real server does) unless the token is live. */
+function refusedSession(res: uWS.HttpResponse, token: string): boolean {
+  if (!validate) return false;
+  const exp = tokens.get(token);
+  if (exp !== undefined && exp >= Date.now()) return false;
+  expired++;
+  res.writeStatus('401 Unauthorized').writeHeader('Content-Type', 'application/json');
+  res.end('{"error":{"type":"temporary_session_expired","code":"billing_meter_event_session_expired","message":"expired"}}');
+  return true;
+}
+
 const app = uWS.App();
 
 app.get('/healthz', (res) => {
@@ -141,15 +152,7 @@ app.post('/v2/billing/meter_event_stream', (res, req) => {
     (bytes, body) => {
       streamRequests++;
       streamBytes += bytes;
-      if (validate) {
-        const exp = tokens.get(token);
-        if (exp === undefined || exp < Date.now()) {
-          expired++;
-          res.writeStatus('401 Unauthorized').writeHeader('Content-Type', 'application/json');
-          res.end('{"error":{"type":"temporary_session_expired","code":"billing_meter_event_session_expired","message":"expired"}}');
-          return;
-        }
-      }
+      if (refusedSession(res, token)) return;
       const fault = faultRate > 0 && Math.random() < faultRate ? Math.floor(Math.random() * 3) : -1;
       if (fault >= 0) faults++;
       if (fault === 0) {
@@ -238,15 +241,7 @@ app.ws<WsData>('/v2/billing/meter_event_stream', {
     const extensions = req.getHeader('sec-websocket-extensions');
     const encoding = /(^|&)encoding=json(&|$)/.test(req.getQuery() ?? '') ? 'json' : 'msgpack';
     const token = req.getHeader('authorization').replace(/^Bearer /, '') || (/bearer\.([^,\s]+)/.exec(protocols)?.[1] ?? '');
-    if (validate) {
-      const exp = tokens.get(token);
-      if (exp === undefined || exp < Date.now()) {
-        expired++;
-        res.writeStatus('401 Unauthorized').writeHeader('Content-Type', 'application/json');
-        res.end('{"error":{"type":"temporary_session_expired","code":"billing_meter_event_session_expired","message":"expired"}}');
-        return;
-      }
-    }
+    if (refusedSession(res, token)) return;
     const selected = protocols.split(',').some((x) => x.trim() === 'meterd.stream.v1') ? 'meterd.stream.v1' : '';
     res.upgrade<WsData>({ encoding }, key, selected, extensions, context);
   },
