@@ -59,7 +59,9 @@ export class WsLoad implements Load {
       if (!g.aborted && performance.now() - g.lastResponse > STALL_MS) g.abort(`no WebSocket acknowledgement for ${STALL_MS / 1000} s (server down?)`);
     }, 1000);
     for (let i = 0; i < this.workers; i++) {
-      void this.worker(this.streams[i % this.streams.length]!).finally(() => g.slotDone());
+      this.worker(this.streams[i % this.streams.length]!)
+        .catch((err: unknown) => g.abort(`WebSocket load worker failed: ${String(err)}`))
+        .finally(() => g.slotDone());
     }
   }
 

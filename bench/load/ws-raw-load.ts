@@ -96,7 +96,12 @@ class RawWsConn {
       this.ws.on('error', reject);
       this.ws.on('message', (data: RawData, isBinary: boolean) => {
         const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
-        const msg = (isBinary ? unpack(buf) : JSON.parse(buf.toString('utf8'))) as Record<string, unknown>;
+        let msg: Record<string, unknown>;
+        try {
+          msg = (isBinary ? unpack(buf) : JSON.parse(buf.toString('utf8'))) as Record<string, unknown>;
+        } catch {
+          msg = { type: 'unreadable' };
+        }
         if (msg.type === 'ready') resolve();
         else onAnswer(this, msg);
       });
