@@ -14,25 +14,13 @@ import { HttpLoad } from './load/http-load';
 import { LagSampler } from './load/lag';
 import { HELP, type Options, parseOptions, wantsHelp } from './load/options';
 import { probeLoop } from './load/probe';
-import { report } from './load/report';
+import { progressLine, report } from './load/report';
 import { type Verification, converge, verify } from './load/verify';
 import { WsLoad } from './load/ws-load';
 import { WsRawLoad } from './load/ws-raw-load';
 
 function fmtInt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
-}
-
-/** The progress line: elapsed, acknowledged, rate now and so far, errors, and the consumer lag when sampled. */
-function progressLine(g: Generator, lag: LagSampler | null, now: number, rateNow: number): string {
-  const elapsedS = (now - g.loadStart) / 1000;
-  const errs = [...g.errors.values()].reduce((a, b) => a + b, 0);
-  const ls = lag?.samples[lag.samples.length - 1];
-  return (
-    `  [${elapsedS.toFixed(1)}s] acked ${fmtInt(g.acked)} events, ${fmtInt(rateNow)}/s now, ` +
-    `${fmtInt(elapsedS > 0 ? g.acked / elapsedS : 0)}/s so far, ${errs} errors` +
-    (ls ? `, stored ${fmtInt(ls.stored)} (lag ${fmtInt(ls.acked - ls.stored)} events, ${lag!.secondsBehind(ls).toFixed(1)} s behind)` : '')
-  );
 }
 
 async function main(): Promise<number> {
@@ -95,7 +83,14 @@ async function main(): Promise<number> {
     : setInterval(
         () => {
           const t = performance.now();
-          const line = progressLine(g, lag, t, ((g.acked - lastAcked) / Math.max(1, t - lastT)) * 1000);
+          const ls = lag?.samples[lag.samples.length - 1];
+          const line = progressLine({
+            elapsedS: (t - g.loadStart) / 1000,
+            acked: g.acked,
+            rateNow: ((g.acked - lastAcked) / Math.max(1, t - lastT)) * 1000,
+            errors: [...g.errors.values()].reduce((x, y) => x + y, 0),
+            lag: ls ? { stored: ls.stored, events: ls.acked - ls.stored, secondsBehind: lag!.secondsBehind(ls) } : null,
+          });
           lastAcked = g.acked;
           lastT = t;
           if (tty) process.stderr.write(`\r\x1b[K${line}`);

@@ -6,6 +6,7 @@
 import t from 'tap';
 import { pack, unpack } from 'msgpackr';
 import { buildFrameTemplate } from '../bench/load/ws-raw-load';
+import { progressLine } from '../bench/load/report';
 import { writeDigits } from '../bench/load/templates';
 import { parseOptions as parseGeneratorOptions, GENERATOR_FLAGS, HELP as GENERATOR_HELP } from '../bench/load/options';
 import { peekBatch } from '../bench/frame-head';
@@ -329,4 +330,16 @@ t.test('ws-raw frames: the template patched in place decodes to the batch it sta
   t.equal(ev.timestamp, '2026-12-06T20:00:00.000Z', 'timestamps patched');
   t.equal(ev.identifier, 'abcd1234-0000000077', 'identifiers patched');
   t.same(ev.payload, { stripe_customer_id: 'cus_abcd1234_0', value: '111' });
+});
+
+t.test('the progress line: elapsed, acknowledged, rate now and so far, errors, lag', async (t) => {
+  t.equal(
+    progressLine({ elapsedS: 10, acked: 1_500_000, rateNow: 160_000.4, errors: 2, lag: { stored: 1_200_000, events: 300_000, secondsBehind: 1.26 } }),
+    '  [10.0s] acked 1,500,000 events, 160,000/s now, 150,000/s so far, 2 errors, stored 1,200,000 (lag 300,000 events, 1.3 s behind)',
+  );
+  t.equal(
+    progressLine({ elapsedS: 0, acked: 0, rateNow: 0, errors: 0, lag: null }),
+    '  [0.0s] acked 0 events, 0/s now, 0/s so far, 0 errors',
+    'no lag sampled, no division by zero',
+  );
 });

@@ -9,6 +9,21 @@ function fmtInt(n: number): string {
   return Math.round(n).toLocaleString('en-US');
 }
 
+/** The progress line: elapsed, acknowledged, rate now and so far, errors, and the consumer lag when sampled. */
+export function progressLine(p: {
+  elapsedS: number;
+  acked: number;
+  rateNow: number;
+  errors: number;
+  lag: { stored: number; events: number; secondsBehind: number } | null;
+}): string {
+  return (
+    `  [${p.elapsedS.toFixed(1)}s] acked ${fmtInt(p.acked)} events, ${fmtInt(p.rateNow)}/s now, ` +
+    `${fmtInt(p.elapsedS > 0 ? p.acked / p.elapsedS : 0)}/s so far, ${p.errors} errors` +
+    (p.lag ? `, stored ${fmtInt(p.lag.stored)} (lag ${fmtInt(p.lag.events)} events, ${p.lag.secondsBehind.toFixed(1)} s behind)` : '')
+  );
+}
+
 export interface ReportInput {
   o: Options;
   g: Generator;
