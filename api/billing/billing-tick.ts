@@ -12,7 +12,8 @@ import { AsyncResource } from 'node:async_hooks';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import { log } from '../../shared/logger';
-import { autoFinalize, INVOICE_TYPE, type InvoiceObject } from './invoices';
+import { autoFinalize } from './invoice-transitions';
+import { INVOICE_TYPE, type InvoiceObject } from './invoice-model';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
 
 export class BillingTicker {

@@ -35,7 +35,9 @@ import { readListParams } from '../meters';
 import { expandBilling, expandParam, listEndpoint, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer } from './customers';
 import { loadPrice } from './prices';
-import { finalizeHooks, timeFor, type InvoiceObject, type PretaxCreditAmount } from './invoices';
+import { finalizeHooks } from './invoice-transitions';
+import { timeFor, type InvoiceObject } from './invoice-model';
+import type { PretaxCreditAmount } from './invoice-totals';
 import { allocateCredits, creditOrder } from './allocation';
 
 export const CREDIT_GRANT_TYPE = 'billing.credit_grant';

@@ -28,7 +28,9 @@ import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundErro
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
 import { expandBilling, expandParam, listEndpoint, pageOfArray, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
-import { loadInvoice, markPaid, recomputeTotals, saveInvoice, timeFor, type InvoiceObject, type LineItem, type PretaxCreditAmount } from './invoices';
+import { loadInvoice, saveInvoice, timeFor, type InvoiceObject, type LineItem } from './invoice-model';
+import { markPaid } from './invoice-transitions';
+import { recomputeTotals, type PretaxCreditAmount } from './invoice-totals';
 import { recordCustomerBalanceTransaction } from './balance';
 import { parseAmount } from './pricing';
 import { creditedShare } from './allocation';

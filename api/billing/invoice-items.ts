@@ -20,16 +20,9 @@ import { expandBilling, expandParam, listEndpoint, nullableString, readCreatedRa
 import { loadCustomer } from './customers';
 import { loadPrice } from './prices';
 import { parseQuantity, priceAmount } from './pricing';
-import {
-  addInvoiceItemLine,
-  recomputeTotals,
-  INVOICE_ITEM_TYPE,
-  INVOICE_TYPE,
-  loadInvoice,
-  timeFor,
-  type InvoiceItemObject,
-  type InvoiceObject,
-} from './invoices';
+import { addInvoiceItemLine } from './invoice-lines';
+import { recomputeTotals } from './invoice-totals';
+import { INVOICE_ITEM_TYPE, INVOICE_TYPE, loadInvoice, timeFor, type InvoiceItemObject, type InvoiceObject } from './invoice-model';
 
 export async function loadInvoiceItem(store: StateStore, p: Principal, id: string): Promise<InvoiceItemObject> {
   const found = await store.getObject<InvoiceItemObject>(p.account, INVOICE_ITEM_TYPE, id);

@@ -16,7 +16,7 @@ import { formatScaled } from '../../shared/decimal';
 import { recordBillingEvent } from './common';
 import { exactAmount } from './pricing';
 import type { PriceObject } from './prices';
-import { INVOICE_ITEM_TYPE, type InvoiceItemObject } from './invoices';
+import { INVOICE_ITEM_TYPE, type InvoiceItemObject } from './invoice-model';
 
 const SCALE27 = 10n ** 27n;
 

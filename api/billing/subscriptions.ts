@@ -36,18 +36,11 @@ import { renderPlan } from './plans';
 import { createProrations } from './proration';
 import { inheritedDiscounts } from './discounts';
 import { readDiscountsParam, renderDiscount, type DiscountObject } from './coupons';
-import {
-  autoFinalize,
-  finalizeIn,
-  insertInvoice,
-  meteredUsage,
-  newInvoice,
-  previewHooks,
-  setInvoiceDiscounts,
-  sweepPendingItems,
-  timeFor,
-  type LineSpec,
-} from './invoices';
+import { autoFinalize, finalizeIn } from './invoice-transitions';
+import { insertInvoice, timeFor } from './invoice-model';
+import { meteredUsage, newInvoice, sweepPendingItems, type LineSpec } from './invoice-lines';
+import { previewHooks } from './invoices';
+import { setInvoiceDiscounts } from './invoice-totals';
 
 export const SUBSCRIPTION_TYPE = 'subscription';
 export const SUBSCRIPTION_ITEM_REF = 'subscription_item_ref';

@@ -19,7 +19,7 @@ import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../sha
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
 import { listEndpoint, recordBillingEvent } from './common';
-import { TEST_CLOCK_TYPE } from './invoices';
+import { TEST_CLOCK_TYPE } from './invoice-model';
 import { runClock } from './subscriptions';
 
 export interface TestClockObject {
