@@ -131,7 +131,7 @@ async function createPlan(s: Services, p: Principal, params: Params) {
     const product =
       typeof productRaw === 'string'
         ? await loadProduct(tx, p, r.string('product', { required: true, maxLength: 5000 }), 'product', 400)
-        : await createProductIn(tx, p, nowMs, r.object('product', { required: true }), PRODUCT_HASH_PARAMS, true);
+        : await createProductIn(tx, p, nowMs, r.object('product', { required: true }), PRODUCT_HASH_PARAMS);
     const price = buildPrice({
       id,
       livemode: p.livemode,

@@ -6,17 +6,16 @@
  * Stripe); a product that has prices (or plans, which are prices) cannot be deleted.
  */
 import type { HttpServer } from '../../shared/http/server';
-import { json } from '../../shared/http/server';
 import { apiEndpoint } from '../../shared/http/endpoints';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, NotFoundError, UniqueViolation } from '../../shared/errors';
+import type { ParamReader } from '../../shared/wire/form';
+import { InvalidParamError, InvalidRequestError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
-import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
-import { listEndpoint, nowSeconds, nullableString, readCreatedRange, readMetadata, recordBillingEvent, searchEndpoint, type Metadata } from './common';
+import { nullableString, searchEndpoint, type Metadata } from './common';
+import { defineResource, insertCreated, loadResource, P, pickParams, readParams, whereOf, type ParamValues } from './resource';
 
 export const PRODUCT_TYPE = 'product';
 /** Same as PRICE_TYPE in prices.ts (kept here to avoid an import cycle). */
@@ -45,83 +44,67 @@ export interface ProductObject {
   url: string | null;
 }
 
-export async function loadProduct(store: StateStore, p: Principal, id: string, param = 'id', status: 400 | 404 = 404): Promise<ProductObject> {
-  const found = await store.getObject<ProductObject>(p.account, PRODUCT_TYPE, id);
-  if (!found) {
-    const msg = `No such product: '${id}'`;
-    if (status === 400) throw new InvalidRequestError(msg, { param, code: 'resource_missing' });
-    throw new NotFoundError(msg, param);
-  }
-  return found.data;
+const PRODUCTS = { type: PRODUCT_TYPE, noun: 'product', events: { created: 'product.created', updated: 'product.updated', deleted: 'product.deleted' } };
+
+export function loadProduct(store: StateStore, p: Principal, id: string, param = 'id', status: 400 | 404 = 404): Promise<ProductObject> {
+  return loadResource<ProductObject>(store, p, PRODUCTS, id, param, status);
 }
 
-const UPDATABLE = [
-  'active',
-  'default_price',
-  'description',
-  'images',
-  'marketing_features',
-  'metadata',
-  'name',
-  'shippable',
-  'statement_descriptor',
-  'tax_code',
-  'unit_label',
-  'url',
-  'expand',
-];
+const PRODUCT_PARAMS = {
+  active: P.boolean(),
+  description: P.nullableString(40000),
+  images: P.clearableStringArray({ maxItems: 8 }),
+  marketing_features: P.custom((r, n) => {
+    if (!r.has(n)) return undefined;
+    if (r.isUnset(n)) return [];
+    return (r.objectArray(n, { maxItems: 15 }) ?? []).map((it) => {
+      it.assertNoUnknown(['name']);
+      return { name: it.string('name', { required: true, maxLength: 80 }) };
+    });
+  }),
+  metadata: P.metadata(),
+  name: P.string({ maxLength: 5000 }),
+  shippable: P.boolean(),
+  statement_descriptor: P.custom((r, n) => {
+    const sd = nullableString(r, n, 22);
+    if (sd !== undefined && sd !== null && (/[<>\\'"*]/.test(sd) || !/[A-Za-z]/.test(sd))) {
+      throw new InvalidParamError(n, 'Invalid statement_descriptor: it must contain at least one letter and none of < > \\ \' " *.');
+    }
+    return sd;
+  }),
+  tax_code: P.nullableString(5000),
+  unit_label: P.nullableString(12),
+  url: P.nullableString(5000),
+};
 
-function applyProductParams(r: ParamReader, prod: ProductObject, creating: boolean): void {
-  const name = r.string('name', { required: creating, maxLength: 5000 });
-  if (name !== undefined) prod.name = name;
-  const active = r.boolean('active');
-  if (active !== undefined) prod.active = active;
-  const description = nullableString(r, 'description', 40000);
-  if (description !== undefined) prod.description = description;
-  if (r.has('images')) prod.images = r.isUnset('images') ? [] : (r.stringArray('images', { maxItems: 8 }) ?? []);
-  if (r.has('marketing_features')) {
-    if (r.isUnset('marketing_features')) prod.marketing_features = [];
-    else {
-      const items = r.objectArray('marketing_features', { maxItems: 15 }) ?? [];
-      prod.marketing_features = items.map((it) => {
-        it.assertNoUnknown(['name']);
-        return { name: it.string('name', { required: true, maxLength: 80 }) };
-      });
-    }
-  }
-  const shippable = r.boolean('shippable');
-  if (shippable !== undefined) prod.shippable = shippable;
-  const sd = nullableString(r, 'statement_descriptor', 22);
-  if (sd !== undefined) {
-    if (sd !== null && (/[<>\\'"*]/.test(sd) || !/[A-Za-z]/.test(sd))) {
-      throw new InvalidParamError('statement_descriptor', 'Invalid statement_descriptor: it must contain at least one letter and none of < > \\ \' " *.');
-    }
-    prod.statement_descriptor = sd;
-  }
-  const taxCode = nullableString(r, 'tax_code', 5000);
-  if (taxCode !== undefined) prod.tax_code = taxCode;
-  const unitLabel = nullableString(r, 'unit_label', 12);
-  if (unitLabel !== undefined) prod.unit_label = unitLabel;
-  const url = nullableString(r, 'url', 5000);
-  if (url !== undefined) prod.url = url;
-  const metadata = readMetadata(r, prod.metadata);
-  if (metadata !== undefined) prod.metadata = metadata;
+const CREATE_PARAMS = {
+  id: P.string({ maxLength: 5000 }),
+  type: P.string({ enum: ['service', 'good'] }),
+  ...PRODUCT_PARAMS,
+  name: P.string({ required: true, maxLength: 5000 }),
+};
+
+const UPDATE_PARAMS = { ...PRODUCT_PARAMS, default_price: P.nullableString(5000) };
+
+type ProductValues = ParamValues<typeof PRODUCT_PARAMS>;
+
+function applyProductParams(prod: ProductObject, v: Partial<ProductValues>): void {
+  if (v.name !== undefined) prod.name = v.name;
+  if (v.active !== undefined) prod.active = v.active;
+  if (v.description !== undefined) prod.description = v.description;
+  if (v.images !== undefined) prod.images = v.images;
+  if (v.marketing_features !== undefined) prod.marketing_features = v.marketing_features;
+  if (v.shippable !== undefined) prod.shippable = v.shippable;
+  if (v.statement_descriptor !== undefined) prod.statement_descriptor = v.statement_descriptor;
+  if (v.tax_code !== undefined) prod.tax_code = v.tax_code;
+  if (v.unit_label !== undefined) prod.unit_label = v.unit_label;
+  if (v.url !== undefined) prod.url = v.url;
+  if (v.metadata !== undefined) prod.metadata = v.metadata(prod.metadata);
 }
 
-/** The product a price's `product_data` / a plan's `product[...]` hash creates, inside the caller's transaction. */
-export async function createProductIn(
-  tx: StateStore,
-  p: Principal,
-  nowMs: number,
-  r: ParamReader,
-  allowed: readonly string[],
-  allowId = false,
-): Promise<ProductObject> {
-  r.assertNoUnknown(allowed);
-  const now = Math.floor(nowMs / 1000);
-  const id = allowId ? r.string('id', { maxLength: 5000 }) : undefined;
+function newProduct(p: Principal, now: number, v: Partial<ParamValues<typeof CREATE_PARAMS>>): ProductObject {
   const prod: ProductObject = {
-    id: id ?? newId('prod', p.livemode),
+    id: v.id ?? newId('prod', p.livemode),
     object: 'product',
     active: true,
     created: now,
@@ -137,31 +120,24 @@ export async function createProductIn(
     statement_descriptor: null,
     tax_code: null,
     tax_details: null,
-    type: 'service',
+    type: (v.type as ProductObject['type'] | undefined) ?? 'service',
     unit_label: null,
     updated: now,
     url: null,
   };
-  const type = r.string('type', { enum: ['service', 'good'] });
-  if (type) prod.type = type as ProductObject['type'];
-  applyProductParams(r, prod, true);
-  try {
-    await tx.insertObject({ account: p.account, type: PRODUCT_TYPE, id: prod.id, createdMs: nowMs, data: prod });
-  } catch (err) {
-    if (err instanceof UniqueViolation) throw new InvalidRequestError('Product already exists.', { param: r.param('id'), code: 'resource_already_exists' });
-    throw err;
-  }
-  await recordBillingEvent(tx, p, 'product.created', prod);
+  applyProductParams(prod, v);
   return prod;
 }
 
-async function createProduct(s: Services, p: Principal, params: Params) {
-  const r = new ParamReader(params);
-  const { nowMs } = nowSeconds(s);
-  const allowed = ['id', 'type', ...UPDATABLE.filter((k) => k !== 'default_price')];
-  const prod = await s.state.transaction((tx) => createProductIn(tx, p, nowMs, r, allowed, true));
-  return json(200, prod);
+/** The product a price's `product_data` / a plan's `product[...]` hash creates (those of `allowed`), inside the caller's transaction. */
+export async function createProductIn(tx: StateStore, p: Principal, nowMs: number, r: ParamReader, allowed: readonly string[]): Promise<ProductObject> {
+  const values = readParams(r, pickParams(CREATE_PARAMS, allowed), []);
+  const prod = newProduct(p, Math.floor(nowMs / 1000), values);
+  await insertCreated({ p, tx, nowMs, r }, PRODUCTS, prod, PRODUCT_ID_TAKEN);
+  return prod;
 }
+
+const PRODUCT_ID_TAKEN = 'Product already exists.';
 
 export const PRODUCT_SEARCH_FIELDS: SearchFields<ProductObject> = {
   active: { kind: 'boolean', get: (d) => d.active },
@@ -174,34 +150,7 @@ export const PRODUCT_SEARCH_FIELDS: SearchFields<ProductObject> = {
 };
 
 export function registerProductRoutes(http: HttpServer, s: Services): void {
-  http.route(
-    'POST',
-    '/v1/products',
-    apiEndpoint(s, (p, _req, params) => createProduct(s, p, params)),
-  );
-
-  http.route(
-    'GET',
-    '/v1/products',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'active', 'created', 'ids', 'shippable', 'type', 'url', 'expand']);
-      const page = readListParams(r);
-      const where: Record<string, string | boolean> = {};
-      const active = r.boolean('active');
-      if (active !== undefined) where.active = active;
-      const shippable = r.boolean('shippable');
-      if (shippable !== undefined) where.shippable = shippable;
-      const type = r.string('type', { enum: ['service', 'good'] });
-      if (type !== undefined) where.type = type;
-      const url = r.string('url', { maxLength: 5000 });
-      if (url !== undefined) where.url = url;
-      const ids = r.stringArray('ids', { maxItems: 100 });
-      const pred = ids ? (d: ProductObject) => ids.includes(d.id) : undefined;
-      return listEndpoint<ProductObject>(s, p, '/v1/products', PRODUCT_TYPE, page, { where, ...readCreatedRange(r) }, pred, (d) => d);
-    }),
-  );
-
+  // Before the resource's `/:id` routes.
   http.route(
     'GET',
     '/v1/products/search',
@@ -216,28 +165,30 @@ export function registerProductRoutes(http: HttpServer, s: Services): void {
     ),
   );
 
-  http.route(
-    'GET',
-    '/v1/products/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await loadProduct(s.state, p, req.params[0]));
-    }),
-  );
-
-  http.route(
-    'POST',
-    '/v1/products/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(UPDATABLE);
-      const { now } = nowSeconds(s);
-      const prod = await s.state.transaction(async (tx) => {
-        const prod = await loadProduct(tx, p, req.params[0]);
-        const before = structuredClone(prod);
-        applyProductParams(r, prod, false);
-        if (r.has('default_price')) {
-          const priceId = nullableString(r, 'default_price', 5000) ?? null;
+  defineResource(http, s, {
+    ...PRODUCTS,
+    path: '/v1/products',
+    create: { params: CREATE_PARAMS, build: ({ p, now }, v) => newProduct(p, now, v), idTaken: PRODUCT_ID_TAKEN },
+    list: {
+      params: {
+        active: P.boolean(),
+        created: P.created(),
+        ids: P.stringArray({ maxItems: 100 }),
+        shippable: P.boolean(),
+        type: P.string({ enum: ['service', 'good'] }),
+        url: P.string({ maxLength: 5000 }),
+      },
+      filter: (v) => {
+        const ids = v.ids;
+        return { where: whereOf(v, ['active', 'shippable', 'type', 'url']), ...v.created, pred: ids ? (d) => ids.includes(d.id) : undefined };
+      },
+    },
+    update: {
+      params: UPDATE_PARAMS,
+      apply: async ({ p, tx, now }, prod, v) => {
+        applyProductParams(prod, v);
+        const priceId = v.default_price;
+        if (priceId !== undefined) {
           if (priceId !== null) {
             const price = await tx.getObject<{ product: string; active: boolean }>(p.account, PRICE_DOC_TYPE, priceId);
             if (!price) throw new InvalidRequestError(`No such price: '${priceId}'`, { param: 'default_price', code: 'resource_missing' });
@@ -249,30 +200,13 @@ export function registerProductRoutes(http: HttpServer, s: Services): void {
           prod.default_price = priceId;
         }
         prod.updated = now;
-        await tx.updateObject(p.account, PRODUCT_TYPE, prod.id, prod);
-        await recordBillingEvent(tx, p, 'product.updated', prod, before as unknown as Record<string, unknown>);
-        return prod;
-      });
-      return json(200, prod);
-    }),
-  );
-
-  http.route(
-    'DELETE',
-    '/v1/products/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      const gone = await s.state.transaction(async (tx) => {
-        const prod = await loadProduct(tx, p, req.params[0]);
+      },
+    },
+    remove: {
+      check: async ({ p, tx }, prod) => {
         const prices = await tx.listObjects(p.account, PRICE_DOC_TYPE, { limit: 1, where: { product: prod.id } });
-        if (prices.data.length > 0) {
-          throw new InvalidRequestError('This product cannot be deleted because it has one or more user-created prices.');
-        }
-        await tx.deleteObject(p.account, PRODUCT_TYPE, prod.id);
-        await recordBillingEvent(tx, p, 'product.deleted', prod);
-        return { id: prod.id, object: 'product', deleted: true };
-      });
-      return json(200, gone);
-    }),
-  );
+        if (prices.data.length > 0) throw new InvalidRequestError('This product cannot be deleted because it has one or more user-created prices.');
+      },
+    },
+  });
 }

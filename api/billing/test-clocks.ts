@@ -15,10 +15,10 @@ import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { ParamReader } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../shared/errors';
+import { InvalidParamError, InvalidRequestError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
-import { readListParams } from '../meters';
-import { listEndpoint, recordBillingEvent } from './common';
+import { recordBillingEvent } from './common';
+import { defineResource, loadResource, P } from './resource';
 import { TEST_CLOCK_TYPE } from './invoice-model';
 import { runClock } from './subscriptions';
 
@@ -37,75 +37,37 @@ export interface TestClockObject {
 /** Stripe deletes test clocks 30 days after creation (not enforced here). */
 const DELETES_AFTER = 30 * 86400;
 
-export async function loadClock(store: StateStore, p: Principal, id: string, param = 'id'): Promise<TestClockObject> {
-  const found = await store.getObject<TestClockObject>(p.account, TEST_CLOCK_TYPE, id);
-  if (!found) throw new NotFoundError(`No such test clock: '${id}'`, param);
-  return found.data;
+const CLOCKS = { type: TEST_CLOCK_TYPE, noun: 'test clock' };
+
+export function loadClock(store: StateStore, p: Principal, id: string, param = 'id'): Promise<TestClockObject> {
+  return loadResource<TestClockObject>(store, p, CLOCKS, id, param);
 }
 
 export function registerTestClockRoutes(http: HttpServer, s: Services): void {
-  http.route(
-    'POST',
-    '/v1/test_helpers/test_clocks',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['frozen_time', 'name', 'expand']);
-      const frozen = r.integer('frozen_time', { required: true, min: 0 })!;
-      const name = r.string('name', { maxLength: 300 }) ?? null;
-      if (p.livemode) throw new InvalidRequestError('Test clocks are only available in test mode.');
-      const nowMs = s.now();
-      const now = Math.floor(nowMs / 1000);
-      const clock: TestClockObject = {
-        id: newId('clock', p.livemode),
-        object: 'test_helpers.test_clock',
-        created: now,
-        deletes_after: now + DELETES_AFTER,
-        frozen_time: frozen,
-        livemode: p.livemode,
-        name,
-        status: 'ready',
-        status_details: {},
-      };
-      await s.state.transaction(async (tx) => {
-        await tx.insertObject({ account: p.account, type: TEST_CLOCK_TYPE, id: clock.id, createdMs: nowMs, data: clock });
-        await recordBillingEvent(tx, p, 'test_helpers.test_clock.created', clock);
-      });
-      return json(200, clock);
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/test_helpers/test_clocks',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
-      return listEndpoint<TestClockObject>(s, p, '/v1/test_helpers/test_clocks', TEST_CLOCK_TYPE, readListParams(r), {}, undefined, (c) => c);
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/test_helpers/test_clocks/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await loadClock(s.state, p, req.params[0]));
-    }),
-  );
-
-  http.route(
-    'DELETE',
-    '/v1/test_helpers/test_clocks/:id',
-    apiEndpoint(s, async (p, req) => {
-      const id = req.params[0];
-      await s.state.transaction(async (tx) => {
-        const clock = await loadClock(tx, p, id);
-        await tx.deleteObject(p.account, TEST_CLOCK_TYPE, id);
-        await recordBillingEvent(tx, p, 'test_helpers.test_clock.deleted', clock);
-      });
-      return json(200, { id, object: 'test_helpers.test_clock', deleted: true });
-    }),
-  );
+  defineResource(http, s, {
+    ...CLOCKS,
+    path: '/v1/test_helpers/test_clocks',
+    events: { created: 'test_helpers.test_clock.created', deleted: 'test_helpers.test_clock.deleted' },
+    create: {
+      params: { frozen_time: P.integer({ required: true, min: 0 }), name: P.string({ maxLength: 300 }) },
+      build: ({ p, now }, v) => {
+        if (p.livemode) throw new InvalidRequestError('Test clocks are only available in test mode.');
+        return {
+          id: newId('clock', p.livemode),
+          object: 'test_helpers.test_clock',
+          created: now,
+          deletes_after: now + DELETES_AFTER,
+          frozen_time: v.frozen_time!,
+          livemode: p.livemode,
+          name: v.name ?? null,
+          status: 'ready',
+          status_details: {},
+        };
+      },
+    },
+    list: { params: {}, filter: () => ({}) },
+    remove: {},
+  });
 
   http.route(
     'POST',
