@@ -208,6 +208,15 @@ function decodeJsonRecord(buf: Uint8Array): EventsRecord {
 /** A checked payload as the aggregator reads it: a map without inherited members, numbers as their decimal text. */
 function recordPayload(raw: unknown): Record<string, string> {
   const src = raw as Record<string, unknown>;
+  let allStrings = true;
+  for (const k of Object.keys(src)) {
+    if (typeof src[k] !== 'string') {
+      allStrings = false;
+      break;
+    }
+  }
+  // The common case: the parsed object itself, detached from Object.prototype (JSON.parse made every key its own).
+  if (allStrings) return Object.setPrototypeOf(src, null) as Record<string, string>;
   const out = newDict<string>();
   for (const k of Object.keys(src)) {
     const v = src[k];
