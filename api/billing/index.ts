@@ -15,6 +15,12 @@ import { registerEventRoutes } from './events';
 import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
+import { registerCouponRoutes } from './coupons';
+import { registerPromotionCodeRoutes } from './promotion-codes';
+import { registerDiscountRoutes } from './discounts';
+import { registerCreditNoteRoutes } from './credit-notes';
+import { registerCreditGrantRoutes } from './credit-grants';
+import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 import { PRICE_TYPE, renderPrice, type PriceObject } from './prices';
 import { renderPlan } from './plans';
@@ -42,5 +48,10 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerWebhookRoutes(http, s);
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
+  registerCouponRoutes(http, s);
+  registerPromotionCodeRoutes(http, s);
+  registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
+  registerCreditNoteRoutes(http, s);
+  registerCreditGrantRoutes(http, s);
   startBillingTicker(s);
 }

@@ -41,6 +41,8 @@ import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
 import type { ApiVersioning } from '../../shared/versioning/versioning';
 import { CURRENT_API_VERSION, isKnownVersion } from '../../shared/versioning/releases';
+import { metrics } from '../../shared/metrics';
+import { recordDeliveryAttempt } from './recent-deliveries';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
 import {
@@ -199,12 +201,14 @@ export class WebhookDispatcher {
     ]);
     if (endpoint?.data.status !== 'enabled' || !ev) {
       await this.finish(account, d);
+      DROPPED.inc();
       return;
     }
     const event = structuredClone(ev.data);
     event.api_version = endpoint.data.api_version ?? (ev.data.api_version && isKnownVersion(ev.data.api_version) ? ev.data.api_version : CURRENT_API_VERSION);
     const payload = JSON.stringify(await this.versioning.renderObject(event, event.api_version, account), null, 2);
     const t = Math.floor(Date.now() / 1000);
+    const started = performance.now();
     let error: string | null = null;
     try {
       const res = await fetch(endpoint.data.url, {
@@ -223,11 +227,13 @@ export class WebhookDispatcher {
       error = String((err as Error)?.message ?? err);
     }
     if (this.stopped) return;
+    const attempts = d.attempts + 1;
+    const outcome = error === null ? 'delivered' : attempts >= this.maxAttempts ? 'abandoned' : 'retry_scheduled';
+    countAttempt(account, d, endpoint.data.url, ev.data.type, attempts, error, performance.now() - started, outcome);
     if (error === null) {
       await this.finish(account, d);
       return;
     }
-    const attempts = d.attempts + 1;
     if (attempts >= this.maxAttempts) {
       log.warn('webhook delivery abandoned', { endpoint: d.endpoint, event: d.event, attempts, error });
       await this.finish(account, d);
@@ -237,6 +243,37 @@ export class WebhookDispatcher {
     const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
     await this.store.updateObject(account, WEBHOOK_DELIVERY_TYPE, d.id, next);
   }
+}
+
+const DROPPED = metrics.webhookDeliveries.child('dropped');
+const ATTEMPT_SECONDS = metrics.webhookSeconds.child();
+
+/** Counts one delivery attempt and keeps it for the dashboard. */
+function countAttempt(
+  account: string,
+  d: DeliveryDoc,
+  url: string,
+  eventType: string,
+  attempt: number,
+  error: string | null,
+  ms: number,
+  outcome: string,
+): void {
+  ATTEMPT_SECONDS.observe(ms / 1000);
+  metrics.webhookAttempts.child(error === null ? 'success' : 'failure').inc();
+  if (outcome === 'retry_scheduled') metrics.webhookRetries.child().inc();
+  else metrics.webhookDeliveries.child(outcome).inc();
+  recordDeliveryAttempt(account, {
+    at: Date.now(),
+    endpoint: d.endpoint,
+    url,
+    event: d.event,
+    event_type: eventType,
+    attempt,
+    error,
+    duration_ms: Math.round(ms),
+    outcome,
+  });
 }
 
 const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];

@@ -16,7 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ServiceUnavailableError } from '../../errors';
-import type { EventLog, LogConsumer, LogProducer } from '../../log';
+import type { DurableWriteObserver, EventLog, LogConsumer, LogProducer } from '../../log';
 import { LogPartition } from './partition';
 import { type ConsumerHost, EmbeddedConsumer } from './reader';
 import { DEFAULT_READ_CHUNK_BYTES, MAX_RECORD_BYTES, mkdirDurableSync, PARTITION_DIR_RE } from './segment-files';
@@ -61,6 +61,7 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
     bytes: 0,
     segmentsDeleted: 0,
   };
+  onDurableWrite: DurableWriteObserver | null = null;
   private readonly parts: LogPartition[] = [];
   private readonly consumers = new Set<EmbeddedConsumer>();
   private closing: Promise<void> | null = null;
@@ -141,6 +142,10 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
   /** The next offset an append to `partition` would get once everything queued is durable (the durable end). */
   endOffset(partition: number): number {
     return this.partition(partition).durableNext;
+  }
+
+  observeDurableWrites(observer: DurableWriteObserver): void {
+    this.onDurableWrite = observer;
   }
 
   /** The oldest retained offset of `partition`. */

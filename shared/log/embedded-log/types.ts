@@ -3,6 +3,7 @@
  * from index.ts so that the writer, reader and offset modules depend on these shapes and not on the entry point (no
  * import cycle).
  */
+import type { DurableWriteObserver } from '../../log';
 
 export interface EmbeddedLogFaults {
   /** Awaited before each group write; throwing (or rejecting) makes the write fail. Test-only. */
@@ -46,6 +47,8 @@ export interface LogContext {
   readonly segmentBytes: number;
   readonly faults: EmbeddedLogFaults | undefined;
   readonly counters: EmbeddedLogStats;
+  /** Told of each group's write + datasync (see EventLog.observeDurableWrites). */
+  readonly onDurableWrite: DurableWriteObserver | null;
   /** Wakes the consumers waiting for records of `partition`. */
   notifyDurable(partition: number): void;
 }

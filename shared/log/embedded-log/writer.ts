@@ -143,6 +143,7 @@ export class PartitionWriter {
     const faults = this.log.faults;
     if (faults?.beforeWrite) await faults.beforeWrite(this.id);
     this.log.counters.writes++;
+    const started = performance.now();
     let written = 0;
     while (written < total) {
       const { bytesWritten } = await fh.write(buf, written, total - written, seg.size + written);
@@ -151,6 +152,7 @@ export class PartitionWriter {
     }
     if (faults?.beforeSync) await faults.beforeSync(this.id);
     await fh.datasync();
+    this.log.onDurableWrite?.(group.length, (performance.now() - started) / 1000);
     this.log.counters.fsyncs++;
     this.log.counters.bytes += total;
     // Durable: publish, then acknowledge.

@@ -4,7 +4,7 @@
  * and small helpers (timeouts, error text).
  */
 import type { Admin, Kafka } from 'kafkajs';
-import type { LogConsumer, LogProducer } from '../../log';
+import type { DurableWriteObserver, LogConsumer, LogProducer } from '../../log';
 import type { ResolvedOptions } from './settings';
 
 /** Record batch header (61 bytes) plus slack; per-record framing is counted with RECORD_OVERHEAD. */
@@ -50,6 +50,8 @@ export interface KafkaLogContext {
   /** Largest sum of record values (framing estimated) sent to one partition in one request. */
   readonly maxBatchBytes: number;
   readonly counters: KafkaLogStats;
+  /** Told of each produce request acknowledged (see EventLog.observeDurableWrites). */
+  readonly onDurableWrite: DurableWriteObserver | null;
   removeProducer(p: LogProducer): void;
   removeConsumer(c: LogConsumer): void;
 }

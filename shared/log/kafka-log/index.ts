@@ -12,7 +12,7 @@
  * kafkajs is imported only in this folder (test/layout.test.ts).
  */
 import { type Admin, Kafka } from 'kafkajs';
-import type { EventLog, LogConsumer, LogProducer } from '../../log';
+import type { DurableWriteObserver, EventLog, LogConsumer, LogProducer } from '../../log';
 import { log } from '../../logger';
 import { BATCH_OVERHEAD, type KafkaLogContext, type KafkaLogStats, RECORD_OVERHEAD, withTimeout } from './common';
 import { KafkaLogConsumer } from './consumer';
@@ -32,6 +32,8 @@ export class KafkaLog implements EventLog, KafkaLogContext {
   /** Largest sum of record values (framing estimated) sent to one partition in one request. */
   readonly maxBatchBytes: number;
   /** @internal */
+  onDurableWrite: DurableWriteObserver | null = null;
+  private highWatermarks: { atMs: number; offsets: Promise<Map<number, number>> } | null = null;
   readonly counters: KafkaLogStats = {
     appends: 0,
     acknowledged: 0,
@@ -97,6 +99,28 @@ export class KafkaLog implements EventLog, KafkaLogContext {
     const c = new KafkaLogConsumer(this, group);
     this.consumers.add(c);
     return c;
+  }
+
+  observeDurableWrites(observer: DurableWriteObserver): void {
+    this.onDurableWrite = observer;
+  }
+
+  /** The topic's high watermark per partition, asked once a second at most (every partition's lag is read at once). */
+  endOffset(partition: number): Promise<number> {
+    const now = Date.now();
+    if (!this.highWatermarks || now - this.highWatermarks.atMs > 1000) {
+      const offsets = this.admin.fetchTopicOffsets(this.topic).then((all) => new Map(all.map((o) => [o.partition, Number(o.high)])));
+      // A failed fetch is not kept: the next scrape asks again.
+      offsets.catch(() => {
+        if (this.highWatermarks?.offsets === offsets) this.highWatermarks = null;
+      });
+      this.highWatermarks = { atMs: now, offsets };
+    }
+    return this.highWatermarks.offsets.then((m) => {
+      const high = m.get(partition);
+      if (high === undefined) throw new Error(`no offsets for partition ${partition} of ${this.topic}`);
+      return high;
+    });
   }
 
   stats(): KafkaLogStats {

@@ -143,9 +143,11 @@ export class KafkaProducer implements LogProducer {
     c.sends++;
     if (batch.length > c.maxSendRecords) c.maxSendRecords = batch.length;
     let offsets: number[];
+    const started = performance.now();
     try {
       const res = await withTimeout(this.produce(batch), this.log.opts.sendTimeoutMs, 'kafka send');
       offsets = this.offsetsOf(batch, res);
+      this.log.onDurableWrite?.(batch.length, (performance.now() - started) / 1000);
     } catch (err) {
       c.sendFailures++;
       log.warn('kafka: send failed; rejecting its appends and those queued behind it', {
