@@ -12,16 +12,14 @@
  * its promotion code, in the caller's transaction.
  */
 import type { HttpServer } from '../../shared/http/server';
-import { json } from '../../shared/http/server';
-import { apiEndpoint } from '../../shared/http/endpoints';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { ParamReader } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, NotFoundError, UniqueViolation } from '../../shared/errors';
+import type { ParamReader } from '../../shared/wire/form';
+import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
-import { readListParams } from '../meters';
-import { expandBilling, expandParam, listEndpoint, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
+import { recordBillingEvent, type Metadata } from './common';
+import { defineResource, loadResource, P, type ParamValues } from './resource';
 import { percentToBasisPoints } from './allocation';
 
 export const COUPON_TYPE = 'coupon';
@@ -104,10 +102,8 @@ export function renderDiscount(d: DiscountObject): Omit<DiscountObject, '_coupon
   return rest;
 }
 
-export async function loadCoupon(store: StateStore, p: Principal, id: string, param = 'id'): Promise<CouponObject> {
-  const found = await store.getObject<CouponObject>(p.account, COUPON_TYPE, id);
-  if (!found) throw new NotFoundError(`No such coupon: '${id}'`, param);
-  return found.data;
+export function loadCoupon(store: StateStore, p: Principal, id: string, param = 'id'): Promise<CouponObject> {
+  return loadResource<CouponObject>(store, p, { type: COUPON_TYPE, noun: 'coupon' }, id, param);
 }
 
 export async function loadDiscount(store: StateStore, p: Principal, id: string, param = 'id'): Promise<DiscountObject> {
@@ -239,75 +235,81 @@ export async function readDiscountsParam(
   return out;
 }
 
-function readCouponCreate(r: ParamReader, nowS: number, p: Principal): CouponObject {
-  r.assertNoUnknown([
-    'id',
-    'amount_off',
-    'percent_off',
-    'currency',
-    'duration',
-    'duration_in_months',
-    'max_redemptions',
-    'metadata',
-    'name',
-    'redeem_by',
-    'applies_to',
-    'currency_options',
-    'expand',
-  ]);
-  const id = r.string('id', { maxLength: 200 });
-  if (id !== undefined && !/^[A-Za-z0-9_-]+$/.test(id))
-    throw new InvalidParamError('id', 'Coupon ids may only contain letters, numbers, dashes and underscores.');
-  const amountOff = r.integer('amount_off', { min: 1 });
-  const percentRaw = r.raw('percent_off');
-  let percentOff: number | undefined;
-  if (percentRaw !== undefined && percentRaw !== '') {
+/** Refused with a message of its own: coupons have one currency here. */
+const NO_CURRENCY_OPTIONS = P.custom<never>((r, n) => {
+  if (r.has(n)) throw new InvalidParamError(n, 'currency_options is not supported: coupons have one currency here.');
+  return undefined;
+});
+
+const CREATE_PARAMS = {
+  id: P.custom((r, n) => {
+    const id = r.string(n, { maxLength: 200 });
+    if (id !== undefined && !/^[A-Za-z0-9_-]+$/.test(id))
+      throw new InvalidParamError(n, 'Coupon ids may only contain letters, numbers, dashes and underscores.');
+    return id;
+  }),
+  amount_off: P.integer({ min: 1 }),
+  percent_off: P.custom((r, n) => {
+    const raw = r.raw(n);
+    if (raw === undefined || raw === '') return undefined;
     let bp: bigint;
     try {
-      bp = percentToBasisPoints(String(percentRaw));
+      bp = percentToBasisPoints(String(raw));
     } catch {
-      throw new InvalidParamError('percent_off', `Invalid decimal: ${String(percentRaw).slice(0, 40)}`, 'parameter_invalid_decimal');
+      throw new InvalidParamError(n, `Invalid decimal: ${String(raw).slice(0, 40)}`, 'parameter_invalid_decimal');
     }
-    if (bp <= 0n || bp > 10000n) throw new InvalidParamError('percent_off', 'Percent must be greater than 0 and at most 100.');
-    percentOff = Number(bp) / 100;
-  }
+    if (bp <= 0n || bp > 10000n) throw new InvalidParamError(n, 'Percent must be greater than 0 and at most 100.');
+    return Number(bp) / 100;
+  }),
+  currency: P.custom((r, n) => {
+    const currency = r.string(n, { maxLength: 3 })?.toLowerCase();
+    if (currency !== undefined && !CURRENCY_RE.test(currency)) throw new InvalidParamError(n, `Invalid currency: ${currency}`);
+    return currency;
+  }),
+  duration: P.string({ enum: ['forever', 'once', 'repeating'] }),
+  duration_in_months: P.integer({ min: 1 }),
+  max_redemptions: P.integer({ min: 1 }),
+  metadata: P.metadata(),
+  name: P.string({ maxLength: 40 }),
+  redeem_by: P.integer({ min: 0 }),
+  applies_to: P.custom((r, n) => {
+    const appliesTo = r.object(n);
+    if (!appliesTo) return undefined;
+    appliesTo.assertNoUnknown(['products']);
+    return { products: appliesTo.stringArray('products', { maxItems: 100 }) ?? [] };
+  }),
+  currency_options: NO_CURRENCY_OPTIONS,
+};
+
+function newCoupon(p: Principal, nowS: number, v: ParamValues<typeof CREATE_PARAMS>): CouponObject {
+  const { amount_off: amountOff, percent_off: percentOff, currency } = v;
   if (amountOff === undefined && percentOff === undefined)
     throw new InvalidRequestError('You must provide one of amount_off or percent_off.', { param: 'amount_off' });
   if (amountOff !== undefined && percentOff !== undefined)
     throw new InvalidRequestError('You cannot provide both amount_off and percent_off.', { param: 'percent_off' });
-  const currency = r.string('currency', { maxLength: 3 })?.toLowerCase();
-  if (currency !== undefined && !CURRENCY_RE.test(currency)) throw new InvalidParamError('currency', `Invalid currency: ${currency}`);
   if (amountOff !== undefined && currency === undefined) throw new InvalidParamError('currency', 'You must provide currency when you provide amount_off.');
   if (percentOff !== undefined && currency !== undefined) throw new InvalidParamError('currency', 'You cannot provide currency when you provide percent_off.');
-  const duration = (r.string('duration', { enum: ['forever', 'once', 'repeating'] }) ?? 'once') as CouponObject['duration'];
-  const months = r.integer('duration_in_months', { min: 1 });
+  const duration = (v.duration ?? 'once') as CouponObject['duration'];
+  const months = v.duration_in_months;
   if (duration === 'repeating' && months === undefined)
     throw new InvalidParamError('duration_in_months', 'You must provide duration_in_months when duration is repeating.');
   if (duration !== 'repeating' && months !== undefined)
     throw new InvalidParamError('duration_in_months', 'duration_in_months can only be set when duration is repeating.');
-  const maxRedemptions = r.integer('max_redemptions', { min: 1 }) ?? null;
-  const redeemBy = r.integer('redeem_by', { min: 0 }) ?? null;
+  const redeemBy = v.redeem_by ?? null;
   if (redeemBy !== null && redeemBy <= nowS) throw new InvalidParamError('redeem_by', 'redeem_by must be in the future.');
-  const appliesTo = r.object('applies_to');
-  let products: string[] | undefined;
-  if (appliesTo) {
-    appliesTo.assertNoUnknown(['products']);
-    products = appliesTo.stringArray('products', { maxItems: 100 }) ?? [];
-  }
-  if (r.has('currency_options')) throw new InvalidParamError('currency_options', 'currency_options is not supported: coupons have one currency here.');
   return {
-    id: id ?? randomBase62(8),
+    id: v.id ?? randomBase62(8),
     object: 'coupon',
     amount_off: amountOff ?? null,
-    ...(products ? { applies_to: { products } } : {}),
+    ...(v.applies_to ? { applies_to: v.applies_to } : {}),
     created: nowS,
     currency: currency ?? null,
     duration,
     duration_in_months: months ?? null,
     livemode: p.livemode,
-    max_redemptions: maxRedemptions,
-    metadata: readMetadata(r) ?? {},
-    name: r.string('name', { maxLength: 40 }) ?? null,
+    max_redemptions: v.max_redemptions ?? null,
+    metadata: v.metadata?.({}) ?? {},
+    name: v.name ?? null,
     percent_off: percentOff ?? null,
     redeem_by: redeemBy,
     times_redeemed: 0,
@@ -317,87 +319,22 @@ function readCouponCreate(r: ParamReader, nowS: number, p: Principal): CouponObj
 
 export function registerCouponRoutes(http: HttpServer, s: Services): void {
   const nowS = () => Math.floor(s.now() / 1000);
-
-  http.route(
-    'POST',
-    '/v1/coupons',
-    apiEndpoint(s, async (p, _req, params) => {
-      const coupon = readCouponCreate(new ParamReader(params), nowS(), p);
-      try {
-        await s.state.transaction(async (tx) => {
-          await tx.insertObject({ account: p.account, type: COUPON_TYPE, id: coupon.id, createdMs: s.now(), data: coupon });
-          await recordBillingEvent(tx, p, 'coupon.created', renderCoupon(coupon, nowS()));
-        });
-      } catch (err) {
-        if (err instanceof UniqueViolation) throw new InvalidRequestError('Coupon already exists.', { param: 'id', code: 'resource_already_exists' });
-        throw err;
-      }
-      return json(200, await expandBilling(s.state, p, renderCoupon(coupon, nowS()), expandParam(params)));
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/coupons',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'created', 'expand']);
-      return listEndpoint<CouponObject>(
-        s,
-        p,
-        '/v1/coupons',
-        COUPON_TYPE,
-        readListParams(r),
-        readCreatedRange(r),
-        undefined,
-        (c) => renderCoupon(c, nowS()),
-        expandParam(params),
-      );
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/coupons/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await expandBilling(s.state, p, renderCoupon(await loadCoupon(s.state, p, req.params[0]), nowS()), expandParam(params)));
-    }),
-  );
-
-  http.route(
-    'POST',
-    '/v1/coupons/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['metadata', 'name', 'currency_options', 'expand']);
-      if (r.has('currency_options')) throw new InvalidParamError('currency_options', 'currency_options is not supported: coupons have one currency here.');
-      const coupon = await s.state.transaction(async (tx) => {
-        const c = await loadCoupon(tx, p, req.params[0]);
-        const before = renderCoupon(c, nowS());
-        const name = r.string('name', { maxLength: 40, allowEmpty: true });
-        if (name !== undefined) c.name = name === '' ? null : name;
-        const md = readMetadata(r, c.metadata);
-        if (md !== undefined) c.metadata = md;
-        await tx.updateObject(p.account, COUPON_TYPE, c.id, c);
-        await recordBillingEvent(tx, p, 'coupon.updated', renderCoupon(c, nowS()), before as unknown as Record<string, unknown>);
-        return c;
-      });
-      return json(200, await expandBilling(s.state, p, renderCoupon(coupon, nowS()), expandParam(params)));
-    }),
-  );
-
-  http.route(
-    'DELETE',
-    '/v1/coupons/:id',
-    apiEndpoint(s, async (p, req) => {
-      const id = req.params[0];
-      await s.state.transaction(async (tx) => {
-        const c = await loadCoupon(tx, p, id);
-        await tx.deleteObject(p.account, COUPON_TYPE, id);
-        await recordBillingEvent(tx, p, 'coupon.deleted', renderCoupon(c, nowS()));
-      });
-      return json(200, { id, object: 'coupon', deleted: true });
-    }),
-  );
+  defineResource(http, s, {
+    path: '/v1/coupons',
+    type: COUPON_TYPE,
+    noun: 'coupon',
+    render: (c: CouponObject) => renderCoupon(c, nowS()),
+    expand: true,
+    events: { created: 'coupon.created', updated: 'coupon.updated', deleted: 'coupon.deleted' },
+    create: { params: CREATE_PARAMS, build: ({ p, now }, v) => newCoupon(p, now, v), idTaken: 'Coupon already exists.' },
+    list: { params: { created: P.created() }, filter: (v) => ({ ...v.created }) },
+    update: {
+      params: { metadata: P.metadata(), name: P.nullableString(40), currency_options: NO_CURRENCY_OPTIONS },
+      apply: (_ctx, c, v) => {
+        if (v.name !== undefined) c.name = v.name;
+        if (v.metadata) c.metadata = v.metadata(c.metadata);
+      },
+    },
+    remove: {},
+  });
 }
