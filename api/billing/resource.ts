@@ -146,7 +146,7 @@ export interface ResourceDefinition<T extends { id: string }, C extends ParamSch
     filter: (values: ParamValues<L>) => Pick<ListOptions, 'where' | 'createdGteMs' | 'createdLtMs'> & { pred?: (doc: T) => boolean };
   };
   retrieve?: boolean;
-  /** DELETE removes the document (a later retrieve is a 404, as in Stripe); `check` refuses it first. */
+  /** DELETE removes the document (a later retrieve is a 404, as in Stripe); `check` refuses it first, or changes what refers to it, in the same transaction. */
   remove?: { check?: (ctx: ResourceContext, doc: T) => Promise<void> | void };
 }
 
