@@ -20,6 +20,7 @@ import type { Services } from './shared/services';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
+import { registerEventDestinationRoutes } from './api/event-destinations';
 import { registerBillingRoutes, stopBillingJobs } from './api/billing';
 import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { MeterEventSocketServer } from './ingest/ws-stream';
@@ -149,6 +150,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerMeterRoutes(http, services);
     registerSummaryRoutes(http, services);
     registerCoreEventRoutes(http, services);
+    registerEventDestinationRoutes(http, services);
     registerBillingRoutes(http, services);
   }
   // Declared before the routes that read it; set when the threads start.

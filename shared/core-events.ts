@@ -1,9 +1,11 @@
 /**
  * v2 thin events (`v2.core.event`): meter lifecycle changes and the asynchronous validation reports of streamed
- * events. Kept in the state store for 30 days, readable through GET /v2/core/events.
+ * events. Kept in the state store for 30 days, readable through GET /v2/core/events, and delivered to the account's
+ * event destinations (the delivery rows are written with the event: shared/event-destinations.ts).
  */
 import type { StateStore } from './state-store';
 import { newId } from './ids';
+import { enqueueThinDeliveries } from './event-destinations';
 
 export const CORE_EVENT_TYPE = 'v2.core.event';
 export const CORE_EVENT_RETENTION_MS = 30 * 24 * 3600 * 1000;
@@ -45,13 +47,20 @@ export function buildCoreEvent(
   return ev;
 }
 
-export async function recordCoreEvent(store: StateStore, account: string, ev: CoreEventObject, nowMs: number): Promise<void> {
-  await store.insertObject({
-    account,
-    type: CORE_EVENT_TYPE,
-    id: ev.id,
-    createdMs: nowMs,
-    expiresMs: nowMs + CORE_EVENT_RETENTION_MS,
-    data: ev,
+/**
+ * Stores the event and queues its deliveries to event destinations, atomically (in `store`'s transaction when it is
+ * one). `onlyDestination` delivers to that destination alone (a ping).
+ */
+export async function recordCoreEvent(store: StateStore, account: string, ev: CoreEventObject, nowMs: number, onlyDestination?: string): Promise<void> {
+  await store.transaction(async (tx) => {
+    await tx.insertObject({
+      account,
+      type: CORE_EVENT_TYPE,
+      id: ev.id,
+      createdMs: nowMs,
+      expiresMs: nowMs + CORE_EVENT_RETENTION_MS,
+      data: ev,
+    });
+    await enqueueThinDeliveries(tx, account, ev.livemode, ev.id, ev.type, nowMs, onlyDestination);
   });
 }

@@ -59,6 +59,41 @@ export function signPayload(payload: string, secret: string, t: number): string 
   return `t=${t},v1=${sig}`;
 }
 
+/**
+ * What a dispatcher delivers: v1 snapshot events to webhook endpoints (below), or thin events to v2 event destinations
+ * (api/event-destinations.ts). Same rows, ordering, leases, signature and retries; the channel names the row type,
+ * finds the target and the body, and settles what a finished delivery leaves behind.
+ */
+export interface DeliveryChannel {
+  deliveryType: string;
+  /** The URL, secret and body of the delivery, or null when it is void (target deleted or disabled, event gone). */
+  prepare(store: StateStore, account: string, d: DeliveryDoc): Promise<{ url: string; secret: string; payload: string } | null>;
+  /** In the transaction that removes a finished delivery (sent, given up or void). */
+  settle(tx: StateStore, account: string, d: DeliveryDoc): Promise<void>;
+  /** Subscribes to "rows were queued in this process". */
+  subscribe(listener: () => void): () => void;
+}
+
+const WEBHOOK_CHANNEL: DeliveryChannel = {
+  deliveryType: WEBHOOK_DELIVERY_TYPE,
+  async prepare(store, account, d) {
+    const [endpoint, ev] = await Promise.all([
+      store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
+      store.getObject<EventObject>(account, EVENT_TYPE, d.event),
+    ]);
+    if (endpoint?.data.status !== 'enabled' || !ev) return null;
+    return { url: endpoint.data.url, secret: endpoint.data.secret, payload: JSON.stringify(ev.data, null, 2) };
+  },
+  async settle(tx, account, d) {
+    const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
+    if (ev) {
+      ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
+      await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
+    }
+  },
+  subscribe: onDeliveriesQueued,
+};
+
 let activeDispatcher: WebhookDispatcher | null = null;
 
 export class WebhookDispatcher {
@@ -80,6 +115,7 @@ export class WebhookDispatcher {
   constructor(
     private readonly store: StateStore,
     config: Pick<Config, 'webhookRetryBaseMs' | 'webhookMaxAttempts' | 'webhookTimeoutMs' | 'webhookPollMs'>,
+    private readonly channel: DeliveryChannel = WEBHOOK_CHANNEL,
   ) {
     this.retryBaseMs = config.webhookRetryBaseMs;
     this.maxAttempts = config.webhookMaxAttempts;
@@ -90,7 +126,7 @@ export class WebhookDispatcher {
   start(): void {
     this.poller = setInterval(() => this.tick(), this.pollMs);
     this.poller.unref();
-    this.unsubscribe = onDeliveriesQueued(() => this.kick());
+    this.unsubscribe = this.channel.subscribe(() => this.kick());
     this.kick();
   }
 
@@ -129,7 +165,7 @@ export class WebhookDispatcher {
   }
 
   private async scan(): Promise<void> {
-    const all = await this.store.scanType<DeliveryDoc>(WEBHOOK_DELIVERY_TYPE);
+    const all = await this.store.scanType<DeliveryDoc>(this.channel.deliveryType);
     all.sort((a, b) => a.createdMs - b.createdMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const head = new Map<string, StoredObject<DeliveryDoc>>();
     for (const d of all) {
@@ -162,23 +198,19 @@ export class WebhookDispatcher {
 
   private async finish(account: string, d: DeliveryDoc): Promise<void> {
     await this.store.transaction(async (tx) => {
-      await tx.deleteObject(account, WEBHOOK_DELIVERY_TYPE, d.id);
-      const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
-      if (ev) {
-        ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
-        await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
-      }
+      await tx.deleteObject(account, this.channel.deliveryType, d.id);
+      await this.channel.settle(tx, account, d);
     });
   }
 
   /** Takes the delivery for this process (the row is locked while checked), or null when another one holds it. */
   private async claim(account: string, id: string): Promise<DeliveryDoc | null> {
     return this.store.transaction(async (tx) => {
-      const found = await tx.getObject<DeliveryDoc>(account, WEBHOOK_DELIVERY_TYPE, id);
+      const found = await tx.getObject<DeliveryDoc>(account, this.channel.deliveryType, id);
       const now = Date.now();
       if (!found || (found.data.lease_until_ms ?? 0) > now || found.data.next_attempt_ms > now) return null;
       const d = { ...found.data, lease_until_ms: now + this.timeoutMs + 5000 };
-      await tx.updateObject(account, WEBHOOK_DELIVERY_TYPE, id, d);
+      await tx.updateObject(account, this.channel.deliveryType, id, d);
       return d;
     });
   }
@@ -187,24 +219,21 @@ export class WebhookDispatcher {
     const account = stored.account;
     const d = await this.claim(account, stored.id);
     if (!d) return;
-    const [endpoint, ev] = await Promise.all([
-      this.store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
-      this.store.getObject<EventObject>(account, EVENT_TYPE, d.event),
-    ]);
-    if (endpoint?.data.status !== 'enabled' || !ev) {
+    const target = await this.channel.prepare(this.store, account, d);
+    if (!target) {
       await this.finish(account, d);
       return;
     }
-    const payload = JSON.stringify(ev.data, null, 2);
+    const { url, secret, payload } = target;
     const t = Math.floor(Date.now() / 1000);
     let error: string | null = null;
     try {
-      const res = await fetch(endpoint.data.url, {
+      const res = await fetch(url, {
         method: 'POST',
         headers: {
           'Content-Type': 'application/json; charset=utf-8',
           'User-Agent': 'Stripe/1.0 (+https://stripe.com/docs/webhooks)',
-          'Stripe-Signature': signPayload(payload, endpoint.data.secret, t),
+          'Stripe-Signature': signPayload(payload, secret, t),
         },
         body: payload,
         signal: AbortSignal.timeout(this.timeoutMs),
@@ -227,7 +256,7 @@ export class WebhookDispatcher {
     }
     const delay = Math.min(WebhookDispatcher.MAX_DELAY_MS, this.retryBaseMs * 2 ** (attempts - 1));
     const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
-    await this.store.updateObject(account, WEBHOOK_DELIVERY_TYPE, d.id, next);
+    await this.store.updateObject(account, this.channel.deliveryType, d.id, next);
   }
 }
 

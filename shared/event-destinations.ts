@@ -1,0 +1,87 @@
+/**
+ * The outbox side of v2 event destinations: recording a thin event (shared/core-events.ts) writes, in the same
+ * transaction, one delivery row per enabled destination of the account that subscribes to the event's type, so a
+ * delivery exists exactly when its event does. The delivery worker (api/event-destinations.ts, on the machinery of
+ * api/billing/webhooks.ts) reads the rows; it is told of new ones through a listener (and polls, for rows written by
+ * other processes such as the aggregators). Here because the aggregators record thin events too and never import api/.
+ */
+import type { StateStore } from './state-store';
+import { newId } from './ids';
+
+export const EVENT_DESTINATION_TYPE = 'v2.core.event_destination';
+export const THIN_DELIVERY_TYPE = 'event_destination_delivery';
+
+/** The stored destination: the served object plus its secret (never served after creation). */
+export interface StoredDestination {
+  id: string;
+  object: 'v2.core.event_destination';
+  created: string;
+  description: string;
+  enabled_events: string[];
+  event_payload: 'thin' | 'snapshot';
+  events_from: string[];
+  livemode: boolean;
+  metadata: Record<string, string>;
+  name: string;
+  snapshot_api_version: string | null;
+  status: 'enabled' | 'disabled';
+  status_details: { disabled: { reason: string } } | null;
+  type: 'webhook_endpoint';
+  updated: string;
+  webhook_endpoint: { url: string };
+  secret: string;
+}
+
+/** The same shape as a v1 webhook delivery, so one dispatcher sends both (`endpoint` names the destination). */
+export interface ThinDeliveryDoc {
+  id: string;
+  endpoint: string;
+  event: string;
+  attempts: number;
+  next_attempt_ms: number;
+  last_error: string | null;
+  lease_until_ms?: number;
+}
+
+/** Thin destinations match event types exactly; `*` matches every type. */
+export function destinationWants(d: Pick<StoredDestination, 'enabled_events' | 'event_payload' | 'status'>, type: string): boolean {
+  return d.status === 'enabled' && d.event_payload === 'thin' && d.enabled_events.some((e) => e === '*' || e === type);
+}
+
+const listeners = new Set<() => void>();
+
+/** Called after thin deliveries are queued in this process (the transaction may commit a little later). */
+export function onThinDeliveriesQueued(listener: () => void): () => void {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+/**
+ * Inside the event's transaction: one delivery per enabled thin destination of `account` subscribed to `type`
+ * (or only to `onlyDestination`, for a ping). Returns the count.
+ */
+export async function enqueueThinDeliveries(
+  tx: StateStore,
+  account: string,
+  livemode: boolean,
+  eventId: string,
+  type: string,
+  nowMs: number,
+  onlyDestination?: string,
+): Promise<number> {
+  let n = 0;
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await tx.listObjects<StoredDestination>(account, EVENT_DESTINATION_TYPE, { limit: 100, startingAfter: cursor, where: { status: 'enabled' } });
+    for (const o of page.data) {
+      if (onlyDestination !== undefined ? o.id !== onlyDestination : !destinationWants(o.data, type)) continue;
+      const d: ThinDeliveryDoc = { id: newId('eddel', livemode), endpoint: o.id, event: eventId, attempts: 0, next_attempt_ms: nowMs, last_error: null };
+      await tx.insertObject({ account, type: THIN_DELIVERY_TYPE, id: d.id, createdMs: nowMs, data: d });
+      n++;
+    }
+    if (!page.hasMore || page.data.length === 0) break;
+    cursor = page.data[page.data.length - 1].id;
+  }
+  if (n > 0) for (const listener of listeners) listener();
+  return n;
+}
