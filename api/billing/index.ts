@@ -16,9 +16,13 @@ import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
+import { registerAlertRoutes } from './alerts';
+import { startAlertEvaluator, stopAlertEvaluator } from './alert-evaluator';
 
-/** Stops the billing background job (called by main.ts on shutdown, before the store closes). */
-export const stopBillingJobs = stopBillingTicker;
+/** Stops the billing background jobs (called by main.ts on shutdown, before the store closes). */
+export async function stopBillingJobs(): Promise<void> {
+  await Promise.all([stopBillingTicker(), stopAlertEvaluator()]);
+}
 
 export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerCustomerRoutes(http, s);
@@ -33,5 +37,7 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerWebhookRoutes(http, s);
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
+  registerAlertRoutes(http, s);
   startBillingTicker(s);
+  startAlertEvaluator(s);
 }
