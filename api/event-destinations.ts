@@ -25,7 +25,7 @@ import { newId, randomBase62 } from '../shared/ids';
 import { buildCoreEvent, CORE_EVENT_TYPE, recordCoreEvent, type CoreEventObject } from '../shared/core-events';
 import { EVENT_DESTINATION_TYPE, THIN_DELIVERY_TYPE, onThinDeliveriesQueued, type StoredDestination } from '../shared/event-destinations';
 import { METADATA_LIMITS } from './billing/common';
-import { WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
+import { readUrl, WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
 
 const BASE = '/v2/core/event_destinations';
 const INCLUDABLE = ['webhook_endpoint.url', 'webhook_endpoint.signing_secret'];
@@ -69,21 +69,6 @@ function readInclude(r: ParamReader, allowed: string[]): string[] {
     if (!allowed.includes(include[i])) throw new InvalidParamError(`include[${i}]`, `Invalid include: must be one of ${allowed.join(', ')}.`);
   }
   return include;
-}
-
-function readUrl(r: ParamReader, p: Principal): string {
-  const url = r.string('url', { required: true, maxLength: 5000 });
-  let parsed: URL | null = null;
-  try {
-    parsed = new URL(url);
-  } catch {
-    parsed = null;
-  }
-  if (!parsed || (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')) {
-    throw new InvalidParamError(r.param('url'), `Invalid URL: ${url.slice(0, 100)}`, 'url_invalid');
-  }
-  if (p.livemode && parsed.protocol !== 'https:') throw new InvalidParamError(r.param('url'), 'Live mode webhook endpoints must use HTTPS.', 'url_invalid');
-  return url;
 }
 
 function readEnabledEvents(r: ParamReader, required: boolean): string[] | undefined {
@@ -157,7 +142,7 @@ async function create(s: Services, p: Principal, params: Params) {
   from.forEach((f, i) => {
     if (f !== '@self') throw new InvalidParamError(`events_from[${i}]`, `Unsupported events_from: ${f.slice(0, 100)}. Only @self is available.`);
   });
-  const url = readUrl(r.object('webhook_endpoint', { required: true }), p);
+  const url = readUrl(r.object('webhook_endpoint', { required: true }), true, p.livemode)!;
   const include = readInclude(r, INCLUDABLE);
   const nowMs = s.now();
   const at = new Date(nowMs).toISOString();
@@ -259,7 +244,7 @@ export function registerEventDestinationRoutes(http: HttpServer, s: Services): v
       const description = r.string('description', { maxLength: 5000, allowEmpty: true });
       const enabled = readEnabledEvents(r, false);
       const endpoint = r.object('webhook_endpoint');
-      const url = endpoint ? readUrl(endpoint, p) : undefined;
+      const url = endpoint ? readUrl(endpoint, true, p.livemode) : undefined;
       return change(s, p, req.params[0], include, (d) => {
         if (name !== undefined) d.name = name;
         if (description !== undefined) d.description = description;

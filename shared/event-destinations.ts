@@ -32,14 +32,18 @@ export interface StoredDestination {
   secret: string;
 }
 
-/** The same shape as a v1 webhook delivery, so one dispatcher sends both (`endpoint` names the destination). */
-export interface ThinDeliveryDoc {
+/**
+ * A persisted delivery of one event to one target: a v1 webhook endpoint (api/billing/outbox.ts) or a v2 event
+ * destination (`endpoint` names the destination); one dispatcher sends both.
+ */
+export interface DeliveryDoc {
   id: string;
   endpoint: string;
   event: string;
   attempts: number;
   next_attempt_ms: number;
   last_error: string | null;
+  /** A dispatcher owns the delivery until then (several API processes share the store in distributed mode). */
   lease_until_ms?: number;
 }
 
@@ -75,7 +79,7 @@ export async function enqueueThinDeliveries(
     const page = await tx.listObjects<StoredDestination>(account, EVENT_DESTINATION_TYPE, { limit: 100, startingAfter: cursor, where: { status: 'enabled' } });
     for (const o of page.data) {
       if (onlyDestination !== undefined ? o.id !== onlyDestination : !destinationWants(o.data, type)) continue;
-      const d: ThinDeliveryDoc = { id: newId('eddel', livemode), endpoint: o.id, event: eventId, attempts: 0, next_attempt_ms: nowMs, last_error: null };
+      const d: DeliveryDoc = { id: newId('eddel', livemode), endpoint: o.id, event: eventId, attempts: 0, next_attempt_ms: nowMs, last_error: null };
       await tx.insertObject({ account, type: THIN_DELIVERY_TYPE, id: d.id, createdMs: nowMs, data: d });
       n++;
     }

@@ -18,7 +18,6 @@
  * plus the store's write), so an alert fires within that freshness bound plus one BILLING_ALERT_INTERVAL_MS (plus one
  * evaluation pass), and its webhook follows within WEBHOOK_POLL_MS (sooner: a recorded event kicks the dispatcher).
  */
-import { AsyncResource } from 'node:async_hooks';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import { sqlString } from '../../shared/analytics-store';
@@ -29,12 +28,15 @@ import { UniqueViolation } from '../../shared/errors';
 import { log } from '../../shared/logger';
 import { aggregateByCustomer } from '../summaries';
 import { recordBillingEvent } from './common';
+import { meteredUsage } from './invoices';
 import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
+import { jobSlot, PeriodicJob } from './periodic-job';
 import { ALERT_TRIGGER_TYPE, ALERT_TYPE, alertCustomer, renderAlert, type AlertObject } from './alerts';
 
 /** Far enough in the future for "all usage" (year 9999), small enough for ClickHouse's Int64 milliseconds. */
 const END_OF_TIME = 253_402_300_800;
 const SCALE_ONE = parseMeterValue('1')!;
+const CANDIDATES_PER_QUERY = 1000;
 
 interface Period {
   start: number;
@@ -45,7 +47,7 @@ interface Period {
  * `account NUL customer NUL meter` → the current period of the customer's real-time subscription item priced on the
  * meter (the latest started, when several).
  */
-function meteredPeriods(subs: Array<{ account: string; data: SubscriptionObject }>): Map<string, Period> {
+export function meteredPeriods(subs: Array<{ account: string; data: SubscriptionObject }>): Map<string, Period> {
   const out = new Map<string, Period>();
   for (const { account, data: sub } of subs) {
     if (sub.test_clock || sub.status === 'canceled' || sub.status === 'incomplete_expired') continue;
@@ -60,39 +62,12 @@ function meteredPeriods(subs: Array<{ account: string; data: SubscriptionObject 
   return out;
 }
 
-export class AlertEvaluator {
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private stopped = false;
-  private readonly scope = new AsyncResource('alert-evaluator');
+export class AlertEvaluator extends PeriodicJob {
   /** `alert customer` pairs known to have triggered (they never trigger again). */
   private readonly fired = new Set<string>();
 
-  constructor(private readonly s: Services) {}
-
-  start(): void {
-    this.scope.runInAsyncScope(() => {
-      this.timer = setInterval(() => this.tick(), this.s.config.alertIntervalMs);
-      this.timer.unref();
-    });
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.running;
-  }
-
-  tick(): void {
-    if (this.stopped || this.running) return;
-    this.running = this.run()
-      .catch((err) => {
-        if (!this.stopped) log.warn('billing alert evaluation failed', { err: String(err) });
-      })
-      .finally(() => {
-        this.running = null;
-      });
+  constructor(private readonly s: Services) {
+    super('billing alert evaluation', s.config.alertIntervalMs);
   }
 
   /** One pass over every active alert. */
@@ -120,30 +95,24 @@ export class AlertEvaluator {
       if (this.fired.has(`${alert.id} ${customer}`)) continue;
       const period = periods.get(`${account}\u0000${customer}\u0000${meterId}`);
       let value = windows.get(0) ?? 0n;
-      if (period) {
-        const inPeriod = await aggregateByCustomer(this.s, meter.data, {
-          account,
-          meterId,
-          customer,
-          start: period.start,
-          end: period.end,
-          grouping: period.end - period.start,
-        });
-        value = inPeriod.get(customer)?.get(0) ?? 0n;
-      }
+      // The period's usage exactly as the period's invoice will count it.
+      if (period) value = await meteredUsage(this.s, { account, livemode: alert.livemode }, meterId, customer, period.start, period.end);
       if (value >= threshold) values.set(customer, value);
     }
     if (values.size === 0) return;
-    // Only customers that reported usage of the meter since the alert was created.
-    const reported = await this.s.analytics.query<{ cu: string }>(
-      `SELECT DISTINCT customer AS cu FROM meter_events
-       WHERE account = ${sqlString(account)} AND meter_id = ${sqlString(meterId)} AND received_ms >= ${alert._created_ms}
-         AND customer IN (${[...values.keys()].map(sqlString).join(', ')})`,
-    );
-    for (const { cu } of reported) {
-      const value = values.get(cu);
-      if (value === undefined || this.stopped) continue;
-      await this.trigger(account, alert.id, cu, value);
+    // Only customers that reported usage of the meter since the alert was created (asked in chunks: short queries).
+    const candidates = [...values.keys()];
+    for (let i = 0; i < candidates.length && !this.stopped; i += CANDIDATES_PER_QUERY) {
+      const reported = await this.s.analytics.query<{ cu: string }>(
+        `SELECT DISTINCT customer AS cu FROM meter_events
+         WHERE account = ${sqlString(account)} AND meter_id = ${sqlString(meterId)} AND received_ms >= ${alert._created_ms}
+           AND customer IN (${candidates.slice(i, i + CANDIDATES_PER_QUERY).map(sqlString).join(', ')})`,
+      );
+      for (const { cu } of reported) {
+        const value = values.get(cu);
+        if (value === undefined || this.stopped) continue;
+        await this.trigger(account, alert.id, cu, value);
+      }
     }
   }
 
@@ -183,16 +152,6 @@ export class AlertEvaluator {
   }
 }
 
-let active: AlertEvaluator | null = null;
-
-export function startAlertEvaluator(s: Services): void {
-  if (active) void active.stop();
-  active = new AlertEvaluator(s);
-  active.start();
-}
-
-export async function stopAlertEvaluator(): Promise<void> {
-  const a = active;
-  active = null;
-  if (a) await a.stop();
-}
+const slot = jobSlot((s: Services) => new AlertEvaluator(s));
+export const startAlertEvaluator = slot.start;
+export const stopAlertEvaluator = slot.stop;

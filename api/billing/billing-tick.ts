@@ -8,48 +8,16 @@
  * re-checks that the period is still due, so a period is never billed twice; autoFinalize likewise re-reads the
  * invoice in its transaction and finalizes only a draft.
  */
-import { AsyncResource } from 'node:async_hooks';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import { log } from '../../shared/logger';
 import { autoFinalize, INVOICE_TYPE, type InvoiceObject } from './invoices';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
+import { jobSlot, PeriodicJob } from './periodic-job';
 
-export class BillingTicker {
-  private readonly tickMs: number;
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private stopped = false;
-  private readonly scope = new AsyncResource('billing-ticker');
-
+export class BillingTicker extends PeriodicJob {
   constructor(private readonly s: Services) {
-    this.tickMs = s.config.billingTickMs;
-  }
-
-  start(): void {
-    this.scope.runInAsyncScope(() => {
-      this.timer = setInterval(() => this.tick(), this.tickMs);
-      this.timer.unref();
-    });
-  }
-
-  /** Stops the timer and waits for a running pass to end (it stops between subscriptions). */
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.running;
-  }
-
-  tick(): void {
-    if (this.stopped || this.running) return;
-    this.running = this.run()
-      .catch((err) => {
-        if (!this.stopped) log.warn('billing tick failed', { err: String(err) });
-      })
-      .finally(() => {
-        this.running = null;
-      });
+    super('billing tick', s.config.billingTickMs);
   }
 
   /** One pass at the current real time. */
@@ -84,16 +52,6 @@ export class BillingTicker {
   }
 }
 
-let active: BillingTicker | null = null;
-
-export function startBillingTicker(s: Services): void {
-  if (active) void active.stop();
-  active = new BillingTicker(s);
-  active.start();
-}
-
-export async function stopBillingTicker(): Promise<void> {
-  const a = active;
-  active = null;
-  if (a) await a.stop();
-}
+const slot = jobSlot((s: Services) => new BillingTicker(s));
+export const startBillingTicker = slot.start;
+export const stopBillingTicker = slot.stop;

@@ -8,6 +8,7 @@ import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { CURRENT_API_VERSION } from '../../shared/http/server';
 import { newId } from '../../shared/ids';
+import type { DeliveryDoc } from '../../shared/event-destinations';
 
 export const EVENT_TYPE = 'event';
 export const EVENT_RETENTION_MS = 30 * 24 * 3600 * 1000;
@@ -126,16 +127,7 @@ export interface StoredEndpoint {
   url: string;
 }
 
-export interface DeliveryDoc {
-  id: string;
-  endpoint: string;
-  event: string;
-  attempts: number;
-  next_attempt_ms: number;
-  last_error: string | null;
-  /** A dispatcher owns the delivery until then (several API processes share the store in distributed mode). */
-  lease_until_ms?: number;
-}
+export type { DeliveryDoc } from '../../shared/event-destinations';
 
 const deliveryListeners = new Set<() => void>();
 

@@ -263,17 +263,23 @@ export class WebhookDispatcher {
 const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];
 const UPDATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'disabled', 'expand'];
 
-function readUrl(r: ParamReader, required: boolean): string | undefined {
+/** The `url` of a delivery target: http or https (`httpsOnly`: https, as live-mode event destinations need). */
+export function readUrl(r: ParamReader, required: boolean, httpsOnly = false): string | undefined {
   const url = r.string('url', { required, maxLength: 5000 });
   if (url === undefined) return undefined;
-  let ok = false;
+  let protocol = '';
   try {
-    const u = new URL(url);
-    ok = u.protocol === 'http:' || u.protocol === 'https:';
+    protocol = new URL(url).protocol;
   } catch {
-    ok = false;
+    protocol = '';
   }
-  if (!ok) throw new InvalidParamError('url', `Invalid URL: ${url}`, 'url_invalid');
+  if (protocol !== 'https:' && (protocol !== 'http:' || httpsOnly)) {
+    throw new InvalidParamError(
+      r.param('url'),
+      httpsOnly && protocol === 'http:' ? 'Live mode webhook endpoints must use HTTPS.' : `Invalid URL: ${url}`,
+      'url_invalid',
+    );
+  }
   return url;
 }
 
