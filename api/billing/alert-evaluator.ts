@@ -106,7 +106,10 @@ export class AlertEvaluator extends PeriodicJob {
       const reported = await this.s.analytics.query<{ cu: string }>(
         `SELECT DISTINCT customer AS cu FROM meter_events
          WHERE account = ${sqlString(account)} AND meter_id = ${sqlString(meterId)} AND received_ms >= ${alert._created_ms}
-           AND customer IN (${candidates.slice(i, i + CANDIDATES_PER_QUERY).map(sqlString).join(', ')})`,
+           AND customer IN (${candidates
+             .slice(i, i + CANDIDATES_PER_QUERY)
+             .map(sqlString)
+             .join(', ')})`,
       );
       for (const { cu } of reported) {
         const value = values.get(cu);
