@@ -1,7 +1,8 @@
 /**
  * Billing on real time: a periodic job (every BILLING_TICK_MS, default 60 s) that runs the billing cycle of every
  * subscription NOT on a test clock whose current period has ended, and auto-finalizes drafts (not on a test clock)
- * whose grace period ended. Test-clock subscriptions are billed by their clock's advance only.
+ * whose grace period ended, and applies customers' cash balances to their open invoices (cash-balance.ts).
+ * Test-clock subscriptions are billed by their clock's advance only.
  *
  * Safe with several API processes on one store (distributed mode): cycleSubscription bills each period in its own
  * transaction that re-reads the subscription through tx.getObject (SELECT ... FOR UPDATE in the shared store) and
@@ -14,6 +15,7 @@ import { log } from '../../shared/logger';
 import { autoFinalize, INVOICE_TYPE, type InvoiceObject } from './invoices';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
 import { jobSlot, PeriodicJob } from './periodic-job';
+import { reconcileCashBalances } from './cash-balance';
 
 export class BillingTicker extends PeriodicJob {
   constructor(private readonly s: Services) {
@@ -49,6 +51,7 @@ export class BillingTicker extends PeriodicJob {
         if (!this.stopped) log.warn('billing auto-finalize failed', { customer: k, err: String(err) });
       });
     }
+    await reconcileCashBalances(this.s, () => this.stopped);
   }
 }
 

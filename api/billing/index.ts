@@ -17,6 +17,7 @@ import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 import { registerAlertRoutes } from './alerts';
+import { registerCashBalanceRoutes } from './cash-balance';
 import { startAlertEvaluator, stopAlertEvaluator } from './alert-evaluator';
 
 /** Stops the billing background jobs (called by main.ts on shutdown, before the store closes). */
@@ -38,6 +39,7 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
   registerAlertRoutes(http, s);
+  registerCashBalanceRoutes(http, s);
   startBillingTicker(s);
   startAlertEvaluator(s);
 }
