@@ -8,10 +8,13 @@
  * SDK's `parseEventNotification` verifies), backoff and WEBHOOK_* settings. The body is the thin event notification:
  * the event without its `data` (which receivers fetch with GET /v2/core/events/:id).
  *
- * Where the reference is silent or we differ (README): only `type: webhook_endpoint` with `event_payload: thin`
- * (snapshot events go to /v1/webhook_endpoints); `events_from` is `@self` (accounts are walls, there are no connected
- * accounts); `webhook_endpoint.signing_secret` is served only by create with `include`, `webhook_endpoint.url` only
- * with `include` (as the current API); a ping of a disabled destination is recorded and not delivered.
+ * Snapshot destinations (`event_payload: snapshot`) receive the v1 events (queued by api/billing/outbox.ts with the
+ * webhook endpoints' deliveries, counted in `pending_webhooks`), with the body a v1 webhook endpoint gets.
+ *
+ * Where the reference is silent or we differ (README): only `type: webhook_endpoint`; `events_from` is `@self`
+ * (accounts are walls, there are no connected accounts); `webhook_endpoint.signing_secret` is served only by create
+ * with `include`, `webhook_endpoint.url` only with `include` (as the current API); a ping of a disabled destination is
+ * recorded and not delivered.
  */
 import type { HttpServer } from '../shared/http/server';
 import { json } from '../shared/http/server';
@@ -23,13 +26,23 @@ import { ParamReader, type Params } from '../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, NotFoundError } from '../shared/errors';
 import { newId, randomBase62 } from '../shared/ids';
 import { buildCoreEvent, CORE_EVENT_TYPE, recordCoreEvent, type CoreEventObject } from '../shared/core-events';
-import { EVENT_DESTINATION_TYPE, THIN_DELIVERY_TYPE, onThinDeliveriesQueued, type StoredDestination } from '../shared/event-destinations';
+import {
+  EVENT_DESTINATION_TYPE,
+  SNAPSHOT_DELIVERY_TYPE,
+  THIN_DELIVERY_TYPE,
+  onDestinationDeliveriesQueued,
+  type StoredDestination,
+} from '../shared/event-destinations';
+import { CURRENT_API_VERSION } from '../shared/http/server';
+import { EVENT_TYPE, type EventObject } from './billing/outbox';
 import { METADATA_LIMITS } from './billing/common';
-import { readUrl, WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
+import { readUrl, WEBHOOK_CHANNEL, WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
 
 const BASE = '/v2/core/event_destinations';
 const INCLUDABLE = ['webhook_endpoint.url', 'webhook_endpoint.signing_secret'];
-const EVENT_TYPE_PATTERN = /^(\*|[a-z0-9_]+(\.[a-z0-9_]+)+)$/;
+/** Thin types are named exactly (or `*`); snapshot (v1) types may end in `.*`, as a v1 webhook endpoint's. */
+const THIN_TYPE_PATTERN = /^(\*|[a-z0-9_]+(\.[a-z0-9_]+)+)$/;
+const SNAPSHOT_TYPE_PATTERN = /^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$/;
 
 /** The thin event notification as delivered: the event without `data`. */
 export function thinNotification(ev: CoreEventObject): string {
@@ -50,7 +63,22 @@ const THIN_CHANNEL: DeliveryChannel = {
   async settle() {
     /* thin events keep no delivery counters */
   },
-  subscribe: onThinDeliveriesQueued,
+  subscribe: onDestinationDeliveriesQueued,
+};
+
+/** v1 snapshot events to snapshot destinations: the body and the pending_webhooks count of a v1 webhook. */
+const SNAPSHOT_CHANNEL: DeliveryChannel = {
+  deliveryType: SNAPSHOT_DELIVERY_TYPE,
+  async prepare(store, account, d) {
+    const [dest, ev] = await Promise.all([
+      store.getObject<StoredDestination>(account, EVENT_DESTINATION_TYPE, d.endpoint),
+      store.getObject<EventObject>(account, EVENT_TYPE, d.event),
+    ]);
+    if (dest?.data.status !== 'enabled' || !ev) return null;
+    return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: JSON.stringify(ev.data, null, 2) };
+  },
+  settle: WEBHOOK_CHANNEL.settle,
+  subscribe: onDestinationDeliveriesQueued,
 };
 
 function render(d: StoredDestination, include: string[]): Record<string, unknown> {
@@ -71,12 +99,13 @@ function readInclude(r: ParamReader, allowed: string[]): string[] {
   return include;
 }
 
-function readEnabledEvents(r: ParamReader, required: boolean): string[] | undefined {
+function readEnabledEvents(r: ParamReader, required: boolean, payload: StoredDestination['event_payload']): string[] | undefined {
   const events = r.stringArray('enabled_events', { required, maxItems: 500 });
   if (events === undefined) return undefined;
   if (events.length === 0) throw new InvalidParamError('enabled_events', 'enabled_events must contain at least one event type.');
+  const pattern = payload === 'thin' ? THIN_TYPE_PATTERN : SNAPSHOT_TYPE_PATTERN;
   events.forEach((e, i) => {
-    if (!EVENT_TYPE_PATTERN.test(e)) throw new InvalidParamError(`enabled_events[${i}]`, `Invalid event type: ${e.slice(0, 100)}.`);
+    if (!pattern.test(e)) throw new InvalidParamError(`enabled_events[${i}]`, `Invalid event type: ${e.slice(0, 100)}.`);
   });
   return [...new Set(events)];
 }
@@ -132,12 +161,12 @@ async function create(s: Services, p: Principal, params: Params) {
   if (type !== 'webhook_endpoint') {
     throw new InvalidParamError('type', `Unsupported event destination type: ${type.slice(0, 100)}. Only webhook_endpoint destinations are available.`);
   }
-  const payload = r.string('event_payload', { required: true, enum: ['thin', 'snapshot'] });
-  if (payload !== 'thin') {
-    throw new InvalidParamError('event_payload', 'Only thin event destinations are available; snapshot events are delivered to /v1/webhook_endpoints.');
+  const payload = r.string('event_payload', { required: true, enum: ['thin', 'snapshot'] }) as StoredDestination['event_payload'];
+  const version = r.string('snapshot_api_version', { maxLength: 100 });
+  if (version !== undefined && payload !== 'snapshot') {
+    throw new InvalidParamError('snapshot_api_version', 'snapshot_api_version is only for snapshot event destinations.');
   }
-  if (r.has('snapshot_api_version')) throw new InvalidParamError('snapshot_api_version', 'snapshot_api_version is only for snapshot event destinations.');
-  const enabled = readEnabledEvents(r, true)!;
+  const enabled = readEnabledEvents(r, true, payload)!;
   const from = r.stringArray('events_from', { maxItems: 4 }) ?? ['@self'];
   from.forEach((f, i) => {
     if (f !== '@self') throw new InvalidParamError(`events_from[${i}]`, `Unsupported events_from: ${f.slice(0, 100)}. Only @self is available.`);
@@ -152,12 +181,12 @@ async function create(s: Services, p: Principal, params: Params) {
     created: at,
     description: r.string('description', { maxLength: 5000, allowEmpty: true }) ?? '',
     enabled_events: enabled,
-    event_payload: 'thin',
+    event_payload: payload,
     events_from: [...new Set(from)],
     livemode: p.livemode,
     metadata: readMetadata(r, {}) ?? {},
     name,
-    snapshot_api_version: null,
+    snapshot_api_version: payload === 'snapshot' ? (version ?? CURRENT_API_VERSION) : null,
     status: 'enabled',
     status_details: null,
     type: 'webhook_endpoint',
@@ -242,10 +271,10 @@ export function registerEventDestinationRoutes(http: HttpServer, s: Services): v
       const include = readInclude(r, ['webhook_endpoint.url']);
       const name = r.string('name', { maxLength: 100 });
       const description = r.string('description', { maxLength: 5000, allowEmpty: true });
-      const enabled = readEnabledEvents(r, false);
       const endpoint = r.object('webhook_endpoint');
       const url = endpoint ? readUrl(endpoint, true, p.livemode) : undefined;
       return change(s, p, req.params[0], include, (d) => {
+        const enabled = readEnabledEvents(r, false, d.event_payload);
         if (name !== undefined) d.name = name;
         if (description !== undefined) d.description = description;
         if (enabled !== undefined) d.enabled_events = enabled;
@@ -297,9 +326,9 @@ export function registerEventDestinationRoutes(http: HttpServer, s: Services): v
     }),
   );
 
-  activeDispatcher?.stop();
-  activeDispatcher = new WebhookDispatcher(s.state, s.config, THIN_CHANNEL);
-  activeDispatcher.start();
+  for (const d of activeDispatchers) d.stop();
+  activeDispatchers = [THIN_CHANNEL, SNAPSHOT_CHANNEL].map((channel) => new WebhookDispatcher(s.state, s.config, channel));
+  for (const d of activeDispatchers) d.start();
 }
 
-let activeDispatcher: WebhookDispatcher | null = null;
+let activeDispatchers: WebhookDispatcher[] = [];

@@ -5,7 +5,7 @@
  * order, retried after a failed attempt, and not delivered while the destination is disabled.
  */
 import t from 'tap';
-import type Stripe from 'stripe';
+import Stripe from 'stripe';
 import { startServer, eventually } from './helpers/server';
 import { uniqueName, expectError } from './helpers/assertions';
 import { receiver } from './helpers/receiver';
@@ -118,8 +118,9 @@ t.test('event destinations end to end', async (t) => {
       body: JSON.stringify({
         name: 'n',
         type: 'webhook_endpoint',
-        event_payload: 'snapshot',
-        enabled_events: ['customer.created'],
+        event_payload: 'thin',
+        snapshot_api_version: '2026-10-28.endive',
+        enabled_events: ['v1.billing.meter.created'],
         webhook_endpoint: { url: 'http://127.0.0.1:9/' },
       }),
       headers: { 'content-type': 'application/json' },
@@ -217,6 +218,32 @@ t.test('event destinations end to end', async (t) => {
       verified().some((n) => n.related_object?.id === whileDisabled.id),
       'the event recorded while disabled was not delivered',
     );
+
+    // A snapshot destination receives the v1 events, as a v1 webhook endpoint does.
+    const rxSnap = await receiver();
+    t.teardown(() => rxSnap.close());
+    const snap = await stripe.v2.core.eventDestinations.create({
+      name: 'snapshots',
+      type: 'webhook_endpoint',
+      event_payload: 'snapshot',
+      enabled_events: ['customer.*'],
+      webhook_endpoint: { url: rxSnap.url },
+      include: ['webhook_endpoint.signing_secret'],
+    });
+    t.equal(snap.snapshot_api_version, '2026-10-28.endive', 'snapshot events rendered in the server version');
+    const cus = await stripe.customers.create({ name: 'Snap' });
+    await stripe.products.create({ name: uniqueName('not-a-customer-event') });
+    await stripe.customers.update(cus.id, { name: 'Snap 2' });
+    await eventually(async () => rxSnap.got.length >= 2, 30_000, 100);
+    const verifier = new Stripe('sk_test_unused', { telemetry: false });
+    const snapEvents = rxSnap.got.map((g) => verifier.webhooks.constructEvent(g.body, g.signature, snap.webhook_endpoint!.signing_secret!));
+    t.same(
+      snapEvents.map((e) => e.type),
+      ['customer.created', 'customer.updated'],
+      'the matching v1 events, in order, verified with constructEvent',
+    );
+    t.equal((snapEvents[0].data.object as Stripe.Customer).id, cus.id);
+    await eventually(async () => (await stripe.events.retrieve(snapEvents[1].id)).pending_webhooks === 0, 30_000, 100);
 
     // Accounts are walls: B's destination saw none of A's events, only B's own ping.
     const pingB = await other.v2.core.eventDestinations.ping(destOther.id);

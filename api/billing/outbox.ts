@@ -8,7 +8,7 @@ import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { CURRENT_API_VERSION } from '../../shared/http/server';
 import { newId } from '../../shared/ids';
-import type { DeliveryDoc } from '../../shared/event-destinations';
+import { enqueueSnapshotDeliveries, type DeliveryDoc } from '../../shared/event-destinations';
 
 export const EVENT_TYPE = 'event';
 export const EVENT_RETENTION_MS = 30 * 24 * 3600 * 1000;
@@ -137,7 +137,7 @@ export function onDeliveriesQueued(listener: () => void): () => void {
   return () => deliveryListeners.delete(listener);
 }
 
-/** Inside the event's transaction: queues one delivery per matching endpoint, returns the count. */
+/** Inside the event's transaction: queues one delivery per matching endpoint and snapshot event destination, returns the count. */
 async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, nowMs: number): Promise<number> {
   let n = 0;
   let cursor: string | undefined;
@@ -154,5 +154,5 @@ async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, 
     cursor = page.data[page.data.length - 1].id;
   }
   if (n > 0) for (const listener of deliveryListeners) listener();
-  return n;
+  return n + (await enqueueSnapshotDeliveries(tx, p.account, p.livemode, ev.id, ev.type, nowMs, eventTypeMatches));
 }

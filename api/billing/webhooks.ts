@@ -74,7 +74,7 @@ export interface DeliveryChannel {
   subscribe(listener: () => void): () => void;
 }
 
-const WEBHOOK_CHANNEL: DeliveryChannel = {
+export const WEBHOOK_CHANNEL: DeliveryChannel = {
   deliveryType: WEBHOOK_DELIVERY_TYPE,
   async prepare(store, account, d) {
     const [endpoint, ev] = await Promise.all([
