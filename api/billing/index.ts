@@ -18,6 +18,7 @@ import { registerBalanceRoutes } from './balance';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 import { registerAlertRoutes } from './alerts';
 import { registerCashBalanceRoutes } from './cash-balance';
+import { registerPortalRoutes } from './portal';
 import { startAlertEvaluator, stopAlertEvaluator } from './alert-evaluator';
 
 /** Stops the billing background jobs (called by main.ts on shutdown, before the store closes). */
@@ -40,6 +41,7 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerBalanceRoutes(http, s);
   registerAlertRoutes(http, s);
   registerCashBalanceRoutes(http, s);
+  registerPortalRoutes(http, s);
   startBillingTicker(s);
   startAlertEvaluator(s);
 }

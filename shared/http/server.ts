@@ -294,9 +294,11 @@ export class HttpServer implements ConnectionOwner {
   }
 
   private render(result: HttpResult, request: Pick<HttpRequest, 'requestId' | 'stripeVersion' | 'idempotencyKey'>, isHead: boolean, close: boolean): string {
-    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
+    // JSON unless the handler names another type (the billing portal's pages).
+    const type = result.headers?.['Content-Type'] ?? 'application/json';
+    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
     if (request.idempotencyKey) head += `Idempotency-Key: ${request.idempotencyKey}\r\n`;
-    if (result.headers) for (const k in result.headers) head += `${k}: ${result.headers[k]}\r\n`;
+    if (result.headers) for (const k in result.headers) if (k !== 'Content-Type') head += `${k}: ${result.headers[k]}\r\n`;
     head += this.date();
     head += close || this.closing ? 'Connection: close\r\n\r\n' : `${this.keepAliveHeader}\r\n`;
     return isHead ? head : head + result.body;
