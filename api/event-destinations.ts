@@ -50,36 +50,28 @@ export function thinNotification(ev: CoreEventObject): string {
   return JSON.stringify(rest, null, 2);
 }
 
-const THIN_CHANNEL: DeliveryChannel = {
-  deliveryType: THIN_DELIVERY_TYPE,
-  async prepare(store, account, d) {
-    const [dest, ev] = await Promise.all([
-      store.getObject<StoredDestination>(account, EVENT_DESTINATION_TYPE, d.endpoint),
-      store.getObject<CoreEventObject>(account, CORE_EVENT_TYPE, d.event),
-    ]);
-    if (dest?.data.status !== 'enabled' || !ev) return null;
-    return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: thinNotification(ev.data) };
-  },
-  async settle() {
-    /* thin events keep no delivery counters */
-  },
-  subscribe: onDestinationDeliveriesQueued,
-};
+/** A channel to event destinations: rows of `deliveryType` name an event of `eventType`, sent as `body(event)`. */
+function destinationChannel<E>(deliveryType: string, eventType: string, body: (ev: E) => string, settle: DeliveryChannel['settle']): DeliveryChannel {
+  return {
+    deliveryType,
+    async prepare(store, account, d) {
+      const [dest, ev] = await Promise.all([
+        store.getObject<StoredDestination>(account, EVENT_DESTINATION_TYPE, d.endpoint),
+        store.getObject<E>(account, eventType, d.event),
+      ]);
+      if (dest?.data.status !== 'enabled' || !ev) return null;
+      return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: body(ev.data) };
+    },
+    settle,
+    subscribe: onDestinationDeliveriesQueued,
+  };
+}
+
+/** Thin events; they keep no delivery counters. */
+const THIN_CHANNEL = destinationChannel<CoreEventObject>(THIN_DELIVERY_TYPE, CORE_EVENT_TYPE, thinNotification, async () => {});
 
 /** v1 snapshot events to snapshot destinations: the body and the pending_webhooks count of a v1 webhook. */
-const SNAPSHOT_CHANNEL: DeliveryChannel = {
-  deliveryType: SNAPSHOT_DELIVERY_TYPE,
-  async prepare(store, account, d) {
-    const [dest, ev] = await Promise.all([
-      store.getObject<StoredDestination>(account, EVENT_DESTINATION_TYPE, d.endpoint),
-      store.getObject<EventObject>(account, EVENT_TYPE, d.event),
-    ]);
-    if (dest?.data.status !== 'enabled' || !ev) return null;
-    return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: JSON.stringify(ev.data, null, 2) };
-  },
-  settle: WEBHOOK_CHANNEL.settle,
-  subscribe: onDestinationDeliveriesQueued,
-};
+const SNAPSHOT_CHANNEL = destinationChannel<EventObject>(SNAPSHOT_DELIVERY_TYPE, EVENT_TYPE, (ev) => JSON.stringify(ev, null, 2), WEBHOOK_CHANNEL.settle);
 
 function render(d: StoredDestination, include: string[]): Record<string, unknown> {
   const { secret, webhook_endpoint, snapshot_api_version, ...rest } = d;
