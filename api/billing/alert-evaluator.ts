@@ -72,6 +72,7 @@ export class AlertEvaluator extends PeriodicJob {
 
   /** One pass over every active alert. */
   async run(): Promise<void> {
+    const started = Date.now();
     const alerts = (await this.s.state.scanType<AlertObject>(ALERT_TYPE)).filter((o) => o.data.status === 'active');
     if (alerts.length === 0) return;
     const periods = meteredPeriods(await this.s.state.scanType<SubscriptionObject>(SUBSCRIPTION_TYPE));
@@ -81,6 +82,7 @@ export class AlertEvaluator extends PeriodicJob {
         if (!this.stopped) log.warn('billing alert evaluation failed', { alert: o.id, err: String(err) });
       });
     }
+    log.debug('billing alerts evaluated', { alerts: alerts.length, ms: Date.now() - started });
   }
 
   private async evaluate(account: string, alert: AlertObject, periods: Map<string, Period>): Promise<void> {
