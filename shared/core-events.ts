@@ -18,7 +18,8 @@ export interface CoreEventObject {
   livemode: boolean;
   context: null;
   reason: null;
-  related_object?: { id: string; type: string; url: string } | null;
+  /** The object the event is about; a singleton (a customer's cash balance) has no id. */
+  related_object?: { id?: string; type: string; url: string } | null;
   data?: Record<string, unknown>;
 }
 
@@ -63,4 +64,18 @@ export async function recordCoreEvent(store: StateStore, account: string, ev: Co
     });
     await enqueueThinDeliveries(tx, account, ev.livemode, ev.id, ev.type, nowMs, onlyDestination);
   });
+}
+
+/**
+ * The thin counterpart (`v1.<type>`) of a v1 event, for event destinations: stored and queued in `store` (the v1
+ * event's transaction).
+ */
+export function recordThinEvent(
+  store: StateStore,
+  p: { account: string; livemode: boolean },
+  type: string,
+  related: CoreEventObject['related_object'],
+  nowMs: number,
+): Promise<void> {
+  return recordCoreEvent(store, p.account, buildCoreEvent(p.livemode, type, nowMs, related), nowMs);
 }

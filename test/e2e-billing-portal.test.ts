@@ -101,6 +101,11 @@ t.test('customer portal end to end', async (t) => {
   const types = (await stripe.events.list({ limit: 100 })).data.map((e) => e.type);
   t.equal(types.filter((x) => x === 'billing_portal.session.created').length, 3);
   t.equal(types.filter((x) => x === 'billing_portal.configuration.created').length, 3);
+  const thin: string[] = [];
+  for await (const e of stripe.v2.core.events.list({ limit: 100 })) thin.push(e.type);
+  t.equal(thin.filter((x) => x === 'v1.billing_portal.configuration.created').length, 3, 'thin counterparts');
+  t.equal(thin.filter((x) => x === 'v1.billing_portal.configuration.updated').length, 1);
+  t.equal(thin.filter((x) => x === 'v1.billing_portal.session.created').length, 3);
   const bogus = await fetch(`${server.url}/billing_portal/p/not-a-token`);
   t.equal(bogus.status, 404);
   await expectError(

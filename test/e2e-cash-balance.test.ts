@@ -100,6 +100,23 @@ t.test('customer cash balance end to end', async (t) => {
   );
   t.equal(delivered.filter((x) => x === 'invoice.paid').length, 2, 'the paid invoices');
 
+  // Their thin counterparts, for event destinations.
+  const thin = async (type: string) => {
+    const out: Array<{ related_object?: unknown }> = [];
+    for await (const e of stripe.v2.core.events.list({ types: [type] })) out.push(e as { related_object?: unknown });
+    return out;
+  };
+  const thinTxns = await thin('v1.customer_cash_balance_transaction.created');
+  t.equal(thinTxns.length, 4, 'a thin event per transaction');
+  t.same(
+    thinTxns.at(-1)?.related_object,
+    { id: f1.id, type: 'customer_cash_balance_transaction', url: `/v1/customers/${customer.id}/cash_balance_transactions/${f1.id}` },
+    'related to the transaction',
+  );
+  const thinFunds = await thin('v1.cash_balance.funds_available');
+  t.equal(thinFunds.length, 2);
+  t.same(thinFunds[0].related_object, { type: 'cash_balance', url: `/v1/customers/${customer.id}/cash_balance` }, 'the cash balance, a singleton');
+
   // Errors and walls.
   await expectError(
     t,

@@ -23,7 +23,7 @@ import type { Principal } from '../../shared/http/auth';
 import { sqlString } from '../../shared/analytics-store';
 import { METER_TYPE, type MeterObject } from '../../shared/meters';
 import { parseMeterValue, scaledToNumber } from '../../shared/decimal';
-import { buildCoreEvent, recordCoreEvent } from '../../shared/core-events';
+import { recordThinEvent } from '../../shared/core-events';
 import { UniqueViolation } from '../../shared/errors';
 import { log } from '../../shared/logger';
 import { aggregateByCustomer } from '../summaries';
@@ -145,8 +145,7 @@ export class AlertEvaluator extends PeriodicJob {
           livemode: alert.livemode,
           value: scaledToNumber(value),
         });
-        const related = { id: alertId, type: 'billing.alert', url: `/v1/billing/alerts/${alertId}` };
-        await recordCoreEvent(tx, account, buildCoreEvent(alert.livemode, 'v1.billing.alert.triggered', nowMs, related), nowMs);
+        await recordThinEvent(tx, p, 'v1.billing.alert.triggered', { id: alertId, type: 'billing.alert', url: `/v1/billing/alerts/${alertId}` }, nowMs);
         this.fired.add(key);
       });
     } catch (err) {

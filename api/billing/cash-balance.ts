@@ -8,7 +8,7 @@
  * it still owes (the invoice is paid; an `applied_to_payment` transaction takes the amount out): when funds arrive,
  * when the mode becomes automatic, and on every billing tick (BILLING_TICK_MS), which pays invoices finalized later.
  * With `manual` the funds wait. Each transaction records `customer_cash_balance_transaction.created`; funds left
- * unapplied after a funding record `cash_balance.funds_available`.
+ * unapplied after a funding record `cash_balance.funds_available` (each with its thin `v1.` counterpart).
  */
 import type { HttpServer } from '../../shared/http/server';
 import { json } from '../../shared/http/server';
@@ -19,6 +19,7 @@ import type { StateStore } from '../../shared/state-store';
 import { ParamReader } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
+import { recordThinEvent } from '../../shared/core-events';
 import { readListParams } from '../meters';
 import { listEndpoint, recordBillingEvent } from './common';
 import { loadCustomer } from './customers';
@@ -81,6 +82,8 @@ async function saveBalance(tx: StateStore, p: Principal, b: StoredCashBalance, n
 async function addTransaction(tx: StateStore, p: Principal, t: CashTransaction, nowMs: number): Promise<void> {
   await tx.insertObject({ account: p.account, type: CASH_TRANSACTION_TYPE, id: t.id, createdMs: nowMs, data: t });
   await recordBillingEvent(tx, p, 'customer_cash_balance_transaction.created', t);
+  const url = `/v1/customers/${t.customer}/cash_balance_transactions/${t.id}`;
+  await recordThinEvent(tx, p, 'v1.customer_cash_balance_transaction.created', { id: t.id, type: 'customer_cash_balance_transaction', url }, nowMs);
 }
 
 /** In `tx`: pays the customer's open invoices from the balance (automatic mode), oldest first; saves the balance. */
@@ -232,7 +235,10 @@ export function registerCashBalanceRoutes(http: HttpServer, s: Services): void {
         await addTransaction(tx, p, t, nowMs);
         await saveBalance(tx, p, b, nowMs);
         await reconcile(s, tx, p, b, nowMs);
-        if ((b.available[currency] ?? 0) > 0) await recordBillingEvent(tx, p, 'cash_balance.funds_available', render(b));
+        if ((b.available[currency] ?? 0) > 0) {
+          await recordBillingEvent(tx, p, 'cash_balance.funds_available', render(b));
+          await recordThinEvent(tx, p, 'v1.cash_balance.funds_available', { type: 'cash_balance', url: `/v1/customers/${c.id}/cash_balance` }, nowMs);
+        }
         return t;
       });
       return json(200, funded);

@@ -21,6 +21,7 @@ import type { StateStore } from '../../shared/state-store';
 import { ParamReader, parseForm, type Params } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
+import { recordThinEvent } from '../../shared/core-events';
 import { readListParams } from '../meters';
 import { listEndpoint, nullableString, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer } from './customers';
@@ -176,8 +177,22 @@ async function defaultConfiguration(tx: StateStore, p: Principal, nowMs: number)
   if (found.data.length > 0) return found.data[0].data;
   const c = newConfiguration(p, Math.floor(nowMs / 1000), true);
   await tx.insertObject({ account: p.account, type: PORTAL_CONFIGURATION_TYPE, id: c.id, createdMs: nowMs, data: c });
-  await recordBillingEvent(tx, p, 'billing_portal.configuration.created', c);
+  await configurationEvent(tx, p, 'created', c, nowMs);
   return c;
+}
+
+/** The v1 configuration event and its thin counterpart. */
+async function configurationEvent(
+  tx: StateStore,
+  p: Principal,
+  action: 'created' | 'updated',
+  c: PortalConfiguration,
+  nowMs: number,
+  prev?: Record<string, unknown>,
+) {
+  await recordBillingEvent(tx, p, `billing_portal.configuration.${action}`, c, prev);
+  const related = { id: c.id, type: 'billing_portal.configuration', url: `/v1/billing_portal/configurations/${c.id}` };
+  await recordThinEvent(tx, p, `v1.billing_portal.configuration.${action}`, related, nowMs);
 }
 
 function renderSession(ps: PortalSession): Record<string, unknown> {
@@ -269,7 +284,7 @@ export function registerPortalRoutes(http: HttpServer, s: Services): void {
       applyCommon(r, c);
       await s.state.transaction(async (tx) => {
         await tx.insertObject({ account: p.account, type: PORTAL_CONFIGURATION_TYPE, id: c.id, createdMs: nowMs, data: c });
-        await recordBillingEvent(tx, p, 'billing_portal.configuration.created', c);
+        await configurationEvent(tx, p, 'created', c, nowMs);
       });
       return json(200, c);
     }),
@@ -325,7 +340,7 @@ export function registerPortalRoutes(http: HttpServer, s: Services): void {
         c.updated = Math.floor(s.now() / 1000);
         await tx.updateObject(p.account, PORTAL_CONFIGURATION_TYPE, c.id, c);
         const { updated: _u, ...prev } = before;
-        await recordBillingEvent(tx, p, 'billing_portal.configuration.updated', c, prev);
+        await configurationEvent(tx, p, 'updated', c, s.now(), prev);
         return c;
       });
       return json(200, c);
@@ -381,6 +396,7 @@ export function registerPortalRoutes(http: HttpServer, s: Services): void {
           data: { account: p.account, session: ps.id },
         });
         await recordBillingEvent(tx, p, 'billing_portal.session.created', renderSession(ps));
+        await recordThinEvent(tx, p, 'v1.billing_portal.session.created', null, nowMs);
         return ps;
       });
       return json(200, renderSession(ps));
