@@ -17,6 +17,8 @@ import { Idempotency, MemoryIdempotencyRecords, StoreIdempotencyRecords, IDEMPOT
 import { HttpServer, json } from './shared/http/server';
 import { newSecretKey } from './shared/ids';
 import type { Services } from './shared/services';
+import { AccountVersions } from './shared/versioning/account-versions';
+import { ApiVersioning } from './shared/versioning/versioning';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
@@ -87,6 +89,10 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const secret = await sessionSecret(state);
   const durableKeys = new StoreIdempotencyRecords(state);
   const recentKeys = new MemoryIdempotencyRecords();
+  const accountVersions = new AccountVersions(state, config.defaultApiVersion);
+  for (const { account, version } of config.accountApiVersions) {
+    await accountVersions.set(account.startsWith('sk_') ? accountForKey(account) : account, version);
+  }
   const services: Services = {
     config,
     state,
@@ -96,6 +102,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     idempotency: new Idempotency(durableKeys, [recentKeys]),
     hotIdempotency: new Idempotency(recentKeys, [durableKeys]),
     producer: eventLog.producer(),
+    versioning: new ApiVersioning(accountVersions),
     now: () => Date.now(),
   };
   const roles = {

@@ -33,10 +33,11 @@ import {
   onDestinationDeliveriesQueued,
   type StoredDestination,
 } from '../shared/event-destinations';
-import { CURRENT_API_VERSION } from '../shared/http/server';
+import type { ApiVersioning } from '../shared/versioning/versioning';
+import { isKnownVersion } from '../shared/versioning/releases';
 import { EVENT_TYPE, type EventObject } from './billing/outbox';
 import { METADATA_LIMITS } from './billing/common';
-import { readUrl, WEBHOOK_CHANNEL, WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
+import { readUrl, renderEventBody, settleEventDelivery, WebhookDispatcher, type DeliveryChannel } from './billing/webhooks';
 
 const BASE = '/v2/core/event_destinations';
 const INCLUDABLE = ['webhook_endpoint.url', 'webhook_endpoint.signing_secret'];
@@ -51,7 +52,12 @@ export function thinNotification(ev: CoreEventObject): string {
 }
 
 /** A channel to event destinations: rows of `deliveryType` name an event of `eventType`, sent as `body(event)`. */
-function destinationChannel<E>(deliveryType: string, eventType: string, body: (ev: E) => string, settle: DeliveryChannel['settle']): DeliveryChannel {
+function destinationChannel<E>(
+  deliveryType: string,
+  eventType: string,
+  body: (ev: E, dest: StoredDestination, account: string) => Promise<string>,
+  settle: DeliveryChannel['settle'],
+): DeliveryChannel {
   return {
     deliveryType,
     async prepare(store, account, d) {
@@ -60,18 +66,29 @@ function destinationChannel<E>(deliveryType: string, eventType: string, body: (e
         store.getObject<E>(account, eventType, d.event),
       ]);
       if (dest?.data.status !== 'enabled' || !ev) return null;
-      return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: body(ev.data) };
+      return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: await body(ev.data, dest.data, account) };
     },
     settle,
     subscribe: onDestinationDeliveriesQueued,
   };
 }
 
-/** Thin events; they keep no delivery counters. */
-const THIN_CHANNEL = destinationChannel<CoreEventObject>(THIN_DELIVERY_TYPE, CORE_EVENT_TYPE, thinNotification, async () => {});
-
-/** v1 snapshot events to snapshot destinations: the body and the pending_webhooks count of a v1 webhook. */
-const SNAPSHOT_CHANNEL = destinationChannel<EventObject>(SNAPSHOT_DELIVERY_TYPE, EVENT_TYPE, (ev) => JSON.stringify(ev, null, 2), WEBHOOK_CHANNEL.settle);
+/** Thin events (they keep no delivery counters), and v1 events to snapshot destinations as a v1 webhook gets them. */
+function channels(versioning: ApiVersioning): DeliveryChannel[] {
+  const thin = destinationChannel<CoreEventObject>(
+    THIN_DELIVERY_TYPE,
+    CORE_EVENT_TYPE,
+    async (ev) => thinNotification(ev),
+    async () => {},
+  );
+  const snapshot = destinationChannel<EventObject>(
+    SNAPSHOT_DELIVERY_TYPE,
+    EVENT_TYPE,
+    (ev, dest, account) => renderEventBody(versioning, account, ev, dest.snapshot_api_version),
+    settleEventDelivery,
+  );
+  return [thin, snapshot];
+}
 
 function render(d: StoredDestination, include: string[]): Record<string, unknown> {
   const { secret, webhook_endpoint, snapshot_api_version, ...rest } = d;
@@ -158,6 +175,7 @@ async function create(s: Services, p: Principal, params: Params) {
   if (version !== undefined && payload !== 'snapshot') {
     throw new InvalidParamError('snapshot_api_version', 'snapshot_api_version is only for snapshot event destinations.');
   }
+  if (version !== undefined && !isKnownVersion(version)) throw new InvalidParamError('snapshot_api_version', `Unknown API version: ${version.slice(0, 100)}.`);
   const enabled = readEnabledEvents(r, true, payload)!;
   const from = r.stringArray('events_from', { maxItems: 4 }) ?? ['@self'];
   from.forEach((f, i) => {
@@ -178,7 +196,7 @@ async function create(s: Services, p: Principal, params: Params) {
     livemode: p.livemode,
     metadata: readMetadata(r, {}) ?? {},
     name,
-    snapshot_api_version: payload === 'snapshot' ? (version ?? CURRENT_API_VERSION) : null,
+    snapshot_api_version: version ?? null,
     status: 'enabled',
     status_details: null,
     type: 'webhook_endpoint',
@@ -319,7 +337,7 @@ export function registerEventDestinationRoutes(http: HttpServer, s: Services): v
   );
 
   for (const d of activeDispatchers) d.stop();
-  activeDispatchers = [THIN_CHANNEL, SNAPSHOT_CHANNEL].map((channel) => new WebhookDispatcher(s.state, s.config, channel));
+  activeDispatchers = channels(s.versioning).map((channel) => new WebhookDispatcher(s.state, s.config, channel));
   for (const d of activeDispatchers) d.start();
 }
 

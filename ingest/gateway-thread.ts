@@ -9,6 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ApiError } from '../shared/errors';
 import { Authenticator, type Principal } from '../shared/http/auth';
 import { keyedRequest } from '../shared/http/idempotency';
+import { checkApiVersion } from '../shared/versioning/releases';
 import { HttpServer, type HttpRequest, type HttpResult } from '../shared/http/server';
 import { log } from '../shared/logger';
 import type { EventTuple } from '../shared/event-record';
@@ -58,6 +59,7 @@ function main(): void {
   http.route('POST', STREAM_PATH, async (req) => {
     const nowMs = Date.now();
     const principal = auth.sessionToken(req, nowMs);
+    if (req.stripeVersion) checkApiVersion(req.stripeVersion);
     const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
     const keyed = req.idempotencyKey ? keyedRequest(req) : null;
     const { records, transfer } = transferable(encodeEventRecords(principal, nowMs, false, events, init.partitions));

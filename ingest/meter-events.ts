@@ -5,6 +5,7 @@
  */
 import type { HttpServer, HttpRequest, HttpResult } from '../shared/http/server';
 import { json } from '../shared/http/server';
+import { checkApiVersion } from '../shared/versioning/releases';
 import { apiEndpoint } from '../shared/http/endpoints';
 import type { Services } from '../shared/services';
 import type { Principal } from '../shared/http/auth';
@@ -120,6 +121,7 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
 async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
   const nowMs = s.now();
   const principal = s.auth.sessionToken(req, nowMs);
+  if (req.stripeVersion) checkApiVersion(req.stripeVersion);
   return s.hotIdempotency.run(principal, req, async () => {
     await appendEvents(s, principal, nowMs, false, readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs));
     return STREAM_ACCEPTED;

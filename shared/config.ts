@@ -3,6 +3,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
+import { CURRENT_API_VERSION, isKnownVersion } from './versioning/releases';
 
 export type Role = 'all' | 'gateway' | 'aggregator' | 'api';
 
@@ -61,6 +62,10 @@ export interface Config {
   /** How long an aggregator's claim on a partition lasts without renewal (distributed mode). */
   leaseMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** The default API version an account gets on its first use. */
+  defaultApiVersion: string;
+  /** The operator's changes of accounts' default API versions, applied at start-up: account id or secret key → version. */
+  accountApiVersions: { account: string; version: string }[];
 }
 
 /** Every configuration problem found, all at once; main prints one line each and exits non-zero. */
@@ -103,6 +108,36 @@ class EnvReader {
       return dflt;
     }
     return v;
+  }
+
+  /** A release of the API version table (shared/versioning/releases.ts). */
+  apiVersion(name: string): string {
+    const raw = this.raw(name);
+    if (raw === undefined) return CURRENT_API_VERSION;
+    if (!isKnownVersion(raw.trim())) {
+      this.problems.push(
+        `${name}=${JSON.stringify(raw)} is not valid: expected a known API version such as 2024-09-30.acacia (default ${CURRENT_API_VERSION})`,
+      );
+      return CURRENT_API_VERSION;
+    }
+    return raw.trim();
+  }
+
+  /** `acct_…=version` or `sk_…=version` pairs, comma-separated. */
+  accountApiVersions(name: string): { account: string; version: string }[] {
+    const out: { account: string; version: string }[] = [];
+    for (const pair of this.list(name)) {
+      const eq = pair.indexOf('=');
+      const who = eq === -1 ? '' : pair.slice(0, eq).trim();
+      const version = eq === -1 ? '' : pair.slice(eq + 1).trim();
+      const shown = JSON.stringify(pair.startsWith('sk_') ? `${pair.slice(0, 12)}…` : pair);
+      if (!/^(acct_[0-9A-Za-z]+|sk_(test|live)_[0-9A-Za-z_]{8,})$/.test(who) || !isKnownVersion(version)) {
+        this.problems.push(`${name} has ${shown}, which is not valid: expected a comma-separated list of <acct_… or sk_… key>=<known API version>`);
+        continue;
+      }
+      out.push({ account: who, version });
+    }
+    return out;
   }
 
   list(name: string): string[] {
@@ -170,6 +205,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseSchema: r.raw('DATABASE_SCHEMA') ?? 'public',
     leaseMs: r.int('AGGREGATOR_LEASE_SECONDS', 20, 1) * 1000,
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error'] as const),
+    defaultApiVersion: r.apiVersion('DEFAULT_API_VERSION'),
+    accountApiVersions: r.accountApiVersions('ACCOUNT_API_VERSIONS'),
   };
   if (config.kafkaBrokers.length > 0) kafkaSettings(env, r);
   if (r.problems.length > 0) throw new ConfigError(r.problems);

@@ -8,6 +8,7 @@ import type { LogProducer } from './log';
 import type { MeterRegistry } from './meters';
 import type { Authenticator } from './http/auth';
 import type { Idempotency } from './http/idempotency';
+import type { ApiVersioning } from './versioning/versioning';
 
 export interface Services {
   config: Config;
@@ -20,6 +21,8 @@ export interface Services {
   /** Bounded in-memory Idempotency-Key records (meter event endpoints). */
   hotIdempotency: Idempotency;
   producer: LogProducer;
+  /** API versions: each account's default, the request's version, responses and events rendered in it. */
+  versioning: ApiVersioning;
   /** Milliseconds since the epoch; tests of the time rules replace it. */
   now(): number;
 }

@@ -227,10 +227,11 @@ t.test('event destinations end to end', async (t) => {
       type: 'webhook_endpoint',
       event_payload: 'snapshot',
       enabled_events: ['customer.*'],
+      snapshot_api_version: '2026-10-28.endive',
       webhook_endpoint: { url: rxSnap.url },
       include: ['webhook_endpoint.signing_secret'],
     });
-    t.equal(snap.snapshot_api_version, '2026-10-28.endive', 'snapshot events rendered in the server version');
+    t.equal(snap.snapshot_api_version, '2026-10-28.endive', 'snapshot events rendered in the pinned version');
     const cus = await stripe.customers.create({ name: 'Snap' });
     await stripe.products.create({ name: uniqueName('not-a-customer-event') });
     await stripe.customers.update(cus.id, { name: 'Snap 2' });

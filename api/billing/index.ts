@@ -20,6 +20,8 @@ import { registerAlertRoutes } from './alerts';
 import { registerCashBalanceRoutes } from './cash-balance';
 import { registerPortalRoutes } from './portal';
 import { startAlertEvaluator, stopAlertEvaluator } from './alert-evaluator';
+import { PRICE_TYPE, renderPrice, type PriceObject } from './prices';
+import { renderPlan } from './plans';
 
 /** Stops the billing background jobs (called by main.ts on shutdown, before the store closes). */
 export async function stopBillingJobs(): Promise<void> {
@@ -27,6 +29,13 @@ export async function stopBillingJobs(): Promise<void> {
 }
 
 export function registerBillingRoutes(http: HttpServer, s: Services): void {
+  // Older API versions embed whole prices and plans where newer ones name them by id.
+  s.versioning.setLoader(async (account, type, id) => {
+    const found = await s.state.getObject<PriceObject>(account, PRICE_TYPE, id);
+    if (!found) return null;
+    if (type === 'price') return { ...renderPrice(found.data, []) };
+    return found.data.type === 'recurring' ? { ...renderPlan(found.data, []) } : null;
+  });
   registerCustomerRoutes(http, s);
   registerProductRoutes(http, s);
   registerPriceRoutes(http, s);

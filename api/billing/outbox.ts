@@ -6,7 +6,11 @@
  */
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { CURRENT_API_VERSION } from '../../shared/http/server';
+import { CURRENT_API_VERSION } from '../../shared/versioning/releases';
+import { readAccountVersion } from '../../shared/versioning/account-versions';
+import { isPlain, previousAttributes } from '../../shared/versioning/previous-attributes';
+
+export { previousAttributes };
 import { newId } from '../../shared/ids';
 import { enqueueSnapshotDeliveries, type DeliveryDoc } from '../../shared/event-destinations';
 
@@ -25,43 +29,6 @@ export interface EventObject {
   type: string;
 }
 
-function isPlain(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function same(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-/**
- * Stripe's `previous_attributes`: the old values of what changed. Hashes (metadata, address, …) are compared key by
- * key and only their changed keys appear, a key that did not exist before as null. Only the top-level keys present in
- * `before` are considered, so callers may pass either the whole previous object or just the changed attributes.
- */
-export function previousAttributes(before: Record<string, unknown>, after: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k of Object.keys(before)) {
-    const b = before[k];
-    const a = after[k];
-    if (same(a, b)) continue;
-    if (isPlain(a) && isPlain(b)) out[k] = nestedDiff(b, a);
-    else out[k] = b === undefined ? null : b;
-  }
-  return out;
-}
-
-function nestedDiff(before: Record<string, unknown>, after: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
-    const b = before[k];
-    const a = after[k];
-    if (same(a, b)) continue;
-    if (isPlain(a) && isPlain(b)) out[k] = nestedDiff(b, a);
-    else out[k] = b === undefined ? null : b;
-  }
-  return out;
-}
-
 /**
  * Builds and stores the event in `tx` (the caller's transaction), and queues its webhook deliveries in the same
  * transaction. An update whose diff is empty records nothing (Stripe sends no `*.updated` event for a no-op).
@@ -78,7 +45,9 @@ export async function storeEvent(tx: StateStore, p: Principal, type: string, obj
   const ev: EventObject = {
     id: newId('evt', p.livemode),
     object: 'event',
-    api_version: CURRENT_API_VERSION,
+    // The account's default version when the event happens: what its data is rendered in (webhook endpoints pinned
+    // to a version get their own rendering at delivery).
+    api_version: (await readAccountVersion(tx, p.account)) ?? CURRENT_API_VERSION,
     created: Math.floor(nowMs / 1000),
     data,
     livemode: p.livemode,

@@ -20,8 +20,11 @@
  * Several API processes (distributed mode) each run a dispatcher over the shared store: a process claims a delivery
  * with a lease (row locked while claiming) before sending, so each attempt is made once; a process that dies
  * mid-attempt leaves the lease to expire (timeout + 5 s) and another process retries. A receiver may still see an
- * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id. Events are rendered in the server's API version whatever the endpoint's
- * `api_version`.
+ * event twice (answer lost after processing), as with Stripe: receivers should be idempotent by event id.
+ *
+ * Versions (Stripe's rule): an endpoint created with `api_version` keeps it and receives every event rendered in it
+ * (its `api_version` field says so); one created without receives each event in the version the event was created
+ * in (the account's default at that time).
  */
 import type { Config } from '../../shared/config';
 import crypto from 'node:crypto';
@@ -36,6 +39,8 @@ import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
+import type { ApiVersioning } from '../../shared/versioning/versioning';
+import { CURRENT_API_VERSION, isKnownVersion } from '../../shared/versioning/releases';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
 import {
@@ -74,25 +79,41 @@ export interface DeliveryChannel {
   subscribe(listener: () => void): () => void;
 }
 
-export const WEBHOOK_CHANNEL: DeliveryChannel = {
-  deliveryType: WEBHOOK_DELIVERY_TYPE,
-  async prepare(store, account, d) {
-    const [endpoint, ev] = await Promise.all([
-      store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
-      store.getObject<EventObject>(account, EVENT_TYPE, d.event),
-    ]);
-    if (endpoint?.data.status !== 'enabled' || !ev) return null;
-    return { url: endpoint.data.url, secret: endpoint.data.secret, payload: JSON.stringify(ev.data, null, 2) };
-  },
-  async settle(tx, account, d) {
-    const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
-    if (ev) {
-      ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
-      await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
-    }
-  },
-  subscribe: onDeliveriesQueued,
-};
+/**
+ * A v1 event rendered in `version` (an endpoint's or a snapshot destination's pinned version; else the version the
+ * event was recorded in, else the current one), as the JSON body a receiver gets.
+ */
+export async function renderEventBody(versioning: ApiVersioning, account: string, ev: EventObject, version: string | null): Promise<string> {
+  const event = structuredClone(ev);
+  event.api_version = version ?? (ev.api_version && isKnownVersion(ev.api_version) ? ev.api_version : CURRENT_API_VERSION);
+  return JSON.stringify(await versioning.renderObject(event, event.api_version, account), null, 2);
+}
+
+/** A finished delivery of a v1 event: one fewer pending webhook on the event. */
+export async function settleEventDelivery(tx: StateStore, account: string, d: DeliveryDoc): Promise<void> {
+  const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
+  if (ev) {
+    ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
+    await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
+  }
+}
+
+/** v1 events to v1 webhook endpoints, rendered in the endpoint's pinned version. */
+export function webhookChannel(versioning: ApiVersioning): DeliveryChannel {
+  return {
+    deliveryType: WEBHOOK_DELIVERY_TYPE,
+    async prepare(store, account, d) {
+      const [endpoint, ev] = await Promise.all([
+        store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
+        store.getObject<EventObject>(account, EVENT_TYPE, d.event),
+      ]);
+      if (endpoint?.data.status !== 'enabled' || !ev) return null;
+      return { url: endpoint.data.url, secret: endpoint.data.secret, payload: await renderEventBody(versioning, account, ev.data, endpoint.data.api_version) };
+    },
+    settle: settleEventDelivery,
+    subscribe: onDeliveriesQueued,
+  };
+}
 
 let activeDispatcher: WebhookDispatcher | null = null;
 
@@ -115,7 +136,7 @@ export class WebhookDispatcher {
   constructor(
     private readonly store: StateStore,
     config: Pick<Config, 'webhookRetryBaseMs' | 'webhookMaxAttempts' | 'webhookTimeoutMs' | 'webhookPollMs'>,
-    private readonly channel: DeliveryChannel = WEBHOOK_CHANNEL,
+    private readonly channel: DeliveryChannel,
   ) {
     this.retryBaseMs = config.webhookRetryBaseMs;
     this.maxAttempts = config.webhookMaxAttempts;
@@ -295,6 +316,14 @@ function readEnabledEvents(r: ParamReader, required: boolean): string[] | undefi
   return [...new Set(ev)];
 }
 
+/** An endpoint's pinned version must be one the release table knows (it renders every delivery). */
+function readApiVersion(r: ParamReader): string | null {
+  const version = r.string('api_version', { maxLength: 100 });
+  if (version === undefined) return null;
+  if (!isKnownVersion(version)) throw new InvalidParamError('api_version', `Invalid Stripe API version: ${version}`);
+  return version;
+}
+
 async function loadEndpoint(store: StateStore, p: Principal, id: string): Promise<StoredEndpoint> {
   const found = await store.getObject<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, id);
   if (!found) throw new NotFoundError(`No such webhook endpoint: '${id}'`);
@@ -310,7 +339,7 @@ async function createEndpoint(s: Services, p: Principal, params: Params) {
   const e: StoredEndpoint = {
     id: newId('we', p.livemode),
     object: 'webhook_endpoint',
-    api_version: r.string('api_version', { maxLength: 100 }) ?? null,
+    api_version: readApiVersion(r),
     application: null,
     created: now,
     description: nullableString(r, 'description', 5000) ?? null,
@@ -389,6 +418,6 @@ export function registerWebhookRoutes(http: HttpServer, s: Services): void {
   );
 
   if (activeDispatcher) activeDispatcher.stop();
-  activeDispatcher = new WebhookDispatcher(s.state, s.config);
+  activeDispatcher = new WebhookDispatcher(s.state, s.config, webhookChannel(s.versioning));
   activeDispatcher.start();
 }

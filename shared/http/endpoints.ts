@@ -4,9 +4,9 @@
 import type { Services } from '../services';
 import type { Principal } from './auth';
 import type { Idempotency } from './idempotency';
-import { json, type HttpRequest, type HttpResult, type RouteHandler } from './server';
+import { errorResult, json, type HttpRequest, type HttpResult, type RouteHandler } from './server';
 import { parseForm, parseJsonBody, parseQuery, type Params } from '../wire/form';
-import { InvalidRequestError } from '../errors';
+import { InvalidRequestError, StripeError } from '../errors';
 
 export type Endpoint = (principal: Principal, req: HttpRequest, params: Params) => Promise<HttpResult> | HttpResult;
 
@@ -23,12 +23,25 @@ export function paramsOf(req: HttpRequest): Params {
   return parseForm(req.body);
 }
 
-/** An API-key endpoint; POSTs go through the given idempotency layer. */
+/**
+ * An API-key endpoint; POSTs go through the given idempotency layer. The request is served in its API version:
+ * older parameters are translated for the endpoint, and the endpoint's answer (always the newest shape, which is
+ * what the idempotency layer keeps) is rendered in that version.
+ */
 export function apiEndpoint(s: Services, fn: Endpoint, idempotency: Idempotency = s.idempotency): RouteHandler {
-  return (req) => {
+  return async (req) => {
     const principal = s.auth.apiKey(req);
-    if (req.method !== 'POST') return fn(principal, req, paramsOf(req));
-    return idempotency.run(principal, req, async () => fn(principal, req, paramsOf(req)));
+    const version = await s.versioning.requestVersion(req, principal);
+    const params = () => s.versioning.upgradeParams(version, req, paramsOf(req));
+    let result: HttpResult;
+    try {
+      result = req.method === 'POST' ? await idempotency.run(principal, req, async () => fn(principal, req, params())) : await fn(principal, req, params());
+    } catch (err) {
+      if (!(err instanceof StripeError)) throw err;
+      result = errorResult(err, req.flavor);
+    }
+    if (req.flavor === 'v1') result = await s.versioning.renderResult(result, version, principal.account);
+    return { ...result, stripeVersion: version };
   };
 }
 

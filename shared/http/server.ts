@@ -13,6 +13,7 @@ import { ApiError, HttpProtocolError, RouteNotFoundError, StripeError } from '..
 import { log } from '../logger';
 import { Connection, type ConnectionOwner, type UpgradeTakeover } from './connection';
 import { DEFAULT_LIMITS, type HttpLimits, type RequestHead } from './parser';
+import { CURRENT_API_VERSION, isKnownVersion } from '../versioning/releases';
 
 export type ApiFlavor = 'v1' | 'v2';
 
@@ -35,6 +36,8 @@ export interface HttpResult {
   /** JSON text, already serialized (handlers often serialize once and keep the text for idempotent replays). */
   body: string;
   headers?: Record<string, string>;
+  /** The API version the body was rendered in, when the handler decided it (else the request's, if valid). */
+  stripeVersion?: string;
 }
 
 export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResult;
@@ -45,7 +48,7 @@ export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResul
  */
 export type UpgradeHandler = (req: HttpRequest, head: RequestHead) => UpgradeTakeover;
 
-export const CURRENT_API_VERSION = '2026-10-28.endive';
+export { CURRENT_API_VERSION } from '../versioning/releases';
 
 const STATUS_TEXT: Record<number, string> = {
   200: '200 OK',
@@ -294,9 +297,11 @@ export class HttpServer implements ConnectionOwner {
   }
 
   private render(result: HttpResult, request: Pick<HttpRequest, 'requestId' | 'stripeVersion' | 'idempotencyKey'>, isHead: boolean, close: boolean): string {
+    // A version that does not exist is never echoed: nothing was rendered in it.
+    const version = result.stripeVersion ?? (isKnownVersion(request.stripeVersion) ? request.stripeVersion : CURRENT_API_VERSION);
     // JSON unless the handler names another type (the billing portal's pages).
     const type = result.headers?.['Content-Type'] ?? 'application/json';
-    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${request.stripeVersion || CURRENT_API_VERSION}\r\n`;
+    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${version}\r\n`;
     if (request.idempotencyKey) head += `Idempotency-Key: ${request.idempotencyKey}\r\n`;
     if (result.headers) for (const k in result.headers) if (k !== 'Content-Type') head += `${k}: ${result.headers[k]}\r\n`;
     head += this.date();
