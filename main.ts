@@ -29,6 +29,10 @@ import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './
 import { MeterEventSocketServer } from './ingest/ws-stream';
 import { GatewayThreads } from './ingest/gateway-threads';
 import { Aggregator } from './aggregator/aggregator';
+import { collectProcessMetrics, metrics, trackEventLoop } from './shared/metrics';
+import { countedAnalytics, countedLog } from './shared/metrics/drivers';
+import { registerMetricsRoute } from './shared/metrics/endpoint';
+import { registerDashboardRoutes } from './api/dashboard';
 
 const SYSTEM_ACCOUNT = '_system';
 
@@ -81,8 +85,9 @@ export interface RunningServer {
 
 export async function startServer(config: Config): Promise<RunningServer> {
   const drivers = await openDrivers(config);
-  const { state, analytics } = drivers;
-  const eventLog = drivers.log;
+  const { state } = drivers;
+  const analytics = countedAnalytics(drivers.analytics);
+  const eventLog = countedLog(drivers.log);
   const { keys, generated } = await apiKeys(config, state);
   const meters = new MeterRegistry(state, drivers.mode !== 'embedded');
   await meters.load();
@@ -100,7 +105,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     meters,
     auth: new Authenticator(keys, secret, config.sessionTtlMs),
     idempotency: new Idempotency(durableKeys, [recentKeys]),
-    hotIdempotency: new Idempotency(recentKeys, [durableKeys]),
+    hotIdempotency: new Idempotency(recentKeys, [durableKeys], 'memory'),
     producer: eventLog.producer(),
     versioning: new ApiVersioning(accountVersions),
     now: () => Date.now(),
@@ -144,6 +149,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       leaseRenewMs: Math.max(250, Math.floor(config.leaseMs / 4)),
     });
     await aggregator.start();
+    aggregator.trackMetrics();
   }
 
   const http = new HttpServer({
@@ -180,6 +186,19 @@ export async function startServer(config: Config): Promise<RunningServer> {
         : null,
     });
   });
+  const remoteMetrics = async () => (gateway ? gateway.metricSnapshots() : []);
+  registerMetricsRoute(http, config.metricsToken, remoteMetrics);
+  if (roles.api) registerDashboardRoutes(http, services, remoteMetrics);
+  metrics.info.child(config.role, drivers.mode).set(1);
+  trackEventLoop('main');
+  collectProcessMetrics();
+  if (roles.gateway) {
+    metrics.streamConnections.collector = async () => {
+      const streams = await (gateway ? gateway.streamStats() : sockets.snapshot());
+      metrics.streamConnections.child().set(streams.connections);
+      metrics.streamBatchesInFlight.child().set(streams.batchesInFlight);
+    };
+  }
   // With gateway threads, they own the sockets and this thread's router answers what they forward.
   gateway = config.gatewayThreads > 0 ? new GatewayThreads(http, services) : null;
   const port = gateway

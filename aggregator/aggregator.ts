@@ -36,6 +36,7 @@ import { ErrorReports } from './error-reports';
 import { recordCoreEvent } from '../shared/core-events';
 import { parseMeterValue, formatScaled } from '../shared/decimal';
 import { log } from '../shared/logger';
+import { metrics } from '../shared/metrics';
 
 export interface AggregatorOptions {
   log: EventLog;
@@ -87,6 +88,8 @@ class FlushBuffer {
   reached = new Map<number, number>();
   errors = new ErrorReports();
   firstAtMs = 0;
+  /** When the oldest event to be written was received (the flush's freshness is measured from it). */
+  oldestReceivedMs = Infinity;
 
   get hasWork(): boolean {
     return this.reached.size > 0;
@@ -96,6 +99,17 @@ class FlushBuffer {
 /** Bounded so one iteration never holds the event loop (shared with the gateway in embedded mode) for long. */
 const POLL_RECORDS = 1000;
 const CHUNK_RECORDS = 100;
+
+const DEDUP_HITS = metrics.dedupHits.child();
+const EVENTS_STORED = metrics.eventsStored.child();
+const CANCELLATIONS = metrics.cancellations.child();
+const FLUSH_SECONDS = metrics.flushSeconds.child();
+const FRESHNESS = metrics.freshness.child();
+const ROWS = {
+  raw: metrics.flushRows.child('meter_events'),
+  cancellations: metrics.flushRows.child('meter_cancellations'),
+  rollups: metrics.flushRows.child('meter_rollups_1m'),
+};
 
 export class Aggregator {
   private readonly consumer: LogConsumer;
@@ -310,6 +324,7 @@ export class Aggregator {
     let dropped: number[] | null = null;
     let emitted = false;
     let emittedEvents = 0;
+    let oldestReceivedMs = Infinity;
     for (let i = 0; i < r.n; i++) {
       while (ci < r.cancels.length && r.cancels[ci].position === i) this.applyCancel(st, r.cancels[ci++], r.partition);
       const f = r.flags[i];
@@ -317,6 +332,7 @@ export class Aggregator {
         // EMIT is only ever set together with VALID.
         emitted = true;
         emittedEvents++;
+        if (r.receivedMs[i] < oldestReceivedMs) oldestReceivedMs = r.receivedMs[i];
       }
       if ((f & VALID) === 0) continue;
       const hi = r.hi[i];
@@ -327,6 +343,7 @@ export class Aggregator {
         if ((f & EMIT) !== 0) {
           (dropped ??= []).push(i);
           this.stats.duplicates++;
+          DEDUP_HITS.value++;
         }
         continue;
       }
@@ -350,7 +367,11 @@ export class Aggregator {
 
     if (!b.hasWork) b.firstAtMs = nowMs;
     b.reached.set(r.partition, r.nextOffset);
-    for (const e of r.errors) b.errors.add(e, nowMs);
+    if (oldestReceivedMs < b.oldestReceivedMs) b.oldestReceivedMs = oldestReceivedMs;
+    for (const e of r.errors) {
+      b.errors.add(e, nowMs);
+      metrics.validationErrors.child(e.code).inc();
+    }
     this.stats.invalid += r.errors.length;
 
     // Raw rows: the whole chunk, minus the lines of dropped duplicates.
@@ -489,6 +510,13 @@ export class Aggregator {
 
     this.stats.stored += b.events;
     const nowMs = Date.now();
+    EVENTS_STORED.inc(b.events);
+    CANCELLATIONS.inc(b.cancelLines.length);
+    ROWS.raw.inc(b.events);
+    ROWS.cancellations.inc(b.cancelLines.length);
+    ROWS.rollups.inc(rollupLines.length);
+    FLUSH_SECONDS.observe((nowMs - started) / 1000);
+    if (b.oldestReceivedMs !== Infinity) FRESHNESS.observe(Math.max(0, nowMs - b.oldestReceivedMs) / 1000);
     for (const [p, offset] of b.reached) {
       const st = this.partitions.get(p);
       if (!st) continue;
@@ -556,6 +584,26 @@ export class Aggregator {
     const partitions: Record<string, { next: number; stored: number }> = {};
     for (const [p, st] of this.partitions) partitions[p] = { next: st.nextOffset, stored: st.storedOffset };
     return { ...this.stats, partitions };
+  }
+
+  /** Publishes, at each scrape, the owned partitions' offsets and lag (log end − stored watermark, where the log tells its end). */
+  trackMetrics(): void {
+    metrics.consumerLag.collector = async () => {
+      const lag = metrics.consumerLag;
+      lag.clear();
+      metrics.consumerOffset.clear();
+      metrics.storedOffset.clear();
+      for (const [p, st] of this.partitions) {
+        metrics.consumerOffset.child(String(p)).set(st.nextOffset);
+        metrics.storedOffset.child(String(p)).set(st.storedOffset);
+        if (!this.o.log.endOffset) continue;
+        try {
+          lag.child(String(p)).set(Math.max(0, (await this.o.log.endOffset(p)) - st.storedOffset));
+        } catch (err) {
+          log.debug('log end offset unavailable', { partition: p, err: String(err) });
+        }
+      }
+    };
   }
 
   /** Flushes what is buffered and snapshots the dedup index, so a clean restart replays nothing. */

@@ -51,6 +51,10 @@ export function thinNotification(ev: CoreEventObject): string {
   return JSON.stringify(rest, null, 2);
 }
 
+function eventTypeOf(ev: unknown): string {
+  return String((ev as { type?: unknown }).type ?? '');
+}
+
 /** A channel to event destinations: rows of `deliveryType` name an event of `eventType`, sent as `body(event)`. */
 function destinationChannel<E>(
   deliveryType: string,
@@ -66,7 +70,12 @@ function destinationChannel<E>(
         store.getObject<E>(account, eventType, d.event),
       ]);
       if (dest?.data.status !== 'enabled' || !ev) return null;
-      return { url: dest.data.webhook_endpoint.url, secret: dest.data.secret, payload: await body(ev.data, dest.data, account) };
+      return {
+        url: dest.data.webhook_endpoint.url,
+        secret: dest.data.secret,
+        payload: await body(ev.data, dest.data, account),
+        eventType: eventTypeOf(ev.data),
+      };
     },
     settle,
     subscribe: onDestinationDeliveriesQueued,

@@ -8,6 +8,7 @@ import { StripeError, type V1ErrorType } from '../shared/errors';
 import type { Principal } from '../shared/http/auth';
 import type { KeyedRequest } from '../shared/http/idempotency';
 import type { ApiFlavor, HttpResult } from '../shared/http/server';
+import type { RegistrySnapshot } from '../shared/metrics';
 
 export interface GatewayThreadInit {
   index: number;
@@ -52,6 +53,8 @@ export type ToMain =
   /** A WebSocket batch, read and encoded: the main thread appends it. */
   | { t: 'batch'; id: number; records: TransferredRecords }
   | { t: 'stats'; id: number; stats: StreamSocketStats }
+  /** This thread's metric values, asked for at each scrape of /metrics. */
+  | { t: 'metrics'; id: number; snapshot: RegistrySnapshot }
   | { t: 'closed' };
 
 /** The WebSocket stream's figures, for /healthz. */
@@ -65,6 +68,7 @@ export type ToThread =
   | { t: 'result'; id: number; result: HttpResult }
   | { t: 'appended'; id: number; error: SerializedError | null }
   | { t: 'stats'; id: number }
+  | { t: 'metrics'; id: number }
   | { t: 'close' };
 
 export interface SerializedError {

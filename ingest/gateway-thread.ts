@@ -17,6 +17,7 @@ import { deserializeError, transferable, type GatewayThreadInit, type ToMain, ty
 import { encodeEventRecords } from './records';
 import { readStreamRequest } from './stream-events';
 import { MeterEventSocketServer } from './ws-stream';
+import { countAccepted, countingRejections, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
 
 export const STREAM_PATH = '/v2/billing/meter_event_stream';
 
@@ -25,6 +26,7 @@ function main(): void {
   if (!port) throw new Error('gateway-thread.js runs as a worker thread of meterd');
   const init = workerData as GatewayThreadInit;
   log.setLevel(init.logLevel);
+  trackEventLoop(`gateway-${init.index}`);
   const auth = new Authenticator([], Buffer.from(init.sessionSecret, 'base64'), init.sessionTtlMs);
   const waiting = new Map<number, (reply: ToThread) => void>();
   let nextId = 1;
@@ -56,21 +58,34 @@ function main(): void {
     requestTimeoutSeconds: init.requestTimeoutSeconds,
   });
   const sockets = new MeterEventSocketServer(auth, appendBatch);
-  http.route('POST', STREAM_PATH, async (req) => {
-    const nowMs = Date.now();
-    const principal = auth.sessionToken(req, nowMs);
-    if (req.stripeVersion) checkApiVersion(req.stripeVersion);
-    const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
-    const keyed = req.idempotencyKey ? keyedRequest(req) : null;
-    const { records, transfer } = transferable(encodeEventRecords(principal, nowMs, false, events, init.partitions));
-    const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
-    if (reply.t !== 'result') throw new ApiError();
-    return reply.result;
-  });
+  const streamSeries = ingestSeries('v2_meter_event_stream');
+  http.route(
+    'POST',
+    STREAM_PATH,
+    countingRejections(streamSeries.endpoint, async (req) => {
+      const started = performance.now();
+      const nowMs = Date.now();
+      const principal = auth.sessionToken(req, nowMs);
+      if (req.stripeVersion) checkApiVersion(req.stripeVersion);
+      const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+      const keyed = req.idempotencyKey ? keyedRequest(req) : null;
+      const { records, transfer } = transferable(encodeEventRecords(principal, nowMs, false, events, init.partitions));
+      const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
+      if (reply.t !== 'result') throw new ApiError();
+      const { result } = reply;
+      // A replayed answer (Idempotency-Key) stored nothing new; an error answer was rendered by the main thread.
+      if (result.status === 200 && !result.headers?.['Idempotent-Replayed']) countAccepted(streamSeries, principal.livemode, events.length, started);
+      return result;
+    }),
+  );
   http.upgradeRoute(STREAM_PATH, sockets.handshake);
   http.fallback(forward);
 
   port.on('message', (message: ToThread) => {
+    if (message.t === 'metrics') {
+      registry.snapshot().then((snapshot) => port.postMessage({ t: 'metrics', id: message.id, snapshot } satisfies ToMain));
+      return;
+    }
     if (message.t === 'stats') {
       port.postMessage({ t: 'stats', id: message.id, stats: sockets.snapshot() } satisfies ToMain);
       return;
@@ -100,4 +115,5 @@ function main(): void {
   );
 }
 
+/** The error of an answer the main thread rendered, for counting it by code. */
 main();

@@ -13,6 +13,7 @@ import { log } from '../shared/logger';
 import type { Services } from '../shared/services';
 import { serializeError, type GatewayThreadInit, type StreamSocketStats, type ToMain, type ToThread, type TransferredRecords } from './gateway-messages';
 import { STREAM_ACCEPTED } from './meter-events';
+import type { RegistrySnapshot } from '../shared/metrics';
 
 export interface GatewayThreadOptions {
   threads: number;
@@ -29,6 +30,7 @@ export class GatewayThreads {
   private readonly workers: Worker[] = [];
   private closing = false;
   private readonly statsWaiting = new Map<number, (stats: StreamSocketStats) => void>();
+  private readonly metricsWaiting = new Map<number, (snapshot: RegistrySnapshot) => void>();
   private nextStatsId = 1;
 
   constructor(
@@ -104,6 +106,10 @@ export class GatewayThreads {
         this.statsWaiting.get(message.id)?.(message.stats);
         this.statsWaiting.delete(message.id);
         return;
+      case 'metrics':
+        this.metricsWaiting.get(message.id)?.(message.snapshot);
+        this.metricsWaiting.delete(message.id);
+        return;
       case 'batch':
         this.append(message.records).then(
           () => post(worker, { t: 'appended', id: message.id, error: null }),
@@ -132,6 +138,28 @@ export class GatewayThreads {
       batchesInFlight: all.reduce((n, x) => n + x.batchesInFlight, 0),
       peakBatchesInFlightPerConnection: Math.max(0, ...all.map((x) => x.peakBatchesInFlightPerConnection)),
     };
+  }
+
+  /** Every thread's metric values (one message per thread per scrape; a thread that does not answer in 2 s is left out). */
+  async metricSnapshots(): Promise<RegistrySnapshot[]> {
+    const all = await Promise.all(
+      this.workers.map(
+        (worker) =>
+          new Promise<RegistrySnapshot | null>((resolve) => {
+            const id = this.nextStatsId++;
+            const timer = setTimeout(() => {
+              this.metricsWaiting.delete(id);
+              resolve(null);
+            }, 2000);
+            this.metricsWaiting.set(id, (snapshot) => {
+              clearTimeout(timer);
+              resolve(snapshot);
+            });
+            post(worker, { t: 'metrics', id });
+          }),
+      ),
+    );
+    return all.filter((s): s is RegistrySnapshot => s !== null);
   }
 
   private append(records: TransferredRecords): Promise<unknown> {

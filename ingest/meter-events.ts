@@ -18,10 +18,16 @@ import { encodeRecord, partitionFor, RecordKind, type CancelTuple, type EventTup
 import type { MeterInfo } from '../shared/meters';
 import type { MeterEventSocketServer } from './ws-stream';
 import { encodeEventRecords } from './records';
+import { countAccepted, countingRejections, ingestSeries } from '../shared/metrics';
 import { checkTimestampRange, generatedIdentifier, missing, parseV2Timestamp, readPayload, readStreamRequest, requireString } from './stream-events';
 
 /** The stream's answer: an empty object, as Stripe's. */
 export const STREAM_ACCEPTED: HttpResult = { status: 200, body: '{}' };
+
+const V1_EVENTS = ingestSeries('v1_meter_events');
+const V2_EVENTS = ingestSeries('v2_meter_events');
+const STREAM = ingestSeries('v2_meter_event_stream');
+const ADJUSTMENTS = { v1: ingestSeries('v1_meter_event_adjustments'), v2: ingestSeries('v2_meter_event_adjustments') };
 
 /** Synchronous validation against the meter (v1 and v2 meter_events). */
 async function validateAgainstMeter(s: Services, p: Principal, eventName: string, payload: Record<string, string>): Promise<MeterInfo> {
@@ -69,6 +75,7 @@ async function appendCancel(s: Services, p: Principal, receivedMs: number, cance
 }
 
 async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, params: Params): Promise<HttpResult> {
+  const started = performance.now();
   const r = new ParamReader(params);
   r.assertNoUnknown(['event_name', 'payload', 'identifier', 'timestamp', 'expand']);
   const eventName = r.string('event_name', { required: true, maxLength: 100 })!;
@@ -80,6 +87,7 @@ async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   if (ts !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
   await validateAgainstMeter(s, p, eventName, payload);
   await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
+  countAccepted(V1_EVENTS, p.livemode, 1, started);
   return json(200, {
     object: 'billing.meter_event',
     created: Math.floor(nowMs / 1000),
@@ -92,6 +100,7 @@ async function createV1MeterEvent(s: Services, p: Principal, req: HttpRequest, p
 }
 
 async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, params: Params): Promise<HttpResult> {
+  const started = performance.now();
   const body = params as Record<string, unknown>;
   for (const k in body) {
     if (k !== 'event_name' && k !== 'payload' && k !== 'identifier' && k !== 'timestamp') {
@@ -106,6 +115,7 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
   if (body.timestamp !== undefined) checkTimestampRange(timestampMs, nowMs, 'timestamp');
   await validateAgainstMeter(s, p, eventName, payload);
   await appendEvents(s, p, nowMs, true, [[eventName, identifier, timestampMs, payload]]);
+  countAccepted(V2_EVENTS, p.livemode, 1, started);
   return json(200, {
     object: 'v2.billing.meter_event',
     created: new Date(nowMs).toISOString(),
@@ -119,16 +129,20 @@ async function createV2MeterEvent(s: Services, p: Principal, req: HttpRequest, p
 
 /** The HTTP stream; the rules of each event are in readStreamEvents. */
 async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
+  const started = performance.now();
   const nowMs = s.now();
   const principal = s.auth.sessionToken(req, nowMs);
   if (req.stripeVersion) checkApiVersion(req.stripeVersion);
   return s.hotIdempotency.run(principal, req, async () => {
-    await appendEvents(s, principal, nowMs, false, readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs));
+    const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+    await appendEvents(s, principal, nowMs, false, events);
+    countAccepted(STREAM, principal.livemode, events.length, started);
     return STREAM_ACCEPTED;
   });
 }
 
 async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', params: Params): Promise<HttpResult> {
+  const started = performance.now();
   let eventName: string;
   let identifier: string | undefined;
   if (flavor === 'v1') {
@@ -169,6 +183,7 @@ async function createAdjustment(s: Services, p: Principal, flavor: 'v1' | 'v2', 
   if (!meter) throw new MeterEventError('no_meter', `A meter must exist to submit events: no meter has event_name '${eventName}'.`, 'event_name');
   const nowMs = s.now();
   await appendCancel(s, p, nowMs, [eventName, identifier]);
+  countAccepted(ADJUSTMENTS[flavor], p.livemode, 1, started);
   if (flavor === 'v1') {
     return json(200, {
       object: 'billing.meter_event_adjustment',
@@ -196,24 +211,40 @@ export function registerMeterEventRoutes(http: HttpServer, s: Services, sockets:
   http.route(
     'POST',
     '/v1/billing/meter_events',
-    apiEndpoint(s, (p, req, params) => createV1MeterEvent(s, p, req, params), s.hotIdempotency),
+    countingRejections(
+      V1_EVENTS.endpoint,
+      apiEndpoint(s, (p, req, params) => createV1MeterEvent(s, p, req, params), s.hotIdempotency),
+    ),
   );
   http.route(
     'POST',
     '/v2/billing/meter_events',
-    apiEndpoint(s, (p, req, params) => createV2MeterEvent(s, p, req, params), s.hotIdempotency),
+    countingRejections(
+      V2_EVENTS.endpoint,
+      apiEndpoint(s, (p, req, params) => createV2MeterEvent(s, p, req, params), s.hotIdempotency),
+    ),
   );
   http.route(
     'POST',
     '/v1/billing/meter_event_adjustments',
-    apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency),
+    countingRejections(
+      ADJUSTMENTS.v1.endpoint,
+      apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v1', params), s.hotIdempotency),
+    ),
   );
   http.route(
     'POST',
     '/v2/billing/meter_event_adjustments',
-    apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency),
+    countingRejections(
+      ADJUSTMENTS.v2.endpoint,
+      apiEndpoint(s, (p, _req, params) => createAdjustment(s, p, 'v2', params), s.hotIdempotency),
+    ),
   );
-  http.route('POST', '/v2/billing/meter_event_stream', (req) => stream(s, req));
+  http.route(
+    'POST',
+    '/v2/billing/meter_event_stream',
+    countingRejections(STREAM.endpoint, (req) => stream(s, req)),
+  );
   http.upgradeRoute('/v2/billing/meter_event_stream', sockets.handshake);
   registerSessionRoute(http, s);
 }

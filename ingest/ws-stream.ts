@@ -19,6 +19,7 @@ import type { HttpRequest } from '../shared/http/server';
 import { log } from '../shared/logger';
 import type { StreamSocketStats } from './gateway-messages';
 import { readStreamEvents, type StreamBatchRules } from './stream-events';
+import { countAccepted, countRejected, ingestSeries } from '../shared/metrics';
 
 export const STREAM_SUBPROTOCOL = 'meterd.stream.v1';
 const BEARER_SUBPROTOCOL = 'bearer.';
@@ -38,6 +39,7 @@ export const CloseCode = {
   sessionExpired: 4001,
 } as const;
 
+const WS_SERIES = ingestSeries('v2_meter_event_stream_ws');
 const WS_RULES: StreamBatchRules = { maxEvents: STREAM_LIMITS.maxBatchEvents, integerSeconds: true };
 /** Answers waiting in the socket's send buffer above which reading pauses until the client reads. */
 const MAX_BUFFERED_OUTPUT = 1024 * 1024;
@@ -226,6 +228,7 @@ class StreamConnection {
   }
 
   private handle(data: Buffer, binary: boolean): void {
+    const started = performance.now();
     const receivedMs = Date.now();
     let body: unknown;
     try {
@@ -267,7 +270,10 @@ class StreamConnection {
     if (this.unanswered > this.stats.peakBatchesInFlightPerConnection) this.stats.peakBatchesInFlightPerConnection = this.unanswered;
     this.updateFlow();
     this.append(this.claims.principal, receivedMs, events).then(
-      () => this.answered({ type: 'ack', id, events: events.length }, binary),
+      () => {
+        countAccepted(WS_SERIES, this.claims.principal.livemode, events.length, started);
+        this.answered({ type: 'ack', id, events: events.length }, binary);
+      },
       (err) => this.answered(this.errorMessage(id, err), binary),
     );
   }
@@ -279,6 +285,7 @@ class StreamConnection {
       log.error('websocket batch failed', { err: String((err as Error)?.stack ?? err) });
       stripeErr = new ApiError();
     }
+    countRejected(WS_SERIES.endpoint, stripeErr);
     const retry = stripeErr.status >= 500 || stripeErr.status === 429 || stripeErr.status === 409;
     return { type: 'error', id, retry, error: errorObject(stripeErr) };
   }

@@ -66,6 +66,8 @@ export interface Config {
   defaultApiVersion: string;
   /** The operator's changes of accounts' default API versions, applied at start-up: account id or secret key → version. */
   accountApiVersions: { account: string; version: string }[];
+  /** When set, GET /metrics needs `Authorization: Bearer <token>`. */
+  metricsToken: string | null;
 }
 
 /** Every configuration problem found, all at once; main prints one line each and exits non-zero. */
@@ -207,7 +209,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: r.oneOf('LOG_LEVEL', 'info', ['debug', 'info', 'warn', 'error'] as const),
     defaultApiVersion: r.apiVersion('DEFAULT_API_VERSION'),
     accountApiVersions: r.accountApiVersions('ACCOUNT_API_VERSIONS'),
+    metricsToken: r.raw('METRICS_TOKEN') || null,
   };
+  if (config.metricsToken !== null && !/^[\x21-\x7e]+$/.test(config.metricsToken)) {
+    r.problems.push('METRICS_TOKEN is not valid: expected printable ASCII without spaces (it is sent as a bearer token)');
+  }
   if (config.kafkaBrokers.length > 0) kafkaSettings(env, r);
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return config;

@@ -4,6 +4,9 @@
  *   analytics store  chdb in-process (DATA_DIR/clickhouse)     | ClickHouse server (CLICKHOUSE_URL)
  *   state store      SQLite (DATA_DIR/state.sqlite)            | PostgreSQL (DATABASE_URL)
  * Several processes can share the servers; the embedded parts are private to one process.
+ *
+ * The log drivers are folders, imported by their index explicitly: a dist/ built before they were split still holds
+ * the old single-file kafka-log.js and embedded-log.js, which Node would otherwise prefer to the folder.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -89,14 +92,14 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     let log: EventLog;
     let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
-      const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log');
+      const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log/index');
       const kafka = await connecting('Kafka', config.startupWaitMs, () =>
         KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }),
       );
       consumerGroup = config.kafkaConsumerGroup ?? `${kafka.topic}.aggregator`;
       log = kafka;
     } else {
-      const { EmbeddedLog } = await import('./log/embedded-log');
+      const { EmbeddedLog } = await import('./log/embedded-log/index');
       log = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
     }
     opened.push(log);

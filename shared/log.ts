@@ -54,8 +54,15 @@ export interface LogConsumer {
   close(): Promise<void>;
 }
 
+/** Told of each durable write a producer makes: the records it carried and how long it took (seconds). */
+export type DurableWriteObserver = (records: number, seconds: number) => void;
+
 export interface EventLog {
   readonly partitions: number;
+  /** Registers the observer of durable writes (group commits): the metrics' hook, so drivers stay unaware of them. */
+  observeDurableWrites?(observer: DurableWriteObserver): void;
+  /** The offset the next durable record of `partition` gets (the log end), for the consumer lag metric. */
+  endOffset?(partition: number): number | Promise<number>;
   producer(): LogProducer;
   consumer(group: string): LogConsumer;
   close(): Promise<void>;

@@ -55,6 +55,13 @@ t.test('every problem at once', async (t) => {
   t.notOk(problems.join(' ').includes('sk_test_goodgoodgood'), 'a valid key is never printed');
 });
 
+t.test('METRICS_TOKEN: unset (or blank) leaves /metrics open; a token with spaces is refused', async (t) => {
+  t.equal(loadConfig({}).metricsToken, null);
+  t.equal(loadConfig({ METRICS_TOKEN: '  ' }).metricsToken, null);
+  t.equal(loadConfig({ METRICS_TOKEN: 'scrape-Me_1' }).metricsToken, 'scrape-Me_1');
+  t.throws(() => loadConfig({ METRICS_TOKEN: 'two words' }), /METRICS_TOKEN is not valid/);
+});
+
 t.test('distributed roles need all three servers', async (t) => {
   t.throws(() => loadConfig({ ROLE: 'gateway', KAFKA_BROKERS: 'k:1' }), /CLICKHOUSE_URL, DATABASE_URL/);
 });

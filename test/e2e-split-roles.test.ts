@@ -5,6 +5,7 @@
 import t from 'tap';
 import { DISTRIBUTED, eventually, currentRange } from './helpers/server';
 import { Cluster } from './helpers/cluster';
+import { parseExposition } from './helpers/prometheus';
 
 t.test('a meter created on the api process is usable on a gateway at once', { skip: !DISTRIBUTED && 'distributed mode only' }, async (t) => {
   const cluster = new Cluster(t, 'split', {});
@@ -33,5 +34,19 @@ t.test('a meter created on the api process is usable on a gateway at once', { sk
   }, 30_000);
   const events = await stripe.v2.core.events.list({ types: ['v1.billing.meter.no_meter_found'] } as never);
   t.equal(events.data.length, 0, 'no stream event was reported as naming no meter');
+  // Every role answers /metrics with what it did; the dashboard is the api role's.
+  const aggregator = cluster.server('aggregator');
+  const scrape = async (server: typeof api) => parseExposition((await server.request('GET', '/metrics', { key: null })).text);
+  const onGatewayMetrics = await scrape(gateway);
+  t.equal(onGatewayMetrics.value('meterd_info', { role: 'gateway' }), 1);
+  t.equal(onGatewayMetrics.value('meterd_events_accepted_total', { endpoint: 'v2_meter_event_stream', livemode: 'false' }), 50);
+  t.equal(onGatewayMetrics.value('meterd_events_accepted_total', { endpoint: 'v1_meter_events', livemode: 'false' }), 1);
+  const onAggregator = await scrape(aggregator);
+  t.equal(onAggregator.value('meterd_info', { role: 'aggregator' }), 1);
+  t.equal(onAggregator.sum('meterd_aggregator_events_stored_total'), 51);
+  t.equal(onAggregator.sum('meterd_consumer_lag_records'), 0, 'the lag is reported by the aggregator and drained');
+  t.equal((await scrape(api)).value('meterd_info', { role: 'api' }), 1);
+  t.equal((await api.request('GET', '/dashboard', { key: null })).status, 200);
+  t.equal((await gateway.request('GET', '/dashboard', { key: null })).status, 404);
   t.same(cluster.exits, [], 'no process exited on its own');
 });

@@ -545,25 +545,33 @@ t.test('concurrent producer and consumer with commits reclaiming under the reade
 });
 
 function compiledModule(t: { teardown(fn: () => void): void }): string {
-  const src = path.join(REPO, 'shared/log/embedded-log.ts');
-  const dist = path.join(REPO, 'dist/shared/log/embedded-log.js');
-  const fresh = (js: string, ts: string) => fs.existsSync(js) && fs.statSync(js).mtimeMs >= fs.statSync(ts).mtimeMs;
-  if (fresh(dist, src) && fresh(path.join(REPO, 'dist/shared/errors.js'), path.join(REPO, 'shared/errors.ts'))) {
-    return dist;
-  }
-  // dist is missing or stale (e.g. running this file without `npm test`): transpile just the two modules it needs.
+  // The driver is a folder of modules (shared/log/embedded-log/); it needs shared/errors besides them.
+  const driver = 'shared/log/embedded-log';
+  const modules = [
+    'shared/errors',
+    ...fs
+      .readdirSync(path.join(REPO, driver))
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => `${driver}/${f.slice(0, -3)}`),
+  ];
+  const fresh = (rel: string) => {
+    const js = path.join(REPO, 'dist', `${rel}.js`);
+    return fs.existsSync(js) && fs.statSync(js).mtimeMs >= fs.statSync(path.join(REPO, `${rel}.ts`)).mtimeMs;
+  };
+  if (modules.every(fresh)) return path.join(REPO, 'dist', driver, 'index.js');
+  // dist is missing or stale (e.g. running this file without `npm test`): transpile just the modules it needs.
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const ts = require('typescript') as typeof import('typescript');
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'embedded-log-build-'));
   t.teardown(() => fs.rmSync(out, { recursive: true, force: true }));
-  for (const rel of ['shared/errors', 'shared/log/embedded-log']) {
+  for (const rel of modules) {
     const js = ts.transpileModule(fs.readFileSync(path.join(REPO, `${rel}.ts`), 'utf8'), {
       compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
     }).outputText;
     fs.mkdirSync(path.dirname(path.join(out, rel)), { recursive: true });
     fs.writeFileSync(path.join(out, `${rel}.js`), js);
   }
-  return path.join(out, 'shared/log/embedded-log.js');
+  return path.join(out, driver, 'index.js');
 }
 
 t.test('crash: SIGKILL mid-stream loses no acknowledged record', async (t) => {

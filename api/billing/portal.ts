@@ -219,7 +219,7 @@ function html(status: number, body: string): HttpResult {
   return {
     status,
     body: `<!doctype html><html><head><meta charset="utf-8"><title>Billing</title></head><body>${body}</body></html>`,
-    headers: { 'Content-Type': 'text/html; charset=utf-8' },
+    contentType: 'text/html; charset=utf-8',
   };
 }
 

@@ -41,6 +41,8 @@ import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
 import type { ApiVersioning } from '../../shared/versioning/versioning';
 import { CURRENT_API_VERSION, isKnownVersion } from '../../shared/versioning/releases';
+import { metrics } from '../../shared/metrics';
+import { recordDeliveryAttempt } from './recent-deliveries';
 import { readListParams } from '../meters';
 import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
 import {
@@ -72,7 +74,7 @@ export function signPayload(payload: string, secret: string, t: number): string 
 export interface DeliveryChannel {
   deliveryType: string;
   /** The URL, secret and body of the delivery, or null when it is void (target deleted or disabled, event gone). */
-  prepare(store: StateStore, account: string, d: DeliveryDoc): Promise<{ url: string; secret: string; payload: string } | null>;
+  prepare(store: StateStore, account: string, d: DeliveryDoc): Promise<{ url: string; secret: string; payload: string; eventType: string } | null>;
   /** In the transaction that removes a finished delivery (sent, given up or void). */
   settle(tx: StateStore, account: string, d: DeliveryDoc): Promise<void>;
   /** Subscribes to "rows were queued in this process". */
@@ -108,7 +110,12 @@ export function webhookChannel(versioning: ApiVersioning): DeliveryChannel {
         store.getObject<EventObject>(account, EVENT_TYPE, d.event),
       ]);
       if (endpoint?.data.status !== 'enabled' || !ev) return null;
-      return { url: endpoint.data.url, secret: endpoint.data.secret, payload: await renderEventBody(versioning, account, ev.data, endpoint.data.api_version) };
+      return {
+        url: endpoint.data.url,
+        secret: endpoint.data.secret,
+        payload: await renderEventBody(versioning, account, ev.data, endpoint.data.api_version),
+        eventType: ev.data.type,
+      };
     },
     settle: settleEventDelivery,
     subscribe: onDeliveriesQueued,
@@ -243,10 +250,12 @@ export class WebhookDispatcher {
     const target = await this.channel.prepare(this.store, account, d);
     if (!target) {
       await this.finish(account, d);
+      DROPPED.inc();
       return;
     }
-    const { url, secret, payload } = target;
+    const { url, secret, payload, eventType } = target;
     const t = Math.floor(Date.now() / 1000);
+    const started = performance.now();
     let error: string | null = null;
     try {
       const res = await fetch(url, {
@@ -265,11 +274,13 @@ export class WebhookDispatcher {
       error = String((err as Error)?.message ?? err);
     }
     if (this.stopped) return;
+    const attempts = d.attempts + 1;
+    const outcome = error === null ? 'delivered' : attempts >= this.maxAttempts ? 'abandoned' : 'retry_scheduled';
+    countAttempt(account, d, url, eventType, attempts, error, performance.now() - started, outcome);
     if (error === null) {
       await this.finish(account, d);
       return;
     }
-    const attempts = d.attempts + 1;
     if (attempts >= this.maxAttempts) {
       log.warn('webhook delivery abandoned', { endpoint: d.endpoint, event: d.event, attempts, error });
       await this.finish(account, d);
@@ -279,6 +290,37 @@ export class WebhookDispatcher {
     const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
     await this.store.updateObject(account, this.channel.deliveryType, d.id, next);
   }
+}
+
+const DROPPED = metrics.webhookDeliveries.child('dropped');
+const ATTEMPT_SECONDS = metrics.webhookSeconds.child();
+
+/** Counts one delivery attempt and keeps it for the dashboard. */
+function countAttempt(
+  account: string,
+  d: DeliveryDoc,
+  url: string,
+  eventType: string,
+  attempt: number,
+  error: string | null,
+  ms: number,
+  outcome: string,
+): void {
+  ATTEMPT_SECONDS.observe(ms / 1000);
+  metrics.webhookAttempts.child(error === null ? 'success' : 'failure').inc();
+  if (outcome === 'retry_scheduled') metrics.webhookRetries.child().inc();
+  else metrics.webhookDeliveries.child(outcome).inc();
+  recordDeliveryAttempt(account, {
+    at: Date.now(),
+    endpoint: d.endpoint,
+    url,
+    event: d.event,
+    event_type: eventType,
+    attempt,
+    error,
+    duration_ms: Math.round(ms),
+    outcome,
+  });
 }
 
 const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];

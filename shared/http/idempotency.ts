@@ -12,6 +12,8 @@ import { ConflictError, IdempotencyError, InvalidRequestError } from '../errors'
 import type { IdempotencyRecord, StateStore } from '../state-store';
 import type { HttpRequest, HttpResult } from './server';
 import type { Principal } from './auth';
+import { metrics } from '../metrics';
+import type { CounterChild } from '../metrics/registry';
 
 export const IDEMPOTENCY_RETENTION_MS = 24 * 3600 * 1000;
 
@@ -62,10 +64,16 @@ export class Idempotency {
    * `records` keeps this layer's results; `elsewhere` are the other layers' stores, consulted so that a key is never
    * reused across them (a key first used on a meter endpoint is a mismatch on a meter event endpoint, and vice versa).
    */
+  private readonly replays: CounterChild;
+
   constructor(
     private readonly records: IdempotencyRecords,
     private readonly elsewhere: IdempotencyRecords[] = [],
-  ) {}
+    /** Names the layer in meterd_idempotency_replays_total. */
+    store: 'durable' | 'memory' = 'durable',
+  ) {
+    this.replays = metrics.idempotencyReplays.child(store);
+  }
 
   private async lookup(account: string, key: string): Promise<IdempotencyRecord | null> {
     const own = await this.records.get(account, key);
@@ -89,7 +97,11 @@ export class Idempotency {
       throw new InvalidRequestError('Idempotency-Key must be at most 255 characters long.', { param: 'Idempotency-Key' });
     }
     const prior = await this.lookup(principal.account, key);
-    if (prior) return replay(prior, requestLine, requestHash, key);
+    if (prior) {
+      const replayed = replay(prior, requestLine, requestHash, key);
+      this.replays.inc();
+      return replayed;
+    }
     const lock = principal.account + '\u0000' + key;
     if (this.executing.has(lock)) {
       throw new ConflictError(

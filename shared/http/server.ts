@@ -38,6 +38,8 @@ export interface HttpResult {
   headers?: Record<string, string>;
   /** The API version the body was rendered in, when the handler decided it (else the request's, if valid). */
   stripeVersion?: string;
+  /** `application/json` unless set (the /metrics text, the dashboard's assets). */
+  contentType?: string;
 }
 
 export type RouteHandler = (req: HttpRequest) => Promise<HttpResult> | HttpResult;
@@ -299,11 +301,9 @@ export class HttpServer implements ConnectionOwner {
   private render(result: HttpResult, request: Pick<HttpRequest, 'requestId' | 'stripeVersion' | 'idempotencyKey'>, isHead: boolean, close: boolean): string {
     // A version that does not exist is never echoed: nothing was rendered in it.
     const version = result.stripeVersion ?? (isKnownVersion(request.stripeVersion) ? request.stripeVersion : CURRENT_API_VERSION);
-    // JSON unless the handler names another type (the billing portal's pages).
-    const type = result.headers?.['Content-Type'] ?? 'application/json';
-    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${version}\r\n`;
+    let head = `HTTP/1.1 ${STATUS_TEXT[result.status] ?? `${result.status} Status`}\r\nContent-Type: ${result.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(result.body)}\r\nRequest-Id: ${request.requestId}\r\nStripe-Version: ${version}\r\n`;
     if (request.idempotencyKey) head += `Idempotency-Key: ${request.idempotencyKey}\r\n`;
-    if (result.headers) for (const k in result.headers) if (k !== 'Content-Type') head += `${k}: ${result.headers[k]}\r\n`;
+    if (result.headers) for (const k in result.headers) head += `${k}: ${result.headers[k]}\r\n`;
     head += this.date();
     head += close || this.closing ? 'Connection: close\r\n\r\n' : `${this.keepAliveHeader}\r\n`;
     return isHead ? head : head + result.body;

@@ -9,7 +9,7 @@ const path = require('node:path');
 const { makeCrashPayload } = require('./log-payload.js');
 
 const [dir, partitionsArg, segmentBytesArg, modArg] = process.argv.slice(2);
-const mod = require(modArg || path.join(__dirname, '../../dist/shared/log/embedded-log.js'));
+const mod = require(modArg || path.join(__dirname, '../../dist/shared/log/embedded-log/index.js'));
 
 async function main() {
   const partitions = Number(partitionsArg);

@@ -1,0 +1,54 @@
+/**
+ * The embedded log's options, test fault hooks and counters, and what its partitions need from the log. Kept apart
+ * from index.ts so that the writer, reader and offset modules depend on these shapes and not on the entry point (no
+ * import cycle).
+ */
+import type { DurableWriteObserver } from '../../log';
+
+export interface EmbeddedLogFaults {
+  /** Awaited before each group write; throwing (or rejecting) makes the write fail. Test-only. */
+  beforeWrite?(partition: number): void | Promise<void>;
+  /** Awaited after the write and before the datasync; throwing (or rejecting) makes the datasync fail. Test-only. */
+  beforeSync?(partition: number): void | Promise<void>;
+}
+
+export interface EmbeddedLogOptions {
+  /** Number of partitions (default: the number already on disk, else 1). Must match what is on disk. */
+  partitions?: number;
+  /** Segment rotation threshold in bytes (default 64 MiB). */
+  segmentBytes?: number;
+  /** Size of consumer reads (default 1 MiB). */
+  readChunkBytes?: number;
+  /** Fault injection for tests. */
+  faults?: EmbeddedLogFaults;
+}
+
+export interface EmbeddedLogStats {
+  /** Appends accepted into a queue. */
+  appends: number;
+  /** Appends resolved (durable). */
+  acknowledged: number;
+  /** Appends rejected. */
+  rejected: number;
+  /** Group writes issued (one per group). */
+  writes: number;
+  /** Data syncs of segment files (one per successful group write). */
+  fsyncs: number;
+  /** Fsyncs of directories (segment creation, offset commits). */
+  dirSyncs: number;
+  /** Bytes written durably, framing included. */
+  bytes: number;
+  /** Segment files deleted by reclamation. */
+  segmentsDeleted: number;
+}
+
+/** The log-wide settings and hooks a partition's writer and offsets use. */
+export interface LogContext {
+  readonly segmentBytes: number;
+  readonly faults: EmbeddedLogFaults | undefined;
+  readonly counters: EmbeddedLogStats;
+  /** Told of each group's write + datasync (see EventLog.observeDurableWrites). */
+  readonly onDurableWrite: DurableWriteObserver | null;
+  /** Wakes the consumers waiting for records of `partition`. */
+  notifyDurable(partition: number): void;
+}
