@@ -6,13 +6,20 @@ export class Args {
   private readonly repeated = new Map<string, string[]>();
   private readonly flags = new Set<string>();
 
-  /** `booleans` are flags that take no value (`--null`, `--chart`, `--no-probe`). */
-  constructor(argv: string[], booleans: string[] = []) {
+  /**
+   * `booleans` are flags that take no value (`--null`, `--chart`, `--no-probe`); with `known`, any other flag is an
+   * error (a typo must not silently run a different benchmark).
+   */
+  constructor(argv: string[], booleans: string[] = [], known?: string[]) {
     for (let i = 0; i < argv.length; i++) {
       const a = argv[i]!;
       if (!a.startsWith('--')) throw new Error(`unexpected argument "${a}"`);
       const eq = a.indexOf('=');
       const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+      if (known && !known.includes(name)) throw new Error(`unknown option --${name}`);
+      if (eq > 0 && booleans.includes(name) && !/^(1|0|true|false)$/i.test(a.slice(eq + 1))) {
+        throw new Error(`--${name} takes no value (or =true / =false)`);
+      }
       let v: string;
       if (eq > 0) v = a.slice(eq + 1);
       else if (booleans.includes(name)) {

@@ -14,11 +14,15 @@
  * /healthz then also shows `aggregator: {events, stored, duplicates, invalid}` (stored = visible), for the lag sampling.
  *
  * Routes: GET /healthz; POST /v2/billing/meter_event_session (fake session, 15 min); POST
- * /v2/billing/meter_event_stream (`{}` after the whole body); POST /v1/billing/meters (fake meter); GET
- * /v1/billing/meters/:id/event_summaries (empty list). Anything else: 404.
+ * /v2/billing/meter_event_stream (`{}` after the whole body); the WebSocket stream (meterd.stream.v1) on the same path:
+ * `ready` on open, and every batch acknowledged at once (its id and event count read from the frame's head, without
+ * decoding the events); POST /v1/billing/meters (fake meter); GET /v1/billing/meters/:id/event_summaries (empty
+ * list). Anything else: 404.
  */
 import * as uWS from '@trufflesuite/uws-js-unofficial';
 import { randomBytes } from 'node:crypto';
+import { pack, unpack } from 'msgpackr';
+import { peekBatch } from './frame-head';
 
 function flag(name: string): string | undefined {
   const argv = process.argv.slice(2);
@@ -62,20 +66,28 @@ let invalid = 0;
 /** Events visible in the summaries (after --lag-ms): /healthz shows it as `aggregator.stored`, like the real server. */
 let stored = 0;
 
+type WireEvent = { event_name?: string; identifier?: string; payload?: Record<string, string> };
+
 function ingest(body: Buffer): boolean {
-  let j: { events?: { event_name?: string; identifier?: string; payload?: Record<string, string> }[] };
+  let j: { events?: WireEvent[] };
   try {
     j = JSON.parse(body.toString('utf8'));
   } catch {
     invalid++;
     return false;
   }
-  if (!Array.isArray(j.events) || j.events.length < 1 || j.events.length > 100) {
+  return ingestEvents(j.events, 100, null);
+}
+
+/** --validate: checks, dedups and sums a batch; a WebSocket batch's events without identifier get `<batch id>:<index>`. */
+function ingestEvents(events: WireEvent[] | undefined, max: number, batchId: string | null): boolean {
+  if (!Array.isArray(events) || events.length < 1 || events.length > max) {
     invalid++;
     return false;
   }
-  for (const e of j.events) {
-    const id = e.identifier;
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    const id = e.identifier ?? (batchId === null ? undefined : `${batchId}:${i}`);
     const cus = e.payload?.stripe_customer_id;
     const v = e.payload?.value;
     if (!id || !cus || v === undefined || !/^[0-9]+$/.test(v)) {
@@ -115,6 +127,17 @@ function drain(res: uWS.HttpResponse, done: (bytes: number, body: Buffer | null)
   });
 }
 
+/** --validate: answers 401 (an expired session, as the real server does) unless the token is live. */
+function refusedSession(res: uWS.HttpResponse, token: string): boolean {
+  if (!validate) return false;
+  const exp = tokens.get(token);
+  if (exp !== undefined && exp >= Date.now()) return false;
+  expired++;
+  res.writeStatus('401 Unauthorized').writeHeader('Content-Type', 'application/json');
+  res.end('{"error":{"type":"temporary_session_expired","code":"billing_meter_event_session_expired","message":"expired"}}');
+  return true;
+}
+
 const app = uWS.App();
 
 app.get('/healthz', (res) => {
@@ -129,15 +152,7 @@ app.post('/v2/billing/meter_event_stream', (res, req) => {
     (bytes, body) => {
       streamRequests++;
       streamBytes += bytes;
-      if (validate) {
-        const exp = tokens.get(token);
-        if (exp === undefined || exp < Date.now()) {
-          expired++;
-          res.writeStatus('401 Unauthorized').writeHeader('Content-Type', 'application/json');
-          res.end('{"error":{"type":"temporary_session_expired","code":"billing_meter_event_session_expired","message":"expired"}}');
-          return;
-        }
-      }
+      if (refusedSession(res, token)) return;
       const fault = faultRate > 0 && Math.random() < faultRate ? Math.floor(Math.random() * 3) : -1;
       if (fault >= 0) faults++;
       if (fault === 0) {
@@ -202,6 +217,82 @@ app.get('/v1/billing/meters/:id/event_summaries', (res, req) => {
   res.end(JSON.stringify({ object: 'list', data, has_more: false }));
 });
 
+interface WsData {
+  encoding: 'msgpack' | 'json';
+}
+let wsConnections = 0;
+let wsBatches = 0;
+let wsEvents = 0;
+
+/** Sends a server message in the frame type the protocol asks for: binary msgpack or text JSON. */
+function wsSend(ws: uWS.WebSocket<WsData>, msg: Record<string, unknown>, binary: boolean): void {
+  if (binary) ws.send(pack(msg), true);
+  else ws.send(JSON.stringify(msg), false);
+}
+
+app.ws<WsData>('/v2/billing/meter_event_stream', {
+  compression: uWS.DISABLED,
+  maxPayloadLength: 1024 * 1024,
+  idleTimeout: 120,
+  maxBackpressure: 16 * 1024 * 1024,
+  upgrade: (res, req, context) => {
+    const key = req.getHeader('sec-websocket-key');
+    const protocols = req.getHeader('sec-websocket-protocol');
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const encoding = /(^|&)encoding=json(&|$)/.test(req.getQuery() ?? '') ? 'json' : 'msgpack';
+    const token = req.getHeader('authorization').replace(/^Bearer /, '') || (/bearer\.([^,\s]+)/.exec(protocols)?.[1] ?? '');
+    if (refusedSession(res, token)) return;
+    const selected = protocols.split(',').some((x) => x.trim() === 'meterd.stream.v1') ? 'meterd.stream.v1' : '';
+    res.upgrade<WsData>({ encoding }, key, selected, extensions, context);
+  },
+  open: (ws) => {
+    wsConnections++;
+    const now = Date.now();
+    const ready = {
+      type: 'ready',
+      session: `mes_null_${randomBytes(6).toString('hex')}`,
+      expires_at: new Date(now + 15 * 60_000).toISOString(),
+      max_batch_events: 1000,
+      max_unacked_batches: 64,
+      max_frame_bytes: 1024 * 1024,
+    };
+    wsSend(ws, ready, ws.getUserData().encoding === 'msgpack');
+  },
+  message: (ws, message, isBinary) => {
+    const buf = Buffer.from(message); // a view: uWS neuters the ArrayBuffer on return, so it is read right away
+    let head = isBinary && !validate ? peekBatch(buf) : null;
+    if (!head) {
+      let m: { id?: unknown; events?: WireEvent[] };
+      try {
+        m = (isBinary ? unpack(buf) : JSON.parse(buf.toString('utf8'))) as typeof m;
+      } catch {
+        wsSend(
+          ws,
+          { type: 'error', id: null, retry: false, error: { type: 'invalid_request_error', code: 'invalid_frame', message: 'unreadable frame' } },
+          isBinary,
+        );
+        return;
+      }
+      if (typeof m.id !== 'string' || !Array.isArray(m.events)) {
+        wsSend(
+          ws,
+          { type: 'error', id: null, retry: false, error: { type: 'invalid_request_error', code: 'invalid_frame', message: 'no id or events' } },
+          isBinary,
+        );
+        return;
+      }
+      if (validate && !ingestEvents(m.events, 1000, m.id)) {
+        wsSend(ws, { type: 'error', id: m.id, retry: false, error: { type: 'invalid_request_error', message: 'bad meter event batch' } }, isBinary);
+        return;
+      }
+      head = { id: m.id, events: m.events.length };
+    }
+    wsBatches++;
+    wsEvents += head.events;
+    wsSend(ws, { type: 'ack', id: head.id, events: head.events }, isBinary);
+  },
+});
+
 app.any('/*', (res, req) => {
   const url = req.getUrl();
   const method = req.getMethod().toUpperCase();
@@ -231,7 +322,8 @@ function stop(): void {
   if (listenSocket) uWS.us_listen_socket_close(listenSocket);
   listenSocket = null;
   process.stderr.write(
-    `null-server: stream requests=${streamRequests} body bytes=${streamBytes} sessions=${sessions}` +
+    `null-server: stream requests=${streamRequests} body bytes=${streamBytes} sessions=${sessions} ` +
+      `ws connections=${wsConnections} batches=${wsBatches} events=${wsEvents}` +
       (validate ? ` unique events=${seen.size} duplicates=${duplicates} invalid=${invalid} faults=${faults} expired=${expired}` : '') +
       '\n',
   );

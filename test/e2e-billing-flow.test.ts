@@ -6,11 +6,10 @@
  * balance; the receiver got the signed events (each verified with webhooks.constructEvent) in order.
  */
 import t from 'tap';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
 import { startServer, eventually } from './helpers/server';
 import { uniqueName } from './helpers/assertions';
+import { startWebhookReceiver } from './helpers/webhook-receiver';
 
 const DAY = 86400;
 const nowS = () => Math.floor(Date.now() / 1000);
@@ -18,19 +17,7 @@ const iso = (unixSeconds: number) => new Date(unixSeconds * 1000).toISOString();
 const dec = (s: string) => s as unknown as Stripe.Decimal;
 
 t.test('usage -> invoice -> finalize -> pay -> balance, with signed webhooks in order', async (t) => {
-  const got: Array<{ body: string; signature: string }> = [];
-  const rx = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      got.push({ body: Buffer.concat(chunks).toString('utf8'), signature: String(req.headers['stripe-signature'] ?? '') });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => rx.listen(0, '127.0.0.1', () => resolve()));
-  t.teardown(() => new Promise<void>((resolve) => rx.close(() => resolve())));
-  const url = `http://127.0.0.1:${(rx.address() as AddressInfo).port}/hook`;
+  const { url, got } = await startWebhookReceiver(t);
 
   const server = await startServer({ env: { WEBHOOK_RETRY_BASE_MS: '200', WEBHOOK_POLL_MS: '200' } });
   t.teardown(() => server.stop());

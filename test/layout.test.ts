@@ -19,6 +19,8 @@ const DRIVER_MODULES: Record<string, RegExp> = {
   chdb: /^shared\/analytics\/chdb-store\.ts$/,
   'better-sqlite3': /^shared\/state\/sqlite-store\.ts$/,
   pg: /^shared\/state\/postgres-store\.ts$/,
+  // Not a driver, but the state store's query builder: the rest of the code goes through the StateStore interface.
+  kysely: /^shared\/state\//,
 };
 const HTTP_PACKAGES = new Set(['node:http', 'http', 'node:https', 'https', '@trufflesuite/uws-js-unofficial']);
 

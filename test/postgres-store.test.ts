@@ -101,6 +101,86 @@ if (!url) {
     t.equal(pub.rows.length, 0, 'public untouched');
   });
 
+  /** The schema as the hand-written PostgreSQL driver created it (its migration 1, verbatim). */
+  const PRE_KYSELY_SCHEMA = `
+    CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL);
+    CREATE TABLE objects (
+      seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      account    TEXT COLLATE "C" NOT NULL,
+      type       TEXT COLLATE "C" NOT NULL,
+      id         TEXT COLLATE "C" NOT NULL,
+      created_ms BIGINT NOT NULL,
+      unique_key TEXT COLLATE "C",
+      expires_ms BIGINT,
+      data       JSON NOT NULL
+    );
+    CREATE UNIQUE INDEX objects_id ON objects (account, type, id);
+    CREATE UNIQUE INDEX objects_unique_key ON objects (account, type, unique_key) WHERE unique_key IS NOT NULL;
+    CREATE INDEX objects_list ON objects (account, type, created_ms, seq);
+    CREATE INDEX objects_type_scan ON objects (type, created_ms, seq);
+    CREATE INDEX objects_expires ON objects (expires_ms) WHERE expires_ms IS NOT NULL;
+    CREATE TABLE idempotency (
+      account       TEXT COLLATE "C" NOT NULL,
+      key           TEXT COLLATE "C" NOT NULL,
+      request_line  TEXT NOT NULL,
+      request_hash  TEXT NOT NULL,
+      status        INTEGER NOT NULL,
+      response_body TEXT NOT NULL,
+      created_ms    BIGINT NOT NULL,
+      PRIMARY KEY (account, key)
+    );
+    CREATE INDEX idempotency_created ON idempotency (created_ms);
+    CREATE TABLE api_keys (
+      secret     TEXT COLLATE "C" PRIMARY KEY,
+      account    TEXT NOT NULL,
+      livemode   BOOLEAN NOT NULL,
+      created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE blobs (
+      key        TEXT COLLATE "C" PRIMARY KEY,
+      data       BYTEA NOT NULL,
+      updated_ms BIGINT NOT NULL
+    );
+    INSERT INTO schema_migrations VALUES (1, 'objects, idempotency, api_keys, blobs', 1);
+  `;
+
+  t.test('postgres: a schema made by the build before the shared migrations opens, migrates and works', async (t) => {
+    const db = await database(t);
+    const client = await admin.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`CREATE SCHEMA ${q(db.schema)}`);
+      await client.query(`SET LOCAL search_path TO ${q(db.schema)}`);
+      await client.query(PRE_KYSELY_SCHEMA);
+      await client.query(
+        `INSERT INTO objects (account, type, id, created_ms, unique_key, data) VALUES ('acct', 'billing.meter', 'mtr_1', 1000, 'false:tokens', '{"id":"mtr_1","z":1,"a":2}')`,
+      );
+      await client.query(`INSERT INTO api_keys VALUES ('sk_test_old', 'acct', false, 7)`);
+      await client.query(`INSERT INTO blobs VALUES ('snap', '\\x01ff', 3)`);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    const s = db.store();
+    await s.init();
+    t.same(
+      await db.appliedVersions(),
+      PG_MIGRATIONS.map((m) => m.version),
+      'the missing migrations were applied',
+    );
+    t.equal(JSON.stringify((await s.getObject('acct', 'billing.meter', 'mtr_1'))?.data), '{"id":"mtr_1","z":1,"a":2}', 'old rows read verbatim');
+    t.same(await s.listApiKeys(), [{ secret: 'sk_test_old', account: 'acct', livemode: false, createdMs: 7 }]);
+    t.same([...((await s.getBlob('snap')) ?? [])], [1, 255], 'old blobs kept');
+    const dup = await rejection(s.insertObject(obj('acct', 'billing.meter', 'mtr_2', 2, {}, { uniqueKey: 'false:tokens' })));
+    t.ok(dup instanceof UniqueViolation && dup.key === 'unique_key', 'unique key of an old row enforced');
+    await s.insertObject(obj('acct', 'billing.meter', 'mtr_3', 1000, {}));
+    t.same(
+      (await s.listObjects('acct', 'billing.meter', { limit: 10 })).data.map((o) => o.id),
+      ['mtr_3', 'mtr_1'],
+      'the insertion sequence continues',
+    );
+  });
+
   t.test('postgres: 20 read-modify-write transactions over 2 instances lose no update', async (t) => {
     const { stores } = await instances(t, 2, 3);
     await stores[0].insertObject(obj('a', 'counter', 'c', 1, { n: 0 }));

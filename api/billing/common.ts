@@ -131,6 +131,19 @@ export async function listMatching<T>(
   }
 }
 
+/** One page of an in-memory list (an invoice's or credit note's lines) by Stripe's cursors (ids). */
+export function pageOfArray<T extends { id: string }>(all: T[], page: PageParams): { data: T[]; hasMore: boolean } {
+  let rest = all;
+  if (page.startingAfter) {
+    const i = all.findIndex((l) => l.id === page.startingAfter);
+    rest = i < 0 ? [] : all.slice(i + 1);
+  } else if (page.endingBefore) {
+    const i = all.findIndex((l) => l.id === page.endingBefore);
+    rest = i < 0 ? [] : all.slice(Math.max(0, i - page.limit), i);
+  }
+  return { data: rest.slice(0, page.limit), hasMore: rest.length > page.limit };
+}
+
 /** Lists `type` and renders a Stripe list envelope. */
 export async function listEndpoint<T>(
   s: Services,
@@ -332,6 +345,12 @@ export async function expandObject<T>(
     if (!field) cannotExpand(path, index);
     if (field.noop) return obj;
     let value = obj[seg];
+    if (Array.isArray(value)) {
+      // A list of ids (an invoice's or subscription's `discounts`): each id expands.
+      const items = await Promise.all(value.map((v) => (typeof v === 'string' ? load(v, path, index) : v)));
+      obj[seg] = await Promise.all(items.map((v) => walk(v, rest, path, index)));
+      return obj;
+    }
     if (value !== null && typeof value === 'object') {
       /* already embedded or expanded by an earlier path: descend */
     } else if (field.id || typeof value === 'string') {
@@ -387,20 +406,29 @@ export const EXPAND_LOADERS: Record<string, ExpandLoader> = {
   plan: storeLoader('price'),
   prod: storeLoader('product'),
   ii: storeLoader('invoiceitem'),
+  di: storeLoader('discount'),
+  promo: storeLoader('promotion_code'),
+  cn: storeLoader('credit_note'),
+  credgr: storeLoader('billing.credit_grant'),
 };
 
 const pricingPrice = (o: Record<string, unknown>) => (o.pricing as { price_details?: { price?: string } | null } | null)?.price_details?.price ?? null;
 
 /** The expandable fields of the billing objects, as the official client knows them. */
 export const BILLING_EXPAND: ExpandResolvers = {
-  subscription: { customer: {}, latest_invoice: {}, default_payment_method: { noop: true }, default_source: { noop: true }, items: {} },
+  subscription: { discounts: {}, customer: {}, latest_invoice: {}, default_payment_method: { noop: true }, default_source: { noop: true }, items: {} },
   subscription_item: { price: {} },
   price: { product: {} },
   plan: { product: {} },
-  invoice: { customer: {}, subscription: {}, lines: {}, default_payment_method: { noop: true }, default_source: { noop: true } },
+  invoice: { discounts: {}, customer: {}, subscription: {}, lines: {}, default_payment_method: { noop: true }, default_source: { noop: true } },
   line_item: { price: { id: pricingPrice }, subscription: {}, invoice: {} },
   invoiceitem: { customer: {}, invoice: {}, subscription: {}, price: { id: pricingPrice } },
   customer: { default_source: { noop: true } },
+  discount: { customer: {}, promotion_code: {}, subscription: {}, invoice: {} },
+  promotion_code: { customer: {} },
+  credit_note: { customer: {}, invoice: {}, customer_balance_transaction: { noop: true } },
+  'billing.credit_grant': { customer: {} },
+  'billing.credit_balance_transaction': { credit_grant: {} },
 };
 
 /** expandObject with the billing resolvers and loaders. */

@@ -15,6 +15,7 @@ import type { StateStore } from '../../shared/state-store';
 import { ParamReader, type Params } from '../../shared/wire/form';
 import { InvalidParamError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
+import { applyCustomerDiscountParams } from './discounts';
 import { readListParams } from '../meters';
 import type { SearchFields } from '../../shared/search';
 import {
@@ -50,7 +51,7 @@ export interface CustomerObject {
   default_source: string | null;
   delinquent: boolean;
   description: string | null;
-  discount: null;
+  discount: Record<string, unknown> | null;
   email: string | null;
   invoice_prefix: string;
   invoice_settings: { custom_fields: null; default_payment_method: string | null; footer: string | null; rendering_options: null };
@@ -100,6 +101,8 @@ const CREATE_PARAMS = [
   'preferred_locales',
   'shipping',
   'tax_exempt',
+  'coupon',
+  'promotion_code',
   'expand',
 ];
 
@@ -198,8 +201,10 @@ async function createCustomer(s: Services, p: Principal, params: Params) {
   };
   applyCustomerParams(r, c);
   await s.state.transaction(async (tx) => {
+    const discountEvents = await applyCustomerDiscountParams(tx, p, r, c, now);
     await tx.insertObject({ account: p.account, type: CUSTOMER_TYPE, id: c.id, createdMs: nowMs, data: c });
     await recordBillingEvent(tx, p, 'customer.created', c);
+    await discountEvents();
   });
   return json(200, c);
 }
@@ -272,8 +277,10 @@ export function registerCustomerRoutes(http: HttpServer, s: Services): void {
         const c = await loadCustomer(tx, p, req.params[0]);
         const before = structuredClone(c);
         applyCustomerParams(r, c);
+        const discountEvents = await applyCustomerDiscountParams(tx, p, r, c, Math.floor(s.now() / 1000));
         await tx.updateObject(p.account, CUSTOMER_TYPE, c.id, c);
         await recordBillingEvent(tx, p, 'customer.updated', c, before as unknown as Record<string, unknown>);
+        await discountEvents();
         return c;
       });
       return json(200, updated);

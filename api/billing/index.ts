@@ -15,6 +15,12 @@ import { registerEventRoutes } from './events';
 import { registerWebhookRoutes } from './webhooks';
 import { registerTaxIdRoutes } from './tax-ids';
 import { registerBalanceRoutes } from './balance';
+import { registerCouponRoutes } from './coupons';
+import { registerPromotionCodeRoutes } from './promotion-codes';
+import { registerDiscountRoutes } from './discounts';
+import { registerCreditNoteRoutes } from './credit-notes';
+import { registerCreditGrantRoutes } from './credit-grants';
+import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
 import { registerAlertRoutes } from './alerts';
 import { registerCashBalanceRoutes } from './cash-balance';
@@ -51,6 +57,11 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerAlertRoutes(http, s);
   registerCashBalanceRoutes(http, s);
   registerPortalRoutes(http, s);
+  registerCouponRoutes(http, s);
+  registerPromotionCodeRoutes(http, s);
+  registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
+  registerCreditNoteRoutes(http, s);
+  registerCreditGrantRoutes(http, s);
   startBillingTicker(s);
   startAlertEvaluator(s);
 }

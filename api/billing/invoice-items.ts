@@ -65,6 +65,7 @@ async function createItem(s: Services, p: Principal, params: Params) {
   const quantity = r.integer('quantity', { min: 0 }) ?? 1;
   const unitDec = r.string('unit_amount_decimal', { maxLength: 100 });
   const subscription = r.string('subscription', { maxLength: 5000 }) ?? null;
+  const discountableParam = r.boolean('discountable');
   const pr = r.object('pricing');
   let priceId: string | undefined;
   if (pr) {
@@ -129,7 +130,8 @@ async function createItem(s: Services, p: Principal, params: Params) {
       customer: customer.id,
       date: now,
       description,
-      discountable: true,
+      // Stripe's default: discountable, except negative amounts.
+      discountable: discountableParam ?? amount >= 0,
       discounts: [],
       invoice: inv ? inv.id : null,
       livemode: p.livemode,

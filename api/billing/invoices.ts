@@ -31,6 +31,7 @@ import {
   expandParam,
   listEndpoint,
   nullableString,
+  pageOfArray,
   readCreatedRange,
   readMetadata,
   recordBillingEvent,
@@ -40,7 +41,10 @@ import {
 import { CUSTOMER_TYPE, loadCustomer, type CustomerObject } from './customers';
 import { PRICE_TYPE, type PriceObject } from './prices';
 import { priceAmount, truncatedQuantity } from './pricing';
-import { recordBalanceTransaction } from './balance';
+import { recordBalanceTransaction, recordCustomerBalanceTransaction } from './balance';
+import { allocateDiscounts, type DiscountRule } from './allocation';
+import { appliedFrom, inheritedDiscounts, type AppliedDiscount } from './discounts';
+import { readDiscountsParam, type DiscountObject } from './coupons';
 
 export const INVOICE_TYPE = 'invoice';
 export const INVOICE_ITEM_TYPE = 'invoiceitem';
@@ -105,7 +109,14 @@ export interface InvoiceObject {
   status_transitions: { finalized_at: number | null; marked_uncollectible_at: number | null; paid_at: number | null; voided_at: number | null };
   period_start: number;
   period_end: number;
+  discounts: string[];
+  pre_payment_credit_notes_amount: number;
+  post_payment_credit_notes_amount: number;
   _usage?: UsageRef[];
+  /** The invoice's discounts as applied (coupon terms kept), in order. */
+  _discounts?: AppliedDiscount[];
+  /** What the customer's balance paid (> 0: a credit used) or added (< 0: a debit) at finalization. */
+  _balance_applied?: number;
   [k: string]: unknown;
 }
 
@@ -237,16 +248,76 @@ export function makeLine(p: Principal, invoiceId: string | null, currency: strin
   };
 }
 
+export interface PretaxCreditAmount {
+  amount: number;
+  type: 'discount' | 'credit_balance_transaction';
+  discount?: string;
+  credit_balance_transaction?: string;
+}
+
+function lineProduct(l: LineItem): string | null {
+  return l.pricing?.price_details?.product ?? null;
+}
+
+/**
+ * Subtotal, discounts (allocation.ts: each discount's total rounded once, split exactly across its lines), the billing
+ * credits already applied (set at finalization), the customer balance used at finalization and pre-payment credit
+ * notes: total = subtotal - discounts - credits; amount_due = total - balance used - pre-payment credit notes (>= 0).
+ */
 export function recomputeTotals(inv: InvoiceObject): void {
-  const subtotal = inv.lines.data.reduce((a, l) => a + l.amount, 0);
+  const lines = inv.lines.data;
+  const subtotal = lines.reduce((a, l) => a + l.amount, 0);
+  const applied = inv._discounts ?? [];
+  const rules: DiscountRule[] = applied.map((d) => ({
+    id: d.id,
+    percentOff: d.percent_off,
+    amountOff: d.amount_off,
+    eligible: (i: number) => d.products === null || d.products.includes(lineProduct(lines[i]) ?? ''),
+  }));
+  const alloc = allocateDiscounts(
+    lines.map((l) => l.amount),
+    lines.map((l) => l.discountable),
+    rules,
+  );
+  let discountTotal = 0;
+  let creditTotal = 0;
+  const credits: PretaxCreditAmount[] = [];
+  lines.forEach((l, i) => {
+    const mine = rules.map((r, k) => ({ amount: alloc[k][i], discount: r.id })).filter((_x, k) => l.discountable && rules[k].eligible(i));
+    l.discount_amounts = mine;
+    const lineCredits = (l.pretax_credit_amounts as PretaxCreditAmount[]).filter((c) => c.type === 'credit_balance_transaction');
+    l.pretax_credit_amounts = [
+      ...mine.filter((m) => m.amount > 0).map((m) => ({ amount: m.amount, discount: m.discount, type: 'discount' as const })),
+      ...lineCredits,
+    ];
+    for (const c of lineCredits) {
+      creditTotal += c.amount;
+      credits.push(c);
+    }
+  });
+  inv.total_discount_amounts = rules.map((r, k) => {
+    const amount = alloc[k].reduce((a, x) => a + x, 0);
+    discountTotal += amount;
+    return { amount, discount: r.id };
+  });
+  inv.total_pretax_credit_amounts = [
+    ...(inv.total_discount_amounts as Array<{ amount: number; discount: string }>).filter((d) => d.amount > 0).map((d) => ({ ...d, type: 'discount' })),
+    ...credits,
+  ];
+  inv.discounts = applied.map((d) => d.id);
   inv.subtotal = subtotal;
   inv.subtotal_excluding_tax = subtotal;
-  inv.total = subtotal;
-  inv.total_excluding_tax = subtotal;
-  // No customer credit balance or discounts are applied (yet): what is due is the total, never below 0.
-  const due = Math.max(0, subtotal);
+  inv.total = subtotal - discountTotal - creditTotal;
+  inv.total_excluding_tax = inv.total;
+  const due = Math.max(0, inv.total - (inv._balance_applied ?? 0) - (inv.pre_payment_credit_notes_amount ?? 0));
   inv.amount_due = due;
   inv.amount_remaining = Math.max(0, due - inv.amount_paid);
+}
+
+/** Sets the invoice's discounts (in order) and recomputes its amounts. */
+export function setInvoiceDiscounts(inv: InvoiceObject, discounts: DiscountObject[]): void {
+  inv._discounts = discounts.map(appliedFrom);
+  recomputeTotals(inv);
 }
 
 export function newInvoice(
@@ -263,6 +334,7 @@ export function newInvoice(
     lines: LineSpec[];
     description?: string | null;
     metadata?: Metadata;
+    discounts?: DiscountObject[];
   },
 ): InvoiceObject {
   const id = newId('in', p.livemode);
@@ -346,8 +418,10 @@ export function newInvoice(
     total_taxes: [],
     webhooks_delivered_at: null,
     _usage: [],
+    _discounts: (o.discounts ?? []).map(appliedFrom),
   };
   for (const spec of o.lines) addLine(p, inv, spec);
+  recomputeTotals(inv);
   return inv;
 }
 
@@ -363,7 +437,7 @@ export function addLine(p: Principal, inv: InvoiceObject, spec: LineSpec): LineI
 }
 
 export function renderInvoice(inv: InvoiceObject): Record<string, unknown> {
-  const { _usage: _u, ...rest } = inv;
+  const { _usage: _u, _discounts: _d, _balance_applied: _b, ...rest } = inv;
   return { ...rest, lines: { ...inv.lines, data: inv.lines.data.slice(0, 10), has_more: inv.lines.data.length > 10 } };
 }
 
@@ -378,7 +452,7 @@ export async function loadInvoice(store: StateStore, p: Principal, id: string, p
   return found.data;
 }
 
-async function saveInvoice(tx: StateStore, p: Principal, inv: InvoiceObject, event: string | null, before?: InvoiceObject): Promise<void> {
+export async function saveInvoice(tx: StateStore, p: Principal, inv: InvoiceObject, event: string | null, before?: InvoiceObject): Promise<void> {
   await tx.updateObject(p.account, INVOICE_TYPE, inv.id, inv);
   if (event) await recordBillingEvent(tx, p, event, renderInvoice(inv), before ? (renderInvoice(before) as Record<string, unknown>) : undefined);
 }
@@ -432,17 +506,44 @@ export async function finalizeIn(tx: StateStore, p: Principal, inv: InvoiceObjec
     cust.data.next_invoice_sequence = seq + 1;
     await tx.updateObject(p.account, CUSTOMER_TYPE, cust.data.id, cust.data);
   }
+  if (finalizeHooks.applyCredits) await finalizeHooks.applyCredits(tx, p, inv, now);
+  recomputeTotals(inv);
+  if (cust && !(cust.data as { deleted?: boolean }).deleted) await applyCustomerBalance(tx, p, inv, cust.data);
   inv.status = 'open';
   inv.status_transitions.finalized_at = now;
   inv.effective_at = now;
   inv.automatically_finalizes_at = null;
-  inv.ending_balance = 0;
+  inv.ending_balance ??= 0;
   await saveInvoice(tx, p, inv, 'invoice.finalized', before);
   if (inv.amount_due === 0) await markPaid(tx, p, inv, now);
   return inv;
 }
 
-async function markPaid(tx: StateStore, p: Principal, inv: InvoiceObject, now: number, outOfBand = false): Promise<void> {
+/**
+ * The customer's balance at finalization (Stripe's rule): a credit (< 0) pays the invoice up to its total, a debit
+ * (> 0) is added to what is due; either way a customer balance transaction (`applied_to_invoice`) moves the balance.
+ */
+async function applyCustomerBalance(tx: StateStore, p: Principal, inv: InvoiceObject, customer: CustomerObject): Promise<void> {
+  const balance = customer.balance;
+  inv.starting_balance = balance;
+  inv.ending_balance = balance;
+  if (balance === 0 || (customer.currency !== null && customer.currency !== inv.currency)) return;
+  const used = balance < 0 ? Math.min(-balance, Math.max(0, inv.total - (inv.pre_payment_credit_notes_amount ?? 0))) : -balance;
+  if (used === 0) return;
+  const txn = await recordCustomerBalanceTransaction(tx, p, customer.id, { amount: used, currency: inv.currency, type: 'applied_to_invoice', invoice: inv.id });
+  inv.ending_balance = txn.ending_balance;
+  inv._balance_applied = used;
+  recomputeTotals(inv);
+}
+
+/** Hooks set by credit-grants.ts (avoids an import cycle): apply billing credits at finalization, give them back on void. */
+export const finalizeHooks: {
+  applyCredits?: (tx: StateStore, p: Principal, inv: InvoiceObject, now: number) => Promise<void>;
+  restoreCredits?: (tx: StateStore, p: Principal, inv: InvoiceObject, now: number) => Promise<void>;
+  expireCredits?: (tx: StateStore, p: Principal, customer: string, now: number) => Promise<void>;
+} = {};
+
+export async function markPaid(tx: StateStore, p: Principal, inv: InvoiceObject, now: number, outOfBand = false): Promise<void> {
   const before = structuredClone(inv);
   const paid = inv.amount_remaining;
   inv.amount_paid += paid;
@@ -484,6 +585,8 @@ export async function payIn(
 
 /** Finalizes the customer's drafts whose grace period ended by `now` (auto_advance). */
 export async function autoFinalize(s: Services, p: Principal, customerId: string, now: number): Promise<void> {
+  const expire = finalizeHooks.expireCredits;
+  if (expire) await s.state.transaction((tx) => expire(tx, p, customerId, now));
   const drafts = await s.state.listObjects<InvoiceObject>(p.account, INVOICE_TYPE, { limit: 100, where: { customer: customerId, status: 'draft' } });
   for (const d of drafts.data) {
     const at = d.data.automatically_finalizes_at;
@@ -534,6 +637,7 @@ export function addInvoiceItemLine(p: Principal, inv: InvoiceObject, ii: Invoice
   });
   line.quantity = ii.quantity;
   line.quantity_decimal = ii.quantity_decimal;
+  line.discountable = ii.discountable;
   line.pricing = ii.pricing;
   inv.lines.data.push(line);
   recomputeTotals(inv);
@@ -566,6 +670,7 @@ async function createInvoice(s: Services, p: Principal, params: Params) {
     'currency',
     'collection_method',
     'subscription',
+    'discounts',
     'expand',
   ]);
   const customerId = r.string('customer', { required: true, maxLength: 5000 })!;
@@ -591,6 +696,8 @@ async function createInvoice(s: Services, p: Principal, params: Params) {
       description,
       metadata,
     });
+    const sent = await readDiscountsParam(tx, p, r, { customer: customer.id, invoice: inv.id, currency: inv.currency }, now);
+    setInvoiceDiscounts(inv, sent ?? (await inheritedDiscounts(tx, p, customer, null, now, true)));
     if (behavior === 'include') await sweepPendingItems(tx, p, inv);
     await insertInvoice(tx, p, inv);
     return inv;
@@ -719,15 +826,8 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
       r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
       const page = readListParams(r);
       const inv = await loadInvoice(s.state, p, req.params[0]);
-      let lines = inv.lines.data;
-      if (page.startingAfter) {
-        const i = lines.findIndex((l) => l.id === page.startingAfter);
-        lines = i < 0 ? [] : lines.slice(i + 1);
-      } else if (page.endingBefore) {
-        const i = lines.findIndex((l) => l.id === page.endingBefore);
-        lines = i < 0 ? [] : lines.slice(Math.max(0, i - page.limit), i);
-      }
-      return listResult(`/v1/invoices/${inv.id}/lines`, lines.slice(0, page.limit), lines.length > page.limit);
+      const res = pageOfArray(inv.lines.data, page);
+      return listResult(`/v1/invoices/${inv.id}/lines`, res.data, res.hasMore);
     }),
   );
 
@@ -736,11 +836,11 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
     '/v1/invoices/:id',
     apiEndpoint(s, async (p, req, params) => {
       const r = new ParamReader(params);
-      r.assertNoUnknown(['description', 'metadata', 'auto_advance', 'footer', 'expand']);
+      r.assertNoUnknown(['description', 'metadata', 'auto_advance', 'footer', 'discounts', 'expand']);
       const inv = await s.state.transaction(async (tx) => {
         const inv = await loadInvoice(tx, p, req.params[0]);
         const before = structuredClone(inv);
-        const draftOnly = ['description', 'auto_advance', 'footer'].filter((k) => r.has(k));
+        const draftOnly = ['description', 'auto_advance', 'footer', 'discounts'].filter((k) => r.has(k));
         if (inv.status !== 'draft' && draftOnly.length > 0 && !(inv.status === 'open' && draftOnly.every((k) => k === 'auto_advance' || k === 'description'))) {
           throw new InvalidParamError(draftOnly[0], `You can only update ${draftOnly[0]} on a draft invoice; this invoice is ${inv.status}.`);
         }
@@ -755,6 +855,9 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
         }
         const metadata = readMetadata(r, inv.metadata);
         if (metadata !== undefined) inv.metadata = metadata;
+        const now = await timeFor(s, tx, p, inv.test_clock);
+        const discounts = await readDiscountsParam(tx, p, r, { customer: inv.customer, invoice: inv.id, currency: inv.currency }, now);
+        if (discounts !== undefined) setInvoiceDiscounts(inv, discounts);
         await saveInvoice(tx, p, inv, 'invoice.updated', before);
         return inv;
       });
@@ -821,6 +924,17 @@ export function registerInvoiceRoutes(http: HttpServer, s: Services): void {
           throw badState(`You can only void an invoice in status open or uncollectible; this invoice is ${inv.status}.`);
         }
         const before = structuredClone(inv);
+        if (finalizeHooks.restoreCredits) await finalizeHooks.restoreCredits(tx, p, inv, now);
+        const used = inv._balance_applied ?? 0;
+        if (used !== 0 && inv.amount_paid === 0) {
+          // The balance this invoice used goes back to the customer, as Stripe does on void.
+          await recordCustomerBalanceTransaction(tx, p, inv.customer, {
+            amount: -used,
+            currency: inv.currency,
+            type: 'unapplied_from_invoice',
+            invoice: inv.id,
+          });
+        }
         inv.status = 'void';
         inv.status_transitions.voided_at = now;
         inv.amount_remaining = 0;

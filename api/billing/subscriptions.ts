@@ -34,7 +34,20 @@ import { loadCustomer, type CustomerObject } from './customers';
 import { loadPrice, renderPrice, type PriceObject, type Interval } from './prices';
 import { renderPlan } from './plans';
 import { createProrations } from './proration';
-import { autoFinalize, finalizeIn, insertInvoice, meteredUsage, newInvoice, previewHooks, sweepPendingItems, timeFor, type LineSpec } from './invoices';
+import { inheritedDiscounts } from './discounts';
+import { readDiscountsParam, renderDiscount, type DiscountObject } from './coupons';
+import {
+  autoFinalize,
+  finalizeIn,
+  insertInvoice,
+  meteredUsage,
+  newInvoice,
+  previewHooks,
+  setInvoiceDiscounts,
+  sweepPendingItems,
+  timeFor,
+  type LineSpec,
+} from './invoices';
 
 export const SUBSCRIPTION_TYPE = 'subscription';
 export const SUBSCRIPTION_ITEM_REF = 'subscription_item_ref';
@@ -73,6 +86,7 @@ export interface SubscriptionObject {
   metadata: Metadata;
   description: string | null;
   items: { object: 'list'; data: SubscriptionItem[]; has_more: boolean; total_count: number; url: string };
+  discounts: string[];
   [k: string]: unknown;
 }
 
@@ -166,7 +180,9 @@ export async function cycleSubscription(s: Services, p: Principal, subId: string
       const ending = cur.cancel_at_period_end || (cur.cancel_at !== null && cur.cancel_at <= end);
       const next = nextEnd(cur, end);
       const lines = ending ? metered : [...metered, ...licensedLines(cur, end, next)];
+      const discounts = await inheritedDiscounts(tx, p, customer, cur, end, true);
       const inv = newInvoice(p, customer, {
+        discounts,
         created: end,
         currency: cur.currency,
         subscription: cur.id,
@@ -254,6 +270,7 @@ previewHooks.preview = async (s, p, customer, subscriptionId) => {
     periodEnd: end,
     autoAdvance: true,
     lines,
+    discounts: await inheritedDiscounts(s.state, p, customer, sub, end, false),
   });
   void now;
   return inv;
@@ -354,6 +371,7 @@ const SUB_CREATE = [
   'billing_cycle_anchor',
   'proration_behavior',
   'payment_behavior',
+  'discounts',
   'expand',
 ];
 
@@ -454,6 +472,8 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
       autoAdvance: false,
       lines: anchor > now ? [] : licensedLines(sub, now, end),
     });
+    sub.discounts = ((await readDiscountsParam(tx, p, r, { customer: customer.id, subscription: id, currency: sub.currency }, now)) ?? []).map((d) => d.id);
+    setInvoiceDiscounts(inv, await inheritedDiscounts(tx, p, customer, sub, now, true));
     sub.latest_invoice = inv.id;
     await tx.insertObject({ account: p.account, type: SUBSCRIPTION_TYPE, id, createdMs: now * 1000, data: sub });
     for (const it of items)
@@ -469,7 +489,7 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
 
 export async function updateSubscription(s: Services, p: Principal, id: string, params: Params) {
   const r = new ParamReader(params);
-  r.assertNoUnknown(['items', 'metadata', 'description', 'cancel_at_period_end', 'cancel_at', 'proration_behavior', 'payment_behavior', 'expand']);
+  r.assertNoUnknown(['items', 'metadata', 'description', 'cancel_at_period_end', 'cancel_at', 'proration_behavior', 'payment_behavior', 'discounts', 'expand']);
   const prorate = (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) ?? 'create_prorations') !== 'none';
   const sub = await s.state.transaction(async (tx) => {
     const sub = await loadSubscription(tx, p, id);
@@ -488,6 +508,8 @@ export async function updateSubscription(s: Services, p: Principal, id: string, 
     }
     const metadata = readMetadata(r, sub.metadata);
     if (metadata !== undefined) sub.metadata = metadata;
+    const discounts = await readDiscountsParam(tx, p, r, { customer: sub.customer, subscription: sub.id, currency: sub.currency }, now);
+    if (discounts !== undefined) sub.discounts = discounts.map((d) => d.id);
     const itemParams = r.objectArray('items', { maxItems: 20 });
     if (itemParams) {
       await applyItemChanges(tx, p, sub, itemParams, now);
@@ -577,6 +599,7 @@ export async function cancelSubscription(s: Services, p: Principal, id: string, 
     if (invoiceNow && metered.some((l) => (l.quantity ?? 0n) > 0n)) {
       const customer = await loadCustomer(tx, p, sub.customer, 'customer');
       const inv = newInvoice(p, customer, {
+        discounts: await inheritedDiscounts(tx, p, customer, sub, now, true),
         created: now,
         currency: sub.currency,
         subscription: sub.id,
@@ -749,4 +772,20 @@ export function registerSubscriptionRoutes(http: HttpServer, s: Services): void 
       return json(200, { id, object: 'subscription_item', deleted: true });
     }),
   );
+}
+
+/** DELETE /v1/subscriptions/:id/discount: removes the subscription's discounts (recorded as customer.subscription.updated). */
+export async function deleteSubscriptionDiscounts(tx: StateStore, p: Principal, id: string): Promise<DiscountObject[]> {
+  const sub = await loadSubscription(tx, p, id);
+  const before = structuredClone(sub);
+  const removed: DiscountObject[] = [];
+  for (const did of sub.discounts ?? []) {
+    const found = await tx.getObject<DiscountObject>(p.account, 'discount', did);
+    if (found) removed.push(found.data);
+  }
+  if (removed.length === 0) return removed;
+  sub.discounts = [];
+  await saveSubscription(tx, p, sub, 'customer.subscription.updated', before);
+  for (const d of removed) await recordBillingEvent(tx, p, 'customer.discount.deleted', renderDiscount(d));
+  return removed;
 }
