@@ -458,13 +458,14 @@ export class Aggregator {
     const b = this.buffer;
     this.buffer = new FlushBuffer();
     const nowMs = Date.now();
-    // The dedup index now covers exactly the records of the sealed buffer: copy it if a snapshot is due.
-    const snapshots = new Map<number, { index: DedupIndex; offset: number }>();
+    // The dedup index now covers exactly the records of the sealed buffer: serialize it if a snapshot is due (the bytes
+    // are the frozen copy, so the index is copied once, not cloned and then serialized, while requests wait).
+    const snapshots = new Map<number, { bytes: Buffer; offset: number }>();
     for (const p of b.reached.keys()) {
       const st = this.partitions.get(p);
       if (!st) continue;
       if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs) {
-        snapshots.set(p, { index: st.index.clone(), offset: st.nextOffset });
+        snapshots.set(p, { bytes: st.index.serialize(st.nextOffset), offset: st.nextOffset });
         st.lastSnapshotMs = nowMs;
       }
     }
@@ -480,7 +481,7 @@ export class Aggregator {
       });
   }
 
-  private async flush(b: FlushBuffer, snapshots: Map<number, { index: DedupIndex; offset: number }>): Promise<void> {
+  private async flush(b: FlushBuffer, snapshots: Map<number, { bytes: Buffer; offset: number }>): Promise<void> {
     const started = Date.now();
     const raw = Buffer.concat(b.rawParts, b.rawBytes);
     const rollupLines: string[] = [];
@@ -525,7 +526,7 @@ export class Aggregator {
       try {
         const snap = snapshots.get(p);
         if (snap) {
-          await this.o.snapshots.save(p, snap.index.serialize(snap.offset));
+          await this.o.snapshots.save(p, snap.bytes);
           st.snapshotOffset = snap.offset;
         }
         await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));

@@ -3,12 +3,34 @@
  * and where they sit in the log. Open addressing over typed arrays, so millions of identifiers cost ~24 bytes each and
  * no garbage; entries older than the window are dropped when the table is rebuilt on growth.
  *
+ * Growth is incremental: a full table is replaced by an empty one and its entries move over a few slots at each
+ * insert, while lookups read both. Rehashing millions of entries at once held the aggregator's thread (the main thread
+ * in embedded mode, which also appends and acknowledges every request) for 0.1–1.5 s at each growth.
+ *
  * Keys are two independent 32-bit hashes of the pair (a 64-bit fingerprint): at 100 million live identifiers the chance
  * that any two collide is below 0.03 %.
  */
 
 const EMPTY_RECV = 0;
 const MAX_LOAD = 0.6;
+/**
+ * Slots of the old table moved at each insert while growing. The new table has at least the old one's capacity and
+ * receives at most 0.3 of it in live entries, so the move ends after capacity/32 inserts, long before it fills.
+ */
+const MIGRATE_SLOTS = 32;
+
+/** A table being emptied into the current one: slots below `next` have moved. */
+interface OldTable {
+  hi: Uint32Array;
+  lo: Uint32Array;
+  recv: Float64Array;
+  seqs: Float64Array;
+  mask: number;
+  next: number;
+  /** Entries received before this are dropped instead of moved. */
+  cutoff: number;
+  dropped: number;
+}
 
 export interface PendingCancel {
   hi: number;
@@ -25,6 +47,10 @@ export class DedupIndex {
   private recv: Float64Array;
   private seqs: Float64Array;
   private mask: number;
+  /** The table the index grows from, while its entries move (see set). */
+  private old: OldTable | null = null;
+  /** Whether the last growth found most entries expired: the next one then keeps the capacity. */
+  private mostlyExpired = false;
   size = 0;
   /** Adjustments seen before the event they cancel, keyed by fingerprint. */
   readonly pending = new Map<string, PendingCancel>();
@@ -55,39 +81,95 @@ export class DedupIndex {
     }
   }
 
+  /** The slot of an entry of the old table that has not moved yet, or -1. */
+  private oldSlotOf(hi: number, lo: number): number {
+    const o = this.old;
+    if (!o) return -1;
+    let i = (lo ^ Math.imul(hi, 0x9e3779b1)) & o.mask;
+    for (;;) {
+      if (o.recv[i] === EMPTY_RECV) return -1;
+      if (o.hi[i] === hi && o.lo[i] === lo) return i >= o.next ? i : -1;
+      i = (i + 1) & o.mask;
+    }
+  }
+
   /** The entry for a fingerprint as [receivedMs, seq], or null. */
   get(hi: number, lo: number): { receivedMs: number; seq: number } | null {
     const i = this.slotOf(hi, lo);
-    if (this.recv[i] === EMPTY_RECV) return null;
-    return { receivedMs: this.recv[i], seq: this.seqs[i] };
+    if (this.recv[i] !== EMPTY_RECV) return { receivedMs: this.recv[i], seq: this.seqs[i] };
+    const j = this.oldSlotOf(hi, lo);
+    return j < 0 ? null : { receivedMs: this.old!.recv[j], seq: this.old!.seqs[j] };
   }
 
   /** Received time of the live entry, or 0. Allocation-free variant of get() for the hot path. */
   receivedAt(hi: number, lo: number): number {
-    return this.recv[this.slotOf(hi, lo)];
+    const r = this.recv[this.slotOf(hi, lo)];
+    if (r !== EMPTY_RECV || !this.old) return r;
+    const j = this.oldSlotOf(hi, lo);
+    return j < 0 ? EMPTY_RECV : this.old.recv[j];
   }
 
   seqOf(hi: number, lo: number): number {
-    return this.seqs[this.slotOf(hi, lo)];
+    const i = this.slotOf(hi, lo);
+    if (this.recv[i] !== EMPTY_RECV || !this.old) return this.seqs[i];
+    const j = this.oldSlotOf(hi, lo);
+    return j < 0 ? 0 : this.old.seqs[j];
   }
 
   set(hi: number, lo: number, receivedMs: number, seq: number): void {
-    let i = this.slotOf(hi, lo);
-    if (this.recv[i] === EMPTY_RECV) {
-      if (this.size + 1 > this.capacity * MAX_LOAD) {
-        this.rebuild(receivedMs);
-        i = this.slotOf(hi, lo);
-      }
-      this.size++;
-    }
+    if (this.old) this.migrate(MIGRATE_SLOTS);
+    else if (this.size + 1 > this.capacity * MAX_LOAD) this.grow(receivedMs);
+    const i = this.slotOf(hi, lo);
+    // A new entry, unless it is still waiting in the old table (it is counted there; the move skips it later).
+    if (this.recv[i] === EMPTY_RECV && this.oldSlotOf(hi, lo) < 0) this.size++;
     this.hi[i] = hi;
     this.lo[i] = lo;
     this.recv[i] = receivedMs;
     this.seqs[i] = seq;
   }
 
+  /** Starts moving into a new table: twice as large, or as large when the last growth found most entries expired. */
+  private grow(nowMs: number): void {
+    const cap = this.mostlyExpired ? this.capacity : this.capacity * 2;
+    this.old = { hi: this.hi, lo: this.lo, recv: this.recv, seqs: this.seqs, mask: this.mask, next: 0, cutoff: nowMs - this.windowMs, dropped: 0 };
+    this.hi = new Uint32Array(cap);
+    this.lo = new Uint32Array(cap);
+    this.recv = new Float64Array(cap);
+    this.seqs = new Float64Array(cap);
+    this.mask = cap - 1;
+    for (const [k, p] of this.pending) if (p.receivedMs < this.old.cutoff) this.pending.delete(k);
+  }
+
+  /** Moves up to `slots` slots of the old table (all of them when Infinity). */
+  private migrate(slots: number): void {
+    const o = this.old;
+    if (!o) return;
+    const end = Math.min(o.mask + 1, o.next + slots);
+    for (let j = o.next; j < end; j++) {
+      const r = o.recv[j];
+      if (r === EMPTY_RECV) continue;
+      if (r < o.cutoff) {
+        o.dropped++;
+        this.size--;
+        continue;
+      }
+      const i = this.slotOf(o.hi[j], o.lo[j]);
+      if (this.recv[i] !== EMPTY_RECV) continue; // set since the growth began: the newer entry stays
+      this.hi[i] = o.hi[j];
+      this.lo[i] = o.lo[j];
+      this.recv[i] = r;
+      this.seqs[i] = o.seqs[j];
+    }
+    o.next = end;
+    if (end > o.mask) {
+      this.mostlyExpired = o.dropped * 2 > this.size + o.dropped;
+      this.old = null;
+    }
+  }
+
   /** Drops entries older than the window (relative to `nowMs`), growing the table if it is still too full. */
   rebuild(nowMs: number): void {
+    this.migrate(Infinity);
     const oldHi = this.hi;
     const oldLo = this.lo;
     const oldRecv = this.recv;
@@ -117,6 +199,7 @@ export class DedupIndex {
 
   /** A frozen copy (for a snapshot taken while processing goes on). */
   clone(): DedupIndex {
+    this.migrate(Infinity);
     const c = new DedupIndex(this.windowMs, 16);
     c.hi = this.hi.slice();
     c.lo = this.lo.slice();
@@ -130,6 +213,7 @@ export class DedupIndex {
 
   /** The index and the log offset it covers, as bytes: replay after a crash resumes from that offset. */
   serialize(coversOffset: number): Buffer {
+    this.migrate(Infinity);
     const header = Buffer.from(
       JSON.stringify({
         version: 1,

@@ -88,15 +88,22 @@ export function deserializeError(e: SerializedError): StripeError {
   return new StripeError(e.status, e.type, e.message, { code: e.code, param: e.param, shouldRetry: e.shouldRetry });
 }
 
-/** Copies each record into a buffer of its own, so that transferring it moves exactly its bytes. */
+/**
+ * Each record in a buffer of its own, so that transferring it moves exactly its bytes: a record that already owns its
+ * whole ArrayBuffer (JSON records) is transferred as is, a slice of a larger one (msgpackr's) is copied first.
+ */
 export function transferable(records: Array<[number, Buffer]>): { records: TransferredRecords; transfer: ArrayBuffer[] } {
   const out: TransferredRecords = new Array(records.length);
   const transfer: ArrayBuffer[] = new Array(records.length);
   for (let i = 0; i < records.length; i++) {
-    const copy = new Uint8Array(records[i][1].length);
-    copy.set(records[i][1]);
-    out[i] = [records[i][0], copy];
-    transfer[i] = copy.buffer;
+    const record = records[i][1];
+    let own: Uint8Array = record;
+    if (record.byteOffset !== 0 || record.byteLength !== record.buffer.byteLength) {
+      own = new Uint8Array(record.length);
+      own.set(record);
+    }
+    out[i] = [records[i][0], own];
+    transfer[i] = own.buffer as ArrayBuffer;
   }
   return { records: out, transfer };
 }

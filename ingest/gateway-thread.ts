@@ -14,7 +14,7 @@ import { HttpServer, type HttpRequest, type HttpResult } from '../shared/http/se
 import { log } from '../shared/logger';
 import type { EventTuple } from '../shared/event-record';
 import { deserializeError, transferable, type GatewayThreadInit, type ToMain, type ToThread } from './gateway-messages';
-import { encodeEventRecords } from './records';
+import { encodeEventRecords, encodeStreamRecords } from './records';
 import { readStreamRequest } from './stream-events';
 import { MeterEventSocketServer } from './ws-stream';
 import { countAccepted, countingRejections, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
@@ -67,9 +67,9 @@ function main(): void {
       const nowMs = Date.now();
       const principal = auth.sessionToken(req, nowMs);
       if (req.stripeVersion) checkApiVersion(req.stripeVersion);
-      const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+      const { events, raw } = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
       const keyed = req.idempotencyKey ? keyedRequest(req) : null;
-      const { records, transfer } = transferable(encodeEventRecords(principal, nowMs, false, events, init.partitions));
+      const { records, transfer } = transferable(encodeStreamRecords(principal, nowMs, events, raw, req.body, init.partitions));
       const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
       if (reply.t !== 'result') throw new ApiError();
       const { result } = reply;

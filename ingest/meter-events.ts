@@ -17,7 +17,7 @@ import { newId } from '../shared/ids';
 import { encodeRecord, partitionFor, RecordKind, type CancelTuple, type EventTuple } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
 import type { MeterEventSocketServer } from './ws-stream';
-import { encodeEventRecords } from './records';
+import { encodeEventRecords, encodeStreamRecords, type PartitionRecord } from './records';
 import { countAccepted, countingRejections, ingestSeries } from '../shared/metrics';
 import { checkTimestampRange, generatedIdentifier, missing, parseV2Timestamp, readPayload, readStreamRequest, requireString } from './stream-events';
 
@@ -64,7 +64,10 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
  * all durable before this resolves.
  */
 export async function appendEvents(s: Services, p: Principal, receivedMs: number, validated: boolean, events: EventTuple[]): Promise<void> {
-  const records = encodeEventRecords(p, receivedMs, validated, events, s.producer.partitions);
+  await appendRecords(s, encodeEventRecords(p, receivedMs, validated, events, s.producer.partitions));
+}
+
+async function appendRecords(s: Services, records: PartitionRecord[]): Promise<void> {
   if (records.length === 1) await s.producer.append(records[0][0], records[0][1]);
   else await Promise.all(records.map(([part, record]) => s.producer.append(part, record)));
 }
@@ -134,8 +137,8 @@ async function stream(s: Services, req: HttpRequest): Promise<HttpResult> {
   const principal = s.auth.sessionToken(req, nowMs);
   if (req.stripeVersion) checkApiVersion(req.stripeVersion);
   return s.hotIdempotency.run(principal, req, async () => {
-    const events = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
-    await appendEvents(s, principal, nowMs, false, events);
+    const { events, raw } = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+    await appendRecords(s, encodeStreamRecords(principal, nowMs, events, raw, req.body, s.producer.partitions));
     countAccepted(STREAM, principal.livemode, events.length, started);
     return STREAM_ACCEPTED;
   });

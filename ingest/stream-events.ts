@@ -5,10 +5,9 @@
  */
 import crypto from 'node:crypto';
 import { InvalidRequestError, MeterEventError } from '../shared/errors';
-import { MAX_EVENTS_PER_RECORD, MAX_FUTURE_MS, MAX_PAST_MS, type EventTuple } from '../shared/event-record';
+import { MAX_EVENTS_PER_RECORD, MAX_FUTURE_MS, MAX_PAST_MS, v2TimestampMs, type EventTuple } from '../shared/event-record';
 import { newDict } from '../shared/wire/dict';
 import { parseJsonBody } from '../shared/wire/form';
-import { parseRfc3339 } from '../shared/wire/timestamp';
 
 /**
  * An identifier for an event sent without one. With an Idempotency-Key (or a WebSocket batch id) it is derived from
@@ -23,16 +22,12 @@ export function generatedIdentifier(account: string, idempotencyKey: string, ind
 /** v2 timestamps: RFC 3339; a string of digits is taken as unix seconds (what stripe-node sends for a JS Date). */
 export function parseV2Timestamp(value: unknown, param: string, integerSeconds = false): number {
   // msgpack has integers: the WebSocket stream takes unix seconds as a number too.
-  if (integerSeconds && typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value * 1000;
+  const ms = v2TimestampMs(value, integerSeconds);
+  if (ms !== null) return ms;
   if (typeof value !== 'string' || value === '') throw new InvalidRequestError(`Invalid timestamp: must be an RFC 3339 date-time string.`, { param });
-  if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
-  const ms = parseRfc3339(value);
-  if (ms === null) {
-    throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, {
-      param,
-    });
-  }
-  return ms;
+  throw new InvalidRequestError(`Invalid timestamp: ${JSON.stringify(value.slice(0, 40))} is not an RFC 3339 date-time (e.g. 2026-12-05T12:00:00Z).`, {
+    param,
+  });
 }
 
 export function checkTimestampRange(timestampMs: number, nowMs: number, param: string): void {
@@ -118,9 +113,15 @@ export function readStreamEvents(raw: unknown, account: string, retryKey: string
 /** The HTTP stream: Stripe's limit of 100 events per request. */
 const HTTP_STREAM_RULES: StreamBatchRules = { maxEvents: MAX_EVENTS_PER_RECORD, integerSeconds: false };
 
+/** A stream batch read: the checked events, and the list they were read from, as parsed. */
+export interface StreamBatch {
+  events: EventTuple[];
+  raw: unknown[];
+}
+
 /** The events of a `POST /v2/billing/meter_event_stream` body (JSON `{events: [...]}`). */
-export function readStreamRequest(body: Buffer, account: string, idempotencyKey: string, nowMs: number): EventTuple[] {
+export function readStreamRequest(body: Buffer, account: string, idempotencyKey: string, nowMs: number): StreamBatch {
   const params = parseJsonBody(body) as Record<string, unknown>;
   for (const k in params) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
-  return readStreamEvents(params.events, account, idempotencyKey, nowMs, HTTP_STREAM_RULES);
+  return { events: readStreamEvents(params.events, account, idempotencyKey, nowMs, HTTP_STREAM_RULES), raw: params.events as unknown[] };
 }

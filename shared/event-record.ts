@@ -5,6 +5,7 @@
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { newDict } from './wire/dict';
+import { parseRfc3339 } from './wire/timestamp';
 
 export const RECORD_VERSION = 1;
 
@@ -100,6 +101,7 @@ export function encodeRecord(r: MeterRecord): Buffer {
 }
 
 export function decodeRecord(buf: Uint8Array): MeterRecord {
+  if (buf[0] === JSON_RECORD_MARK) return decodeJsonRecord(buf);
   const a = unpackr.unpack(buf) as unknown[];
   if (!Array.isArray(a) || a[0] !== RECORD_VERSION) throw new Error(`unsupported log record version ${Array.isArray(a) ? String(a[0]) : typeof a}`);
   const kind = a[1] as RecordKind;
@@ -111,6 +113,128 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
   }
   if (kind === RecordKind.Adjustments) return { kind, account, livemode, receivedMs, cancels: a[6] as CancelTuple[] };
   throw new Error(`unknown log record kind ${String(kind)}`);
+}
+
+/**
+ * JSON records: the stream's events as the client sent them. A stream request is parsed once on the gateway (its
+ * structure must be checked before it is answered) and the aggregator's worker, which validates streamed events
+ * asynchronously anyway, parses it again; nothing in between re-encodes the events. For a request whose events all fall
+ * into one record (one partition, the HTTP stream's 100 events), the record's JSON is the request body itself, copied
+ * once into the record; otherwise it is each partition's share of the events, re-serialized with JSON.stringify.
+ *
+ *   0xC1                       a byte msgpack never uses: a decoder that predates this format refuses the record
+ *   u8   format (2)
+ *   u8   flags                 bit 0 livemode, bit 1 validated
+ *   f64  receivedMs            little-endian
+ *   u16  account length        then the account, UTF-8
+ *   u8   generated count       then per event sent without an identifier: u8 index, u16 length, the identifier (UTF-8)
+ *   ...  JSON                  to the end: an array of events, or an object whose `events` member is that array
+ *
+ * Each event is checked on the gateway before it is written (readStreamEvents), so decoding reads it with the same
+ * rules and without errors: an identifier sent empty or missing is replaced by the generated one recorded here (it
+ * may be random, so it cannot be derived again), a missing timestamp is the time received, payload numbers become
+ * their decimal text. JSON keeps every key an own property, `__proto__` and NUL-prefixed keys included, so no escaping.
+ */
+const JSON_RECORD_MARK = 0xc1;
+const JSON_RECORD_FORMAT = 2;
+const JSON_HEADER_FIXED = 1 + 1 + 1 + 8 + 2;
+
+export interface JsonRecordHeader {
+  account: string;
+  livemode: boolean;
+  receivedMs: number;
+  validated: boolean;
+  /** [index in the record's events, identifier] for each event sent without one. */
+  generated: Array<[number, string]>;
+}
+
+/** Encodes a JSON record whose events are `json` (UTF-8 bytes); the result is a fresh buffer of exactly its size. */
+export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array): Buffer {
+  let size = JSON_HEADER_FIXED + Buffer.byteLength(h.account) + 1;
+  for (const [, id] of h.generated) size += 3 + Buffer.byteLength(id);
+  const buf = Buffer.allocUnsafeSlow(size + json.length);
+  buf[0] = JSON_RECORD_MARK;
+  buf[1] = JSON_RECORD_FORMAT;
+  buf[2] = (h.livemode ? 1 : 0) | (h.validated ? 2 : 0);
+  buf.writeDoubleLE(h.receivedMs, 3);
+  let at = JSON_HEADER_FIXED;
+  const accountBytes = buf.write(h.account, at, 'utf8');
+  buf.writeUInt16LE(accountBytes, at - 2);
+  at += accountBytes;
+  if (h.generated.length > 255) throw new Error('too many events in one record');
+  buf[at++] = h.generated.length;
+  for (const [index, id] of h.generated) {
+    buf[at] = index;
+    const n = buf.write(id, at + 3, 'utf8');
+    buf.writeUInt16LE(n, at + 1);
+    at += 3 + n;
+  }
+  buf.set(json, at);
+  return buf;
+}
+
+function decodeJsonRecord(buf: Uint8Array): EventsRecord {
+  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (b[1] !== JSON_RECORD_FORMAT) throw new Error(`unsupported JSON log record format ${b[1]}`);
+  const livemode = (b[2] & 1) !== 0;
+  const validated = (b[2] & 2) !== 0;
+  const receivedMs = b.readDoubleLE(3);
+  const accountBytes = b.readUInt16LE(JSON_HEADER_FIXED - 2);
+  let at = JSON_HEADER_FIXED;
+  const account = b.toString('utf8', at, at + accountBytes);
+  at += accountBytes;
+  const generatedCount = b[at++];
+  const generated = new Map<number, string>();
+  for (let i = 0; i < generatedCount; i++) {
+    const n = b.readUInt16LE(at + 1);
+    generated.set(b[at], b.toString('utf8', at + 3, at + 3 + n));
+    at += 3 + n;
+  }
+  const parsed = JSON.parse(b.toString('utf8', at)) as unknown;
+  const raw = (Array.isArray(parsed) ? parsed : (parsed as { events?: unknown }).events) as unknown[];
+  if (!Array.isArray(raw)) throw new Error('JSON log record without events');
+  const events: EventTuple[] = new Array(raw.length);
+  for (let i = 0; i < raw.length; i++) {
+    const e = raw[i] as Record<string, unknown>;
+    const identifier = generated.get(i) ?? e.identifier;
+    const timestampMs = e.timestamp === undefined ? receivedMs : v2TimestampMs(e.timestamp, true);
+    if (typeof e.event_name !== 'string' || typeof identifier !== 'string' || timestampMs === null)
+      throw new Error(`malformed event ${i} in a JSON log record`);
+    events[i] = [e.event_name, identifier, timestampMs, recordPayload(e.payload)];
+  }
+  return { kind: RecordKind.Events, account, livemode, receivedMs, validated, events };
+}
+
+/** A checked payload as the aggregator reads it: a map without inherited members, numbers as their decimal text. */
+function recordPayload(raw: unknown): Record<string, string> {
+  const src = raw as Record<string, unknown>;
+  let allStrings = true;
+  for (const k of Object.keys(src)) {
+    if (typeof src[k] !== 'string') {
+      allStrings = false;
+      break;
+    }
+  }
+  // The common case: the parsed object itself, detached from Object.prototype (JSON.parse made every key its own).
+  if (allStrings) return Object.setPrototypeOf(src, null) as Record<string, string>;
+  const out = newDict<string>();
+  for (const k of Object.keys(src)) {
+    const v = src[k];
+    out[k] = typeof v === 'string' ? v : String(v);
+  }
+  return out;
+}
+
+/**
+ * Unix milliseconds of a v2 event timestamp, or null when it is not one: an RFC 3339 date-time, a string of digits
+ * (unix seconds, what stripe-node sends for a JS Date), or, where `integerSeconds` (the WebSocket stream, whose msgpack
+ * has integers), a non-negative integer of seconds.
+ */
+export function v2TimestampMs(value: unknown, integerSeconds: boolean): number | null {
+  if (integerSeconds && typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) return value * 1000;
+  if (typeof value !== 'string' || value === '') return null;
+  if (/^\d{1,12}$/.test(value)) return Number(value) * 1000;
+  return parseRfc3339(value);
 }
 
 /** How far from the time it is received an event's timestamp may be (Stripe's rule: 35 days back, 5 minutes ahead). */

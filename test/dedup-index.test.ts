@@ -61,3 +61,33 @@ t.test('snapshots round-trip with their offset and pending cancels', async (t) =
   t.throws(() => DedupIndex.deserialize(idx.serialize(1).subarray(0, 100), HOUR), /truncated/);
   t.throws(() => DedupIndex.deserialize(idx.serialize(1).subarray(0, 5000), HOUR), /truncated/);
 });
+
+t.test('growth moves entries a few at a time: lookups, overwrites and expiry stay exact meanwhile', async (t) => {
+  const idx = new DedupIndex(10 * HOUR, 1024);
+  const limit = Math.floor(1024 * 0.6);
+  // Half the entries are old enough to expire once the table grows at 20 h.
+  for (let i = 1; i <= limit; i++) idx.set(i, i, i % 2 === 0 ? 1 * HOUR : 15 * HOUR, i);
+  t.equal(idx.capacity, 1024);
+  idx.set(100_000, 1, 20 * HOUR, 100_000); // starts the growth
+  t.equal(idx.capacity, 2048, 'the new table is twice as large');
+  // Mid-growth: entries not moved yet are found, and an overwrite of one of them wins over the old copy.
+  t.equal(idx.seqOf(limit - 1, limit - 1), limit - 1, 'an entry still in the old table is found');
+  idx.set(limit - 1, limit - 1, 21 * HOUR, 7);
+  t.equal(idx.seqOf(limit - 1, limit - 1), 7);
+  for (let k = 1; k <= 200; k++) idx.set(200_000 + k, k, 20 * HOUR, k);
+  let lost = 0;
+  for (let i = 1; i <= limit; i++) {
+    const expect = i === limit - 1 ? 21 * HOUR : i % 2 === 0 ? 1 * HOUR : 15 * HOUR;
+    const r = idx.receivedAt(i, i);
+    if (r !== expect && !(r === 0 && expect === 1 * HOUR)) lost++;
+  }
+  t.equal(lost, 0, 'every live entry is found during and after the move; expired ones may be gone');
+  t.equal(idx.seqOf(limit - 1, limit - 1), 7, 'the overwrite survives the move');
+  const frozen = idx.clone(); // finishes the move
+  const expired = Math.floor(limit / 2) - ((limit - 1) % 2 === 0 ? 1 : 0);
+  t.equal(idx.size, limit + 1 + 200 - expired, 'size counts live entries only once the move ends');
+  t.equal(frozen.size, idx.size);
+  let kept = 0;
+  for (let i = 2; i <= limit; i += 2) if (i !== limit - 1 && idx.receivedAt(i, i) !== 0) kept++;
+  t.equal(kept, 0, 'expired entries are dropped by the move');
+});

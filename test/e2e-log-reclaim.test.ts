@@ -16,7 +16,8 @@ t.test(
     const segments = () => fs.readdirSync(logDir).filter((f) => f.endsWith('.seg'));
 
     let sent = 0;
-    let maxSegments = 0;
+    // Every segment file seen during the run: how fast the aggregator reclaims them depends on the machine's load.
+    const seen = new Set<string>();
     const batches = 60;
     for (let b = 0; b < batches; b++) {
       const events = Array.from({ length: 100 }, (_, i) => ({
@@ -31,11 +32,11 @@ t.test(
       });
       t.equal(res.status, 200);
       sent += 100;
-      maxSegments = Math.max(maxSegments, segments().length);
+      for (const f of segments()) seen.add(f);
       // Give the aggregator time to flush, snapshot and commit now and then.
       if (b % 10 === 9) await new Promise((r) => setTimeout(r, 1200));
     }
-    t.ok(maxSegments > 3, `the run rolled over several segments (saw ${maxSegments} at once)`);
+    t.ok(seen.size > 3, `the run rolled over several segments (saw ${seen.size})`);
     const { start, end } = currentRange();
     await eventually(async () => {
       const s = await stripe.billing.meters.listEventSummaries(meter.id, { customer: 'cus_reclaim', start_time: start, end_time: end });
