@@ -22,7 +22,9 @@ import { ApiVersioning } from './shared/versioning/versioning';
 import { registerMeterRoutes } from './api/meters';
 import { registerSummaryRoutes } from './api/summaries';
 import { registerCoreEventRoutes } from './api/core-events';
+import { registerEventDestinationRoutes } from './api/event-destinations';
 import { registerBillingRoutes, stopBillingJobs } from './api/billing';
+import { setPortalOrigin } from './api/billing/portal';
 import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { MeterEventSocketServer } from './ingest/ws-stream';
 import { GatewayThreads } from './ingest/gateway-threads';
@@ -162,6 +164,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     registerMeterRoutes(http, services);
     registerSummaryRoutes(http, services);
     registerCoreEventRoutes(http, services);
+    registerEventDestinationRoutes(http, services);
     registerBillingRoutes(http, services);
   }
   // Declared before the routes that read it; set when the threads start.
@@ -211,6 +214,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   for (const t of timers) t.unref();
 
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  setPortalOrigin(config.publicUrl ?? url);
   process.stdout.write(
     `meterd listening on ${url} (role ${config.role}, ${drivers.mode} mode: ${drivers.describe}; ${gateway ? `${config.gatewayThreads} gateway threads` : 'HTTP on the main thread'}; data in ${config.dataDir})\n`,
   );

@@ -27,7 +27,8 @@ export interface SummaryWindow {
 interface Range {
   account: string;
   meterId: string;
-  customer: string;
+  /** One customer, or null for every customer of the meter (aggregateByCustomer). */
+  customer: string | null;
   start: number;
   end: number;
   /** Window length in seconds (end - start when there is no grouping). */
@@ -39,8 +40,12 @@ function toScaled(text: string | number | null | undefined): bigint {
   return parseMeterValue(String(text)) ?? 0n;
 }
 
+function customerFilter(r: Range): string {
+  return r.customer === null ? '' : ` AND customer = ${sqlString(r.customer)}`;
+}
+
 function rawFilter(r: Range): string {
-  return `account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)} AND customer = ${sqlString(r.customer)}
+  return `account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)}${customerFilter(r)}
     AND timestamp_ms >= ${r.start * 1000} AND timestamp_ms < ${r.end * 1000}`;
 }
 
@@ -49,63 +54,84 @@ function cancelledSeqs(r: Range): string {
 }
 
 /** Aggregated value per window index, for windows that hold counted events. */
-export async function computeWindows(s: Services, meter: MeterObject, r: Range): Promise<Map<number, bigint>> {
-  const out = new Map<number, bigint>();
+export async function computeWindows(s: Services, meter: MeterObject, r: Range & { customer: string }): Promise<Map<number, bigint>> {
+  return (await aggregateByCustomer(s, meter, r)).get(r.customer) ?? new Map();
+}
+
+/** Aggregated value per customer and window index (windows that hold counted events); `r.customer` null: all customers. */
+export async function aggregateByCustomer(s: Services, meter: MeterObject, r: Range): Promise<Map<string, Map<number, bigint>>> {
+  const out = new Map<string, Map<number, bigint>>();
+  const windowsOf = (cu: string) => {
+    let m = out.get(cu);
+    if (!m) out.set(cu, (m = new Map()));
+    return m;
+  };
   const formula = meter.default_aggregation.formula;
   if (usesRollups({ formula, window: meter.event_time_window })) {
     const [rolled, cancelled] = await Promise.all([
-      s.analytics.query<{ w: number | string; s: string; c: number | string }>(
-        `SELECT intDiv(minute - ${r.start}, ${r.grouping}) AS w, toString(sum(value_sum)) AS s, sum(event_count) AS c
+      s.analytics.query<{ cu: string; w: number | string; s: string; c: number | string }>(
+        `SELECT customer AS cu, intDiv(minute - ${r.start}, ${r.grouping}) AS w, toString(sum(value_sum)) AS s, sum(event_count) AS c
          FROM meter_rollups_1m
-         WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)} AND customer = ${sqlString(r.customer)}
+         WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)}${customerFilter(r)}
            AND minute >= ${r.start} AND minute < ${r.end}
-         GROUP BY w`,
+         GROUP BY cu, w`,
       ),
-      s.analytics.query<{ w: number | string; s: string; c: number | string }>(
-        `SELECT w, toString(sum(v)) AS s, count() AS c FROM (
-           SELECT any(intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping})) AS w, any(value) AS v
+      s.analytics.query<{ cu: string; w: number | string; s: string; c: number | string }>(
+        `SELECT cu, w, toString(sum(v)) AS s, count() AS c FROM (
+           SELECT any(customer) AS cu, any(intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping})) AS w, any(value) AS v
            FROM meter_events WHERE ${rawFilter(r)} AND seq IN ${cancelledSeqs(r)}
            GROUP BY seq
-         ) GROUP BY w`,
+         ) GROUP BY cu, w`,
       ),
     ]);
-    const counts = new Map<number, number>();
+    const counts = new Map<string, Map<number, number>>();
+    const countsOf = (cu: string) => {
+      let m = counts.get(cu);
+      if (!m) counts.set(cu, (m = new Map()));
+      return m;
+    };
     for (const row of rolled) {
       const w = Number(row.w);
-      counts.set(w, Number(row.c));
-      out.set(w, formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE);
+      countsOf(row.cu).set(w, Number(row.c));
+      windowsOf(row.cu).set(w, formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE);
     }
     for (const row of cancelled) {
       const w = Number(row.w);
-      counts.set(w, (counts.get(w) ?? 0) - Number(row.c));
-      out.set(w, (out.get(w) ?? 0n) - (formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE));
+      const c = countsOf(row.cu);
+      c.set(w, (c.get(w) ?? 0) - Number(row.c));
+      const v = windowsOf(row.cu);
+      v.set(w, (v.get(w) ?? 0n) - (formula === 'sum' ? toScaled(row.s) : BigInt(row.c) * SCALE_ONE));
     }
-    for (const [w, c] of counts) if (c <= 0) out.delete(w);
+    for (const [cu, byWindow] of counts) {
+      const v = windowsOf(cu);
+      for (const [w, c] of byWindow) if (c <= 0) v.delete(w);
+      if (v.size === 0) out.delete(cu);
+    }
     return out;
   }
   const notCancelled = `seq NOT IN ${cancelledSeqs(r)}`;
   if (meter.event_time_window === null) {
     // formula `last`: the value of the latest event by timestamp; ties go to the later arrival (receipt time, then log
     // position: across partitions the log position alone says nothing about arrival).
-    const rows = await s.analytics.query<{ w: number | string; v: string }>(
-      `SELECT intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping}) AS w, toString(argMax(value, tuple(timestamp_ms, received_ms, seq))) AS v
+    const rows = await s.analytics.query<{ cu: string; w: number | string; v: string }>(
+      `SELECT customer AS cu, intDiv(intDiv(timestamp_ms, 1000) - ${r.start}, ${r.grouping}) AS w, toString(argMax(value, tuple(timestamp_ms, received_ms, seq))) AS v
        FROM meter_events WHERE ${rawFilter(r)} AND ${notCancelled}
-       GROUP BY w`,
+       GROUP BY cu, w`,
     );
-    for (const row of rows) out.set(Number(row.w), toScaled(row.v));
+    for (const row of rows) windowsOf(row.cu).set(Number(row.w), toScaled(row.v));
     return out;
   }
   // Pre-aggregated meters: within each hour/day window only the most recently sent event counts.
   const tw = meter.event_time_window === 'hour' ? 3600 : 86400;
   const agg = formula === 'sum' ? 'toString(sum(v))' : formula === 'count' ? 'toString(count())' : 'toString(argMax(v, tww))';
-  const rows = await s.analytics.query<{ w: number | string; v: string }>(
-    `SELECT intDiv(greatest(tww, ${r.start}) - ${r.start}, ${r.grouping}) AS w, ${agg} AS v FROM (
-       SELECT intDiv(intDiv(timestamp_ms, 1000), ${tw}) * ${tw} AS tww, argMax(value, tuple(received_ms, seq)) AS v
+  const rows = await s.analytics.query<{ cu: string; w: number | string; v: string }>(
+    `SELECT cu, intDiv(greatest(tww, ${r.start}) - ${r.start}, ${r.grouping}) AS w, ${agg} AS v FROM (
+       SELECT customer AS cu, intDiv(intDiv(timestamp_ms, 1000), ${tw}) * ${tw} AS tww, argMax(value, tuple(received_ms, seq)) AS v
        FROM meter_events WHERE ${rawFilter(r)} AND ${notCancelled}
-       GROUP BY tww
-     ) GROUP BY w`,
+       GROUP BY cu, tww
+     ) GROUP BY cu, w`,
   );
-  for (const row of rows) out.set(Number(row.w), formula === 'count' ? BigInt(row.v) * SCALE_ONE : toScaled(row.v));
+  for (const row of rows) windowsOf(row.cu).set(Number(row.w), formula === 'count' ? BigInt(row.v) * SCALE_ONE : toScaled(row.v));
   return out;
 }
 

@@ -43,6 +43,10 @@ export interface Config {
   webhookPollMs: number;
   /** How often period ends are billed on real time. */
   billingTickMs: number;
+  /** How often active billing alerts are evaluated against the aggregated usage. */
+  alertIntervalMs: number;
+  /** The address clients reach this server at, for links it hands out (customer portal sessions); null: where it listens. */
+  publicUrl: string | null;
   /** How long a starting process waits for an unreachable Kafka, ClickHouse or PostgreSQL. */
   startupWaitMs: number;
   kafkaBrokers: string[];
@@ -192,6 +196,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     webhookTimeoutMs: r.int('WEBHOOK_TIMEOUT_MS', 10_000, 1),
     webhookPollMs: r.int('WEBHOOK_POLL_MS', 1000, 1),
     billingTickMs: r.int('BILLING_TICK_MS', 60_000, 1),
+    alertIntervalMs: r.int('BILLING_ALERT_INTERVAL_MS', 5000, 1),
+    publicUrl: r.raw('PUBLIC_URL') ?? null,
     startupWaitMs: r.int('STARTUP_WAIT_SECONDS', 60, 0) * 1000,
     kafkaBrokers: r.list('KAFKA_BROKERS'),
     kafkaConsumerGroup: r.raw('KAFKA_CONSUMER_GROUP') ?? null,

@@ -4,44 +4,15 @@
  * official client's webhooks.constructEvent), in order, retried with backoff when the receiver fails.
  */
 import t from 'tap';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
 import { startServer, eventually, tempDir } from './helpers/server';
 import { uniqueName, expectError } from './helpers/assertions';
+import { receiver } from './helpers/receiver';
 
 const KEY_A = 'sk_test_evt_a_' + Math.random().toString(36).slice(2, 10);
 const KEY_B = 'sk_test_evt_b_' + Math.random().toString(36).slice(2, 10);
 const KEY_C = 'sk_test_evt_c_' + Math.random().toString(36).slice(2, 10);
 const RETRY_BASE_MS = 300;
-
-interface Received {
-  body: string;
-  signature: string;
-  at: number;
-}
-
-/** A webhook receiver on 127.0.0.1:0 answering `status(n)` for the n-th request (0-based). */
-async function receiver(status: (n: number) => number): Promise<{ url: string; got: Received[]; close: () => Promise<void> }> {
-  const got: Received[] = [];
-  const srv = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const n = got.length;
-      got.push({ body: Buffer.concat(chunks).toString('utf8'), signature: String(req.headers['stripe-signature'] ?? ''), at: Date.now() });
-      res.writeHead(status(n), { 'content-type': 'application/json' });
-      res.end('{}');
-    });
-  });
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
-  const port = (srv.address() as AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}/hook`,
-    got,
-    close: () => new Promise<void>((resolve) => srv.close(() => resolve())),
-  };
-}
 
 t.test('events and webhooks end to end', async (t) => {
   const server = await startServer({

@@ -1,56 +1,26 @@
 /**
  * Billing on real time: a periodic job (every BILLING_TICK_MS, default 60 s) that runs the billing cycle of every
  * subscription NOT on a test clock whose current period has ended, and auto-finalizes drafts (not on a test clock)
- * whose grace period ended. Test-clock subscriptions are billed by their clock's advance only.
+ * whose grace period ended, and applies customers' cash balances to their open invoices (cash-balance.ts).
+ * Test-clock subscriptions are billed by their clock's advance only.
  *
  * Safe with several API processes on one store (distributed mode): cycleSubscription bills each period in its own
  * transaction that re-reads the subscription through tx.getObject (SELECT ... FOR UPDATE in the shared store) and
  * re-checks that the period is still due, so a period is never billed twice; autoFinalize likewise re-reads the
  * invoice in its transaction and finalizes only a draft.
  */
-import { AsyncResource } from 'node:async_hooks';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import { log } from '../../shared/logger';
 import { autoFinalize } from './invoice-transitions';
 import { INVOICE_TYPE, type InvoiceObject } from './invoice-model';
 import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
+import { jobSlot, PeriodicJob } from './periodic-job';
+import { reconcileCashBalances } from './cash-balance';
 
-export class BillingTicker {
-  private readonly tickMs: number;
-  private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private stopped = false;
-  private readonly scope = new AsyncResource('billing-ticker');
-
+export class BillingTicker extends PeriodicJob {
   constructor(private readonly s: Services) {
-    this.tickMs = s.config.billingTickMs;
-  }
-
-  start(): void {
-    this.scope.runInAsyncScope(() => {
-      this.timer = setInterval(() => this.tick(), this.tickMs);
-      this.timer.unref();
-    });
-  }
-
-  /** Stops the timer and waits for a running pass to end (it stops between subscriptions). */
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-    await this.running;
-  }
-
-  tick(): void {
-    if (this.stopped || this.running) return;
-    this.running = this.run()
-      .catch((err) => {
-        if (!this.stopped) log.warn('billing tick failed', { err: String(err) });
-      })
-      .finally(() => {
-        this.running = null;
-      });
+    super('billing tick', s.config.billingTickMs);
   }
 
   /** One pass at the current real time. */
@@ -82,19 +52,10 @@ export class BillingTicker {
         if (!this.stopped) log.warn('billing auto-finalize failed', { customer: k, err: String(err) });
       });
     }
+    await reconcileCashBalances(this.s, () => this.stopped);
   }
 }
 
-let active: BillingTicker | null = null;
-
-export function startBillingTicker(s: Services): void {
-  if (active) void active.stop();
-  active = new BillingTicker(s);
-  active.start();
-}
-
-export async function stopBillingTicker(): Promise<void> {
-  const a = active;
-  active = null;
-  if (a) await a.stop();
-}
+const slot = jobSlot((s: Services) => new BillingTicker(s));
+export const startBillingTicker = slot.start;
+export const stopBillingTicker = slot.stop;

@@ -22,11 +22,17 @@ import { registerCreditNoteRoutes } from './credit-notes';
 import { registerCreditGrantRoutes } from './credit-grants';
 import { deleteSubscriptionDiscounts } from './subscriptions';
 import { startBillingTicker, stopBillingTicker } from './billing-tick';
+import { registerAlertRoutes } from './alerts';
+import { registerCashBalanceRoutes } from './cash-balance';
+import { registerPortalRoutes } from './portal';
+import { startAlertEvaluator, stopAlertEvaluator } from './alert-evaluator';
 import { PRICE_TYPE, renderPrice, type PriceObject } from './prices';
 import { renderPlan } from './plans';
 
-/** Stops the billing background job (called by main.ts on shutdown, before the store closes). */
-export const stopBillingJobs = stopBillingTicker;
+/** Stops the billing background jobs (called by main.ts on shutdown, before the store closes). */
+export async function stopBillingJobs(): Promise<void> {
+  await Promise.all([stopBillingTicker(), stopAlertEvaluator()]);
+}
 
 export function registerBillingRoutes(http: HttpServer, s: Services): void {
   // Older API versions embed whole prices and plans where newer ones name them by id.
@@ -48,10 +54,14 @@ export function registerBillingRoutes(http: HttpServer, s: Services): void {
   registerWebhookRoutes(http, s);
   registerTaxIdRoutes(http, s);
   registerBalanceRoutes(http, s);
+  registerAlertRoutes(http, s);
+  registerCashBalanceRoutes(http, s);
+  registerPortalRoutes(http, s);
   registerCouponRoutes(http, s);
   registerPromotionCodeRoutes(http, s);
   registerDiscountRoutes(http, s, { deleteSubscriptionDiscounts });
   registerCreditNoteRoutes(http, s);
   registerCreditGrantRoutes(http, s);
   startBillingTicker(s);
+  startAlertEvaluator(s);
 }

@@ -12,6 +12,7 @@ import { isPlain, previousAttributes } from '../../shared/versioning/previous-at
 
 export { previousAttributes };
 import { newId } from '../../shared/ids';
+import { enqueueSnapshotDeliveries, type DeliveryDoc } from '../../shared/event-destinations';
 
 export const EVENT_TYPE = 'event';
 export const EVENT_RETENTION_MS = 30 * 24 * 3600 * 1000;
@@ -95,16 +96,7 @@ export interface StoredEndpoint {
   url: string;
 }
 
-export interface DeliveryDoc {
-  id: string;
-  endpoint: string;
-  event: string;
-  attempts: number;
-  next_attempt_ms: number;
-  last_error: string | null;
-  /** A dispatcher owns the delivery until then (several API processes share the store in distributed mode). */
-  lease_until_ms?: number;
-}
+export type { DeliveryDoc } from '../../shared/event-destinations';
 
 const deliveryListeners = new Set<() => void>();
 
@@ -114,7 +106,7 @@ export function onDeliveriesQueued(listener: () => void): () => void {
   return () => deliveryListeners.delete(listener);
 }
 
-/** Inside the event's transaction: queues one delivery per matching endpoint, returns the count. */
+/** Inside the event's transaction: queues one delivery per matching endpoint and snapshot event destination, returns the count. */
 async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, nowMs: number): Promise<number> {
   let n = 0;
   let cursor: string | undefined;
@@ -131,5 +123,5 @@ async function enqueueDeliveries(tx: StateStore, p: Principal, ev: EventObject, 
     cursor = page.data[page.data.length - 1].id;
   }
   if (n > 0) for (const listener of deliveryListeners) listener();
-  return n;
+  return n + (await enqueueSnapshotDeliveries(tx, p.account, p.livemode, ev.id, ev.type, nowMs, eventTypeMatches));
 }

@@ -480,7 +480,7 @@ async function createSubscription(s: Services, p: Principal, params: Params) {
   return json(200, await expandBilling(s.state, p, renderSub(sub), expandParam(params)));
 }
 
-async function updateSubscription(s: Services, p: Principal, id: string, params: Params) {
+export async function updateSubscription(s: Services, p: Principal, id: string, params: Params) {
   const r = new ParamReader(params);
   r.assertNoUnknown(['items', 'metadata', 'description', 'cancel_at_period_end', 'cancel_at', 'proration_behavior', 'payment_behavior', 'discounts', 'expand']);
   const prorate = (r.string('proration_behavior', { enum: ['always_invoice', 'create_prorations', 'none'] }) ?? 'create_prorations') !== 'none';
@@ -559,7 +559,7 @@ async function applyItemChanges(tx: StateStore, p: Principal, sub: SubscriptionO
   sub.items.total_count = sub.items.data.length;
 }
 
-async function cancelSubscription(s: Services, p: Principal, id: string, params: Params) {
+export async function cancelSubscription(s: Services, p: Principal, id: string, params: Params) {
   const r = new ParamReader(params);
   r.assertNoUnknown(['invoice_now', 'prorate', 'cancellation_details', 'expand']);
   const invoiceNow = r.boolean('invoice_now') ?? false;

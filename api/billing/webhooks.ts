@@ -66,6 +66,62 @@ export function signPayload(payload: string, secret: string, t: number): string 
   return `t=${t},v1=${sig}`;
 }
 
+/**
+ * What a dispatcher delivers: v1 snapshot events to webhook endpoints (below), or thin events to v2 event destinations
+ * (api/event-destinations.ts). Same rows, ordering, leases, signature and retries; the channel names the row type,
+ * finds the target and the body, and settles what a finished delivery leaves behind.
+ */
+export interface DeliveryChannel {
+  deliveryType: string;
+  /** The URL, secret and body of the delivery, or null when it is void (target deleted or disabled, event gone). */
+  prepare(store: StateStore, account: string, d: DeliveryDoc): Promise<{ url: string; secret: string; payload: string; eventType: string } | null>;
+  /** In the transaction that removes a finished delivery (sent, given up or void). */
+  settle(tx: StateStore, account: string, d: DeliveryDoc): Promise<void>;
+  /** Subscribes to "rows were queued in this process". */
+  subscribe(listener: () => void): () => void;
+}
+
+/**
+ * A v1 event rendered in `version` (an endpoint's or a snapshot destination's pinned version; else the version the
+ * event was recorded in, else the current one), as the JSON body a receiver gets.
+ */
+export async function renderEventBody(versioning: ApiVersioning, account: string, ev: EventObject, version: string | null): Promise<string> {
+  const event = structuredClone(ev);
+  event.api_version = version ?? (ev.api_version && isKnownVersion(ev.api_version) ? ev.api_version : CURRENT_API_VERSION);
+  return JSON.stringify(await versioning.renderObject(event, event.api_version, account), null, 2);
+}
+
+/** A finished delivery of a v1 event: one fewer pending webhook on the event. */
+export async function settleEventDelivery(tx: StateStore, account: string, d: DeliveryDoc): Promise<void> {
+  const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
+  if (ev) {
+    ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
+    await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
+  }
+}
+
+/** v1 events to v1 webhook endpoints, rendered in the endpoint's pinned version. */
+export function webhookChannel(versioning: ApiVersioning): DeliveryChannel {
+  return {
+    deliveryType: WEBHOOK_DELIVERY_TYPE,
+    async prepare(store, account, d) {
+      const [endpoint, ev] = await Promise.all([
+        store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
+        store.getObject<EventObject>(account, EVENT_TYPE, d.event),
+      ]);
+      if (endpoint?.data.status !== 'enabled' || !ev) return null;
+      return {
+        url: endpoint.data.url,
+        secret: endpoint.data.secret,
+        payload: await renderEventBody(versioning, account, ev.data, endpoint.data.api_version),
+        eventType: ev.data.type,
+      };
+    },
+    settle: settleEventDelivery,
+    subscribe: onDeliveriesQueued,
+  };
+}
+
 let activeDispatcher: WebhookDispatcher | null = null;
 
 export class WebhookDispatcher {
@@ -87,7 +143,7 @@ export class WebhookDispatcher {
   constructor(
     private readonly store: StateStore,
     config: Pick<Config, 'webhookRetryBaseMs' | 'webhookMaxAttempts' | 'webhookTimeoutMs' | 'webhookPollMs'>,
-    private readonly versioning: ApiVersioning,
+    private readonly channel: DeliveryChannel,
   ) {
     this.retryBaseMs = config.webhookRetryBaseMs;
     this.maxAttempts = config.webhookMaxAttempts;
@@ -98,7 +154,7 @@ export class WebhookDispatcher {
   start(): void {
     this.poller = setInterval(() => this.tick(), this.pollMs);
     this.poller.unref();
-    this.unsubscribe = onDeliveriesQueued(() => this.kick());
+    this.unsubscribe = this.channel.subscribe(() => this.kick());
     this.kick();
   }
 
@@ -137,7 +193,7 @@ export class WebhookDispatcher {
   }
 
   private async scan(): Promise<void> {
-    const all = await this.store.scanType<DeliveryDoc>(WEBHOOK_DELIVERY_TYPE);
+    const all = await this.store.scanType<DeliveryDoc>(this.channel.deliveryType);
     all.sort((a, b) => a.createdMs - b.createdMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const head = new Map<string, StoredObject<DeliveryDoc>>();
     for (const d of all) {
@@ -170,23 +226,19 @@ export class WebhookDispatcher {
 
   private async finish(account: string, d: DeliveryDoc): Promise<void> {
     await this.store.transaction(async (tx) => {
-      await tx.deleteObject(account, WEBHOOK_DELIVERY_TYPE, d.id);
-      const ev = await tx.getObject<EventObject>(account, EVENT_TYPE, d.event);
-      if (ev) {
-        ev.data.pending_webhooks = Math.max(0, ev.data.pending_webhooks - 1);
-        await tx.updateObject(account, EVENT_TYPE, d.event, ev.data);
-      }
+      await tx.deleteObject(account, this.channel.deliveryType, d.id);
+      await this.channel.settle(tx, account, d);
     });
   }
 
   /** Takes the delivery for this process (the row is locked while checked), or null when another one holds it. */
   private async claim(account: string, id: string): Promise<DeliveryDoc | null> {
     return this.store.transaction(async (tx) => {
-      const found = await tx.getObject<DeliveryDoc>(account, WEBHOOK_DELIVERY_TYPE, id);
+      const found = await tx.getObject<DeliveryDoc>(account, this.channel.deliveryType, id);
       const now = Date.now();
       if (!found || (found.data.lease_until_ms ?? 0) > now || found.data.next_attempt_ms > now) return null;
       const d = { ...found.data, lease_until_ms: now + this.timeoutMs + 5000 };
-      await tx.updateObject(account, WEBHOOK_DELIVERY_TYPE, id, d);
+      await tx.updateObject(account, this.channel.deliveryType, id, d);
       return d;
     });
   }
@@ -195,28 +247,23 @@ export class WebhookDispatcher {
     const account = stored.account;
     const d = await this.claim(account, stored.id);
     if (!d) return;
-    const [endpoint, ev] = await Promise.all([
-      this.store.getObject<StoredEndpoint>(account, WEBHOOK_ENDPOINT_TYPE, d.endpoint),
-      this.store.getObject<EventObject>(account, EVENT_TYPE, d.event),
-    ]);
-    if (endpoint?.data.status !== 'enabled' || !ev) {
+    const target = await this.channel.prepare(this.store, account, d);
+    if (!target) {
       await this.finish(account, d);
       DROPPED.inc();
       return;
     }
-    const event = structuredClone(ev.data);
-    event.api_version = endpoint.data.api_version ?? (ev.data.api_version && isKnownVersion(ev.data.api_version) ? ev.data.api_version : CURRENT_API_VERSION);
-    const payload = JSON.stringify(await this.versioning.renderObject(event, event.api_version, account), null, 2);
+    const { url, secret, payload, eventType } = target;
     const t = Math.floor(Date.now() / 1000);
     const started = performance.now();
     let error: string | null = null;
     try {
-      const res = await fetch(endpoint.data.url, {
+      const res = await fetch(url, {
         method: 'POST',
         headers: {
           'Content-Type': 'application/json; charset=utf-8',
           'User-Agent': 'Stripe/1.0 (+https://stripe.com/docs/webhooks)',
-          'Stripe-Signature': signPayload(payload, endpoint.data.secret, t),
+          'Stripe-Signature': signPayload(payload, secret, t),
         },
         body: payload,
         signal: AbortSignal.timeout(this.timeoutMs),
@@ -229,7 +276,7 @@ export class WebhookDispatcher {
     if (this.stopped) return;
     const attempts = d.attempts + 1;
     const outcome = error === null ? 'delivered' : attempts >= this.maxAttempts ? 'abandoned' : 'retry_scheduled';
-    countAttempt(account, d, endpoint.data.url, ev.data.type, attempts, error, performance.now() - started, outcome);
+    countAttempt(account, d, url, eventType, attempts, error, performance.now() - started, outcome);
     if (error === null) {
       await this.finish(account, d);
       return;
@@ -241,7 +288,7 @@ export class WebhookDispatcher {
     }
     const delay = Math.min(WebhookDispatcher.MAX_DELAY_MS, this.retryBaseMs * 2 ** (attempts - 1));
     const next: DeliveryDoc = { ...d, attempts, next_attempt_ms: Date.now() + delay, last_error: error, lease_until_ms: 0 };
-    await this.store.updateObject(account, WEBHOOK_DELIVERY_TYPE, d.id, next);
+    await this.store.updateObject(account, this.channel.deliveryType, d.id, next);
   }
 }
 
@@ -279,17 +326,23 @@ function countAttempt(
 const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];
 const UPDATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'disabled', 'expand'];
 
-function readUrl(r: ParamReader, required: boolean): string | undefined {
+/** The `url` of a delivery target: http or https (`httpsOnly`: https, as live-mode event destinations need). */
+export function readUrl(r: ParamReader, required: boolean, httpsOnly = false): string | undefined {
   const url = r.string('url', { required, maxLength: 5000 });
   if (url === undefined) return undefined;
-  let ok = false;
+  let protocol = '';
   try {
-    const u = new URL(url);
-    ok = u.protocol === 'http:' || u.protocol === 'https:';
+    protocol = new URL(url).protocol;
   } catch {
-    ok = false;
+    protocol = '';
   }
-  if (!ok) throw new InvalidParamError('url', `Invalid URL: ${url}`, 'url_invalid');
+  if (protocol !== 'https:' && (protocol !== 'http:' || httpsOnly)) {
+    throw new InvalidParamError(
+      r.param('url'),
+      httpsOnly && protocol === 'http:' ? 'Live mode webhook endpoints must use HTTPS.' : `Invalid URL: ${url}`,
+      'url_invalid',
+    );
+  }
   return url;
 }
 
@@ -407,6 +460,6 @@ export function registerWebhookRoutes(http: HttpServer, s: Services): void {
   );
 
   if (activeDispatcher) activeDispatcher.stop();
-  activeDispatcher = new WebhookDispatcher(s.state, s.config, s.versioning);
+  activeDispatcher = new WebhookDispatcher(s.state, s.config, webhookChannel(s.versioning));
   activeDispatcher.start();
 }
