@@ -28,7 +28,7 @@ import { UniqueViolation } from '../../shared/errors';
 import { log } from '../../shared/logger';
 import { aggregateByCustomer } from '../summaries';
 import { recordBillingEvent } from './common';
-import { meteredUsage } from './invoices';
+import { meteredUsage } from './invoice-lines';
 import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
 import { jobSlot, PeriodicJob } from './periodic-job';
 import { ALERT_TRIGGER_TYPE, ALERT_TYPE, alertCustomer, renderAlert, type AlertObject } from './alerts';

@@ -23,7 +23,8 @@ import { recordThinEvent } from '../../shared/core-events';
 import { readListParams } from '../meters';
 import { listEndpoint, recordBillingEvent } from './common';
 import { loadCustomer } from './customers';
-import { INVOICE_TYPE, payIn, timeFor, type InvoiceObject } from './invoices';
+import { INVOICE_TYPE, timeFor, type InvoiceObject } from './invoice-model';
+import { payIn } from './invoice-transitions';
 
 export const CASH_BALANCE_TYPE = 'cash_balance';
 export const CASH_TRANSACTION_TYPE = 'customer_cash_balance_transaction';

@@ -25,7 +25,7 @@ import { recordThinEvent } from '../../shared/core-events';
 import { readListParams } from '../meters';
 import { listEndpoint, nullableString, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer } from './customers';
-import { INVOICE_TYPE, type InvoiceObject } from './invoices';
+import { INVOICE_TYPE, type InvoiceObject } from './invoice-model';
 import { cancelSubscription, SUBSCRIPTION_TYPE, updateSubscription, type SubscriptionObject } from './subscriptions';
 
 export const PORTAL_CONFIGURATION_TYPE = 'billing_portal.configuration';
