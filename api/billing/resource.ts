@@ -134,6 +134,8 @@ export interface ResourceDefinition<T extends { id: string }, C extends ParamSch
     build: (ctx: ResourceContext, values: ParamValues<C>) => Promise<T> | T;
     /** Message of the 400 when the object's id is taken (a chosen `id`). */
     idTaken?: string;
+    /** The create's answer when it shows more than `render` (a webhook endpoint's secret). */
+    answer?: (doc: T) => unknown;
   };
   update?: {
     params: U;
@@ -194,8 +196,8 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
   def: ResourceDefinition<T, C, U, L>,
 ): void {
   const render = def.render ?? ((d: T) => d);
-  const serve = async (p: Principal, doc: T, params: Params) => {
-    const out = render(doc);
+  const serve = async (p: Principal, doc: T, params: Params, as: (doc: T) => unknown = render) => {
+    const out = as(doc);
     return json(200, def.expand ? await expandBilling(s.state, p, out, readExpand(new ParamReader(params))) : out);
   };
   const inTransaction = <R>(p: Principal, r: ParamReader, fn: (ctx: ResourceContext) => Promise<R>): Promise<R> => {
@@ -216,7 +218,7 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
           await insertCreated(ctx, def, doc, create.idTaken);
           return doc;
         });
-        return serve(p, doc, params);
+        return serve(p, doc, params, create.answer);
       }),
     );
   }

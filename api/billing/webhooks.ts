@@ -30,21 +30,18 @@ import type { Config } from '../../shared/config';
 import crypto from 'node:crypto';
 import { AsyncResource } from 'node:async_hooks';
 import type { HttpServer } from '../../shared/http/server';
-import { json } from '../../shared/http/server';
-import { apiEndpoint } from '../../shared/http/endpoints';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore, StoredObject } from '../../shared/state-store';
-import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, NotFoundError } from '../../shared/errors';
+import type { ParamReader } from '../../shared/wire/form';
+import { InvalidParamError } from '../../shared/errors';
 import { newId, randomBase62 } from '../../shared/ids';
 import { log } from '../../shared/logger';
 import type { ApiVersioning } from '../../shared/versioning/versioning';
 import { CURRENT_API_VERSION, isKnownVersion } from '../../shared/versioning/releases';
 import { metrics } from '../../shared/metrics';
 import { recordDeliveryAttempt } from './recent-deliveries';
-import { readListParams } from '../meters';
-import { listEndpoint, nowSeconds, nullableString, readMetadata } from './common';
+import { defineResource, P } from './resource';
 import {
   EVENT_TYPE,
   WEBHOOK_DELIVERY_TYPE,
@@ -323,9 +320,6 @@ function countAttempt(
   });
 }
 
-const CREATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'api_version', 'connect', 'expand'];
-const UPDATE_PARAMS = ['url', 'enabled_events', 'description', 'metadata', 'disabled', 'expand'];
-
 /** The `url` of a delivery target: http or https (`httpsOnly`: https, as live-mode event destinations need). */
 export function readUrl(r: ParamReader, required: boolean, httpsOnly = false): string | undefined {
   const url = r.string('url', { required, maxLength: 5000 });
@@ -366,98 +360,61 @@ function readApiVersion(r: ParamReader): string | null {
   return version;
 }
 
-async function loadEndpoint(store: StateStore, p: Principal, id: string): Promise<StoredEndpoint> {
-  const found = await store.getObject<StoredEndpoint>(p.account, WEBHOOK_ENDPOINT_TYPE, id);
-  if (!found) throw new NotFoundError(`No such webhook endpoint: '${id}'`);
-  return found.data;
-}
+const ENDPOINT_PARAMS = {
+  url: P.custom((r) => readUrl(r, false)),
+  enabled_events: P.custom((r) => readEnabledEvents(r, false)),
+  description: P.nullableString(5000),
+  metadata: P.metadata(),
+};
 
-async function createEndpoint(s: Services, p: Principal, params: Params) {
-  const r = new ParamReader(params);
-  r.assertNoUnknown(CREATE_PARAMS);
-  const url = readUrl(r, true)!;
-  const enabled = readEnabledEvents(r, true)!;
-  const { nowMs, now } = nowSeconds(s);
-  const e: StoredEndpoint = {
-    id: newId('we', p.livemode),
-    object: 'webhook_endpoint',
-    api_version: readApiVersion(r),
-    application: null,
-    created: now,
-    description: nullableString(r, 'description', 5000) ?? null,
-    enabled_events: enabled,
-    livemode: p.livemode,
-    metadata: readMetadata(r) ?? {},
-    secret: 'whsec_' + randomBase62(32),
-    status: 'enabled',
-    url,
-  };
-  r.boolean('connect');
-  await s.state.insertObject({ account: p.account, type: WEBHOOK_ENDPOINT_TYPE, id: e.id, createdMs: nowMs, data: e });
-  return json(200, render(e, true));
-}
+const CREATE_PARAMS = {
+  ...ENDPOINT_PARAMS,
+  url: P.custom((r) => readUrl(r, true)),
+  enabled_events: P.custom((r) => readEnabledEvents(r, true)),
+  api_version: P.custom((r) => readApiVersion(r)),
+  connect: P.boolean(),
+};
 
 export function registerWebhookRoutes(http: HttpServer, s: Services): void {
-  http.route(
-    'POST',
-    '/v1/webhook_endpoints',
-    apiEndpoint(s, (p, _req, params) => createEndpoint(s, p, params)),
-  );
-
-  http.route(
-    'GET',
-    '/v1/webhook_endpoints',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
-      return listEndpoint<StoredEndpoint>(s, p, '/v1/webhook_endpoints', WEBHOOK_ENDPOINT_TYPE, readListParams(r), {}, undefined, (e) => render(e));
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/webhook_endpoints/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, render(await loadEndpoint(s.state, p, req.params[0])));
-    }),
-  );
-
-  http.route(
-    'POST',
-    '/v1/webhook_endpoints/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(UPDATE_PARAMS);
-      const e = await s.state.transaction(async (tx) => {
-        const e = await loadEndpoint(tx, p, req.params[0]);
-        const url = readUrl(r, false);
-        if (url !== undefined) e.url = url;
-        const enabled = readEnabledEvents(r, false);
-        if (enabled !== undefined) e.enabled_events = enabled;
-        const description = nullableString(r, 'description', 5000);
-        if (description !== undefined) e.description = description;
-        const metadata = readMetadata(r, e.metadata);
-        if (metadata !== undefined) e.metadata = metadata;
-        const disabled = r.boolean('disabled');
-        if (disabled !== undefined) e.status = disabled ? 'disabled' : 'enabled';
-        await tx.updateObject(p.account, WEBHOOK_ENDPOINT_TYPE, e.id, e);
-        return e;
-      });
-      return json(200, render(e));
-    }),
-  );
-
-  http.route(
-    'DELETE',
-    '/v1/webhook_endpoints/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      const e = await loadEndpoint(s.state, p, req.params[0]);
-      await s.state.deleteObject(p.account, WEBHOOK_ENDPOINT_TYPE, e.id);
-      return json(200, { id: e.id, object: 'webhook_endpoint', deleted: true });
-    }),
-  );
+  // Webhook endpoints are configuration, not billing state: Stripe records no event for their changes.
+  defineResource(http, s, {
+    path: '/v1/webhook_endpoints',
+    type: WEBHOOK_ENDPOINT_TYPE,
+    noun: 'webhook endpoint',
+    render: (e: StoredEndpoint) => render(e),
+    events: {},
+    create: {
+      params: CREATE_PARAMS,
+      // The secret is shown once, in the answer to the create.
+      answer: (e) => render(e, true),
+      build: ({ p, now }, v): StoredEndpoint => ({
+        id: newId('we', p.livemode),
+        object: 'webhook_endpoint',
+        api_version: v.api_version ?? null,
+        application: null,
+        created: now,
+        description: v.description ?? null,
+        enabled_events: v.enabled_events!,
+        livemode: p.livemode,
+        metadata: v.metadata?.({}) ?? {},
+        secret: 'whsec_' + randomBase62(32),
+        status: 'enabled',
+        url: v.url!,
+      }),
+    },
+    list: { params: {}, filter: () => ({}) },
+    update: {
+      params: { ...ENDPOINT_PARAMS, disabled: P.boolean() },
+      apply: (_ctx, e, v) => {
+        if (v.url !== undefined) e.url = v.url;
+        if (v.enabled_events !== undefined) e.enabled_events = v.enabled_events;
+        if (v.description !== undefined) e.description = v.description;
+        if (v.metadata) e.metadata = v.metadata(e.metadata);
+        if (v.disabled !== undefined) e.status = v.disabled ? 'disabled' : 'enabled';
+      },
+    },
+    remove: {},
+  });
 
   if (activeDispatcher) activeDispatcher.stop();
   activeDispatcher = new WebhookDispatcher(s.state, s.config, webhookChannel(s.versioning));
