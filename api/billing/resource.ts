@@ -113,11 +113,22 @@ export interface ResourceContext {
   now: number;
   /** The request's params, for what a schema cannot say (a nested reader's parameter names). */
   r: ParamReader;
+  /** The values of the path's own parameters before the id (`/v1/customers/:customer/tax_ids`: the customer). */
+  parent: string[];
+}
+
+/** An event name, or the name for the object (a customer's tax ID records `customer.tax_id.created`). */
+export type EventName<T> = string | ((doc: T) => string);
+
+function eventName<T>(name: EventName<T>, doc: T): string {
+  return typeof name === 'string' ? name : name(doc);
 }
 
 export interface ResourceDefinition<T extends { id: string }, C extends ParamSchema, U extends ParamSchema, L extends ParamSchema> {
-  /** The collection's path, e.g. `/v1/products`; the object's is `<path>/:id`. */
+  /** The collection's path, e.g. `/v1/products`; the object's is `<path>/:id`. May name a parent (`:customer`). */
   path: string;
+  /** For a nested path: whether the object belongs to the parent named in it (otherwise it is a 404 there). */
+  scope?: (doc: T, parent: string[]) => boolean;
   /** The document type in the state store, and the `object` of the deleted stub. */
   type: string;
   /** The name in Stripe's 404, "No such <noun>: '<id>'". */
@@ -127,7 +138,7 @@ export interface ResourceDefinition<T extends { id: string }, C extends ParamSch
   /** Apply `expand[]` (common.ts's billing resolvers) to what is served; otherwise `expand` is accepted and ignored. */
   expand?: boolean;
   /** The v1 events recorded with each change, e.g. `product.created`. */
-  events: { created?: string; updated?: string; deleted?: string };
+  events: { created?: EventName<T>; updated?: EventName<T>; deleted?: EventName<T> };
   create?: {
     params: C;
     /** The new object, built in the transaction that inserts it. */
@@ -145,12 +156,14 @@ export interface ResourceDefinition<T extends { id: string }, C extends ParamSch
   list?: {
     params: L;
     /** Store filters (`where`, `created` range) and a predicate for what the store cannot filter. */
-    filter: (values: ParamValues<L>) => Pick<ListOptions, 'where' | 'createdGteMs' | 'createdLtMs'> & { pred?: (doc: T) => boolean };
+    filter: (values: ParamValues<L>, ctx: { s: Services; p: Principal; parent: string[] }) => ListFilters<T> | Promise<ListFilters<T>>;
   };
   retrieve?: boolean;
   /** DELETE removes the document (a later retrieve is a 404, as in Stripe); `check` refuses it first, or changes what refers to it, in the same transaction. */
   remove?: { check?: (ctx: ResourceContext, doc: T) => Promise<void> | void };
 }
+
+export type ListFilters<T> = Pick<ListOptions, 'where' | 'createdGteMs' | 'createdLtMs'> & { pred?: (doc: T) => boolean };
 
 /** Loads one object of the caller's account, or Stripe's 404 (400 `resource_missing` when it is named by a param). */
 export async function loadResource<T>(
@@ -176,7 +189,7 @@ export async function loadResource<T>(
  */
 export async function insertCreated<T extends { id: string }>(
   ctx: Pick<ResourceContext, 'p' | 'tx' | 'nowMs' | 'r'>,
-  def: { type: string; render?: (doc: T) => unknown; events: { created?: string } },
+  def: { type: string; render?: (doc: T) => unknown; events: { created?: EventName<T> } },
   doc: T,
   idTaken?: string,
 ): Promise<void> {
@@ -186,7 +199,7 @@ export async function insertCreated<T extends { id: string }>(
     if (err instanceof UniqueViolation && idTaken) throw new InvalidRequestError(idTaken, { param: ctx.r.param('id'), code: 'resource_already_exists' });
     throw err;
   }
-  if (def.events.created) await recordBillingEvent(ctx.tx, ctx.p, def.events.created, def.render ? def.render(doc) : doc);
+  if (def.events.created) await recordBillingEvent(ctx.tx, ctx.p, eventName(def.events.created, doc), def.render ? def.render(doc) : doc);
 }
 
 /** Registers the routes a definition declares. */
@@ -200,9 +213,22 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
     const out = as(doc);
     return json(200, def.expand ? await expandBilling(s.state, p, out, readExpand(new ParamReader(params))) : out);
   };
-  const inTransaction = <R>(p: Principal, r: ParamReader, fn: (ctx: ResourceContext) => Promise<R>): Promise<R> => {
+  const inTransaction = <R>(p: Principal, r: ParamReader, parent: string[], fn: (ctx: ResourceContext) => Promise<R>): Promise<R> => {
     const nowMs = s.now();
-    return s.state.transaction((tx) => fn({ s, p, tx, nowMs, now: Math.floor(nowMs / 1000), r }));
+    return s.state.transaction((tx) => fn({ s, p, tx, nowMs, now: Math.floor(nowMs / 1000), r, parent }));
+  };
+  const parents = (def.path.match(/\/:/g) ?? []).length;
+  /** The path's parameters before the id, and the id (undefined on the collection's routes). */
+  const pathOf = (params: string[]) => ({ parent: params.slice(0, parents), id: params[parents] });
+  const load = async (store: StateStore, p: Principal, params: string[]) => {
+    const { parent, id } = pathOf(params);
+    const doc = await loadResource<T>(store, p, def, id);
+    if (def.scope && !def.scope(doc, parent)) throw new NotFoundError(`No such ${def.noun}: '${id}'`, 'id');
+    return doc;
+  };
+  const collectionUrl = (parent: string[]) => {
+    let i = 0;
+    return def.path.replace(/:[a-z_]+/g, () => parent[i++]);
   };
   const { create, update, list, remove } = def;
 
@@ -210,10 +236,10 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
     http.route(
       'POST',
       def.path,
-      apiEndpoint(s, async (p, _req, params) => {
+      apiEndpoint(s, async (p, req, params) => {
         const r = new ParamReader(params);
         const values = readParams(r, create.params);
-        const doc = await inTransaction(p, r, async (ctx) => {
+        const doc = await inTransaction(p, r, pathOf(req.params).parent, async (ctx) => {
           const doc = await create.build(ctx, values);
           await insertCreated(ctx, def, doc, create.idTaken);
           return doc;
@@ -227,12 +253,13 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
     http.route(
       'GET',
       def.path,
-      apiEndpoint(s, async (p, _req, params) => {
+      apiEndpoint(s, async (p, req, params) => {
         const r = new ParamReader(params);
         const values = readParams(r, list.params, ['limit', 'starting_after', 'ending_before', 'expand']);
         const page = readListParams(r);
-        const { pred, ...filters } = list.filter(values);
-        return listEndpoint<T>(s, p, def.path, def.type, page, filters, pred, render, def.expand ? readExpand(r) : []);
+        const { parent } = pathOf(req.params);
+        const { pred, ...filters } = await list.filter(values, { s, p, parent });
+        return listEndpoint<T>(s, p, collectionUrl(parent), def.type, page, filters, pred, render, def.expand ? readExpand(r) : []);
       }),
     );
   }
@@ -243,7 +270,7 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
       `${def.path}/:id`,
       apiEndpoint(s, async (p, req, params) => {
         new ParamReader(params).assertNoUnknown(['expand']);
-        return serve(p, await loadResource<T>(s.state, p, def, req.params[0]), params);
+        return serve(p, await load(s.state, p, req.params), params);
       }),
     );
   }
@@ -255,12 +282,13 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
       apiEndpoint(s, async (p, req, params) => {
         const r = new ParamReader(params);
         const values = readParams(r, update.params);
-        const doc = await inTransaction(p, r, async (ctx) => {
-          const doc = await loadResource<T>(ctx.tx, p, def, req.params[0]);
+        const doc = await inTransaction(p, r, pathOf(req.params).parent, async (ctx) => {
+          const doc = await load(ctx.tx, p, req.params);
           const before = structuredClone(doc);
           await update.apply(ctx, doc, values);
           await ctx.tx.updateObject(p.account, def.type, doc.id, doc);
-          if (def.events.updated) await recordBillingEvent(ctx.tx, p, def.events.updated, render(doc), render(before) as Record<string, unknown>);
+          if (def.events.updated)
+            await recordBillingEvent(ctx.tx, p, eventName(def.events.updated, doc), render(doc), render(before) as Record<string, unknown>);
           return doc;
         });
         return serve(p, doc, params);
@@ -275,11 +303,11 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
       apiEndpoint(s, async (p, req, params) => {
         const r = new ParamReader(params);
         r.assertNoUnknown(['expand']);
-        const id = await inTransaction(p, r, async (ctx) => {
-          const doc = await loadResource<T>(ctx.tx, p, def, req.params[0]);
+        const id = await inTransaction(p, r, pathOf(req.params).parent, async (ctx) => {
+          const doc = await load(ctx.tx, p, req.params);
           await remove.check?.(ctx, doc);
           await ctx.tx.deleteObject(p.account, def.type, doc.id);
-          if (def.events.deleted) await recordBillingEvent(ctx.tx, p, def.events.deleted, render(doc));
+          if (def.events.deleted) await recordBillingEvent(ctx.tx, p, eventName(def.events.deleted, doc), render(doc));
           return doc.id;
         });
         return json(200, { id, object: def.type, deleted: true });

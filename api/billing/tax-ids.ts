@@ -9,16 +9,11 @@
  * verifies (eu_vat, gb_vat, au_abn, ...) and `unavailable` otherwise.
  */
 import type { HttpServer } from '../../shared/http/server';
-import { json } from '../../shared/http/server';
-import { apiEndpoint } from '../../shared/http/endpoints';
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
-import type { StateStore } from '../../shared/state-store';
-import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../shared/errors';
+import { InvalidParamError, InvalidRequestError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
-import { readListParams } from '../meters';
-import { listEndpoint, nowSeconds, recordBillingEvent } from './common';
+import { defineResource, P, type ParamValues, type ResourceContext } from './resource';
 import { loadCustomer } from './customers';
 
 export const TAX_ID_TYPE = 'tax_id';
@@ -238,12 +233,28 @@ export function checkTaxId(type: string, value: string): { value: string; countr
   return { value: trimmed, country: countryOf(type, normalized) };
 }
 
-async function createTaxId(s: Services, p: Principal, r: ParamReader, owner: TaxIdObject['owner']): Promise<TaxIdObject> {
-  const type = r.string('type', { required: true, maxLength: 100 })!;
-  const rawValue = r.string('value', { required: true, maxLength: 5000 })!;
-  const { value, country } = checkTaxId(type, rawValue);
-  const { nowMs, now } = nowSeconds(s);
-  const t: TaxIdObject = {
+const TAX_IDS = {
+  type: TAX_ID_TYPE,
+  noun: 'tax_id',
+  events: {
+    created: (t: TaxIdObject) => (t.customer ? 'customer.tax_id.created' : 'tax_id.created'),
+    deleted: (t: TaxIdObject) => (t.customer ? 'customer.tax_id.deleted' : 'tax_id.deleted'),
+  },
+};
+
+const VALUE_PARAMS = { type: P.string({ required: true, maxLength: 100 }), value: P.string({ required: true, maxLength: 5000 }) };
+
+/** A new tax ID of `owner`; its customer must exist (`customerParam` names it in the 404). */
+async function newTaxId(
+  { p, tx, now }: ResourceContext,
+  v: ParamValues<typeof VALUE_PARAMS>,
+  owner: TaxIdObject['owner'],
+  customerParam: string,
+): Promise<TaxIdObject> {
+  const type = v.type!;
+  const { value, country } = checkTaxId(type, v.value!);
+  if (owner.customer) await loadCustomer(tx, p, owner.customer, customerParam);
+  return {
     id: newId('txi', p.livemode),
     object: 'tax_id',
     country,
@@ -256,123 +267,63 @@ async function createTaxId(s: Services, p: Principal, r: ParamReader, owner: Tax
     value,
     verification: { status: VERIFIED_TYPES.has(type) ? 'pending' : 'unavailable', verified_address: null, verified_name: null },
   };
-  await s.state.transaction(async (tx) => {
-    if (owner.customer) await loadCustomer(tx, p, owner.customer, owner.type === 'customer' && r.has('owner') ? 'owner[customer]' : 'customer');
-    await tx.insertObject({ account: p.account, type: TAX_ID_TYPE, id: t.id, createdMs: nowMs, data: t });
-    await recordBillingEvent(tx, p, t.customer ? 'customer.tax_id.created' : 'tax_id.created', t);
-  });
-  return t;
 }
 
-async function loadTaxId(store: StateStore, p: Principal, id: string, customer?: string): Promise<TaxIdObject> {
-  const found = await store.getObject<TaxIdObject>(p.account, TAX_ID_TYPE, id);
-  if (!found || (customer !== undefined && found.data.customer !== customer)) throw new NotFoundError(`No such tax_id: '${id}'`);
-  return found.data;
-}
-
-async function deleteTaxId(s: Services, p: Principal, id: string, customer?: string) {
-  await s.state.transaction(async (tx) => {
-    const t = await loadTaxId(tx, p, id, customer);
-    await tx.deleteObject(p.account, TAX_ID_TYPE, t.id);
-    await recordBillingEvent(tx, p, t.customer ? 'customer.tax_id.deleted' : 'tax_id.deleted', t);
-  });
-  return json(200, { id, object: 'tax_id', deleted: true });
-}
-
-function readOwner(r: ParamReader, p: Principal): TaxIdObject['owner'] {
-  const o = r.object('owner');
-  if (!o) return { customer_account: null, type: 'self' };
+/** `owner` of the account-level API: self when not sent. */
+const OWNER = P.custom((r, n) => {
+  const o = r.object(n);
+  if (!o) return undefined;
   o.assertNoUnknown(['type', 'account', 'customer', 'customer_account']);
-  const type = o.string('type', { required: true, enum: ['account', 'application', 'customer', 'self'] })!;
-  if (type === 'customer') {
-    const customer = o.string('customer', { required: true, maxLength: 5000 })!;
-    return { customer, customer_account: null, type };
-  }
-  if (type === 'account') {
-    const account = o.string('account', { required: true, maxLength: 5000 })!;
-    return { account, customer_account: null, type };
-  }
-  if (type === 'application') return { application: p.account, customer_account: null, type };
+  const type = o.string('type', { required: true, enum: ['account', 'application', 'customer', 'self'] });
+  if (type === 'customer') return { customer: o.string('customer', { required: true, maxLength: 5000 }), customer_account: null, type };
+  if (type === 'account') return { account: o.string('account', { required: true, maxLength: 5000 }), customer_account: null, type };
   return { customer_account: null, type };
+});
+
+function ownerOf(p: Principal, sent: TaxIdObject['owner'] | undefined): TaxIdObject['owner'] {
+  if (!sent) return { customer_account: null, type: 'self' };
+  return sent.type === 'application' ? { application: p.account, customer_account: null, type: 'application' } : sent;
 }
 
 export function registerTaxIdRoutes(http: HttpServer, s: Services): void {
-  http.route(
-    'POST',
-    '/v1/customers/:customer/tax_ids',
-    apiEndpoint(s, async (p, req, params: Params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['type', 'value', 'expand']);
-      return json(200, await createTaxId(s, p, r, { customer: req.params[0], customer_account: null, type: 'customer' }));
-    }),
-  );
-  http.route(
-    'GET',
-    '/v1/customers/:customer/tax_ids',
-    apiEndpoint(s, async (p, req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'expand']);
-      const page = readListParams(r);
-      const customer = req.params[0];
-      await loadCustomer(s.state, p, customer, 'customer');
-      return listEndpoint<TaxIdObject>(s, p, `/v1/customers/${customer}/tax_ids`, TAX_ID_TYPE, page, { where: { customer } }, undefined, (t) => t);
-    }),
-  );
-  http.route(
-    'GET',
-    '/v1/customers/:customer/tax_ids/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await loadTaxId(s.state, p, req.params[1], req.params[0]));
-    }),
-  );
-  http.route(
-    'DELETE',
-    '/v1/customers/:customer/tax_ids/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return deleteTaxId(s, p, req.params[1], req.params[0]);
-    }),
-  );
+  // A customer's tax IDs: the same objects, scoped to the customer named in the path.
+  defineResource(http, s, {
+    ...TAX_IDS,
+    path: '/v1/customers/:customer/tax_ids',
+    scope: (t, [customer]) => t.customer === customer,
+    create: {
+      params: VALUE_PARAMS,
+      build: (ctx, v) => newTaxId(ctx, v, { customer: ctx.parent[0], customer_account: null, type: 'customer' }, 'customer'),
+    },
+    list: {
+      params: {},
+      filter: async (_v, { s, p, parent: [customer] }) => {
+        await loadCustomer(s.state, p, customer, 'customer');
+        return { where: { customer } };
+      },
+    },
+    remove: {},
+  });
 
-  http.route(
-    'POST',
-    '/v1/tax_ids',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['type', 'value', 'owner', 'expand']);
-      return json(200, await createTaxId(s, p, r, readOwner(r, p)));
-    }),
-  );
-  http.route(
-    'GET',
-    '/v1/tax_ids',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'owner', 'expand']);
-      const page = readListParams(r);
-      const owner = readOwner(r, p);
-      const pred = (t: TaxIdObject) =>
-        t.owner.type === owner.type &&
-        (owner.type !== 'customer' || t.owner.customer === owner.customer) &&
-        (owner.type !== 'account' || t.owner.account === owner.account);
-      return listEndpoint<TaxIdObject>(s, p, '/v1/tax_ids', TAX_ID_TYPE, page, {}, pred, (t) => t);
-    }),
-  );
-  http.route(
-    'GET',
-    '/v1/tax_ids/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await loadTaxId(s.state, p, req.params[0]));
-    }),
-  );
-  http.route(
-    'DELETE',
-    '/v1/tax_ids/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return deleteTaxId(s, p, req.params[0]);
-    }),
-  );
+  defineResource(http, s, {
+    ...TAX_IDS,
+    path: '/v1/tax_ids',
+    create: {
+      params: { ...VALUE_PARAMS, owner: OWNER },
+      build: (ctx, v) => newTaxId(ctx, v, ownerOf(ctx.p, v.owner), v.owner?.type === 'customer' ? 'owner[customer]' : 'customer'),
+    },
+    list: {
+      params: { owner: OWNER },
+      filter: (v, { p }) => {
+        const owner = ownerOf(p, v.owner);
+        return {
+          pred: (t) =>
+            t.owner.type === owner.type &&
+            (owner.type !== 'customer' || t.owner.customer === owner.customer) &&
+            (owner.type !== 'account' || t.owner.account === owner.account),
+        };
+      },
+    },
+    remove: {},
+  });
 }

@@ -31,7 +31,6 @@ import crypto from 'node:crypto';
 import { AsyncResource } from 'node:async_hooks';
 import type { HttpServer } from '../../shared/http/server';
 import type { Services } from '../../shared/services';
-import type { Principal } from '../../shared/http/auth';
 import type { StateStore, StoredObject } from '../../shared/state-store';
 import type { ParamReader } from '../../shared/wire/form';
 import { InvalidParamError } from '../../shared/errors';
