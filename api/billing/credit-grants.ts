@@ -32,13 +32,14 @@ import { ParamReader } from '../../shared/wire/form';
 import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../shared/errors';
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
-import { expandBilling, expandParam, listEndpoint, readMetadata, recordBillingEvent, type Metadata } from './common';
+import { expandBilling, expandParam, listEndpoint, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer } from './customers';
 import { loadPrice } from './prices';
 import { finalizeHooks } from './invoice-transitions';
 import { timeFor, type InvoiceObject } from './invoice-model';
 import type { PretaxCreditAmount } from './invoice-totals';
 import { allocateCredits, creditOrder } from './allocation';
+import { defineResource, loadResource, P, whereOf } from './resource';
 
 export const CREDIT_GRANT_TYPE = 'billing.credit_grant';
 export const CREDIT_BALANCE_TRANSACTION_TYPE = 'billing.credit_balance_transaction';
@@ -107,10 +108,8 @@ function renderTxn(t: CreditBalanceTransactionObject): Omit<CreditBalanceTransac
   return rest;
 }
 
-async function loadGrant(store: StateStore, p: Principal, id: string, param = 'id'): Promise<CreditGrantObject> {
-  const found = await store.getObject<CreditGrantObject>(p.account, CREDIT_GRANT_TYPE, id);
-  if (!found) throw new NotFoundError(`No such credit grant: '${id}'`, param);
-  return found.data;
+function loadGrant(store: StateStore, p: Principal, id: string, param = 'id'): Promise<CreditGrantObject> {
+  return loadResource<CreditGrantObject>(store, p, { type: CREDIT_GRANT_TYPE, noun: 'credit grant' }, id, param);
 }
 
 /**
@@ -295,139 +294,109 @@ function balanceOf(grants: CreditGrantObject[], at: number): Array<{ available_b
   });
 }
 
+const CREATE_PARAMS = {
+  amount: P.custom((r, n) => {
+    const amount = r.object(n, { required: true });
+    amount.assertNoUnknown(['type', 'monetary']);
+    amount.string('type', { required: true, enum: ['monetary'] });
+    const monetary = amount.object('monetary', { required: true });
+    monetary.assertNoUnknown(['currency', 'value']);
+    const currency = monetary.string('currency', { required: true, maxLength: 3 }).toLowerCase();
+    if (!/^[a-z]{3}$/.test(currency)) throw new InvalidParamError('amount[monetary][currency]', `Invalid currency: ${currency}`);
+    return { currency, value: monetary.integer('value', { required: true, min: 1 }) };
+  }),
+  /** The scope is read in the transaction (its prices are loaded): the reader of `scope` is kept. */
+  applicability_config: P.custom((r, n) => {
+    const config = r.object(n, { required: true });
+    config.assertNoUnknown(['scope']);
+    return config.object('scope', { required: true });
+  }),
+  category: P.string({ enum: ['paid', 'promotional'] }),
+  customer_account: P.custom<never>((r, n) => {
+    if (r.has(n)) throw new InvalidParamError(n, 'Accounts v2 customers are not supported; use customer.');
+    return undefined;
+  }),
+  customer: P.string({ required: true, maxLength: 5000 }),
+  effective_at: P.integer({ min: 0 }),
+  expires_at: P.integer({ min: 0 }),
+  priority: P.integer({ min: 0, max: 100 }),
+  name: P.string({ maxLength: 100 }),
+  metadata: P.metadata(),
+};
+
+const UPDATE_PARAMS = {
+  expires_at: P.custom((r, n) => {
+    if (!r.has(n)) return undefined;
+    return r.isUnset(n) ? null : r.integer(n, { min: 0 });
+  }),
+  metadata: P.metadata(),
+};
+
 export function registerCreditGrantRoutes(http: HttpServer, s: Services): void {
-  http.route(
-    'POST',
-    '/v1/billing/credit_grants',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown([
-        'amount',
-        'applicability_config',
-        'category',
-        'customer',
-        'customer_account',
-        'effective_at',
-        'expires_at',
-        'metadata',
-        'name',
-        'priority',
-        'expand',
-      ]);
-      const amount = r.object('amount', { required: true })!;
-      amount.assertNoUnknown(['type', 'monetary']);
-      amount.string('type', { required: true, enum: ['monetary'] });
-      const monetary = amount.object('monetary', { required: true })!;
-      monetary.assertNoUnknown(['currency', 'value']);
-      const currency = monetary.string('currency', { required: true, maxLength: 3 })!.toLowerCase();
-      if (!/^[a-z]{3}$/.test(currency)) throw new InvalidParamError('amount[monetary][currency]', `Invalid currency: ${currency}`);
-      const value = monetary.integer('value', { required: true, min: 1 })!;
-      const config = r.object('applicability_config', { required: true })!;
-      config.assertNoUnknown(['scope']);
-      const scopeReader = config.object('scope', { required: true })!;
-      const category = (r.string('category', { enum: ['paid', 'promotional'] }) ?? 'paid') as CreditGrantObject['category'];
-      if (r.has('customer_account')) throw new InvalidParamError('customer_account', 'Accounts v2 customers are not supported; use customer.');
-      const customerId = r.string('customer', { required: true, maxLength: 5000 })!;
-      const effectiveParam = r.integer('effective_at', { min: 0 });
-      const expiresAt = r.integer('expires_at', { min: 0 }) ?? null;
-      const priority = r.integer('priority', { min: 0, max: 100 }) ?? 50;
-      const name = r.string('name', { maxLength: 100 }) ?? null;
-      const metadata = readMetadata(r) ?? {};
-      const g = await s.state.transaction(async (tx) => {
-        const customer = await loadCustomer(tx, p, customerId, 'customer');
-        const scope = await readScope(tx, p, scopeReader);
+  defineResource(http, s, {
+    path: '/v1/billing/credit_grants',
+    type: CREDIT_GRANT_TYPE,
+    noun: 'credit grant',
+    render: renderGrant,
+    expand: true,
+    events: { created: 'billing.credit_grant.created', updated: 'billing.credit_grant.updated' },
+    create: {
+      params: CREATE_PARAMS,
+      build: async ({ p, tx }, v): Promise<CreditGrantObject> => {
+        const { currency, value } = v.amount!;
+        const customer = await loadCustomer(tx, p, v.customer!, 'customer');
+        const scope = await readScope(tx, p, v.applicability_config!);
         const now = await timeFor(s, tx, p, customer.test_clock);
-        const effectiveAt = effectiveParam ?? now;
+        const effectiveAt = v.effective_at ?? now;
+        const expiresAt = v.expires_at ?? null;
         if (expiresAt !== null && expiresAt <= effectiveAt) throw new InvalidParamError('expires_at', 'expires_at must be after effective_at.');
-        const g: CreditGrantObject = {
+        return {
           id: newId('credgr', p.livemode),
           object: 'billing.credit_grant',
           amount: { monetary: { currency, value }, type: 'monetary' },
           applicability_config: { scope },
-          category,
+          category: (v.category ?? 'paid') as CreditGrantObject['category'],
           created: now,
           customer: customer.id,
           customer_account: null,
           effective_at: effectiveAt,
           expires_at: expiresAt,
           livemode: p.livemode,
-          metadata,
-          name,
-          priority,
+          metadata: v.metadata?.({}) ?? {},
+          name: v.name ?? null,
+          priority: v.priority ?? 50,
           test_clock: customer.test_clock,
           updated: now,
           voided_at: null,
           _available: value,
         };
-        await tx.insertObject({ account: p.account, type: CREDIT_GRANT_TYPE, id: g.id, createdMs: s.now(), data: g });
-        await recordBillingEvent(tx, p, 'billing.credit_grant.created', renderGrant(g));
-        await recordTxn(tx, p, g, effectiveAt, { credit: 'credits_granted', amount: value });
-        return g;
-      });
-      return json(200, await expandBilling(s.state, p, renderGrant(g), expandParam(params)));
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/billing/credit_grants',
-    apiEndpoint(s, async (p, _req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['limit', 'starting_after', 'ending_before', 'customer', 'customer_account', 'expand']);
-      const page = readListParams(r);
-      const customer = r.string('customer', { maxLength: 5000 });
-      return listEndpoint<CreditGrantObject>(
-        s,
-        p,
-        '/v1/billing/credit_grants',
-        CREDIT_GRANT_TYPE,
-        page,
-        { where: customer ? { customer } : {} },
-        undefined,
-        renderGrant,
-        expandParam(params),
-      );
-    }),
-  );
-
-  http.route(
-    'GET',
-    '/v1/billing/credit_grants/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      new ParamReader(params).assertNoUnknown(['expand']);
-      return json(200, await expandBilling(s.state, p, renderGrant(await loadGrant(s.state, p, req.params[0])), expandParam(params)));
-    }),
-  );
-
-  http.route(
-    'POST',
-    '/v1/billing/credit_grants/:id',
-    apiEndpoint(s, async (p, req, params) => {
-      const r = new ParamReader(params);
-      r.assertNoUnknown(['expires_at', 'metadata', 'expand']);
-      const g = await s.state.transaction(async (tx) => {
-        const g = await loadGrant(tx, p, req.params[0]);
-        const before = structuredClone(g);
+      },
+      after: async ({ p, tx }, g) => {
+        await recordTxn(tx, p, g, g.effective_at, { credit: 'credits_granted', amount: g.amount.monetary.value });
+      },
+    },
+    list: {
+      params: { customer: P.string({ maxLength: 5000 }), customer_account: P.custom<never>(() => undefined) },
+      filter: (v) => ({ where: whereOf(v, ['customer']) }),
+    },
+    update: {
+      params: UPDATE_PARAMS,
+      apply: async ({ p, tx }, g, v) => {
         const now = await timeFor(s, tx, p, g.test_clock);
-        if (r.has('expires_at')) {
+        const at = v.expires_at;
+        if (at !== undefined) {
           if (g.voided_at !== null || (g.expires_at !== null && g.expires_at <= now)) {
             throw new InvalidRequestError('You cannot update the expiry of a credit grant that is voided or expired.', { param: 'expires_at' });
           }
-          if (r.isUnset('expires_at')) g.expires_at = null;
-          else {
-            const at = r.integer('expires_at', { min: 0 })!;
-            if (at <= now || at <= g.effective_at) throw new InvalidParamError('expires_at', 'expires_at must be in the future and after effective_at.');
-            g.expires_at = at;
-          }
+          if (at !== null && (at <= now || at <= g.effective_at))
+            throw new InvalidParamError('expires_at', 'expires_at must be in the future and after effective_at.');
+          g.expires_at = at;
         }
-        const md = readMetadata(r, g.metadata);
-        if (md !== undefined) g.metadata = md;
-        await saveGrant(tx, p, g, before, now);
-        return g;
-      });
-      return json(200, await expandBilling(s.state, p, renderGrant(g), expandParam(params)));
-    }),
-  );
+        if (v.metadata) g.metadata = v.metadata(g.metadata);
+        g.updated = now;
+      },
+    },
+  });
 
   const endGrant = (how: 'expire' | 'void') =>
     apiEndpoint(s, async (p, req, params) => {

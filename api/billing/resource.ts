@@ -147,6 +147,8 @@ export interface ResourceDefinition<T extends { id: string }, C extends ParamSch
     idTaken?: string;
     /** The create's answer when it shows more than `render` (a webhook endpoint's secret). */
     answer?: (doc: T) => unknown;
+    /** What follows the insert and its event in the same transaction (a credit grant's first balance transaction). */
+    after?: (ctx: ResourceContext, doc: T) => Promise<void>;
   };
   update?: {
     params: U;
@@ -242,6 +244,7 @@ export function defineResource<T extends { id: string }, C extends ParamSchema, 
         const doc = await inTransaction(p, r, pathOf(req.params).parent, async (ctx) => {
           const doc = await create.build(ctx, values);
           await insertCreated(ctx, def, doc, create.idTaken);
+          await create.after?.(ctx, doc);
           return doc;
         });
         return serve(p, doc, params, create.answer);
