@@ -3,7 +3,7 @@ import t from 'tap';
 import { meteredPeriods } from '../api/billing/alert-evaluator';
 import { thinNotification } from '../api/event-destinations';
 import { destinationWants } from '../shared/event-destinations';
-import type { SubscriptionObject } from '../api/billing/subscriptions';
+import type { SubscriptionObject } from '../api/billing/subscription-model';
 
 function sub(customer: string, items: Array<{ meter: string | null; metered: boolean; start: number; end: number }>, extra: Partial<SubscriptionObject> = {}) {
   return {

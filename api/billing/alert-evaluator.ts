@@ -29,7 +29,7 @@ import { log } from '../../shared/logger';
 import { aggregateByCustomer } from '../summaries';
 import { recordBillingEvent } from './common';
 import { meteredUsage } from './invoice-lines';
-import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
+import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscription-model';
 import { jobSlot, PeriodicJob } from './periodic-job';
 import { ALERT_TRIGGER_TYPE, ALERT_TYPE, alertCustomer, renderAlert, type AlertObject } from './alerts';
 

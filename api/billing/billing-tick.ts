@@ -14,7 +14,8 @@ import type { Principal } from '../../shared/http/auth';
 import { log } from '../../shared/logger';
 import { autoFinalize } from './invoice-transitions';
 import { INVOICE_TYPE, type InvoiceObject } from './invoice-model';
-import { cycleSubscription, SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscriptions';
+import { cycleSubscription } from './subscription-cycle';
+import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscription-model';
 import { jobSlot, PeriodicJob } from './periodic-job';
 import { reconcileCashBalances } from './cash-balance';
 

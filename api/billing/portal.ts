@@ -26,7 +26,8 @@ import { readListParams } from '../meters';
 import { listEndpoint, nullableString, readMetadata, recordBillingEvent, type Metadata } from './common';
 import { loadCustomer } from './customers';
 import { INVOICE_TYPE, type InvoiceObject } from './invoice-model';
-import { cancelSubscription, SUBSCRIPTION_TYPE, updateSubscription, type SubscriptionObject } from './subscriptions';
+import { cancelSubscription, updateSubscription } from './subscriptions';
+import { SUBSCRIPTION_TYPE, type SubscriptionObject } from './subscription-model';
 
 export const PORTAL_CONFIGURATION_TYPE = 'billing_portal.configuration';
 export const PORTAL_SESSION_TYPE = 'billing_portal.session';

@@ -20,7 +20,7 @@ import { newId } from '../../shared/ids';
 import { recordBillingEvent } from './common';
 import { defineResource, loadResource, P } from './resource';
 import { TEST_CLOCK_TYPE } from './invoice-model';
-import { runClock } from './subscriptions';
+import { runClock } from './subscription-cycle';
 
 export interface TestClockObject {
   id: string;
