@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { ApiObject, DowngradeContext } from '../shared/versioning/change';
+import type { ApiObject, DowngradeContext, EmbeddedType } from '../shared/versioning/change';
 import { CURRENT_API_VERSION, RELEASES, checkApiVersion, isBefore } from '../shared/versioning/releases';
 import { VERSION_CHANGES, changesFor, mayNeedRendering, renderInVersion, upgradeParams } from '../shared/versioning/chain';
 import { subscriptionItemPeriods } from '../shared/versioning/changes/basil-subscription-item-periods';
@@ -10,6 +10,7 @@ import { lineItemPricing } from '../shared/versioning/changes/basil-line-item-pr
 import { invoiceItemPricing } from '../shared/versioning/changes/basil-invoice-item-pricing';
 import { legacyUsageBilling } from '../shared/versioning/changes/basil-legacy-usage-billing';
 import { discountSource } from '../shared/versioning/changes/clover-discount-source';
+import { promotionCodeCoupon } from '../shared/versioning/changes/clover-promotion-code-coupon';
 import { InvalidParamError, InvalidRequestError } from '../shared/errors';
 
 const ACACIA = '2025-02-24.acacia';
@@ -20,11 +21,19 @@ const PRICES: Record<string, ApiObject> = {
   price_once: { id: 'price_once', object: 'price', type: 'one_time', recurring: null },
 };
 
-/** A context whose embedded objects come from PRICES, as the billing layer's loader would give them. */
+const COUPONS: Record<string, ApiObject> = {
+  co_half: { id: 'co_half', object: 'coupon', percent_off: 50, amount_off: null, duration: 'forever', valid: true },
+};
+/** The coupon each discount was made from, as the versioning layer's loader gives it. */
+const DISCOUNT_COUPONS: Record<string, ApiObject> = { di_half: COUPONS.co_half };
+
+/** A context whose embedded objects come from PRICES and COUPONS, as the loaders would give them. */
 function ctx(version = ACACIA): DowngradeContext {
   return {
     version,
     embed: async (type, id) => {
+      if (type === 'coupon') return COUPONS[id] ? structuredClone(COUPONS[id]) : { id, object: 'coupon', deleted: true };
+      if (type === 'discount_coupon') return DISCOUNT_COUPONS[id] ? structuredClone(DISCOUNT_COUPONS[id]) : null;
       const p = PRICES[id];
       if (!p) return null;
       if (type === 'price') return structuredClone(p);
@@ -33,7 +42,7 @@ function ctx(version = ACACIA): DowngradeContext {
   };
 }
 
-const loader = async (type: 'price' | 'plan', id: string) => (await ctx().embed(type, id)) as ApiObject | null;
+const loader = async (type: EmbeddedType, id: string) => (await ctx().embed(type, id)) as ApiObject | null;
 
 t.test('the release table and Stripe-Version checks', async (t) => {
   t.equal(RELEASES[0], '2024-09-30.acacia');
@@ -53,7 +62,7 @@ t.test('which changes apply to which version', async (t) => {
   t.same(changesFor(CURRENT_API_VERSION), [], 'the newest version is rendered as built');
   t.same(
     changesFor(BASIL).map((c) => c.id),
-    ['discount-source'],
+    ['discount-source', 'promotion-code-coupon'],
     'basil undoes only clover',
   );
   t.equal(changesFor('2024-09-30.acacia').length, VERSION_CHANGES.length, 'acacia undoes every change');
@@ -238,10 +247,61 @@ t.test('basil: legacy usage-based billing fields and parameters', async (t) => {
   }
 });
 
-t.test("clover: a discount's coupon moves under source", async (t) => {
-  const d: ApiObject = { object: 'discount', source: { type: 'coupon', coupon: 'co_1' } };
+t.test("clover: a discount's coupon moves under source, and was the whole coupon", async (t) => {
+  const d: ApiObject = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
   await discountSource.downgrade.discount(d, ctx(BASIL));
-  t.same(d, { object: 'discount', coupon: 'co_1' });
+  t.same(d, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, 'the coupon the discount was made from, loaded');
+  const unknown: ApiObject = { id: 'di_other', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
+  await discountSource.downgrade.discount(unknown, ctx(BASIL));
+  t.same(unknown.coupon, COUPONS.co_half, 'a discount the store does not know takes the coupon by its id');
+  const expanded: ApiObject = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: { id: 'co_x', object: 'coupon' } } };
+  await discountSource.downgrade.discount(expanded, ctx(BASIL));
+  t.same(expanded, { id: 'di_half', object: 'discount', coupon: { id: 'co_x', object: 'coupon' } }, 'an expanded source.coupon is kept');
+
+  const customer = { id: 'cus_1', object: 'customer', discount: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } };
+  await renderInVersion(customer, ACACIA, loader);
+  t.same(customer.discount, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "a customer's discount, through the chain");
+  const sub: ApiObject = {
+    id: 'sub_1',
+    object: 'subscription',
+    discounts: [{ id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } }],
+  };
+  await renderInVersion(sub, ACACIA, loader);
+  t.same((sub.discount as ApiObject).coupon, COUPONS.co_half, "acacia's single discount carries the whole coupon");
+  t.same(((sub.discounts as ApiObject[])[0] as ApiObject).coupon, COUPONS.co_half);
+  const event = {
+    id: 'evt_1',
+    object: 'event',
+    api_version: BASIL,
+    data: { object: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } },
+  };
+  await renderInVersion(event, CURRENT_API_VERSION, loader);
+  t.same(event.data.object, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "a basil event's discount");
+  const current = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
+  await renderInVersion(current, CURRENT_API_VERSION, loader);
+  t.same(current.source, { type: 'coupon', coupon: 'co_half' }, 'the current version keeps source.coupon');
+});
+
+t.test("clover: a promotion code's coupon moves into promotion, and was the whole coupon", async (t) => {
+  const code: ApiObject = { id: 'promo_1', object: 'promotion_code', code: 'HALF', promotion: { type: 'coupon', coupon: 'co_half' } };
+  await promotionCodeCoupon.downgrade.promotion_code(code, ctx(BASIL));
+  t.same(code, { id: 'promo_1', object: 'promotion_code', code: 'HALF', coupon: COUPONS.co_half });
+  const gone: ApiObject = { id: 'promo_2', object: 'promotion_code', promotion: { type: 'coupon', coupon: 'co_gone' } };
+  await promotionCodeCoupon.downgrade.promotion_code(gone, ctx(BASIL));
+  t.same(gone.coupon, { id: 'co_gone', object: 'coupon', deleted: true }, 'a deleted coupon reads as deleted');
+  const list = { object: 'list', data: [{ id: 'promo_3', object: 'promotion_code', promotion: { type: 'coupon', coupon: 'co_half' } }] };
+  await renderInVersion(list, ACACIA, loader);
+  t.same((list.data[0] as ApiObject).coupon, COUPONS.co_half, 'through the chain, in a list');
+
+  const create = { method: 'POST', path: '/v1/promotion_codes', params: { coupon: 'co_half', code: 'HALF' } as Record<string, unknown> };
+  upgradeParams(BASIL, create as never);
+  t.same(create.params, { promotion: { type: 'coupon', coupon: 'co_half' }, code: 'HALF' }, "basil's coupon becomes promotion[coupon]");
+  const list2 = { method: 'GET', path: '/v1/promotion_codes', params: { coupon: 'co_half' } as Record<string, unknown> };
+  upgradeParams(BASIL, list2 as never);
+  t.same(list2.params, { coupon: 'co_half' }, 'the list filter `coupon` is unchanged');
+  const newer = { method: 'POST', path: '/v1/promotion_codes', params: { coupon: 'co_half' } as Record<string, unknown> };
+  upgradeParams(CURRENT_API_VERSION, newer as never);
+  t.same(newer.params, { coupon: 'co_half' }, 'the current version takes no `coupon` (refused by the endpoint)');
 });
 
 t.test('the chain over a whole response: lists, nesting, events in their own version', async (t) => {
@@ -361,4 +421,42 @@ t.test("an event's previous_attributes are rendered in the event's version", asy
   current.api_version = CURRENT_API_VERSION;
   await renderInVersion(current, ACACIA, loader);
   t.same(current.data.previous_attributes, { latest_invoice: 'in_1', items: { data: [item(100, 200)] } }, 'the newest version keeps what was recorded');
+});
+
+t.test('coupons older versions embed, read from the store: valid now, kept once deleted, one account only', async (t) => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { SqliteStateStore } = await import('../shared/state/sqlite-store');
+  const { loadCoupon, loadDiscountCoupon } = await import('../shared/versioning/embedded-coupons');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-coupons-'));
+  const store = new SqliteStateStore(path.join(dir, 'state.sqlite'));
+  await store.init();
+  t.teardown(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const coupon = { id: 'co_a', object: 'coupon', created: 100, percent_off: 20, redeem_by: 1000, max_redemptions: 2, times_redeemed: 1, valid: true };
+  const insert = (type: string, id: string, data: object) => store.insertObject({ account: 'acct_a', type, id, createdMs: 0, data });
+  await insert('coupon', 'co_a', coupon);
+  await insert('discount', 'di_a', { id: 'di_a', object: 'discount', source: { type: 'coupon', coupon: 'co_a' }, _coupon: { ...coupon, times_redeemed: 0 } });
+
+  t.same(await loadCoupon(store, 'acct_a', 'co_a', 500), coupon, 'the coupon as it is now');
+  t.equal((await loadCoupon(store, 'acct_a', 'co_a', 1000)).valid, false, 'not valid once redeem_by has passed');
+  t.same(await loadCoupon(store, 'acct_b', 'co_a', 500), { id: 'co_a', object: 'coupon', deleted: true }, "another account's coupon is not seen");
+  t.same(await loadDiscountCoupon(store, 'acct_a', 'di_a', 500), coupon, "a discount's coupon as it is now (times_redeemed 1)");
+  t.equal(await loadDiscountCoupon(store, 'acct_b', 'di_a', 500), null, "another account's discount is not seen");
+
+  await store.deleteObject('acct_a', 'coupon', 'co_a');
+  t.same(
+    await loadDiscountCoupon(store, 'acct_a', 'di_a', 500),
+    { ...coupon, times_redeemed: 0, valid: false },
+    'deleted: as the discount recorded it, no longer valid',
+  );
+  await insert('coupon', 'co_a', { ...coupon, created: 200, percent_off: 90, times_redeemed: 0 });
+  t.equal(
+    (await loadDiscountCoupon(store, 'acct_a', 'di_a', 500))?.percent_off,
+    20,
+    'a new coupon under the same id is not the one the discount was made from',
+  );
 });

@@ -6,7 +6,7 @@
  * A v1 event is a snapshot: its `data` is rendered in the event's own `api_version` (the version in effect when it
  * was created, or a webhook endpoint's pinned one at delivery), not in the version of the request that reads it.
  */
-import { isObject, type ApiObject, type DowngradeContext, type ParamsRequest, type VersionChange } from './change';
+import { isObject, type ApiObject, type DowngradeContext, type EmbeddedType, type ParamsRequest, type VersionChange } from './change';
 import { CURRENT_API_VERSION, isBefore, isKnownVersion } from './releases';
 import { objectBefore, previousAttributes } from './previous-attributes';
 import { subscriptionItemPeriods } from './changes/basil-subscription-item-periods';
@@ -17,6 +17,7 @@ import { lineItemPricing } from './changes/basil-line-item-pricing';
 import { invoiceItemPricing } from './changes/basil-invoice-item-pricing';
 import { legacyUsageBilling } from './changes/basil-legacy-usage-billing';
 import { discountSource } from './changes/clover-discount-source';
+import { promotionCodeCoupon } from './changes/clover-promotion-code-coupon';
 
 /**
  * Newest release first; within a release, in the order they are undone (line-item taxes read `pricing` before the
@@ -24,6 +25,7 @@ import { discountSource } from './changes/clover-discount-source';
  */
 export const VERSION_CHANGES: readonly VersionChange[] = [
   discountSource,
+  promotionCodeCoupon,
   subscriptionItemPeriods,
   invoiceParent,
   invoicePayments,
@@ -34,7 +36,7 @@ export const VERSION_CHANGES: readonly VersionChange[] = [
 ];
 
 /** Loads an object of the account in the newest shape (for changes that embed what newer versions name by id). */
-export type ObjectLoader = (type: 'price' | 'plan', id: string) => Promise<ApiObject | null>;
+export type ObjectLoader = (type: EmbeddedType, id: string) => Promise<ApiObject | null>;
 
 /** The changes to undo for `version`, in the order they are undone. */
 export function changesFor(version: string): VersionChange[] {
