@@ -95,6 +95,32 @@ t.test('discounts and promotion codes in older API versions', async (t) => {
     );
   });
 
+  await t.test("acacia: a subscription's coupon parameter; a credit note's refund and tax_amounts", async (t) => {
+    const other = await current.customers.create({ email: 'cn@example.com' });
+    const made = (await acacia.subscriptions.create({ customer: other.id, items: [{ price: seats.id }], coupon: coupon.id } as never)) as unknown as Obj;
+    t.equal(made.discounts.length, 1, "acacia's coupon became one discount");
+    wholeCoupon(t, made.discount.coupon, 'acacia subscription.discount from the coupon parameter');
+    const cleared = (await acacia.subscriptions.update(made.id, { coupon: '' } as never)) as unknown as Obj;
+    t.same([cleared.discounts, cleared.discount], [[], null], "coupon='' removed it");
+
+    await current.invoiceItems.create({ customer: other.id, amount: 800, currency: 'usd', description: 'Setup' });
+    const draft = await current.invoices.create({ customer: other.id, pending_invoice_items_behavior: 'include' });
+    const inv = await current.invoices.finalizeInvoice(draft.id);
+    const note = (await acacia.creditNotes.create({ invoice: inv.id, amount: 300 })) as unknown as Obj;
+    t.equal(note.refund, null, 'acacia: refund');
+    t.notOk('refunds' in note, 'acacia: no refunds list');
+    t.same(note.tax_amounts, [], 'acacia: tax_amounts');
+    t.notOk('total_taxes' in note);
+    const line = note.lines.data[0];
+    t.same([line.amount, line.amount_excluding_tax, line.tax_amounts], [300, 300, []], 'acacia line: amount_excluding_tax, tax_amounts');
+    t.notOk('taxes' in line);
+    const lines = (await acacia.creditNotes.listLineItems(note.id)) as unknown as Obj;
+    t.same(lines.data[0].tax_amounts, [], 'the line items list too');
+    const now = (await current.creditNotes.retrieve(note.id)) as unknown as Obj;
+    t.same([now.refunds, now.total_taxes, now.lines.data[0].taxes], [[], [], []], 'the current release: refunds, total_taxes, taxes');
+    t.notOk('refund' in now || 'tax_amounts' in now);
+  });
+
   await t.test('a deleted coupon still shows, no longer valid, on the discounts made from it', async (t) => {
     await current.coupons.del(coupon.id);
     const c = (await acacia.customers.retrieve(customer.id)) as unknown as Obj;

@@ -11,6 +11,8 @@ import { invoiceItemPricing } from '../shared/versioning/changes/basil-invoice-i
 import { legacyUsageBilling } from '../shared/versioning/changes/basil-legacy-usage-billing';
 import { discountSource } from '../shared/versioning/changes/clover-discount-source';
 import { promotionCodeCoupon } from '../shared/versioning/changes/clover-promotion-code-coupon';
+import { creditNoteRefunds } from '../shared/versioning/changes/basil-credit-note-refunds';
+import { creditNoteTaxes } from '../shared/versioning/changes/basil-credit-note-taxes';
 import { InvalidParamError, InvalidRequestError } from '../shared/errors';
 
 const ACACIA = '2025-02-24.acacia';
@@ -24,6 +26,7 @@ const PRICES: Record<string, ApiObject> = {
 const COUPONS: Record<string, ApiObject> = {
   co_half: { id: 'co_half', object: 'coupon', percent_off: 50, amount_off: null, duration: 'forever', valid: true },
 };
+const DISCOUNTS: Record<string, ApiObject> = { di_half: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } };
 /** The coupon each discount was made from, as the versioning layer's loader gives it. */
 const DISCOUNT_COUPONS: Record<string, ApiObject> = { di_half: COUPONS.co_half };
 
@@ -33,6 +36,7 @@ function ctx(version = ACACIA): DowngradeContext {
     version,
     embed: async (type, id) => {
       if (type === 'coupon') return COUPONS[id] ? structuredClone(COUPONS[id]) : { id, object: 'coupon', deleted: true };
+      if (type === 'discount') return DISCOUNTS[id] ? structuredClone(DISCOUNTS[id]) : null;
       if (type === 'discount_coupon') return DISCOUNT_COUPONS[id] ? structuredClone(DISCOUNT_COUPONS[id]) : null;
       const p = PRICES[id];
       if (!p) return null;
@@ -118,10 +122,13 @@ t.test('basil: payment fields and the single discount return', async (t) => {
   const sub: ApiObject = { object: 'subscription', discounts: [{ id: 'di_1', object: 'discount' }] };
   await invoicePayments.downgrade.subscription(sub, ctx());
   t.same(sub.discount, { id: 'di_1', object: 'discount' });
-  const open: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_1'] };
+  const open: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_half'] };
   await invoicePayments.downgrade.invoice(open, ctx());
   t.equal(open.paid, false);
-  t.equal(open.discount, null, 'an unexpanded discount id was never a discount object');
+  t.same(open.discount, DISCOUNTS.di_half, 'an unexpanded discount id: the whole discount, loaded');
+  const gone: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_gone'] };
+  await invoicePayments.downgrade.invoice(gone, ctx());
+  t.equal(gone.discount, null, 'a discount that cannot be loaded');
 });
 
 t.test('basil: taxes back to tax_amounts', async (t) => {
@@ -269,6 +276,10 @@ t.test("clover: a discount's coupon moves under source, and was the whole coupon
   await renderInVersion(sub, ACACIA, loader);
   t.same((sub.discount as ApiObject).coupon, COUPONS.co_half, "acacia's single discount carries the whole coupon");
   t.same(((sub.discounts as ApiObject[])[0] as ApiObject).coupon, COUPONS.co_half);
+  const byId: ApiObject = { id: 'sub_2', object: 'subscription', discounts: ['di_half'] };
+  await renderInVersion(byId, ACACIA, loader);
+  t.same(byId.discount, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "acacia's single discount, loaded by id, in acacia's shape");
+  t.same(byId.discounts, ['di_half'], 'discounts stay ids');
   const event = {
     id: 'evt_1',
     object: 'event',
@@ -302,6 +313,61 @@ t.test("clover: a promotion code's coupon moves into promotion, and was the whol
   const newer = { method: 'POST', path: '/v1/promotion_codes', params: { coupon: 'co_half' } as Record<string, unknown> };
   upgradeParams(CURRENT_API_VERSION, newer as never);
   t.same(newer.params, { coupon: 'co_half' }, 'the current version takes no `coupon` (refused by the endpoint)');
+});
+
+t.test("basil: a credit note's refunds back to one refund", async (t) => {
+  const note: ApiObject = { object: 'credit_note', refunds: [] };
+  await creditNoteRefunds.downgrade.credit_note(note, ctx());
+  t.same(note, { object: 'credit_note', refund: null });
+  const refunded: ApiObject = { object: 'credit_note', refunds: [{ amount_refunded: 100, refund: 're_1' }] };
+  await creditNoteRefunds.downgrade.credit_note(refunded, ctx());
+  t.same(refunded, { object: 'credit_note', refund: 're_1' }, "the first refund's id");
+});
+
+t.test('basil: credit note taxes back to tax_amounts', async (t) => {
+  const tax = { amount: 50, tax_behavior: 'inclusive', tax_rate_details: { tax_rate: 'txr_1' }, taxability_reason: null, taxable_amount: 500 };
+  const note: ApiObject = {
+    object: 'credit_note',
+    total_taxes: [tax],
+    lines: { object: 'list', data: [{ object: 'credit_note_line_item', amount: 500, unit_amount_decimal: '250', taxes: [tax] }] },
+  };
+  await renderInVersion(note, ACACIA, loader);
+  const legacy = [{ amount: 50, inclusive: true, tax_rate: 'txr_1', taxability_reason: null, taxable_amount: 500 }];
+  t.same(note.tax_amounts, legacy);
+  t.notOk('total_taxes' in note);
+  t.same((note.lines as { data: ApiObject[] }).data[0], {
+    object: 'credit_note_line_item',
+    amount: 500,
+    unit_amount_decimal: '250',
+    tax_amounts: legacy,
+    amount_excluding_tax: 500,
+    unit_amount_excluding_tax: '250',
+  });
+  t.notOk('refunds' in note, 'the refunds change ran too');
+  const custom: ApiObject = { object: 'credit_note_line_item', amount: 300, unit_amount_decimal: null, taxes: [] };
+  await creditNoteTaxes.downgrade.credit_note_line_item(custom, ctx());
+  t.same([custom.tax_amounts, custom.amount_excluding_tax, custom.unit_amount_excluding_tax], [[], 300, null]);
+  const basil: ApiObject = { object: 'credit_note', total_taxes: [], refunds: [] };
+  await renderInVersion(basil, BASIL, loader);
+  t.same(basil, { object: 'credit_note', total_taxes: [], refunds: [] }, 'basil keeps the new shape');
+});
+
+t.test("basil: subscriptions' coupon and promotion_code parameters become discounts", async (t) => {
+  const run = (path: string, params: Record<string, unknown>, version = ACACIA) => {
+    const req = { method: 'POST', path, params };
+    upgradeParams(version, req as never);
+    return req.params;
+  };
+  t.same(run('/v1/subscriptions', { customer: 'cus_1', coupon: 'co_1' }), { customer: 'cus_1', discounts: [{ coupon: 'co_1' }] });
+  t.same(run('/v1/subscriptions/sub_1', { promotion_code: 'promo_1' }), { discounts: [{ promotion_code: 'promo_1' }] });
+  t.same(run('/v1/subscriptions/sub_1', { coupon: '' }), { discounts: '' }, "coupon='' removes the discounts");
+  t.same(
+    run('/v1/subscriptions', { coupon: 'co_1', discounts: [{ coupon: 'co_2' }] }),
+    { coupon: 'co_1', discounts: [{ coupon: 'co_2' }] },
+    'with discounts: left for the endpoint to refuse',
+  );
+  t.same(run('/v1/subscriptions', { coupon: 'co_1' }, BASIL), { coupon: 'co_1' }, 'basil and later do not take coupon');
+  t.same(run('/v1/customers', { coupon: 'co_1' }), { coupon: 'co_1' }, 'customers are not subscriptions');
 });
 
 t.test('the chain over a whole response: lists, nesting, events in their own version', async (t) => {
@@ -428,7 +494,7 @@ t.test('coupons older versions embed, read from the store: valid now, kept once 
   const os = await import('node:os');
   const path = await import('node:path');
   const { SqliteStateStore } = await import('../shared/state/sqlite-store');
-  const { loadCoupon, loadDiscountCoupon } = await import('../shared/versioning/embedded-coupons');
+  const { loadCoupon, loadDiscount, loadDiscountCoupon } = await import('../shared/versioning/embedded-coupons');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-coupons-'));
   const store = new SqliteStateStore(path.join(dir, 'state.sqlite'));
   await store.init();
@@ -446,6 +512,8 @@ t.test('coupons older versions embed, read from the store: valid now, kept once 
   t.same(await loadCoupon(store, 'acct_b', 'co_a', 500), { id: 'co_a', object: 'coupon', deleted: true }, "another account's coupon is not seen");
   t.same(await loadDiscountCoupon(store, 'acct_a', 'di_a', 500), coupon, "a discount's coupon as it is now (times_redeemed 1)");
   t.equal(await loadDiscountCoupon(store, 'acct_b', 'di_a', 500), null, "another account's discount is not seen");
+  t.same(await loadDiscount(store, 'acct_a', 'di_a'), { id: 'di_a', object: 'discount', source: { type: 'coupon', coupon: 'co_a' } }, 'a discount as served');
+  t.equal(await loadDiscount(store, 'acct_b', 'di_a'), null);
 
   await store.deleteObject('acct_a', 'coupon', 'co_a');
   t.same(

@@ -16,6 +16,9 @@ import { lineItemTaxes } from './changes/basil-line-item-taxes';
 import { lineItemPricing } from './changes/basil-line-item-pricing';
 import { invoiceItemPricing } from './changes/basil-invoice-item-pricing';
 import { legacyUsageBilling } from './changes/basil-legacy-usage-billing';
+import { creditNoteRefunds } from './changes/basil-credit-note-refunds';
+import { creditNoteTaxes } from './changes/basil-credit-note-taxes';
+import { subscriptionDiscountParams } from './changes/basil-subscription-discount-params';
 import { discountSource } from './changes/clover-discount-source';
 import { promotionCodeCoupon } from './changes/clover-promotion-code-coupon';
 
@@ -33,6 +36,9 @@ export const VERSION_CHANGES: readonly VersionChange[] = [
   lineItemPricing,
   invoiceItemPricing,
   legacyUsageBilling,
+  creditNoteRefunds,
+  creditNoteTaxes,
+  subscriptionDiscountParams,
 ];
 
 /** Loads an object of the account in the newest shape (for changes that embed what newer versions name by id). */

@@ -8,11 +8,11 @@ import type { Params } from '../wire/form';
 export type ApiObject = Record<string, unknown>;
 
 /**
- * What older shapes embed whole where newer ones name it by id: a price, plan or coupon (by its id), or the coupon of
- * a discount (by the discount's id: the coupon as it is now, or as the discount recorded it once the coupon is
- * deleted).
+ * What older shapes embed whole where newer ones name it by id: a price, plan, coupon or discount (by its id), or the
+ * coupon of a discount (by the discount's id: the coupon as it is now, or as the discount recorded it once the coupon
+ * is deleted).
  */
-export type EmbeddedType = 'price' | 'plan' | 'coupon' | 'discount_coupon';
+export type EmbeddedType = 'price' | 'plan' | 'coupon' | 'discount' | 'discount_coupon';
 
 /** What a change may need besides the object itself. */
 export interface DowngradeContext {

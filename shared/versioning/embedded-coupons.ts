@@ -1,6 +1,7 @@
 /**
- * Coupons as older versions embed them (a discount's and a promotion code's `coupon` was the whole Coupon object
- * before 2025-09-30.clover), read from the state store in the newest shape. The billing layer stores a coupon as its
+ * Coupons and discounts as older versions embed them (a discount's and a promotion code's `coupon` was the whole
+ * Coupon object before 2025-09-30.clover, invoices' and subscriptions' `discount` the whole Discount before
+ * 2025-03-31.basil), read from the state store in the newest shape. The billing layer stores a coupon as its
  * Coupon object (type `coupon`) and a discount as its Discount object (type `discount`) with a snapshot of the coupon
  * it was made from (`_coupon`); those type names are the billing layer's, which shared/ may not import.
  */
@@ -39,6 +40,15 @@ function deletedCoupon(id: string): ApiObject {
 export async function loadCoupon(store: StateStore, account: string, id: string, nowS: number): Promise<ApiObject> {
   const found = await store.getObject<StoredCoupon>(account, COUPON_TYPE, id);
   return found ? served(found.data, nowS) : deletedCoupon(id);
+}
+
+/** The account's discount as served (without what the billing layer keeps for itself), or null. */
+export async function loadDiscount(store: StateStore, account: string, id: string): Promise<ApiObject | null> {
+  const found = await store.getObject<ApiObject>(account, DISCOUNT_TYPE, id);
+  if (!found) return null;
+  const served: ApiObject = {};
+  for (const key of Object.keys(found.data)) if (!key.startsWith('_')) served[key] = found.data[key];
+  return served;
 }
 
 /**

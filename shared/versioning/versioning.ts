@@ -13,7 +13,7 @@ import type { Params } from '../wire/form';
 import type { ApiObject, EmbeddedType } from './change';
 import type { AccountVersions } from './account-versions';
 import { mayNeedRendering, renderInVersion, upgradeParams } from './chain';
-import { loadCoupon, loadDiscountCoupon } from './embedded-coupons';
+import { loadCoupon, loadDiscount, loadDiscountCoupon } from './embedded-coupons';
 import { CURRENT_API_VERSION, checkApiVersion } from './releases';
 
 /** Loads an account's object in the newest shape, for changes that embed it (set by the billing layer). */
@@ -63,6 +63,7 @@ export class ApiVersioning {
   private load(account: string, type: EmbeddedType, id: string): Promise<ApiObject | null> {
     const nowS = Math.floor(Date.now() / 1000);
     if (type === 'coupon') return loadCoupon(this.accounts.store, account, id, nowS);
+    if (type === 'discount') return loadDiscount(this.accounts.store, account, id);
     if (type === 'discount_coupon') return loadDiscountCoupon(this.accounts.store, account, id, nowS);
     return this.loader(account, type, id);
   }
