@@ -74,7 +74,8 @@ t.test('which changes apply to which version', async (t) => {
   t.same(releases, [...releases].sort().reverse(), 'the chain runs newest first');
   t.ok(mayNeedRendering('{"object":"subscription"}', ACACIA));
   t.notOk(mayNeedRendering('{"object":"billing.meter"}', ACACIA), 'meters are untouched by every change');
-  t.notOk(mayNeedRendering('{"object":"subscription"}', CURRENT_API_VERSION));
+  t.notOk(mayNeedRendering('{"object":"price"}', CURRENT_API_VERSION));
+  t.ok(mayNeedRendering('{"object":"subscription_item"}', CURRENT_API_VERSION), 'acacia leftovers are dropped in every version');
 });
 
 t.test('basil: billing periods move from the subscription to its items', async (t) => {
@@ -368,6 +369,57 @@ t.test("basil: subscriptions' coupon and promotion_code parameters become discou
   );
   t.same(run('/v1/subscriptions', { coupon: 'co_1' }, BASIL), { coupon: 'co_1' }, 'basil and later do not take coupon');
   t.same(run('/v1/customers', { coupon: 'co_1' }), { coupon: 'co_1' }, 'customers are not subscriptions');
+});
+
+t.test('acacia leftovers: dropped from the newest shape, back in acacia', async (t) => {
+  const { toNewestShape, toNewestParams } = await import('../shared/versioning/newest-shape');
+  const invoice = (subscription: unknown) => ({
+    id: 'in_1',
+    object: 'invoice',
+    subscription,
+    parent: { type: 'subscription_details', quote_details: null, subscription_details: { metadata: null, subscription: 'sub_1' } },
+    discounts: [],
+  });
+  const sub = () => ({
+    id: 'sub_1',
+    object: 'subscription',
+    billing_thresholds: null,
+    discounts: [],
+    items: { object: 'list', data: [{ id: 'si_1', object: 'subscription_item', billing_thresholds: null }] },
+  });
+  const current = { object: 'list', data: [invoice('sub_1'), sub()] };
+  await renderInVersion(current, CURRENT_API_VERSION, loader);
+  t.notOk('subscription' in current.data[0], "the invoice's top-level subscription is gone");
+  t.notOk('billing_thresholds' in current.data[1]);
+  t.notOk('billing_thresholds' in (current.data[1] as ApiObject & { items: { data: ApiObject[] } }).items.data[0]);
+
+  const expanded = invoice({ id: 'sub_1', object: 'subscription' });
+  toNewestShape(expanded);
+  t.same(expanded.parent.subscription_details.subscription, { id: 'sub_1', object: 'subscription' }, 'an expanded subscription moves into parent');
+  const other = invoice({ id: 'sub_2', object: 'subscription' });
+  toNewestShape(other);
+  t.equal(other.parent.subscription_details.subscription, 'sub_1', 'not when it is another subscription');
+
+  const acacia = { object: 'list', data: [invoice({ id: 'sub_1', object: 'subscription' }), sub()] };
+  await renderInVersion(acacia, ACACIA, loader);
+  const inv = acacia.data[0] as ApiObject;
+  t.match(inv.subscription, { id: 'sub_1', object: 'subscription', billing_thresholds: null }, 'acacia: top-level again, still expanded (and in acacia)');
+  t.notOk('parent' in inv);
+  const s = acacia.data[1] as ApiObject & { items: { data: ApiObject[] } };
+  t.same([s.billing_thresholds, s.items.data[0].billing_thresholds], [null, null], 'acacia: billing_thresholds back');
+  const event = { id: 'evt_1', object: 'event', api_version: CURRENT_API_VERSION, data: { object: invoice('sub_1') } };
+  await renderInVersion(event, CURRENT_API_VERSION, loader);
+  t.notOk('subscription' in event.data.object, "an event's data too");
+
+  const req = (path: string, expand: unknown) => {
+    const r = { method: 'GET', path, params: { expand } as Record<string, unknown> };
+    toNewestParams(r as never);
+    return r.params.expand;
+  };
+  t.same(req('/v1/invoices/in_1', ['parent.subscription_details.subscription', 'customer']), ['subscription', 'customer']);
+  t.same(req('/v1/invoices', ['data.parent.subscription_details.subscription']), ['data.subscription']);
+  t.same(req('/v1/invoices/in_1', 'parent.subscription_details.subscription'), 'subscription');
+  t.same(req('/v1/subscriptions/sub_1', ['parent.subscription_details.subscription']), ['parent.subscription_details.subscription'], 'invoices only');
 });
 
 t.test('the chain over a whole response: lists, nesting, events in their own version', async (t) => {

@@ -9,6 +9,7 @@
 import { isObject, type ApiObject, type DowngradeContext, type EmbeddedType, type ParamsRequest, type VersionChange } from './change';
 import { CURRENT_API_VERSION, isBefore, isKnownVersion } from './releases';
 import { objectBefore, previousAttributes } from './previous-attributes';
+import { LEFTOVER_TYPES, toNewestShape, toNewestParams } from './newest-shape';
 import { subscriptionItemPeriods } from './changes/basil-subscription-item-periods';
 import { invoiceParent } from './changes/basil-invoice-parent';
 import { invoicePayments } from './changes/basil-invoice-payments';
@@ -49,9 +50,12 @@ export function changesFor(version: string): VersionChange[] {
   return VERSION_CHANGES.filter((c) => isBefore(version, c.release));
 }
 
-/** Object types some change rewrites for `version`, plus events (whose data has its own version). */
+/**
+ * Object types some change rewrites for `version`, plus events (whose data has its own version) and the types whose
+ * acacia leftovers every version drops.
+ */
 function touchedTypes(version: string): string[] {
-  const types = new Set<string>(['event']);
+  const types = new Set<string>(['event', ...LEFTOVER_TYPES]);
   for (const c of changesFor(version)) for (const t of Object.keys(c.downgrade)) types.add(t);
   return [...types];
 }
@@ -68,6 +72,7 @@ export function mayNeedRendering(body: string, version: string): boolean {
 
 /** Renders `value` (newest shape, rewritten in place) in `version`; returns it. */
 export async function renderInVersion(value: unknown, version: string, load: ObjectLoader): Promise<unknown> {
+  toNewestShape(value);
   await renderEvents(value, load);
   const changes = changesFor(version);
   if (changes.length === 0) return value;
@@ -151,4 +156,5 @@ function collect(node: unknown, types: VersionChange['downgrade'], out: ApiObjec
 export function upgradeParams(version: string, req: ParamsRequest): void {
   const changes = changesFor(version);
   for (let i = changes.length - 1; i >= 0; i--) changes[i].upgradeParams?.(req);
+  toNewestParams(req);
 }
