@@ -60,7 +60,7 @@ t.test('expand on billing objects', async (t) => {
     });
     t.equal((inv.customer as Stripe.Customer).id, customer.id);
     // The invoice's subscription is parent.subscription_details.subscription since basil.
-    t.equal((inv.parent?.subscription_details?.subscription as Stripe.Subscription).id, sub.id);
+    t.equal((inv.parent!.subscription_details!.subscription as Stripe.Subscription).id, sub.id);
     const line = inv.lines.data[0] as unknown as { price: Stripe.Price };
     t.equal(line.price.id, price.id);
     t.equal((line.price.product as Stripe.Product).name, 'Seat');
