@@ -1,4 +1,4 @@
-import { field, idOf, isObject, type VersionChange } from '../change';
+import { field, idOf, isObject, type ApiObject, type DowngradeContext, type VersionChange } from '../change';
 
 /**
  * 2025-09-30.clover moved a discount's coupon under `source` (stripe-node 19.0.0: "Remove support for coupon on
@@ -13,17 +13,24 @@ export const discountSource: VersionChange = {
   description: "a discount's `coupon` (the whole coupon) moves to `source.coupon` (its id).",
   downgrade: {
     async discount(discount, ctx) {
-      const source = field(discount, 'source');
-      delete discount.source;
-      if (Object.hasOwn(discount, 'coupon')) return;
-      // expand[]=source.coupon (a newer request's) already holds the object.
-      if (isObject(source?.coupon)) {
-        discount.coupon = source.coupon;
-        return;
-      }
-      const couponId = idOf(source?.coupon);
-      const coupon = typeof discount.id === 'string' ? await ctx.embed('discount_coupon', discount.id) : null;
-      discount.coupon = coupon ?? (couponId === null ? null : await ctx.embed('coupon', couponId));
+      await restoreWholeCoupon(discount, 'source', ctx, typeof discount.id === 'string' ? discount.id : null);
     },
   },
 };
+
+/**
+ * Clover's `<hash>.coupon` (an id, or the coupon when a newer request expanded it) back to the older top-level
+ * `coupon`, the whole coupon: for a discount the one it was made from (`discountId`), else the coupon by its id.
+ */
+export async function restoreWholeCoupon(obj: ApiObject, hash: string, ctx: DowngradeContext, discountId: string | null): Promise<void> {
+  const ref = field(obj, hash)?.coupon;
+  delete obj[hash];
+  if (Object.hasOwn(obj, 'coupon')) return;
+  if (isObject(ref)) {
+    obj.coupon = ref;
+    return;
+  }
+  const couponId = idOf(ref);
+  const recorded = discountId === null ? null : await ctx.embed('discount_coupon', discountId);
+  obj.coupon = recorded ?? (couponId === null ? null : await ctx.embed('coupon', couponId));
+}

@@ -1,4 +1,5 @@
-import { field, idOf, isObject, type VersionChange } from '../change';
+import type { VersionChange } from '../change';
+import { restoreWholeCoupon } from './clover-discount-source';
 
 /**
  * 2025-09-30.clover moved a promotion code's `coupon` into the polymorphic `promotion` hash
@@ -12,15 +13,7 @@ export const promotionCodeCoupon: VersionChange = {
   description: "a promotion code's `coupon` (the whole coupon) moves to `promotion.coupon` (its id); requests' `coupon` becomes `promotion[coupon]`.",
   downgrade: {
     async promotion_code(code, ctx) {
-      const promotion = field(code, 'promotion');
-      delete code.promotion;
-      if (Object.hasOwn(code, 'coupon')) return;
-      if (isObject(promotion?.coupon)) {
-        code.coupon = promotion.coupon;
-        return;
-      }
-      const couponId = idOf(promotion?.coupon);
-      code.coupon = couponId === null ? null : await ctx.embed('coupon', couponId);
+      await restoreWholeCoupon(code, 'promotion', ctx, null);
     },
   },
   upgradeParams({ method, path, params }) {
