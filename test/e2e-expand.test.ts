@@ -55,9 +55,12 @@ t.test('expand on billing objects', async (t) => {
   });
 
   await t.test('invoice customer and lines.data.price', async (t) => {
-    const inv = await stripe.invoices.retrieve((sub.latest_invoice as Stripe.Invoice).id, { expand: ['customer', 'subscription', 'lines.data.price.product'] });
+    const inv = await stripe.invoices.retrieve((sub.latest_invoice as Stripe.Invoice).id, {
+      expand: ['customer', 'parent.subscription_details.subscription', 'lines.data.price.product'],
+    });
     t.equal((inv.customer as Stripe.Customer).id, customer.id);
-    t.equal((inv as unknown as { subscription: Stripe.Subscription }).subscription.id, sub.id);
+    // The invoice's subscription is parent.subscription_details.subscription since basil.
+    t.equal((inv.parent!.subscription_details!.subscription as Stripe.Subscription).id, sub.id);
     const line = inv.lines.data[0] as unknown as { price: Stripe.Price };
     t.equal(line.price.id, price.id);
     t.equal((line.price.product as Stripe.Product).name, 'Seat');

@@ -90,6 +90,13 @@ t.test('API versions end to end', async (t) => {
     t.equal(line.parent.type, 'subscription_item_details');
     t.notOk('price' in line || 'type' in line || 'plan' in line);
     t.notOk('aggregate_usage' in ((await current.prices.retrieve(metered.id)) as unknown as Obj).recurring);
+    t.notOk('subscription' in inv, 'no top-level subscription on the invoice (basil moved it into parent)');
+    t.notOk('billing_thresholds' in s || 'billing_thresholds' in s.items.data[0], 'no billing_thresholds (removed by basil)');
+    const expanded = (await current.invoices.retrieve(invoiceId, { expand: ['parent.subscription_details.subscription'] })) as unknown as Obj;
+    t.equal(expanded.parent.subscription_details.subscription.id, sub.id, "the current path expands the invoice's subscription");
+    t.notOk('subscription' in expanded);
+    const listed = (await current.invoices.list({ subscription: sub.id, expand: ['data.parent.subscription_details.subscription'] })) as unknown as Obj;
+    t.equal(listed.data[0].parent.subscription_details.subscription.object, 'subscription', 'and in a list');
   });
 
   await t.test('basil reads the same objects in the basil shape', async (t) => {
@@ -100,6 +107,7 @@ t.test('API versions end to end', async (t) => {
     const inv = (await basil.invoices.retrieve(invoiceId)) as unknown as Obj;
     t.equal(inv.parent.subscription_details.subscription, sub.id);
     t.equal(inv.lines.data[0].pricing.price_details.price, seats.id);
+    t.notOk('subscription' in inv || 'billing_thresholds' in s.items.data[0], 'basil has neither leftover');
   });
 
   await t.test('acacia reads the same objects in the acacia shape', async (t) => {

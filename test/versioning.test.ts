@@ -1,5 +1,5 @@
 import t from 'tap';
-import type { ApiObject, DowngradeContext } from '../shared/versioning/change';
+import type { ApiObject, DowngradeContext, EmbeddedType } from '../shared/versioning/change';
 import { CURRENT_API_VERSION, RELEASES, checkApiVersion, isBefore } from '../shared/versioning/releases';
 import { VERSION_CHANGES, changesFor, mayNeedRendering, renderInVersion, upgradeParams } from '../shared/versioning/chain';
 import { subscriptionItemPeriods } from '../shared/versioning/changes/basil-subscription-item-periods';
@@ -10,6 +10,9 @@ import { lineItemPricing } from '../shared/versioning/changes/basil-line-item-pr
 import { invoiceItemPricing } from '../shared/versioning/changes/basil-invoice-item-pricing';
 import { legacyUsageBilling } from '../shared/versioning/changes/basil-legacy-usage-billing';
 import { discountSource } from '../shared/versioning/changes/clover-discount-source';
+import { promotionCodeCoupon } from '../shared/versioning/changes/clover-promotion-code-coupon';
+import { creditNoteRefunds } from '../shared/versioning/changes/basil-credit-note-refunds';
+import { creditNoteTaxes } from '../shared/versioning/changes/basil-credit-note-taxes';
 import { InvalidParamError, InvalidRequestError } from '../shared/errors';
 
 const ACACIA = '2025-02-24.acacia';
@@ -20,11 +23,21 @@ const PRICES: Record<string, ApiObject> = {
   price_once: { id: 'price_once', object: 'price', type: 'one_time', recurring: null },
 };
 
-/** A context whose embedded objects come from PRICES, as the billing layer's loader would give them. */
+const COUPONS: Record<string, ApiObject> = {
+  co_half: { id: 'co_half', object: 'coupon', percent_off: 50, amount_off: null, duration: 'forever', valid: true },
+};
+const DISCOUNTS: Record<string, ApiObject> = { di_half: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } };
+/** The coupon each discount was made from, as the versioning layer's loader gives it. */
+const DISCOUNT_COUPONS: Record<string, ApiObject> = { di_half: COUPONS.co_half };
+
+/** A context whose embedded objects come from PRICES and COUPONS, as the loaders would give them. */
 function ctx(version = ACACIA): DowngradeContext {
   return {
     version,
     embed: async (type, id) => {
+      if (type === 'coupon') return COUPONS[id] ? structuredClone(COUPONS[id]) : { id, object: 'coupon', deleted: true };
+      if (type === 'discount') return DISCOUNTS[id] ? structuredClone(DISCOUNTS[id]) : null;
+      if (type === 'discount_coupon') return DISCOUNT_COUPONS[id] ? structuredClone(DISCOUNT_COUPONS[id]) : null;
       const p = PRICES[id];
       if (!p) return null;
       if (type === 'price') return structuredClone(p);
@@ -33,7 +46,7 @@ function ctx(version = ACACIA): DowngradeContext {
   };
 }
 
-const loader = async (type: 'price' | 'plan', id: string) => (await ctx().embed(type, id)) as ApiObject | null;
+const loader = async (type: EmbeddedType, id: string) => (await ctx().embed(type, id)) as ApiObject | null;
 
 t.test('the release table and Stripe-Version checks', async (t) => {
   t.equal(RELEASES[0], '2024-09-30.acacia');
@@ -53,7 +66,7 @@ t.test('which changes apply to which version', async (t) => {
   t.same(changesFor(CURRENT_API_VERSION), [], 'the newest version is rendered as built');
   t.same(
     changesFor(BASIL).map((c) => c.id),
-    ['discount-source'],
+    ['discount-source', 'promotion-code-coupon'],
     'basil undoes only clover',
   );
   t.equal(changesFor('2024-09-30.acacia').length, VERSION_CHANGES.length, 'acacia undoes every change');
@@ -61,7 +74,8 @@ t.test('which changes apply to which version', async (t) => {
   t.same(releases, [...releases].sort().reverse(), 'the chain runs newest first');
   t.ok(mayNeedRendering('{"object":"subscription"}', ACACIA));
   t.notOk(mayNeedRendering('{"object":"billing.meter"}', ACACIA), 'meters are untouched by every change');
-  t.notOk(mayNeedRendering('{"object":"subscription"}', CURRENT_API_VERSION));
+  t.notOk(mayNeedRendering('{"object":"price"}', CURRENT_API_VERSION));
+  t.ok(mayNeedRendering('{"object":"subscription_item"}', CURRENT_API_VERSION), 'acacia leftovers are dropped in every version');
 });
 
 t.test('basil: billing periods move from the subscription to its items', async (t) => {
@@ -109,10 +123,13 @@ t.test('basil: payment fields and the single discount return', async (t) => {
   const sub: ApiObject = { object: 'subscription', discounts: [{ id: 'di_1', object: 'discount' }] };
   await invoicePayments.downgrade.subscription(sub, ctx());
   t.same(sub.discount, { id: 'di_1', object: 'discount' });
-  const open: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_1'] };
+  const open: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_half'] };
   await invoicePayments.downgrade.invoice(open, ctx());
   t.equal(open.paid, false);
-  t.equal(open.discount, null, 'an unexpanded discount id was never a discount object');
+  t.same(open.discount, DISCOUNTS.di_half, 'an unexpanded discount id: the whole discount, loaded');
+  const gone: ApiObject = { object: 'invoice', status: 'open', discounts: ['di_gone'] };
+  await invoicePayments.downgrade.invoice(gone, ctx());
+  t.equal(gone.discount, null, 'a discount that cannot be loaded');
 });
 
 t.test('basil: taxes back to tax_amounts', async (t) => {
@@ -238,10 +255,171 @@ t.test('basil: legacy usage-based billing fields and parameters', async (t) => {
   }
 });
 
-t.test("clover: a discount's coupon moves under source", async (t) => {
-  const d: ApiObject = { object: 'discount', source: { type: 'coupon', coupon: 'co_1' } };
+t.test("clover: a discount's coupon moves under source, and was the whole coupon", async (t) => {
+  const d: ApiObject = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
   await discountSource.downgrade.discount(d, ctx(BASIL));
-  t.same(d, { object: 'discount', coupon: 'co_1' });
+  t.same(d, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, 'the coupon the discount was made from, loaded');
+  const unknown: ApiObject = { id: 'di_other', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
+  await discountSource.downgrade.discount(unknown, ctx(BASIL));
+  t.same(unknown.coupon, COUPONS.co_half, 'a discount the store does not know takes the coupon by its id');
+  const expanded: ApiObject = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: { id: 'co_x', object: 'coupon' } } };
+  await discountSource.downgrade.discount(expanded, ctx(BASIL));
+  t.same(expanded, { id: 'di_half', object: 'discount', coupon: { id: 'co_x', object: 'coupon' } }, 'an expanded source.coupon is kept');
+
+  const customer = { id: 'cus_1', object: 'customer', discount: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } };
+  await renderInVersion(customer, ACACIA, loader);
+  t.same(customer.discount, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "a customer's discount, through the chain");
+  const sub: ApiObject = {
+    id: 'sub_1',
+    object: 'subscription',
+    discounts: [{ id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } }],
+  };
+  await renderInVersion(sub, ACACIA, loader);
+  t.same((sub.discount as ApiObject).coupon, COUPONS.co_half, "acacia's single discount carries the whole coupon");
+  t.same(((sub.discounts as ApiObject[])[0] as ApiObject).coupon, COUPONS.co_half);
+  const byId: ApiObject = { id: 'sub_2', object: 'subscription', discounts: ['di_half'] };
+  await renderInVersion(byId, ACACIA, loader);
+  t.same(byId.discount, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "acacia's single discount, loaded by id, in acacia's shape");
+  t.same(byId.discounts, ['di_half'], 'discounts stay ids');
+  const event = {
+    id: 'evt_1',
+    object: 'event',
+    api_version: BASIL,
+    data: { object: { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } } },
+  };
+  await renderInVersion(event, CURRENT_API_VERSION, loader);
+  t.same(event.data.object, { id: 'di_half', object: 'discount', coupon: COUPONS.co_half }, "a basil event's discount");
+  const current = { id: 'di_half', object: 'discount', source: { type: 'coupon', coupon: 'co_half' } };
+  await renderInVersion(current, CURRENT_API_VERSION, loader);
+  t.same(current.source, { type: 'coupon', coupon: 'co_half' }, 'the current version keeps source.coupon');
+});
+
+t.test("clover: a promotion code's coupon moves into promotion, and was the whole coupon", async (t) => {
+  const code: ApiObject = { id: 'promo_1', object: 'promotion_code', code: 'HALF', promotion: { type: 'coupon', coupon: 'co_half' } };
+  await promotionCodeCoupon.downgrade.promotion_code(code, ctx(BASIL));
+  t.same(code, { id: 'promo_1', object: 'promotion_code', code: 'HALF', coupon: COUPONS.co_half });
+  const gone: ApiObject = { id: 'promo_2', object: 'promotion_code', promotion: { type: 'coupon', coupon: 'co_gone' } };
+  await promotionCodeCoupon.downgrade.promotion_code(gone, ctx(BASIL));
+  t.same(gone.coupon, { id: 'co_gone', object: 'coupon', deleted: true }, 'a deleted coupon reads as deleted');
+  const list = { object: 'list', data: [{ id: 'promo_3', object: 'promotion_code', promotion: { type: 'coupon', coupon: 'co_half' } }] };
+  await renderInVersion(list, ACACIA, loader);
+  t.same((list.data[0] as ApiObject).coupon, COUPONS.co_half, 'through the chain, in a list');
+
+  const create = { method: 'POST', path: '/v1/promotion_codes', params: { coupon: 'co_half', code: 'HALF' } as Record<string, unknown> };
+  upgradeParams(BASIL, create as never);
+  t.same(create.params, { promotion: { type: 'coupon', coupon: 'co_half' }, code: 'HALF' }, "basil's coupon becomes promotion[coupon]");
+  const list2 = { method: 'GET', path: '/v1/promotion_codes', params: { coupon: 'co_half' } as Record<string, unknown> };
+  upgradeParams(BASIL, list2 as never);
+  t.same(list2.params, { coupon: 'co_half' }, 'the list filter `coupon` is unchanged');
+  const newer = { method: 'POST', path: '/v1/promotion_codes', params: { coupon: 'co_half' } as Record<string, unknown> };
+  upgradeParams(CURRENT_API_VERSION, newer as never);
+  t.same(newer.params, { coupon: 'co_half' }, 'the current version takes no `coupon` (refused by the endpoint)');
+});
+
+t.test("basil: a credit note's refunds back to one refund", async (t) => {
+  const note: ApiObject = { object: 'credit_note', refunds: [] };
+  await creditNoteRefunds.downgrade.credit_note(note, ctx());
+  t.same(note, { object: 'credit_note', refund: null });
+  const refunded: ApiObject = { object: 'credit_note', refunds: [{ amount_refunded: 100, refund: 're_1' }] };
+  await creditNoteRefunds.downgrade.credit_note(refunded, ctx());
+  t.same(refunded, { object: 'credit_note', refund: 're_1' }, "the first refund's id");
+});
+
+t.test('basil: credit note taxes back to tax_amounts', async (t) => {
+  const tax = { amount: 50, tax_behavior: 'inclusive', tax_rate_details: { tax_rate: 'txr_1' }, taxability_reason: null, taxable_amount: 500 };
+  const note: ApiObject = {
+    object: 'credit_note',
+    total_taxes: [tax],
+    lines: { object: 'list', data: [{ object: 'credit_note_line_item', amount: 500, unit_amount_decimal: '250', taxes: [tax] }] },
+  };
+  await renderInVersion(note, ACACIA, loader);
+  const legacy = [{ amount: 50, inclusive: true, tax_rate: 'txr_1', taxability_reason: null, taxable_amount: 500 }];
+  t.same(note.tax_amounts, legacy);
+  t.notOk('total_taxes' in note);
+  t.same((note.lines as { data: ApiObject[] }).data[0], {
+    object: 'credit_note_line_item',
+    amount: 500,
+    unit_amount_decimal: '250',
+    tax_amounts: legacy,
+    amount_excluding_tax: 500,
+    unit_amount_excluding_tax: '250',
+  });
+  t.notOk('refunds' in note, 'the refunds change ran too');
+  const custom: ApiObject = { object: 'credit_note_line_item', amount: 300, unit_amount_decimal: null, taxes: [] };
+  await creditNoteTaxes.downgrade.credit_note_line_item(custom, ctx());
+  t.same([custom.tax_amounts, custom.amount_excluding_tax, custom.unit_amount_excluding_tax], [[], 300, null]);
+  const basil: ApiObject = { object: 'credit_note', total_taxes: [], refunds: [] };
+  await renderInVersion(basil, BASIL, loader);
+  t.same(basil, { object: 'credit_note', total_taxes: [], refunds: [] }, 'basil keeps the new shape');
+});
+
+t.test("basil: subscriptions' coupon and promotion_code parameters become discounts", async (t) => {
+  const run = (path: string, params: Record<string, unknown>, version = ACACIA) => {
+    const req = { method: 'POST', path, params };
+    upgradeParams(version, req as never);
+    return req.params;
+  };
+  t.same(run('/v1/subscriptions', { customer: 'cus_1', coupon: 'co_1' }), { customer: 'cus_1', discounts: [{ coupon: 'co_1' }] });
+  t.same(run('/v1/subscriptions/sub_1', { promotion_code: 'promo_1' }), { discounts: [{ promotion_code: 'promo_1' }] });
+  t.same(run('/v1/subscriptions/sub_1', { coupon: '' }), { discounts: '' }, "coupon='' removes the discounts");
+  t.same(
+    run('/v1/subscriptions', { coupon: 'co_1', discounts: [{ coupon: 'co_2' }] }),
+    { coupon: 'co_1', discounts: [{ coupon: 'co_2' }] },
+    'with discounts: left for the endpoint to refuse',
+  );
+  t.same(run('/v1/subscriptions', { coupon: 'co_1' }, BASIL), { coupon: 'co_1' }, 'basil and later do not take coupon');
+  t.same(run('/v1/customers', { coupon: 'co_1' }), { coupon: 'co_1' }, 'customers are not subscriptions');
+});
+
+t.test('acacia leftovers: dropped from the newest shape, back in acacia', async (t) => {
+  const { toNewestShape, toNewestParams } = await import('../shared/versioning/newest-shape');
+  const invoice = (subscription: unknown) => ({
+    id: 'in_1',
+    object: 'invoice',
+    subscription,
+    parent: { type: 'subscription_details', quote_details: null, subscription_details: { metadata: null, subscription: 'sub_1' } },
+    discounts: [],
+  });
+  const sub = () => ({
+    id: 'sub_1',
+    object: 'subscription',
+    billing_thresholds: null,
+    discounts: [],
+    items: { object: 'list', data: [{ id: 'si_1', object: 'subscription_item', billing_thresholds: null }] },
+  });
+  const current = { object: 'list', data: [invoice('sub_1'), sub()] };
+  await renderInVersion(current, CURRENT_API_VERSION, loader);
+  t.notOk('subscription' in current.data[0], "the invoice's top-level subscription is gone");
+  t.notOk('billing_thresholds' in current.data[1]);
+  t.notOk('billing_thresholds' in (current.data[1] as ApiObject & { items: { data: ApiObject[] } }).items.data[0]);
+
+  const expanded = invoice({ id: 'sub_1', object: 'subscription' });
+  toNewestShape(expanded);
+  t.same(expanded.parent.subscription_details.subscription, { id: 'sub_1', object: 'subscription' }, 'an expanded subscription moves into parent');
+  const other = invoice({ id: 'sub_2', object: 'subscription' });
+  toNewestShape(other);
+  t.equal(other.parent.subscription_details.subscription, 'sub_1', 'not when it is another subscription');
+
+  const acacia = { object: 'list', data: [invoice({ id: 'sub_1', object: 'subscription' }), sub()] };
+  await renderInVersion(acacia, ACACIA, loader);
+  const inv = acacia.data[0] as ApiObject;
+  t.match(inv.subscription, { id: 'sub_1', object: 'subscription', billing_thresholds: null }, 'acacia: top-level again, still expanded (and in acacia)');
+  t.notOk('parent' in inv);
+  const s = acacia.data[1] as ApiObject & { items: { data: ApiObject[] } };
+  t.same([s.billing_thresholds, s.items.data[0].billing_thresholds], [null, null], 'acacia: billing_thresholds back');
+  const event = { id: 'evt_1', object: 'event', api_version: CURRENT_API_VERSION, data: { object: invoice('sub_1') } };
+  await renderInVersion(event, CURRENT_API_VERSION, loader);
+  t.notOk('subscription' in event.data.object, "an event's data too");
+
+  const req = (path: string, expand: unknown) => {
+    const r = { method: 'GET', path, params: { expand } as Record<string, unknown> };
+    toNewestParams(r as never);
+    return r.params.expand;
+  };
+  t.same(req('/v1/invoices/in_1', ['parent.subscription_details.subscription', 'customer']), ['subscription', 'customer']);
+  t.same(req('/v1/invoices', ['data.parent.subscription_details.subscription']), ['data.subscription']);
+  t.same(req('/v1/invoices/in_1', 'parent.subscription_details.subscription'), 'subscription');
+  t.same(req('/v1/subscriptions/sub_1', ['parent.subscription_details.subscription']), ['parent.subscription_details.subscription'], 'invoices only');
 });
 
 t.test('the chain over a whole response: lists, nesting, events in their own version', async (t) => {
@@ -361,4 +539,44 @@ t.test("an event's previous_attributes are rendered in the event's version", asy
   current.api_version = CURRENT_API_VERSION;
   await renderInVersion(current, ACACIA, loader);
   t.same(current.data.previous_attributes, { latest_invoice: 'in_1', items: { data: [item(100, 200)] } }, 'the newest version keeps what was recorded');
+});
+
+t.test('coupons older versions embed, read from the store: valid now, kept once deleted, one account only', async (t) => {
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { SqliteStateStore } = await import('../shared/state/sqlite-store');
+  const { loadCoupon, loadDiscount, loadDiscountCoupon } = await import('../shared/versioning/embedded-coupons');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-coupons-'));
+  const store = new SqliteStateStore(path.join(dir, 'state.sqlite'));
+  await store.init();
+  t.teardown(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const coupon = { id: 'co_a', object: 'coupon', created: 100, percent_off: 20, redeem_by: 1000, max_redemptions: 2, times_redeemed: 1, valid: true };
+  const insert = (type: string, id: string, data: object) => store.insertObject({ account: 'acct_a', type, id, createdMs: 0, data });
+  await insert('coupon', 'co_a', coupon);
+  await insert('discount', 'di_a', { id: 'di_a', object: 'discount', source: { type: 'coupon', coupon: 'co_a' }, _coupon: { ...coupon, times_redeemed: 0 } });
+
+  t.same(await loadCoupon(store, 'acct_a', 'co_a', 500), coupon, 'the coupon as it is now');
+  t.equal((await loadCoupon(store, 'acct_a', 'co_a', 1000)).valid, false, 'not valid once redeem_by has passed');
+  t.same(await loadCoupon(store, 'acct_b', 'co_a', 500), { id: 'co_a', object: 'coupon', deleted: true }, "another account's coupon is not seen");
+  t.same(await loadDiscountCoupon(store, 'acct_a', 'di_a', 500), coupon, "a discount's coupon as it is now (times_redeemed 1)");
+  t.equal(await loadDiscountCoupon(store, 'acct_b', 'di_a', 500), null, "another account's discount is not seen");
+  t.same(await loadDiscount(store, 'acct_a', 'di_a'), { id: 'di_a', object: 'discount', source: { type: 'coupon', coupon: 'co_a' } }, 'a discount as served');
+  t.equal(await loadDiscount(store, 'acct_b', 'di_a'), null);
+
+  await store.deleteObject('acct_a', 'coupon', 'co_a');
+  t.same(
+    await loadDiscountCoupon(store, 'acct_a', 'di_a', 500),
+    { ...coupon, times_redeemed: 0, valid: false },
+    'deleted: as the discount recorded it, no longer valid',
+  );
+  await insert('coupon', 'co_a', { ...coupon, created: 200, percent_off: 90, times_redeemed: 0 });
+  t.equal(
+    (await loadDiscountCoupon(store, 'acct_a', 'di_a', 500))?.percent_off,
+    20,
+    'a new coupon under the same id is not the one the discount was made from',
+  );
 });

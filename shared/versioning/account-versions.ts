@@ -23,7 +23,8 @@ export class AccountVersions {
   private readonly cache = new Map<string, { version: string; untilMs: number }>();
 
   constructor(
-    private readonly store: StateStore,
+    /** The state store every process shares (the versioning layer also reads embedded objects from it). */
+    readonly store: StateStore,
     private readonly defaultForNew: string,
     private readonly cacheMs = 5000,
   ) {}

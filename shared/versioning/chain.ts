@@ -6,9 +6,10 @@
  * A v1 event is a snapshot: its `data` is rendered in the event's own `api_version` (the version in effect when it
  * was created, or a webhook endpoint's pinned one at delivery), not in the version of the request that reads it.
  */
-import { isObject, type ApiObject, type DowngradeContext, type ParamsRequest, type VersionChange } from './change';
+import { isObject, type ApiObject, type DowngradeContext, type EmbeddedType, type ParamsRequest, type VersionChange } from './change';
 import { CURRENT_API_VERSION, isBefore, isKnownVersion } from './releases';
 import { objectBefore, previousAttributes } from './previous-attributes';
+import { LEFTOVER_TYPES, toNewestShape, toNewestParams } from './newest-shape';
 import { subscriptionItemPeriods } from './changes/basil-subscription-item-periods';
 import { invoiceParent } from './changes/basil-invoice-parent';
 import { invoicePayments } from './changes/basil-invoice-payments';
@@ -16,7 +17,11 @@ import { lineItemTaxes } from './changes/basil-line-item-taxes';
 import { lineItemPricing } from './changes/basil-line-item-pricing';
 import { invoiceItemPricing } from './changes/basil-invoice-item-pricing';
 import { legacyUsageBilling } from './changes/basil-legacy-usage-billing';
+import { creditNoteRefunds } from './changes/basil-credit-note-refunds';
+import { creditNoteTaxes } from './changes/basil-credit-note-taxes';
+import { subscriptionDiscountParams } from './changes/basil-subscription-discount-params';
 import { discountSource } from './changes/clover-discount-source';
+import { promotionCodeCoupon } from './changes/clover-promotion-code-coupon';
 
 /**
  * Newest release first; within a release, in the order they are undone (line-item taxes read `pricing` before the
@@ -24,6 +29,7 @@ import { discountSource } from './changes/clover-discount-source';
  */
 export const VERSION_CHANGES: readonly VersionChange[] = [
   discountSource,
+  promotionCodeCoupon,
   subscriptionItemPeriods,
   invoiceParent,
   invoicePayments,
@@ -31,19 +37,25 @@ export const VERSION_CHANGES: readonly VersionChange[] = [
   lineItemPricing,
   invoiceItemPricing,
   legacyUsageBilling,
+  creditNoteRefunds,
+  creditNoteTaxes,
+  subscriptionDiscountParams,
 ];
 
 /** Loads an object of the account in the newest shape (for changes that embed what newer versions name by id). */
-export type ObjectLoader = (type: 'price' | 'plan', id: string) => Promise<ApiObject | null>;
+export type ObjectLoader = (type: EmbeddedType, id: string) => Promise<ApiObject | null>;
 
 /** The changes to undo for `version`, in the order they are undone. */
 export function changesFor(version: string): VersionChange[] {
   return VERSION_CHANGES.filter((c) => isBefore(version, c.release));
 }
 
-/** Object types some change rewrites for `version`, plus events (whose data has its own version). */
+/**
+ * Object types some change rewrites for `version`, plus events (whose data has its own version) and the types whose
+ * acacia leftovers every version drops.
+ */
 function touchedTypes(version: string): string[] {
-  const types = new Set<string>(['event']);
+  const types = new Set<string>(['event', ...LEFTOVER_TYPES]);
   for (const c of changesFor(version)) for (const t of Object.keys(c.downgrade)) types.add(t);
   return [...types];
 }
@@ -60,6 +72,7 @@ export function mayNeedRendering(body: string, version: string): boolean {
 
 /** Renders `value` (newest shape, rewritten in place) in `version`; returns it. */
 export async function renderInVersion(value: unknown, version: string, load: ObjectLoader): Promise<unknown> {
+  toNewestShape(value);
   await renderEvents(value, load);
   const changes = changesFor(version);
   if (changes.length === 0) return value;
@@ -143,4 +156,5 @@ function collect(node: unknown, types: VersionChange['downgrade'], out: ApiObjec
 export function upgradeParams(version: string, req: ParamsRequest): void {
   const changes = changesFor(version);
   for (let i = changes.length - 1; i >= 0; i--) changes[i].upgradeParams?.(req);
+  toNewestParams(req);
 }

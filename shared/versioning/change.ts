@@ -7,6 +7,13 @@ import type { Params } from '../wire/form';
 
 export type ApiObject = Record<string, unknown>;
 
+/**
+ * What older shapes embed whole where newer ones name it by id: a price, plan, coupon or discount (by its id), or the
+ * coupon of a discount (by the discount's id: the coupon as it is now, or as the discount recorded it once the coupon
+ * is deleted).
+ */
+export type EmbeddedType = 'price' | 'plan' | 'coupon' | 'discount' | 'discount_coupon';
+
 /** What a change may need besides the object itself. */
 export interface DowngradeContext {
   /** The version being rendered. */
@@ -15,7 +22,7 @@ export interface DowngradeContext {
    * Another object of the same account, rendered in `version` (older shapes sometimes embed what newer ones name by
    * id, e.g. acacia's invoice line items carry their whole price). Null when it no longer exists.
    */
-  embed(type: 'price' | 'plan', id: string): Promise<ApiObject | null>;
+  embed(type: EmbeddedType, id: string): Promise<ApiObject | null>;
 }
 
 export interface ParamsRequest {

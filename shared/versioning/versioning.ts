@@ -10,9 +10,10 @@
 import type { Principal } from '../http/auth';
 import type { HttpRequest, HttpResult } from '../http/server';
 import type { Params } from '../wire/form';
-import type { ApiObject } from './change';
+import type { ApiObject, EmbeddedType } from './change';
 import type { AccountVersions } from './account-versions';
 import { mayNeedRendering, renderInVersion, upgradeParams } from './chain';
+import { loadCoupon, loadDiscount, loadDiscountCoupon } from './embedded-coupons';
 import { CURRENT_API_VERSION, checkApiVersion } from './releases';
 
 /** Loads an account's object in the newest shape, for changes that embed it (set by the billing layer). */
@@ -48,13 +49,22 @@ export class ApiVersioning {
   async renderResult(result: HttpResult, version: string, account: string): Promise<HttpResult> {
     if (result.status !== 200 || !mayNeedRendering(result.body, version)) return result;
     const value = JSON.parse(result.body) as unknown;
-    await renderInVersion(value, version, (type, id) => this.loader(account, type, id));
+    await renderInVersion(value, version, (type, id) => this.load(account, type, id));
     return { ...result, body: JSON.stringify(value) };
   }
 
   /** An object (an event for a webhook, say) rendered in `version`, in place. */
   async renderObject<T>(value: T, version: string, account: string): Promise<T> {
-    await renderInVersion(value, version, (type, id) => this.loader(account, type, id));
+    await renderInVersion(value, version, (type, id) => this.load(account, type, id));
     return value;
+  }
+
+  /** An object of `account` that an older shape embeds (only that account's: accounts are walls). */
+  private load(account: string, type: EmbeddedType, id: string): Promise<ApiObject | null> {
+    const nowS = Math.floor(Date.now() / 1000);
+    if (type === 'coupon') return loadCoupon(this.accounts.store, account, id, nowS);
+    if (type === 'discount') return loadDiscount(this.accounts.store, account, id);
+    if (type === 'discount_coupon') return loadDiscountCoupon(this.accounts.store, account, id, nowS);
+    return this.loader(account, type, id);
   }
 }

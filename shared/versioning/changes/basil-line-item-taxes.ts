@@ -30,7 +30,7 @@ export const lineItemTaxes: VersionChange = {
 };
 
 /** basil's tax entry `{amount, tax_behavior, tax_rate_details: {tax_rate}, taxability_reason, taxable_amount}` back to acacia's. */
-function legacyTaxAmounts(taxes: unknown): ApiObject[] {
+export function legacyTaxAmounts(taxes: unknown): ApiObject[] {
   if (!Array.isArray(taxes)) return [];
   return taxes.map((t: ApiObject) => ({
     amount: t.amount,
