@@ -106,10 +106,8 @@ export function loadCoupon(store: StateStore, p: Principal, id: string, param = 
   return loadResource<CouponObject>(store, p, { type: COUPON_TYPE, noun: 'coupon' }, id, param);
 }
 
-export async function loadDiscount(store: StateStore, p: Principal, id: string, param = 'id'): Promise<DiscountObject> {
-  const found = await store.getObject<DiscountObject>(p.account, DISCOUNT_TYPE, id);
-  if (!found) throw new NotFoundError(`No such discount: '${id}'`, param);
-  return found.data;
+export function loadDiscount(store: StateStore, p: Principal, id: string, param = 'id'): Promise<DiscountObject> {
+  return loadResource<DiscountObject>(store, p, { type: DISCOUNT_TYPE, noun: 'discount' }, id, param);
 }
 
 /** Months after `from`, keeping the day of month (clamped to the month's last day) and the time of day. */

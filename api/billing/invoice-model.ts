@@ -9,9 +9,9 @@
 import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { NotFoundError } from '../../shared/errors';
 import { recordBillingEvent, type Metadata } from './common';
 import type { AppliedDiscount } from './discounts';
+import { loadResource } from './resource';
 
 export const INVOICE_TYPE = 'invoice';
 export const INVOICE_ITEM_TYPE = 'invoiceitem';
@@ -137,10 +137,8 @@ export async function insertInvoice(tx: StateStore, p: Principal, inv: InvoiceOb
   await recordBillingEvent(tx, p, 'invoice.created', renderInvoice(inv));
 }
 
-export async function loadInvoice(store: StateStore, p: Principal, id: string, param = 'id'): Promise<InvoiceObject> {
-  const found = await store.getObject<InvoiceObject>(p.account, INVOICE_TYPE, id);
-  if (!found) throw new NotFoundError(`No such invoice: '${id}'`, param);
-  return found.data;
+export function loadInvoice(store: StateStore, p: Principal, id: string, param = 'id'): Promise<InvoiceObject> {
+  return loadResource<InvoiceObject>(store, p, { type: INVOICE_TYPE, noun: 'invoice' }, id, param);
 }
 
 export async function saveInvoice(tx: StateStore, p: Principal, inv: InvoiceObject, event: string | null, before?: InvoiceObject): Promise<void> {

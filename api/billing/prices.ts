@@ -21,7 +21,7 @@ import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundError, UniqueViolation } from '../../shared/errors';
+import { InvalidParamError, InvalidRequestError, MissingParamError, UniqueViolation } from '../../shared/errors';
 import { newId } from '../../shared/ids';
 import { METER_TYPE, type MeterObject } from '../../shared/meters';
 import { readListParams } from '../meters';
@@ -39,6 +39,7 @@ import {
   type Metadata,
 } from './common';
 import { createProductIn, loadProduct } from './products';
+import { loadResource } from './resource';
 
 export const PRICE_TYPE = 'price';
 export const LOOKUP_KEY_TYPE = 'price_lookup_key';
@@ -327,10 +328,8 @@ export function readCurrency(r: ParamReader): string {
   return c;
 }
 
-export async function loadPrice(store: StateStore, p: Principal, id: string, param = 'id'): Promise<PriceObject> {
-  const found = await store.getObject<PriceObject>(p.account, PRICE_TYPE, id);
-  if (!found) throw new NotFoundError(`No such price: '${id}'`, param);
-  return found.data;
+export function loadPrice(store: StateStore, p: Principal, id: string, param = 'id'): Promise<PriceObject> {
+  return loadResource<PriceObject>(store, p, { type: PRICE_TYPE, noun: 'price' }, id, param);
 }
 
 function wantsTiers(expand: string[]): boolean {

@@ -5,9 +5,9 @@
  */
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
-import { NotFoundError } from '../../shared/errors';
 import { recordBillingEvent, type Metadata } from './common';
 import { renderPrice, type PriceObject } from './prices';
+import { loadResource } from './resource';
 
 export const SUBSCRIPTION_TYPE = 'subscription';
 export const SUBSCRIPTION_ITEM_REF = 'subscription_item_ref';
@@ -59,10 +59,8 @@ export function renderSub(sub: SubscriptionObject): SubscriptionObject {
   return { ...sub, items: { ...sub.items, data: sub.items.data.map(renderItem) } };
 }
 
-export async function loadSubscription(store: StateStore, p: Principal, id: string, param = 'id'): Promise<SubscriptionObject> {
-  const found = await store.getObject<SubscriptionObject>(p.account, SUBSCRIPTION_TYPE, id);
-  if (!found) throw new NotFoundError(`No such subscription: '${id}'`, param);
-  return found.data;
+export function loadSubscription(store: StateStore, p: Principal, id: string, param = 'id'): Promise<SubscriptionObject> {
+  return loadResource<SubscriptionObject>(store, p, { type: SUBSCRIPTION_TYPE, noun: 'subscription' }, id, param);
 }
 
 export async function saveSubscription(tx: StateStore, p: Principal, sub: SubscriptionObject, event: string, before?: SubscriptionObject): Promise<void> {
