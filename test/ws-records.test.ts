@@ -1,9 +1,10 @@
 import t from 'tap';
-import { processChunk, type ChunkTask } from '../aggregator/worker';
-import { decodeRecord, type MeterRecord } from '../shared/event-record';
+import { chunk, decodeAll } from './helpers/records';
+import { processChunk } from '../aggregator/worker';
+import { decodeRecord } from '../shared/event-record';
 import type { Principal } from '../shared/http/auth';
 import type { MeterInfo } from '../shared/meters';
-import { encodeEventRecords, encodeSocketBatchRecords, eventRanges, type PartitionRecord, type SocketBatch } from '../ingest/records';
+import { encodeEventRecords, encodeSocketBatchRecords, eventRanges, type SocketBatch } from '../ingest/records';
 import { generatedIdentifier, readStreamEvents, SOCKET_IDENTIFIER_TAG, SocketBatchIdentifiers } from '../ingest/stream-events';
 
 const NOW = Date.UTC(2026, 10, 27, 12, 0, 30);
@@ -80,21 +81,6 @@ t.test('eventRanges finds each event of a text frame, strings and nesting includ
   t.equal(eventRanges(Buffer.from('{"events":[{"a":1}]}'), 2), null, 'a count that differs');
 });
 
-function decodeAll(records: PartitionRecord[]): Array<[number, MeterRecord]> {
-  return records.map(([part, bytes]) => [part, decodeRecord(bytes)]);
-}
-
-function chunk(records: PartitionRecord[], partition: number): ChunkTask {
-  const mine = records.filter(([p]) => p === partition).map(([, b]) => b);
-  const ends = new Uint32Array(mine.length);
-  let n = 0;
-  mine.forEach((b, i) => {
-    n += b.length;
-    ends[i] = n;
-  });
-  return { partition, firstOffset: 3, data: Buffer.concat(mine), ends, meters, emitFromOffset: 0 };
-}
-
 function frameEvents(n: number, withIdentifiers: boolean): unknown[] {
   return Array.from({ length: n }, (_, i) => {
     const e: Record<string, unknown> = { event_name: 'n', payload: { customer: `cus_${i % 7}`, value: i % 3 === 0 ? i : String(i) } };
@@ -131,7 +117,8 @@ for (const partitions of [1, 4]) {
             const bytes = json.reduce((s, [, b]) => s + b.length, 0);
             t.ok(bytes < text.length + json.length * 64 + n * 3, `derived identifiers cost 3 bytes per event (${bytes} bytes for a ${text.length}-byte frame)`);
           }
-          for (let p = 0; p < partitions; p++) t.same(processChunk(chunk(json, p)), processChunk(chunk(packed, p)), `the worker's result, partition ${p}`);
+          for (let p = 0; p < partitions; p++)
+            t.same(processChunk(chunk(json, p, meters)), processChunk(chunk(packed, p, meters)), `the worker's result, partition ${p}`);
         },
       );
     }
