@@ -81,6 +81,39 @@ t.test('eventRanges finds each event of a text frame, strings and nesting includ
   t.equal(eventRanges(Buffer.from('{"events":[{"a":1}]}'), 2), null, 'a count that differs');
 });
 
+t.test('eventRanges agrees with JSON.parse on random frames', async (t) => {
+  let seed = 7;
+  const random = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return seed / 2147483648;
+  };
+  const alphabet = ['a', '"', '\\', '{', '}', '[', ']', ',', ':', ' ', 'é', '😀', '\u0000', '\n', 'events'];
+  const text = () => Array.from({ length: Math.floor(random() * 8) }, () => alphabet[Math.floor(random() * alphabet.length)]).join('');
+  let checked = 0;
+  for (let round = 0; round < 300; round++) {
+    const events = Array.from({ length: 1 + Math.floor(random() * 5) }, () => {
+      const payload: Record<string, unknown> = {};
+      for (let k = 0; k < 3; k++) payload[text()] = random() < 0.5 ? text() : { nested: [text(), { [text()]: text() }] };
+      return { event_name: text(), payload, ...(random() < 0.5 ? { identifier: text() } : {}) };
+    });
+    const frame: Record<string, unknown> = random() < 0.5 ? { id: text(), events } : { events, id: text() };
+    // A top-level key with an escape makes eventRanges give up (tested above): the decoy's key has none.
+    if (random() < 0.3) frame[`x${text().replace(/["\\\u0000\n]/g, '')}`] = { events: [{ decoy: text() }] };
+    const json = JSON.stringify(frame, null, Math.floor(random() * 3));
+    const ranges = eventRanges(Buffer.from(json), events.length);
+    const parsed = JSON.parse(json).events as unknown[];
+    if (!ranges) {
+      t.fail(`no ranges for ${json}`);
+      continue;
+    }
+    const bytes = Buffer.from(json);
+    const got = parsed.map((_, i) => JSON.parse(bytes.toString('utf8', ranges[2 * i], ranges[2 * i + 1])));
+    if (JSON.stringify(got) !== JSON.stringify(parsed)) t.fail(json);
+    else checked++;
+  }
+  t.equal(checked, 300, 'every frame cut into exactly its events');
+});
+
 function frameEvents(n: number, withIdentifiers: boolean): unknown[] {
   return Array.from({ length: n }, (_, i) => {
     const e: Record<string, unknown> = { event_name: 'n', payload: { customer: `cus_${i % 7}`, value: i % 3 === 0 ? i : String(i) } };
