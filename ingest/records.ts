@@ -76,33 +76,27 @@ export function encodeStreamRecords(
   ]);
 }
 
-/** A WebSocket batch read and checked: its events, the list they were read from, and the frame's bytes. */
+/** A WebSocket batch read and checked: its events, the list they were read from, and the text frame's bytes. */
 export interface SocketBatch {
   events: EventTuple[];
   raw: unknown[];
-  /** The frame: JSON text, or msgpack when `binary`. */
-  frame: Buffer;
-  binary: boolean;
+  /** The JSON text of a text frame; null for a binary (msgpack) frame. */
+  text: Buffer | null;
   /** The prefix of the identifiers derived for events sent without one (SocketBatchIdentifiers), or null if none. */
   derivedPrefix: string | null;
 }
 
 /**
- * The records of a WebSocket batch hold its events' own bytes: a text frame's become JSON records (format 3), a binary
- * frame's msgpack records (format 4), their events found by eventRanges or msgpackEventRanges. A frame those cannot
- * follow becomes msgpackr records of event tuples, as every frame did before.
+ * The records of a WebSocket batch. A text frame's become JSON records (format 3) holding its events' own bytes,
+ * found by eventRanges; a binary frame's are msgpackr records of event tuples, as before (the JSON text of a msgpack
+ * frame would have to be produced by re-encoding it).
  */
 export function encodeSocketBatchRecords(p: Principal, receivedMs: number, batch: SocketBatch, partitions: number): PartitionRecord[] {
-  const { events, raw, frame, binary, derivedPrefix } = batch;
-  let ranges: number[] | null;
-  try {
-    ranges = binary ? msgpackEventRanges(frame, events.length) : eventRanges(frame, events.length);
-  } catch {
-    ranges = null; // not reached for a frame that was read whole; re-encoding is always correct
-  }
-  if (!ranges) return encodeEventRecords(p, receivedMs, false, events, partitions);
+  const { events, raw, text, derivedPrefix } = batch;
+  const ranges = text ? eventRanges(text, events.length) : null;
+  if (!text || !ranges) return encodeEventRecords(p, receivedMs, false, events, partitions);
   const record = (indexes: number[]) => {
-    const header: JsonRecordHeader = { account: p.account, livemode: p.livemode, receivedMs, validated: false, generated: [], msgpack: binary };
+    const header: JsonRecordHeader = { account: p.account, livemode: p.livemode, receivedMs, validated: false, generated: [] };
     const derived: Array<[number, number]> = [];
     const own: number[] = new Array(indexes.length * 2);
     for (let j = 0; j < indexes.length; j++) {
@@ -111,8 +105,8 @@ export function encodeSocketBatchRecords(p: Principal, receivedMs: number, batch
       own[2 * j] = ranges[2 * i];
       own[2 * j + 1] = ranges[2 * i + 1];
     }
-    if (derived.length > 0 || binary) header.derived = { prefix: derivedPrefix ?? '', indexes: derived };
-    return encodeJsonRecord(header, { source: frame, ranges: own });
+    if (derived.length > 0) header.derived = { prefix: derivedPrefix!, indexes: derived };
+    return encodeJsonRecord(header, { source: text, ranges: own });
   };
   if (partitions === 1) {
     const out: PartitionRecord[] = [];
@@ -186,104 +180,4 @@ export function eventRanges(text: Uint8Array, expected: number): number[] | null
     }
   }
   return found !== null && found.length === 2 * expected ? found : null;
-}
-
-/**
- * Where each event of a msgpack frame `{..., events: [{...}, ...]}` is, as eventRanges does for JSON: [start, end)
- * byte offsets of the maps in the top-level map's last `events` member. Only for a frame frameUnpackr read and whose
- * events readStreamEvents accepted. Null, and the caller re-encodes, for a frame with extension types (msgpackr's
- * record definitions and timestamps: a slice of the frame could not be read alone) or a key that is not a string.
- */
-export function msgpackEventRanges(frame: Uint8Array, expected: number): number[] | null {
-  const b = Buffer.isBuffer(frame) ? frame : Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
-  let at = 0;
-  /** The offset after the value at `i`, or -1 for an extension type or a truncated value. */
-  function skip(i: number): number {
-    if (i >= b.length) return -1;
-    const c = b[i];
-    if (c < 0x80 || c >= 0xe0 || c === 0xc0 || c === 0xc2 || c === 0xc3) return i + 1;
-    if (c < 0x90) return skipMany(i + 1, 2 * (c & 0x0f));
-    if (c < 0xa0) return skipMany(i + 1, c & 0x0f);
-    if (c < 0xc0) return i + 1 + (c & 0x1f);
-    switch (c) {
-      case 0xc4:
-      case 0xd9:
-        return i + 2 + b[i + 1];
-      case 0xc5:
-      case 0xda:
-        return i + 3 + b.readUInt16BE(i + 1);
-      case 0xc6:
-      case 0xdb:
-        return i + 5 + b.readUInt32BE(i + 1);
-      case 0xca:
-        return i + 5;
-      case 0xcb:
-        return i + 9;
-      case 0xcc:
-      case 0xd0:
-        return i + 2;
-      case 0xcd:
-      case 0xd1:
-        return i + 3;
-      case 0xce:
-      case 0xd2:
-        return i + 5;
-      case 0xcf:
-      case 0xd3:
-        return i + 9;
-      case 0xdc:
-        return skipMany(i + 3, b.readUInt16BE(i + 1));
-      case 0xdd:
-        return skipMany(i + 5, b.readUInt32BE(i + 1));
-      case 0xde:
-        return skipMany(i + 3, 2 * b.readUInt16BE(i + 1));
-      case 0xdf:
-        return skipMany(i + 5, 2 * b.readUInt32BE(i + 1));
-      default:
-        return -1; // 0xc1 (never used), ext 8/16/32, fixext 1–16
-    }
-  }
-  function skipMany(i: number, count: number): number {
-    for (let k = 0; k < count && i >= 0; k++) i = skip(i);
-    return i;
-  }
-  /** The string at `i`: [start of its bytes, end], or null when it is not a string. */
-  function str(i: number): [number, number] | null {
-    const c = b[i];
-    if (c >= 0xa0 && c < 0xc0) return [i + 1, i + 1 + (c & 0x1f)];
-    if (c === 0xd9) return [i + 2, i + 2 + b[i + 1]];
-    if (c === 0xda) return [i + 3, i + 3 + b.readUInt16BE(i + 1)];
-    if (c === 0xdb) return [i + 5, i + 5 + b.readUInt32BE(i + 1)];
-    return null;
-  }
-  let pairs: number;
-  const c = b[at];
-  if (c >= 0x80 && c < 0x90) [pairs, at] = [c & 0x0f, at + 1];
-  else if (c === 0xde) [pairs, at] = [b.readUInt16BE(at + 1), at + 3];
-  else if (c === 0xdf) [pairs, at] = [b.readUInt32BE(at + 1), at + 5];
-  else return null;
-  let found: number[] | null = null;
-  for (let k = 0; k < pairs; k++) {
-    const key = str(at);
-    if (!key) return null;
-    at = key[1];
-    const isEvents = key[1] - key[0] === EVENTS_KEY.length && EVENTS_KEY.equals(b.subarray(key[0], key[1]));
-    const a = b[at];
-    if (isEvents && ((a >= 0x90 && a < 0xa0) || a === 0xdc || a === 0xdd)) {
-      const n = a < 0xa0 ? a & 0x0f : a === 0xdc ? b.readUInt16BE(at + 1) : b.readUInt32BE(at + 1);
-      at += a < 0xa0 ? 1 : a === 0xdc ? 3 : 5;
-      found = new Array(2 * n);
-      for (let e = 0; e < n; e++) {
-        const end = skip(at);
-        if (end < 0) return null;
-        found[2 * e] = at;
-        found[2 * e + 1] = end;
-        at = end;
-      }
-    } else {
-      at = skip(at);
-      if (at < 0) return null;
-    }
-  }
-  return found !== null && found.length === 2 * expected && at === b.length ? found : null;
 }

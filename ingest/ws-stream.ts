@@ -8,10 +8,9 @@
  * The handshake is checked here before `ws` sees it, so that every refusal is a Stripe error object with its status.
  */
 import type net from 'node:net';
-import { Packr } from 'msgpackr';
+import { Packr, Unpackr } from 'msgpackr';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, InvalidRequestError, ServiceUnavailableError, StripeError } from '../shared/errors';
-import { frameUnpackr } from '../shared/event-record';
 import type { Authenticator, Principal, SessionClaims } from '../shared/http/auth';
 import type { UpgradeTakeover } from '../shared/http/connection';
 import type { RequestHead } from '../shared/http/parser';
@@ -52,6 +51,7 @@ type Encoding = 'msgpack' | 'json';
 export type AppendBatch = (principal: Principal, receivedMs: number, batch: SocketBatch) => Promise<void>;
 
 const packr = new Packr({ useRecords: false });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
 
 function isPlainMap(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
@@ -232,7 +232,7 @@ class StreamConnection {
     const receivedMs = Date.now();
     let body: unknown;
     try {
-      body = binary ? frameUnpackr.unpack(data) : JSON.parse(data.toString('utf8'));
+      body = binary ? unpackr.unpack(data) : JSON.parse(data.toString('utf8'));
     } catch {
       body = undefined;
     }
@@ -262,7 +262,7 @@ class StreamConnection {
       }
       const identifiers = new SocketBatchIdentifiers(this.claims.principal.account, id);
       const events = readStreamEvents(body.events, identifiers.derive, receivedMs, WS_RULES);
-      batch = { events, raw: body.events as unknown[], frame: data, binary, derivedPrefix: identifiers.derivedPrefix };
+      batch = { events, raw: body.events as unknown[], text: binary ? null : data, derivedPrefix: identifiers.derivedPrefix };
     } catch (err) {
       this.reject(id, binary, err);
       return;

@@ -50,12 +50,6 @@ const packr = new Packr({ useRecords: true, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: true, mapsAsObjects: true });
 
 /**
- * The reader of the WebSocket stream's binary frames, and of the records that hold a frame's own msgpack (format 4):
- * one set of options, so the aggregator reads an event exactly as the gateway checked it.
- */
-export const frameUnpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
-
-/**
  * msgpackr decodes a map key `__proto__` as `__proto_` (its guard against prototype pollution), which would silently
  * rename a payload key a meter may be mapped on. Such keys, and keys starting with NUL, are written with one NUL in
  * front and read back without it: a bijection that leaves every other key (all real traffic) untouched.
@@ -127,21 +121,19 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
  * asynchronously anyway, parses it again; nothing in between re-encodes the events. For a request whose events all fall
  * into one record (one partition, the HTTP stream's 100 events), the record's JSON is the request body itself, copied
  * once into the record; otherwise it is each partition's share of the events, re-serialized with JSON.stringify. A
- * WebSocket frame (up to 1000 events) is cut into records of at most 100: each record holds an array of its events'
- * own bytes in the frame, copied (ingest/records.ts eventRanges and msgpackEventRanges find them), JSON for a text
- * frame and msgpack (format 4) for a binary one.
+ * WebSocket text frame (up to 1000 events) is cut into records of at most 100: each record's JSON is an array of its
+ * events' own bytes in the frame, copied (ingest/records.ts eventRanges finds them).
  *
  *   0xC1                       a byte msgpack never uses: a decoder that predates this format refuses the record
- *   u8   format (2, 3 or 4)
+ *   u8   format (2 or 3)
  *   u8   flags                 bit 0 livemode, bit 1 validated
  *   f64  receivedMs            little-endian
  *   u16  account length        then the account, UTF-8
- *   formats 3 and 4: u8 length, then the prefix of derived identifiers (UTF-8)
+ *   format 3 only: u8 length, then the prefix of derived identifiers (UTF-8)
  *   u8   generated count       then per event sent without an identifier: u8 index in the record and
- *                                format 2: u16 length, the identifier (UTF-8); formats 3, 4: u16 its index in the
- *                                batch, its identifier being the prefix followed by that index in decimal
- *   ...  JSON                  to the end: an array of events, or an object whose `events` member is that array;
- *                                format 4: a msgpack array of events (a binary frame's own bytes), read by frameUnpackr
+ *                                format 2: u16 length, the identifier (UTF-8); format 3: u16 its index in the batch,
+ *                                its identifier being the prefix followed by that index in decimal
+ *   ...  JSON                  to the end: an array of events, or an object whose `events` member is that array
  *
  * Format 2 is the HTTP stream's (its generated identifiers may be random, so they are written out); format 3 the
  * WebSocket stream's text frames, whose identifiers are derived per batch (ingest/stream-events.ts
@@ -155,7 +147,6 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
 const JSON_RECORD_MARK = 0xc1;
 const JSON_RECORD_FORMAT = 2;
 const DERIVED_JSON_RECORD_FORMAT = 3;
-const DERIVED_MSGPACK_RECORD_FORMAT = 4;
 const JSON_HEADER_FIXED = 1 + 1 + 1 + 8 + 2;
 
 export interface JsonRecordHeader {
@@ -167,53 +158,41 @@ export interface JsonRecordHeader {
   generated: Array<[number, string]>;
   /** Instead of `generated` (format 3): the identifiers' prefix, and [index in the record, index in the batch]. */
   derived?: { prefix: string; indexes: Array<[number, number]> };
-  /** The events are msgpack (format 4, with `derived`): a binary frame's own bytes. */
-  msgpack?: boolean;
 }
 
-/**
- * A record's events as ranges of a larger JSON text or msgpack frame (each range one event), written as the array of
- * them: `[a,b,…]`, or a msgpack array16 header followed by the ranges.
- */
-export interface EventSlices {
+/** A record's events as ranges of a larger JSON text (each range one event), written as the array of them. */
+export interface JsonSlices {
   source: Uint8Array;
   /** start, end (exclusive), start, end… */
   ranges: number[];
 }
 
-function slicesLength(slices: EventSlices, msgpack: boolean): number {
-  const count = slices.ranges.length / 2;
-  let n = msgpack ? 3 : 1 + count;
-  for (let i = 0; i < slices.ranges.length; i += 2) n += slices.ranges[i + 1] - slices.ranges[i];
+function slicesLength(json: JsonSlices): number {
+  let n = 1 + json.ranges.length / 2;
+  for (let i = 0; i < json.ranges.length; i += 2) n += json.ranges[i + 1] - json.ranges[i];
   return n;
 }
 
-function writeSlices(buf: Buffer, at: number, slices: EventSlices, msgpack: boolean): void {
-  if (msgpack) {
-    buf[at] = 0xdc;
-    buf.writeUInt16BE(slices.ranges.length / 2, at + 1);
-    at += 3;
-  } else buf[at++] = 0x5b;
-  for (let i = 0; i < slices.ranges.length; i += 2) {
-    if (i > 0 && !msgpack) buf[at++] = 0x2c;
-    buf.set(slices.source.subarray(slices.ranges[i], slices.ranges[i + 1]), at);
-    at += slices.ranges[i + 1] - slices.ranges[i];
+function writeSlices(buf: Buffer, at: number, json: JsonSlices): void {
+  buf[at++] = 0x5b;
+  for (let i = 0; i < json.ranges.length; i += 2) {
+    if (i > 0) buf[at++] = 0x2c;
+    buf.set(json.source.subarray(json.ranges[i], json.ranges[i + 1]), at);
+    at += json.ranges[i + 1] - json.ranges[i];
   }
-  if (!msgpack) buf[at] = 0x5d;
+  buf[at] = 0x5d;
 }
 
 /** Encodes a JSON record whose events are `json` (UTF-8 bytes); the result is a fresh buffer of exactly its size. */
-export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array | EventSlices): Buffer {
+export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array | JsonSlices): Buffer {
   const derived = h.derived;
   let size = JSON_HEADER_FIXED + Buffer.byteLength(h.account) + 1;
   if (derived) size += 1 + Buffer.byteLength(derived.prefix) + 3 * derived.indexes.length;
   else for (const [, id] of h.generated) size += 3 + Buffer.byteLength(id);
-  const msgpack = h.msgpack === true;
-  if (msgpack && (!derived || json instanceof Uint8Array)) throw new Error('msgpack records are slices with derived identifiers');
-  const jsonLength = json instanceof Uint8Array ? json.length : slicesLength(json, msgpack);
+  const jsonLength = json instanceof Uint8Array ? json.length : slicesLength(json);
   const buf = Buffer.allocUnsafeSlow(size + jsonLength);
   buf[0] = JSON_RECORD_MARK;
-  buf[1] = msgpack ? DERIVED_MSGPACK_RECORD_FORMAT : derived ? DERIVED_JSON_RECORD_FORMAT : JSON_RECORD_FORMAT;
+  buf[1] = derived ? DERIVED_JSON_RECORD_FORMAT : JSON_RECORD_FORMAT;
   buf[2] = (h.livemode ? 1 : 0) | (h.validated ? 2 : 0);
   buf.writeDoubleLE(h.receivedMs, 3);
   let at = JSON_HEADER_FIXED;
@@ -243,16 +222,14 @@ export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array | EventSl
     }
   }
   if (json instanceof Uint8Array) buf.set(json, at);
-  else writeSlices(buf, at, json, msgpack);
+  else writeSlices(buf, at, json);
   return buf;
 }
 
 function decodeJsonRecord(buf: Uint8Array): EventsRecord {
   const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   const format = b[1];
-  if (format !== JSON_RECORD_FORMAT && format !== DERIVED_JSON_RECORD_FORMAT && format !== DERIVED_MSGPACK_RECORD_FORMAT)
-    throw new Error(`unsupported JSON log record format ${format}`);
-  const derived = format !== JSON_RECORD_FORMAT;
+  if (format !== JSON_RECORD_FORMAT && format !== DERIVED_JSON_RECORD_FORMAT) throw new Error(`unsupported JSON log record format ${format}`);
   const livemode = (b[2] & 1) !== 0;
   const validated = (b[2] & 2) !== 0;
   const receivedMs = b.readDoubleLE(3);
@@ -261,14 +238,14 @@ function decodeJsonRecord(buf: Uint8Array): EventsRecord {
   const account = b.toString('utf8', at, at + accountBytes);
   at += accountBytes;
   let prefix = '';
-  if (derived) {
+  if (format === DERIVED_JSON_RECORD_FORMAT) {
     prefix = b.toString('utf8', at + 1, at + 1 + b[at]);
     at += 1 + b[at];
   }
   const generatedCount = b[at++];
   const generated = new Map<number, string>();
   for (let i = 0; i < generatedCount; i++) {
-    if (derived) {
+    if (format === DERIVED_JSON_RECORD_FORMAT) {
       generated.set(b[at], prefix + b.readUInt16LE(at + 1));
       at += 3;
     } else {
@@ -277,7 +254,7 @@ function decodeJsonRecord(buf: Uint8Array): EventsRecord {
       at += 3 + n;
     }
   }
-  const parsed = (format === DERIVED_MSGPACK_RECORD_FORMAT ? frameUnpackr.unpack(b.subarray(at)) : JSON.parse(b.toString('utf8', at))) as unknown;
+  const parsed = JSON.parse(b.toString('utf8', at)) as unknown;
   const raw = (Array.isArray(parsed) ? parsed : (parsed as { events?: unknown }).events) as unknown[];
   if (!Array.isArray(raw)) throw new Error('JSON log record without events');
   const events: EventTuple[] = new Array(raw.length);

@@ -1,11 +1,10 @@
 import t from 'tap';
 import { chunk, decodeAll } from './helpers/records';
 import { processChunk } from '../aggregator/worker';
-import { Packr } from 'msgpackr';
-import { decodeRecord, frameUnpackr } from '../shared/event-record';
+import { decodeRecord } from '../shared/event-record';
 import type { Principal } from '../shared/http/auth';
 import type { MeterInfo } from '../shared/meters';
-import { encodeEventRecords, encodeSocketBatchRecords, eventRanges, msgpackEventRanges, type SocketBatch } from '../ingest/records';
+import { encodeEventRecords, encodeSocketBatchRecords, eventRanges, type SocketBatch } from '../ingest/records';
 import { generatedIdentifier, readStreamEvents, SOCKET_IDENTIFIER_TAG, SocketBatchIdentifiers } from '../ingest/stream-events';
 
 const NOW = Date.UTC(2026, 10, 27, 12, 0, 30);
@@ -125,118 +124,50 @@ function frameEvents(n: number, withIdentifiers: boolean): unknown[] {
   });
 }
 
-const framePackr = new Packr({ useRecords: false });
-
-for (const binary of [false, true]) {
-  for (const partitions of [1, 4]) {
-    for (const n of [1, 100, 250, 1000]) {
-      for (const withIdentifiers of [false, true]) {
-        const what = `${binary ? 'binary' : 'text'} frame, ${partitions} partitions, ${n} events${withIdentifiers ? ', identifiers' : ''}`;
-        t.test(`a frame's records hold its own events and decode as msgpackr records do (${what})`, async (t) => {
-          const sent = frameEvents(n, withIdentifiers);
-          const frame = binary ? framePackr.pack({ id: `batch-${n}`, events: sent }) : Buffer.from(JSON.stringify({ id: `batch-${n}`, events: sent }));
-          const raw = (binary ? frameUnpackr.unpack(frame) : JSON.parse(frame.toString())).events;
+for (const partitions of [1, 4]) {
+  for (const n of [1, 100, 250, 1000]) {
+    for (const withIdentifiers of [false, true]) {
+      t.test(
+        `a text frame's records hold its own JSON and decode as msgpack records do (${partitions} partitions, ${n} events${withIdentifiers ? ', identifiers' : ''})`,
+        async (t) => {
+          const raw = frameEvents(n, withIdentifiers);
+          const text = Buffer.from(JSON.stringify({ id: `batch-${n}`, events: raw }));
           const ids = new SocketBatchIdentifiers(principal.account, `batch-${n}`);
-          const events = readStreamEvents(raw, ids.derive, NOW, RULES);
-          const batch: SocketBatch = { events, raw, frame, binary, derivedPrefix: ids.derivedPrefix };
-          const records = encodeSocketBatchRecords(principal, NOW, batch, partitions);
+          const events = readStreamEvents(JSON.parse(text.toString()).events, ids.derive, NOW, RULES);
+          const batch: SocketBatch = { events, raw, text, derivedPrefix: ids.derivedPrefix };
+          const json = encodeSocketBatchRecords(principal, NOW, batch, partitions);
           const packed = encodeEventRecords(principal, NOW, false, events, partitions);
-          t.same(decodeAll(records), decodeAll(packed));
+          t.same(decodeAll(json), decodeAll(packed));
           t.ok(
-            records.every(([, b]) => b[0] === 0xc1 && b[1] === (binary ? 4 : 3)),
-            `records of format ${binary ? 4 : 3}`,
+            json.every(([, b]) => b[0] === 0xc1 && b[1] === 3),
+            'JSON records of format 3',
           );
           t.equal(
-            records.reduce((s, [, r]) => s + (decodeRecord(r) as { events: unknown[] }).events.length, 0),
+            json.reduce((s, [, r]) => s + (decodeRecord(r).kind === 1 ? (decodeRecord(r) as { events: unknown[] }).events.length : 0), 0),
             n,
           );
           if (!withIdentifiers) {
-            const bytes = records.reduce((s, [, b]) => s + b.length, 0);
-            t.ok(
-              bytes < frame.length + records.length * 64 + n * 3,
-              `derived identifiers cost 3 bytes per event (${bytes} bytes for a ${frame.length}-byte frame)`,
-            );
+            const bytes = json.reduce((s, [, b]) => s + b.length, 0);
+            t.ok(bytes < text.length + json.length * 64 + n * 3, `derived identifiers cost 3 bytes per event (${bytes} bytes for a ${text.length}-byte frame)`);
           }
           for (let p = 0; p < partitions; p++)
-            t.same(processChunk(chunk(records, p, meters)), processChunk(chunk(packed, p, meters)), `the worker's result, partition ${p}`);
-        });
-      }
+            t.same(processChunk(chunk(json, p, meters)), processChunk(chunk(packed, p, meters)), `the worker's result, partition ${p}`);
+        },
+      );
     }
   }
 }
 
-t.test("a binary frame's keys and values read the same from its records as from the frame", async (t) => {
-  // msgpackr renames a key __proto__ (to __proto_) wherever it reads one: the gateway's check and the worker agree.
-  const sent = [
-    { event_name: 'n', payload: JSON.parse('{"__proto__":"cus_p","\\u0000v":"1","f":1.5,"big":4294967296,"neg":-129}'), timestamp: Math.floor(NOW / 1000) },
-    { event_name: 'é'.repeat(40), identifier: null, payload: { customer: 'x'.repeat(100), value: '2' } },
-  ];
-  const frame = framePackr.pack({ events: sent, id: 'p' });
-  const raw = frameUnpackr.unpack(frame).events;
-  const ids = new SocketBatchIdentifiers(principal.account, 'p');
-  const events = readStreamEvents(raw, ids.derive, NOW, RULES);
-  const records = encodeSocketBatchRecords(principal, NOW, { events, raw, frame, binary: true, derivedPrefix: ids.derivedPrefix }, 1);
-  t.equal(records[0][1][1], 4);
-  t.same(decodeAll(records), decodeAll(encodeEventRecords(principal, NOW, false, events, 1)));
-});
-
-t.test('msgpackEventRanges agrees with msgpackr on random frames', async (t) => {
-  let seed = 11;
-  const random = () => {
-    seed = (seed * 1103515245 + 12345) % 2147483648;
-    return seed / 2147483648;
-  };
-  const values: Array<() => unknown> = [
-    () => Math.floor(random() * 200) - 100,
-    () => Math.floor(random() * 2 ** 40) * (random() < 0.5 ? -1 : 1),
-    () => random() * 1e6,
-    () => 'events'.repeat(Math.floor(random() * 60)),
-    () => 'x'.repeat(Math.floor(random() * 70_000)),
-    () => null,
-    () => random() < 0.5,
-    () => Buffer.alloc(Math.floor(random() * 300), 7),
-    () => [1, 'a', { events: [1] }],
-    () => ({ events: { a: [] } }),
-  ];
-  const value = () => values[Math.floor(random() * values.length)]();
-  let checked = 0;
-  for (let round = 0; round < 200; round++) {
-    const events = Array.from({ length: 1 + Math.floor(random() * (round % 10 === 0 ? 40 : 4)) }, () => {
-      const e: Record<string, unknown> = { event_name: 'n' };
-      for (let k = 0; k < 3; k++) e[`k${k}${'é'.repeat(Math.floor(random() * 40))}`] = value();
-      return e;
-    });
-    const frame: Record<string, unknown> = random() < 0.5 ? { id: value(), events } : { events, id: value() };
-    for (let k = 0; k < Math.floor(random() * 20); k++) frame[`extra${k}`] = value();
-    const bytes = framePackr.pack(frame);
-    const ranges = msgpackEventRanges(bytes, events.length);
-    if (!ranges) {
-      t.fail(`no ranges, round ${round}`);
-      continue;
-    }
-    const parsed = frameUnpackr.unpack(bytes).events as unknown[];
-    const got = parsed.map((_, i) => frameUnpackr.unpack(bytes.subarray(ranges[2 * i], ranges[2 * i + 1])));
-    if (JSON.stringify(got) !== JSON.stringify(parsed)) t.fail(`round ${round}`);
-    else checked++;
-  }
-  t.equal(checked, 200, 'every frame cut into exactly its events');
-  const records = new Packr({ useRecords: true }).pack({ id: 'r', events: [{ a: 1 }, { a: 2 }] });
-  t.equal(msgpackEventRanges(records, 2), null, "msgpackr's record extension: re-encoded instead");
-  t.equal(msgpackEventRanges(framePackr.pack({ id: 'r', events: [{ t: new Date(0) }] }), 1), null, 'a timestamp extension too');
-  t.equal(msgpackEventRanges(framePackr.pack({ id: 'r', events: [{ a: 1 }] }), 2), null, 'a count that differs');
-});
-
-t.test('frames the scanners cannot follow still become msgpackr records', async (t) => {
+t.test('binary frames, and text frames the scanner cannot follow, still become msgpack records', async (t) => {
   const raw = frameEvents(3, false);
   const ids = new SocketBatchIdentifiers(principal.account, 'b');
   const events = readStreamEvents(raw, ids.derive, NOW, RULES);
   const expected = decodeAll(encodeEventRecords(principal, NOW, false, events, 1));
-  const withRecords = new Packr({ useRecords: true }).pack({ id: 'b', events: raw });
-  const binary = encodeSocketBatchRecords(principal, NOW, { events, raw, frame: withRecords, binary: true, derivedPrefix: ids.derivedPrefix }, 1);
+  const binary = encodeSocketBatchRecords(principal, NOW, { events, raw, text: null, derivedPrefix: ids.derivedPrefix }, 1);
   t.not(binary[0][1][0], 0xc1);
   t.same(decodeAll(binary), expected);
   const escaped = Buffer.from(JSON.stringify({ id: 'b', events: raw }).replace('"events"', '"\\u0065vents"'));
-  const fallback = encodeSocketBatchRecords(principal, NOW, { events, raw, frame: escaped, binary: false, derivedPrefix: ids.derivedPrefix }, 1);
+  const fallback = encodeSocketBatchRecords(principal, NOW, { events, raw, text: escaped, derivedPrefix: ids.derivedPrefix }, 1);
   t.not(fallback[0][1][0], 0xc1);
   t.same(decodeAll(fallback), expected);
 });
