@@ -25,7 +25,7 @@ import { registerCoreEventRoutes } from './api/core-events';
 import { registerEventDestinationRoutes } from './api/event-destinations';
 import { registerBillingRoutes, stopBillingJobs } from './api/billing';
 import { setPortalOrigin } from './api/billing/portal';
-import { appendEvents, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
+import { appendSocketBatch, registerMeterEventRoutes, registerSessionRoute } from './ingest/meter-events';
 import { MeterEventSocketServer } from './ingest/ws-stream';
 import { GatewayThreads } from './ingest/gateway-threads';
 import { Aggregator } from './aggregator/aggregator';
@@ -157,7 +157,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
     idleTimeoutSeconds: config.httpIdleTimeoutS,
     requestTimeoutSeconds: config.httpRequestTimeoutS,
   });
-  const sockets = new MeterEventSocketServer(services.auth, (principal, receivedMs, events) => appendEvents(services, principal, receivedMs, false, events));
+  const sockets = new MeterEventSocketServer(services.auth, (principal, receivedMs, batch) => appendSocketBatch(services, principal, receivedMs, batch));
   if (roles.gateway) registerMeterEventRoutes(http, services, sockets);
   else if (roles.api) registerSessionRoute(http, services);
   if (roles.api) {

@@ -12,9 +12,8 @@ import { keyedRequest } from '../shared/http/idempotency';
 import { checkApiVersion } from '../shared/versioning/releases';
 import { HttpServer, type HttpRequest, type HttpResult } from '../shared/http/server';
 import { log } from '../shared/logger';
-import type { EventTuple } from '../shared/event-record';
 import { deserializeError, transferable, type GatewayThreadInit, type ToMain, type ToThread } from './gateway-messages';
-import { encodeEventRecords, encodeStreamRecords } from './records';
+import { encodeSocketBatchRecords, encodeStreamRecords, type SocketBatch } from './records';
 import { readStreamRequest } from './stream-events';
 import { MeterEventSocketServer } from './ws-stream';
 import { countAccepted, countingRejections, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
@@ -46,8 +45,8 @@ function main(): void {
     return reply.t === 'result' ? reply.result : { status: 500, body: JSON.stringify(new ApiError().toV1Body()) };
   }
 
-  async function appendBatch(principal: Principal, receivedMs: number, events: EventTuple[]): Promise<void> {
-    const { records, transfer } = transferable(encodeEventRecords(principal, receivedMs, false, events, init.partitions));
+  async function appendBatch(principal: Principal, receivedMs: number, batch: SocketBatch): Promise<void> {
+    const { records, transfer } = transferable(encodeSocketBatchRecords(principal, receivedMs, batch, init.partitions));
     const reply = await call({ t: 'batch', id: nextId++, records }, transfer);
     if (reply.t === 'appended' && reply.error) throw deserializeError(reply.error);
   }

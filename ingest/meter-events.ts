@@ -17,7 +17,7 @@ import { newId } from '../shared/ids';
 import { encodeRecord, partitionFor, RecordKind, type CancelTuple, type EventTuple } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
 import type { MeterEventSocketServer } from './ws-stream';
-import { encodeEventRecords, encodeStreamRecords, type PartitionRecord } from './records';
+import { encodeEventRecords, encodeSocketBatchRecords, encodeStreamRecords, type PartitionRecord, type SocketBatch } from './records';
 import { countAccepted, countingRejections, ingestSeries } from '../shared/metrics';
 import { checkTimestampRange, generatedIdentifier, missing, parseV2Timestamp, readPayload, readStreamRequest, requireString } from './stream-events';
 
@@ -65,6 +65,11 @@ async function validateAgainstMeter(s: Services, p: Principal, eventName: string
  */
 export async function appendEvents(s: Services, p: Principal, receivedMs: number, validated: boolean, events: EventTuple[]): Promise<void> {
   await appendRecords(s, encodeEventRecords(p, receivedMs, validated, events, s.producer.partitions));
+}
+
+/** Appends the records of a WebSocket batch read on the main thread (GATEWAY_THREADS=0). */
+export async function appendSocketBatch(s: Services, p: Principal, receivedMs: number, batch: SocketBatch): Promise<void> {
+  await appendRecords(s, encodeSocketBatchRecords(p, receivedMs, batch, s.producer.partitions));
 }
 
 async function appendRecords(s: Services, records: PartitionRecord[]): Promise<void> {

@@ -10,13 +10,54 @@ import { newDict } from '../shared/wire/dict';
 import { parseJsonBody } from '../shared/wire/form';
 
 /**
- * An identifier for an event sent without one. With an Idempotency-Key (or a WebSocket batch id) it is derived from
- * the key, so the client's retry of the same request produces the same identifier and the event is still counted once.
+ * An identifier for an event sent without one. With an Idempotency-Key it is derived from the key, so the client's
+ * retry of the same request produces the same identifier and the event is still counted once. The HTTP endpoints keep
+ * this derivation (one SHA-256 per event) so that a request retried across an upgrade still dedupes against the
+ * identifiers an earlier version wrote; the WebSocket stream derives its own (see SocketBatchIdentifiers).
  */
 export function generatedIdentifier(account: string, idempotencyKey: string, index: number): string {
   if (!idempotencyKey) return crypto.randomUUID();
   const h = crypto.createHash('sha256').update(`${account}\u0000${idempotencyKey}\u0000${index}`).digest('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** Gives the identifier of the event at an index of a batch or request, for events sent without one. */
+export type IdentifierDerivation = (index: number) => string;
+
+/** The tag that starts every identifier of SocketBatchIdentifiers: the version of the derivation. */
+export const SOCKET_IDENTIFIER_TAG = 'ws1-';
+
+/**
+ * The identifiers of a WebSocket batch's events sent without one: `ws1-<128 bits of SHA-256(account, batch id), hex>-
+ * <index>` (at most 4 + 32 + 1 + 3 = 40 characters). One hash per batch, and only for a batch that needs one; the
+ * index is appended, so the same batch resent with the same id gets the same identifiers, and two batches or accounts
+ * share none unless their 128-bit hashes collide. Earlier versions hashed every event into a UUID-shaped identifier:
+ * a batch stored but not acknowledged by one of them and resent to this one is counted twice (see the README,
+ * "What the server guarantees"); the tag keeps the two shapes apart.
+ */
+export class SocketBatchIdentifiers {
+  private base: string | null = null;
+
+  constructor(
+    private readonly account: string,
+    private readonly batchId: string,
+  ) {}
+
+  /** `ws1-<32 hex digits>-`, to which an event's index is appended. */
+  get prefix(): string {
+    if (this.base === null) {
+      const h = crypto.createHash('sha256').update(`${this.account}\u0000ws:${this.batchId}`).digest('hex');
+      this.base = `${SOCKET_IDENTIFIER_TAG}${h.slice(0, 32)}-`;
+    }
+    return this.base;
+  }
+
+  readonly derive: IdentifierDerivation = (index) => this.prefix + index;
+
+  /** The prefix, if any identifier was derived. */
+  get derivedPrefix(): string | null {
+    return this.base;
+  }
 }
 
 /** v2 timestamps: RFC 3339; a string of digits is taken as unix seconds (what stripe-node sends for a JS Date). */
@@ -82,9 +123,9 @@ export interface StreamBatchRules {
 /**
  * The events of one stream batch, with structural checks only (what cannot even be recorded is refused now); meter,
  * customer, value and timestamp rules are checked asynchronously by the aggregator and reported as v2 core events, as
- * Stripe does. Events without an identifier get one derived from `retryKey` (see generatedIdentifier).
+ * Stripe does. Events without an identifier get the one `derive` gives their index.
  */
-export function readStreamEvents(raw: unknown, account: string, retryKey: string, nowMs: number, rules: StreamBatchRules): EventTuple[] {
+export function readStreamEvents(raw: unknown, derive: IdentifierDerivation, nowMs: number, rules: StreamBatchRules): EventTuple[] {
   if (raw === undefined) missing('events');
   if (!Array.isArray(raw)) throw new InvalidRequestError('Invalid array: events must be an array of events.', { param: 'events' });
   if (raw.length === 0) throw new InvalidRequestError('Invalid array: events must contain at least one event.', { param: 'events' });
@@ -103,7 +144,7 @@ export function readStreamEvents(raw: unknown, account: string, retryKey: string
     }
     const eventName = requireString(e.event_name, `${param}[event_name]`, 100, true)!;
     const payload = readPayload(e.payload === undefined ? missing(`${param}[payload]`) : e.payload, `${param}[payload]`);
-    const identifier = requireString(e.identifier, `${param}[identifier]`, 100, false) || generatedIdentifier(account, retryKey, i);
+    const identifier = requireString(e.identifier, `${param}[identifier]`, 100, false) || derive(i);
     const timestampMs = e.timestamp === undefined ? nowMs : parseV2Timestamp(e.timestamp, `${param}[timestamp]`, rules.integerSeconds);
     events[i] = [eventName, identifier, timestampMs, payload];
   }
@@ -123,5 +164,6 @@ export interface StreamBatch {
 export function readStreamRequest(body: Buffer, account: string, idempotencyKey: string, nowMs: number): StreamBatch {
   const params = parseJsonBody(body) as Record<string, unknown>;
   for (const k in params) if (k !== 'events') throw new InvalidRequestError(`Received unknown parameter: ${k}`, { code: 'parameter_unknown', param: k });
-  return { events: readStreamEvents(params.events, account, idempotencyKey, nowMs, HTTP_STREAM_RULES), raw: params.events as unknown[] };
+  const derive = (i: number) => generatedIdentifier(account, idempotencyKey, i);
+  return { events: readStreamEvents(params.events, derive, nowMs, HTTP_STREAM_RULES), raw: params.events as unknown[] };
 }

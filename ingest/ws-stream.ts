@@ -2,8 +2,8 @@
  * The WebSocket meter event stream (protocol meterd.stream.v1, documented in the README): one long-lived connection per
  * meter event session carries batches of events as msgpack (binary) or JSON (text) frames. Each batch is read with
  * the HTTP stream's rules, appended to the log like an HTTP stream request, and acknowledged by its id only once it is
- * durable. Events without an identifier get one derived from the batch id, so a client that resends its unacknowledged
- * batches after a reconnect has every event counted once.
+ * durable. Events without an identifier get one derived from the batch id (SocketBatchIdentifiers), so a client that
+ * resends its unacknowledged batches after a reconnect has every event counted once.
  *
  * The handshake is checked here before `ws` sees it, so that every refusal is a Stripe error object with its status.
  */
@@ -11,14 +11,14 @@ import type net from 'node:net';
 import { Packr, Unpackr } from 'msgpackr';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { ApiError, InvalidRequestError, ServiceUnavailableError, StripeError } from '../shared/errors';
-import type { EventTuple } from '../shared/event-record';
 import type { Authenticator, Principal, SessionClaims } from '../shared/http/auth';
 import type { UpgradeTakeover } from '../shared/http/connection';
 import type { RequestHead } from '../shared/http/parser';
 import type { HttpRequest } from '../shared/http/server';
 import { log } from '../shared/logger';
 import type { StreamSocketStats } from './gateway-messages';
-import { readStreamEvents, type StreamBatchRules } from './stream-events';
+import type { SocketBatch } from './records';
+import { readStreamEvents, SocketBatchIdentifiers, type StreamBatchRules } from './stream-events';
 import { countAccepted, countRejected, ingestSeries } from '../shared/metrics';
 
 export const STREAM_SUBPROTOCOL = 'meterd.stream.v1';
@@ -47,8 +47,8 @@ const WEBSOCKET_KEY = /^[+/0-9A-Za-z]{22}==$/;
 
 type Encoding = 'msgpack' | 'json';
 
-/** Appends one batch's events, durable when it resolves (ingest/meter-events.ts appendEvents, or a gateway thread's). */
-export type AppendBatch = (principal: Principal, receivedMs: number, events: EventTuple[]) => Promise<void>;
+/** Appends one batch's records (ingest/records.ts encodeSocketBatchRecords), durable when it resolves. */
+export type AppendBatch = (principal: Principal, receivedMs: number, batch: SocketBatch) => Promise<void>;
 
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
@@ -254,13 +254,15 @@ class StreamConnection {
       this.reject(null, binary, new InvalidRequestError('Invalid string: id must be a batch id of 1 to 100 characters.', { param: 'id' }));
       return;
     }
-    let events: EventTuple[];
+    let batch: SocketBatch;
     try {
       for (const k in body) {
         if (k !== 'id' && k !== 'events')
           throw new InvalidRequestError(`Received unknown parameter: ${k.slice(0, 100)}`, { code: 'parameter_unknown', param: k.slice(0, 100) });
       }
-      events = readStreamEvents(body.events, this.claims.principal.account, `ws:${id}`, receivedMs, WS_RULES);
+      const identifiers = new SocketBatchIdentifiers(this.claims.principal.account, id);
+      const events = readStreamEvents(body.events, identifiers.derive, receivedMs, WS_RULES);
+      batch = { events, raw: body.events as unknown[], text: binary ? null : data, derivedPrefix: identifiers.derivedPrefix };
     } catch (err) {
       this.reject(id, binary, err);
       return;
@@ -269,10 +271,11 @@ class StreamConnection {
     this.stats.batchesInFlight++;
     if (this.unanswered > this.stats.peakBatchesInFlightPerConnection) this.stats.peakBatchesInFlightPerConnection = this.unanswered;
     this.updateFlow();
-    this.append(this.claims.principal, receivedMs, events).then(
+    const count = batch.events.length;
+    this.append(this.claims.principal, receivedMs, batch).then(
       () => {
-        countAccepted(WS_SERIES, this.claims.principal.livemode, events.length, started);
-        this.answered({ type: 'ack', id, events: events.length }, binary);
+        countAccepted(WS_SERIES, this.claims.principal.livemode, count, started);
+        this.answered({ type: 'ack', id, events: count }, binary);
       },
       (err) => this.answered(this.errorMessage(id, err), binary),
     );

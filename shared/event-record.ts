@@ -120,23 +120,33 @@ export function decodeRecord(buf: Uint8Array): MeterRecord {
  * structure must be checked before it is answered) and the aggregator's worker, which validates streamed events
  * asynchronously anyway, parses it again; nothing in between re-encodes the events. For a request whose events all fall
  * into one record (one partition, the HTTP stream's 100 events), the record's JSON is the request body itself, copied
- * once into the record; otherwise it is each partition's share of the events, re-serialized with JSON.stringify.
+ * once into the record; otherwise it is each partition's share of the events, re-serialized with JSON.stringify. A
+ * WebSocket text frame (up to 1000 events) is cut into records of at most 100: each record's JSON is an array of its
+ * events' own bytes in the frame, copied (ingest/records.ts eventRanges finds them).
  *
  *   0xC1                       a byte msgpack never uses: a decoder that predates this format refuses the record
- *   u8   format (2)
+ *   u8   format (2 or 3)
  *   u8   flags                 bit 0 livemode, bit 1 validated
  *   f64  receivedMs            little-endian
  *   u16  account length        then the account, UTF-8
- *   u8   generated count       then per event sent without an identifier: u8 index, u16 length, the identifier (UTF-8)
+ *   format 3 only: u8 length, then the prefix of derived identifiers (UTF-8)
+ *   u8   generated count       then per event sent without an identifier: u8 index in the record and
+ *                                format 2: u16 length, the identifier (UTF-8); format 3: u16 its index in the batch,
+ *                                its identifier being the prefix followed by that index in decimal
  *   ...  JSON                  to the end: an array of events, or an object whose `events` member is that array
  *
+ * Format 2 is the HTTP stream's (its generated identifiers may be random, so they are written out); format 3 the
+ * WebSocket stream's text frames, whose identifiers are derived per batch (ingest/stream-events.ts
+ * SocketBatchIdentifiers): 3 bytes per event instead of about 40.
+ *
  * Each event is checked on the gateway before it is written (readStreamEvents), so decoding reads it with the same
- * rules and without errors: an identifier sent empty or missing is replaced by the generated one recorded here (it
- * may be random, so it cannot be derived again), a missing timestamp is the time received, payload numbers become
- * their decimal text. JSON keeps every key an own property, `__proto__` and NUL-prefixed keys included, so no escaping.
+ * rules and without errors: an identifier sent empty or missing is replaced by the generated one recorded here, a
+ * missing timestamp is the time received, payload numbers become their decimal text. JSON keeps every key an own
+ * property, `__proto__` and NUL-prefixed keys included, so no escaping.
  */
 const JSON_RECORD_MARK = 0xc1;
 const JSON_RECORD_FORMAT = 2;
+const DERIVED_JSON_RECORD_FORMAT = 3;
 const JSON_HEADER_FIXED = 1 + 1 + 1 + 8 + 2;
 
 export interface JsonRecordHeader {
@@ -144,38 +154,82 @@ export interface JsonRecordHeader {
   livemode: boolean;
   receivedMs: number;
   validated: boolean;
-  /** [index in the record's events, identifier] for each event sent without one. */
+  /** [index in the record's events, identifier] for each event sent without one (format 2). */
   generated: Array<[number, string]>;
+  /** Instead of `generated` (format 3): the identifiers' prefix, and [index in the record, index in the batch]. */
+  derived?: { prefix: string; indexes: Array<[number, number]> };
+}
+
+/** A record's events as ranges of a larger JSON text (each range one event), written as the array of them. */
+export interface JsonSlices {
+  source: Uint8Array;
+  /** start, end (exclusive), start, end… */
+  ranges: number[];
+}
+
+function slicesLength(json: JsonSlices): number {
+  let n = 1 + json.ranges.length / 2;
+  for (let i = 0; i < json.ranges.length; i += 2) n += json.ranges[i + 1] - json.ranges[i];
+  return n;
+}
+
+function writeSlices(buf: Buffer, at: number, json: JsonSlices): void {
+  buf[at++] = 0x5b;
+  for (let i = 0; i < json.ranges.length; i += 2) {
+    if (i > 0) buf[at++] = 0x2c;
+    buf.set(json.source.subarray(json.ranges[i], json.ranges[i + 1]), at);
+    at += json.ranges[i + 1] - json.ranges[i];
+  }
+  buf[at] = 0x5d;
 }
 
 /** Encodes a JSON record whose events are `json` (UTF-8 bytes); the result is a fresh buffer of exactly its size. */
-export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array): Buffer {
+export function encodeJsonRecord(h: JsonRecordHeader, json: Uint8Array | JsonSlices): Buffer {
+  const derived = h.derived;
   let size = JSON_HEADER_FIXED + Buffer.byteLength(h.account) + 1;
-  for (const [, id] of h.generated) size += 3 + Buffer.byteLength(id);
-  const buf = Buffer.allocUnsafeSlow(size + json.length);
+  if (derived) size += 1 + Buffer.byteLength(derived.prefix) + 3 * derived.indexes.length;
+  else for (const [, id] of h.generated) size += 3 + Buffer.byteLength(id);
+  const jsonLength = json instanceof Uint8Array ? json.length : slicesLength(json);
+  const buf = Buffer.allocUnsafeSlow(size + jsonLength);
   buf[0] = JSON_RECORD_MARK;
-  buf[1] = JSON_RECORD_FORMAT;
+  buf[1] = derived ? DERIVED_JSON_RECORD_FORMAT : JSON_RECORD_FORMAT;
   buf[2] = (h.livemode ? 1 : 0) | (h.validated ? 2 : 0);
   buf.writeDoubleLE(h.receivedMs, 3);
   let at = JSON_HEADER_FIXED;
   const accountBytes = buf.write(h.account, at, 'utf8');
   buf.writeUInt16LE(accountBytes, at - 2);
   at += accountBytes;
-  if (h.generated.length > 255) throw new Error('too many events in one record');
-  buf[at++] = h.generated.length;
-  for (const [index, id] of h.generated) {
-    buf[at] = index;
-    const n = buf.write(id, at + 3, 'utf8');
-    buf.writeUInt16LE(n, at + 1);
-    at += 3 + n;
+  if (derived) {
+    const n = buf.write(derived.prefix, at + 1, 'utf8');
+    if (n > 255) throw new Error('identifier prefix too long');
+    buf[at] = n;
+    at += 1 + n;
+    if (derived.indexes.length > 255) throw new Error('too many events in one record');
+    buf[at++] = derived.indexes.length;
+    for (const [index, batchIndex] of derived.indexes) {
+      buf[at] = index;
+      buf.writeUInt16LE(batchIndex, at + 1);
+      at += 3;
+    }
+  } else {
+    if (h.generated.length > 255) throw new Error('too many events in one record');
+    buf[at++] = h.generated.length;
+    for (const [index, id] of h.generated) {
+      buf[at] = index;
+      const n = buf.write(id, at + 3, 'utf8');
+      buf.writeUInt16LE(n, at + 1);
+      at += 3 + n;
+    }
   }
-  buf.set(json, at);
+  if (json instanceof Uint8Array) buf.set(json, at);
+  else writeSlices(buf, at, json);
   return buf;
 }
 
 function decodeJsonRecord(buf: Uint8Array): EventsRecord {
   const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (b[1] !== JSON_RECORD_FORMAT) throw new Error(`unsupported JSON log record format ${b[1]}`);
+  const format = b[1];
+  if (format !== JSON_RECORD_FORMAT && format !== DERIVED_JSON_RECORD_FORMAT) throw new Error(`unsupported JSON log record format ${format}`);
   const livemode = (b[2] & 1) !== 0;
   const validated = (b[2] & 2) !== 0;
   const receivedMs = b.readDoubleLE(3);
@@ -183,12 +237,22 @@ function decodeJsonRecord(buf: Uint8Array): EventsRecord {
   let at = JSON_HEADER_FIXED;
   const account = b.toString('utf8', at, at + accountBytes);
   at += accountBytes;
+  let prefix = '';
+  if (format === DERIVED_JSON_RECORD_FORMAT) {
+    prefix = b.toString('utf8', at + 1, at + 1 + b[at]);
+    at += 1 + b[at];
+  }
   const generatedCount = b[at++];
   const generated = new Map<number, string>();
   for (let i = 0; i < generatedCount; i++) {
-    const n = b.readUInt16LE(at + 1);
-    generated.set(b[at], b.toString('utf8', at + 3, at + 3 + n));
-    at += 3 + n;
+    if (format === DERIVED_JSON_RECORD_FORMAT) {
+      generated.set(b[at], prefix + b.readUInt16LE(at + 1));
+      at += 3;
+    } else {
+      const n = b.readUInt16LE(at + 1);
+      generated.set(b[at], b.toString('utf8', at + 3, at + 3 + n));
+      at += 3 + n;
+    }
   }
   const parsed = JSON.parse(b.toString('utf8', at)) as unknown;
   const raw = (Array.isArray(parsed) ? parsed : (parsed as { events?: unknown }).events) as unknown[];

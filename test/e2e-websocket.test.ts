@@ -180,6 +180,15 @@ for (const threads of ['2', '0'])
       t.equal(text.ws.protocol, 'meterd.stream.v1', 'the subprotocol form authenticates and is selected');
       text.send({ id: 'txt-1', events: events(meter, 'cus_ws_a', [10]) });
       t.same(await text.answer('txt-1'), { type: 'ack', id: 'txt-1', events: 1 }, 'text batch acked (in JSON)');
+      // A text frame of 250 events (records hold its own JSON, cut in three), some with identifiers, then resent.
+      const textValues = Array.from({ length: 250 }, (_, i) => i + 1);
+      const textIds = textValues.map((_, i) => (i % 3 === 0 ? `txt-big-${i}` : ''));
+      const textBig = { id: 'txt-big', events: events(meter, 'cus_ws_t', textValues, textIds) };
+      text.send(textBig);
+      t.match(await text.answer('txt-big'), { type: 'ack', events: 250 });
+      text.send(textBig);
+      t.match(await text.until((m) => m.id === 'txt-big' && m !== text.messages.find((x) => x.id === 'txt-big')), { type: 'ack' });
+      await totalBecomes(t, stripe, meter, 'cus_ws_t', (250 * 251) / 2, 'a text frame resent is counted once');
       // Integer timestamps (unix seconds) are accepted in frames; RFC 3339 too.
       const nowS = Math.floor(Date.now() / 1000);
       bin.send({
@@ -411,4 +420,66 @@ t.test('multi-threaded gateway: kill -9 and restart on the same DATA_DIR loses a
   await totalBecomes(t, server.stripe(), meter, 'cus_threads', expected, 'after the restart: the same');
   await round(server, 'r2');
   await totalBecomes(t, server.stripe(), meter, 'cus_threads', expected, 'after more load on the restarted threads');
+});
+
+t.test('a clean restart (SIGTERM, as for an upgrade) acknowledges every batch it stored: resent under new identifiers, none counts twice', async (t) => {
+  // An upgrade may derive other identifiers for a resent batch than the version before it did; that is safe only if
+  // no batch was stored without being acknowledged. Resending every unanswered batch under a new batch id (so every
+  // derived identifier differs) is that situation: a batch stored but unanswered would be counted twice.
+  const env = { GATEWAY_THREADS: '2', FLUSH_INTERVAL_MS: '50' };
+  let server = await startServer({ env });
+  const { dataDir, key } = server;
+  t.teardown(() => server.stop());
+  const meter = await server
+    .stripe()
+    .billing.meters.create({ display_name: 'ws', event_name: uniqueName('ws_restart'), default_aggregation: { formula: 'sum' } });
+  const BATCHES = 300;
+  const unacked = new Map<string, Message>();
+  let acked = 0;
+  let next = 0;
+  async function stream(client: StreamClient, resend: Message[]): Promise<void> {
+    client.ws.on('message', (data, isBinary) => {
+      const m = isBinary ? unpackr.unpack(data as Buffer) : JSON.parse(String(data));
+      if (m.type === 'ack' && unacked.delete(m.id)) acked++;
+    });
+    for (const b of resend) {
+      unacked.set(b.id, b);
+      client.send(b);
+    }
+    while (client.closeCode === null && client.ws.readyState === WebSocket.OPEN && (next < BATCHES || unacked.size > 0)) {
+      if (unacked.size < 48 && next < BATCHES) {
+        const batch = { id: `restart-${next++}`, events: events(meter, 'cus_restart', [1, 2, 3, 4, 5]) };
+        unacked.set(batch.id, batch);
+        client.send(batch);
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+  const token = await sessionToken(server);
+  const clients = [await StreamClient.connect(server, token), await StreamClient.connect(server, token, { binary: false })];
+  const streaming = clients.map((c) => stream(c, []));
+  await eventually(async () => acked >= 60, 20_000, 5);
+  await server.stop();
+  await Promise.all(streaming);
+  t.same(
+    clients.map((c) => c.closeCode),
+    [1001, 1001],
+    `closed with 1001 after ${acked} batches acknowledged, ${unacked.size} unanswered`,
+  );
+  server = await startServer({ dataDir, key, env });
+  const again = [...unacked.values()].map((b) => ({ ...b, id: `${b.id}-again` }));
+  unacked.clear();
+  const token2 = await sessionToken(server);
+  const second = [await StreamClient.connect(server, token2), await StreamClient.connect(server, token2, { binary: false })];
+  await Promise.all(
+    second.map((c, i) =>
+      stream(
+        c,
+        again.filter((_, j) => j % 2 === i),
+      ),
+    ),
+  );
+  t.equal(unacked.size, 0, 'every batch acknowledged in the end');
+  await totalBecomes(t, server.stripe(), meter, 'cus_restart', BATCHES * 15, 'every batch counted exactly once');
+  await Promise.all(second.map((c) => c.close()));
 });

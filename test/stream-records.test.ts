@@ -1,9 +1,10 @@
 import t from 'tap';
-import { processChunk, type ChunkTask } from '../aggregator/worker';
-import { decodeRecord, encodeJsonRecord, type MeterRecord } from '../shared/event-record';
+import { chunk, decodeAll } from './helpers/records';
+import { processChunk } from '../aggregator/worker';
+import { decodeRecord, encodeJsonRecord } from '../shared/event-record';
 import type { Principal } from '../shared/http/auth';
 import type { MeterInfo } from '../shared/meters';
-import { encodeEventRecords, encodeStreamRecords, type PartitionRecord } from '../ingest/records';
+import { encodeEventRecords, encodeStreamRecords } from '../ingest/records';
 import { readStreamRequest } from '../ingest/stream-events';
 
 const NOW = Date.UTC(2026, 10, 27, 12, 0, 30);
@@ -25,21 +26,6 @@ const body = Buffer.from(
   }),
 );
 
-function decodeAll(records: PartitionRecord[]): Array<[number, MeterRecord]> {
-  return records.map(([part, bytes]) => [part, decodeRecord(bytes)]);
-}
-
-function chunk(records: PartitionRecord[], partition: number): ChunkTask {
-  const mine = records.filter(([p]) => p === partition).map(([, b]) => b);
-  const ends = new Uint32Array(mine.length);
-  let n = 0;
-  mine.forEach((b, i) => {
-    n += b.length;
-    ends[i] = n;
-  });
-  return { partition, firstOffset: 3, data: Buffer.concat(mine), ends, meters, emitFromOffset: 0 };
-}
-
 for (const partitions of [1, 4]) {
   for (const idempotencyKey of ['', 'key-1']) {
     t.test(`JSON records decode to the events msgpack records hold (${partitions} partitions, key '${idempotencyKey}')`, async (t) => {
@@ -57,8 +43,8 @@ for (const partitions of [1, 4]) {
       t.equal(first.find((e) => e[3].customer === 'cus_é')![2], Date.UTC(2026, 10, 27, 12, 0, 0, 123));
       t.equal(first.find((e) => e[1] === 'id-4')![3].value, '1e-7', 'numbers become their decimal text');
       for (let p = 0; p < partitions; p++) {
-        const a = processChunk(chunk(json, p));
-        const b = processChunk(chunk(packed, p));
+        const a = processChunk(chunk(json, p, meters));
+        const b = processChunk(chunk(packed, p, meters));
         t.same(a, b, `the worker's result is the same for partition ${p}`);
       }
     });

@@ -50,7 +50,7 @@ Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
   --ws-inflight N         batches in flight per WebSocket connection, 1..64 (default 16)
   --ws-encoding E         msgpack (default) or json frames (ws only; ws-raw sends msgpack)
   --ws-identifiers        WebSocket: give every event an identifier (<runid>-<seq>, as the HTTP load does) instead of
-                          letting the server derive one from the batch id (one SHA-256 per event on the server)
+                          letting the server derive one from the batch id (one SHA-256 per batch on the server)
   --quiet                 no progress lines
   --help                  this text
 

@@ -38,7 +38,7 @@ const FLAGS: Flag[] = [
   { name: 'ws-encoding', arg: 'msgpack|json', help: 'WebSocket: frame encoding of the client package (default msgpack; ws-raw sends msgpack only)' },
   {
     name: 'ws-identifiers',
-    help: 'WebSocket: give every event an identifier, as the HTTP rows do (default: none, the server derives them from the batch id: one SHA-256 per event)',
+    help: 'WebSocket: give every event an identifier, as the HTTP rows do (default: none, the server derives them from the batch id: one SHA-256 per batch)',
   },
   { name: 'customers', arg: 'N', help: 'distinct customers (default 100)' },
   { name: 'timestamps', help: 'send an explicit timestamp in every event' },
