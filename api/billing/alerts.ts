@@ -12,7 +12,8 @@ import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, NotFoundError } from '../../shared/errors';
+import { InvalidParamError, InvalidRequestError } from '../../shared/errors';
+import { loadResource } from './resource';
 import { newId } from '../../shared/ids';
 import { readListParams, loadMeter } from '../meters';
 import { listEndpoint, listMatching, readExpand } from './common';
@@ -50,10 +51,8 @@ export function alertCustomer(a: AlertObject): string | null {
   return a.usage_threshold.filters?.[0]?.customer ?? null;
 }
 
-async function loadAlert(store: StateStore, p: Principal, id: string): Promise<AlertObject> {
-  const found = await store.getObject<AlertObject>(p.account, ALERT_TYPE, id);
-  if (!found) throw new NotFoundError(`No such alert: '${id}'`);
-  return found.data;
+function loadAlert(store: StateStore, p: Principal, id: string): Promise<AlertObject> {
+  return loadResource<AlertObject>(store, p, { type: ALERT_TYPE, noun: 'alert' }, id);
 }
 
 /** `expand[]`: `usage_threshold.meter` (the meter object); anything else is Stripe's 400. */

@@ -24,7 +24,8 @@ import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { ParamReader, type Params } from '../../shared/wire/form';
-import { InvalidParamError, InvalidRequestError, MissingParamError, NotFoundError } from '../../shared/errors';
+import { InvalidParamError, InvalidRequestError, MissingParamError } from '../../shared/errors';
+import { loadResource } from './resource';
 import { newId } from '../../shared/ids';
 import { readListParams } from '../meters';
 import { expandBilling, expandParam, listEndpoint, pageOfArray, readCreatedRange, readMetadata, recordBillingEvent, type Metadata } from './common';
@@ -366,10 +367,8 @@ export function renderCreditNote(cn: CreditNoteObject): Record<string, unknown> 
   return { ...rest, lines: { ...cn.lines, data: cn.lines.data.slice(0, 10), has_more: cn.lines.data.length > 10 } };
 }
 
-async function loadCreditNote(store: StateStore, p: Principal, id: string): Promise<CreditNoteObject> {
-  const found = await store.getObject<CreditNoteObject>(p.account, CREDIT_NOTE_TYPE, id);
-  if (!found) throw new NotFoundError(`No such credit note: '${id}'`);
-  return found.data;
+function loadCreditNote(store: StateStore, p: Principal, id: string): Promise<CreditNoteObject> {
+  return loadResource<CreditNoteObject>(store, p, { type: CREDIT_NOTE_TYPE, noun: 'credit note' }, id);
 }
 
 async function createCreditNote(s: Services, p: Principal, params: Params) {

@@ -19,7 +19,8 @@ import type { Services } from '../../shared/services';
 import type { Principal } from '../../shared/http/auth';
 import type { StateStore } from '../../shared/state-store';
 import { ParamReader, parseForm, type Params } from '../../shared/wire/form';
-import { InvalidParamError, NotFoundError } from '../../shared/errors';
+import { InvalidParamError } from '../../shared/errors';
+import { loadResource } from './resource';
 import { newId } from '../../shared/ids';
 import { recordThinEvent } from '../../shared/core-events';
 import { readListParams } from '../meters';
@@ -166,10 +167,8 @@ function newConfiguration(p: Principal, now: number, isDefault: boolean): Portal
   };
 }
 
-async function loadConfiguration(store: StateStore, p: Principal, id: string, param = 'id'): Promise<PortalConfiguration> {
-  const found = await store.getObject<PortalConfiguration>(p.account, PORTAL_CONFIGURATION_TYPE, id);
-  if (!found) throw new NotFoundError(`No such configuration: '${id}'`, param);
-  return found.data;
+function loadConfiguration(store: StateStore, p: Principal, id: string, param = 'id'): Promise<PortalConfiguration> {
+  return loadResource<PortalConfiguration>(store, p, { type: PORTAL_CONFIGURATION_TYPE, noun: 'configuration' }, id, param);
 }
 
 /** The account's default configuration, created on first use. */
