@@ -70,10 +70,18 @@ export function encodeStreamRecords(
     return { account: p.account, livemode: p.livemode, receivedMs, validated: false, generated };
   };
   if (body && partitions === 1 && events.length <= MAX_EVENTS_PER_RECORD) return [[0, encodeJsonRecord(header(null), body)]];
-  return recordGroups(p.account, events, partitions).map(([part, ...indexes]) => [
-    part,
-    encodeJsonRecord(header(indexes), Buffer.from(JSON.stringify(indexes.map((i) => raw[i])))),
-  ]);
+  // Split across partitions: each record takes its events' own bytes from the body where they can be found, and only
+  // otherwise serializes them again.
+  const ranges = body ? eventRanges(body, events.length) : null;
+  return recordGroups(p.account, events, partitions).map(([part, ...indexes]) => {
+    if (!body || !ranges) return [part, encodeJsonRecord(header(indexes), Buffer.from(JSON.stringify(indexes.map((i) => raw[i]))))];
+    const own: number[] = new Array(indexes.length * 2);
+    for (let j = 0; j < indexes.length; j++) {
+      own[2 * j] = ranges[2 * indexes[j]];
+      own[2 * j + 1] = ranges[2 * indexes[j] + 1];
+    }
+    return [part, encodeJsonRecord(header(indexes), { source: body, ranges: own })];
+  });
 }
 
 /** A WebSocket batch read and checked: its events, the list they were read from, and the text frame's bytes. */

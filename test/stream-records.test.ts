@@ -87,3 +87,22 @@ t.test('a JSON record that is damaged is refused, not misread', async (t) => {
   );
   t.throws(() => decodeRecord(noName), /malformed/);
 });
+
+t.test('records split across partitions carry their events as the body spelled them, or serialized again', async (t) => {
+  const spaced = Buffer.from(
+    '{ "events" : [ ' +
+      Array.from({ length: 12 }, (_, i) => `{ "event_name" : "n" , "identifier" : "sp-${i}" , "payload" : { "customer" : "cus_${i}" , "value" : 1.50 } }`).join(' , ') +
+      ' ] }',
+  );
+  const { events, raw } = readStreamRequest(spaced, principal.account, '', NOW);
+  const records = encodeStreamRecords(principal, NOW, events, raw, spaced, 4);
+  t.ok(records.length > 1, 'split by partition');
+  for (const [, bytes] of records) t.match(bytes.toString('utf8'), /\{ "event_name" : "n" , "identifier" : "sp-\d+"/, 'the body\'s own bytes');
+  t.same(decodeAll(records), decodeAll(encodeEventRecords(principal, NOW, false, events, 4)));
+  // A top-level key with an escape could spell "events": the bytes are not trusted, the events are serialized again.
+  const escaped = Buffer.from(`{"\\u0065vents":${JSON.stringify(JSON.parse(spaced.toString()).events)}}`);
+  const again = readStreamRequest(escaped, principal.account, '', NOW);
+  const reencoded = encodeStreamRecords(principal, NOW, again.events, again.raw, escaped, 4);
+  for (const [, bytes] of reencoded) t.notMatch(bytes.toString('utf8'), /\{ "event_name"/, 'serialized again');
+  t.same(decodeAll(reencoded), decodeAll(encodeEventRecords(principal, NOW, false, again.events, 4)));
+});
