@@ -141,6 +141,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       meters,
       ...aggregatorCoordination(config, drivers),
       threads: config.aggregatorThreads,
+      threadNice: config.aggregatorNice,
       flushEvents: config.flushEvents,
       flushIntervalMs: config.flushIntervalMs,
       dedupWindowMs: config.dedupWindowMs,

@@ -48,6 +48,8 @@ export interface AggregatorOptions {
   /** Who may write which partition (fencing between aggregators of one consumer group). */
   leases: PartitionLeases;
   threads: number;
+  /** Nice value of the worker threads (see shared/thread-priority.ts); 0 or absent: the process's own. */
+  threadNice?: number;
   flushEvents: number;
   flushIntervalMs: number;
   dedupWindowMs: number;
@@ -141,6 +143,7 @@ export class Aggregator {
       minThreads: o.threads,
       maxThreads: o.threads,
       idleTimeout: 60_000,
+      workerData: { threadNice: o.threadNice ?? 0 },
     });
     this.meterList = o.meters.all();
     o.meters.onChange(() => {

@@ -11,6 +11,11 @@ import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
 import { ownValue } from '../shared/wire/dict';
+import { lowerCurrentThread } from '../shared/thread-priority';
+
+// Aggregating yields the CPU to the threads that acknowledge events (AGGREGATOR_NICE).
+const threadNice = (Piscina.workerData as { threadNice?: number } | undefined)?.threadNice ?? 0;
+if (Piscina.isWorkerThread && threadNice > 0) lowerCurrentThread(threadNice);
 
 /** Flags per decoded event. */
 export const VALID = 1;

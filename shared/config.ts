@@ -29,6 +29,8 @@ export interface Config {
   flushIntervalMs: number;
   /** Aggregator worker threads (piscina). */
   aggregatorThreads: number;
+  /** Linux nice value of the aggregating threads (the aggregator's workers, the embedded engine's threads); 0: none. */
+  aggregatorNice: number;
   /** Threads that own the HTTP and WebSocket connections (0: the main thread serves them). */
   gatewayThreads: number;
   /** How long the identifier dedup window and the adjustment window last. */
@@ -187,6 +189,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     flushEvents: r.int('FLUSH_EVENTS', 100_000, 1),
     flushIntervalMs: r.int('FLUSH_INTERVAL_MS', 250, 1),
     aggregatorThreads: r.int('AGGREGATOR_THREADS', 1, 1, 64),
+    aggregatorNice: r.int('AGGREGATOR_NICE', 10, 0, 19),
     gatewayThreads: r.int('GATEWAY_THREADS', os.availableParallelism(), 0, 64),
     dedupWindowMs: r.int('DEDUP_WINDOW_HOURS', 24, 1) * 3600_000,
     snapshotIntervalMs: r.int('SNAPSHOT_INTERVAL_S', 60, 1) * 1000,

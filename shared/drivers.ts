@@ -84,7 +84,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
       );
     } else {
       const { ChdbStore } = await import('./analytics/chdb-store');
-      analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'));
+      analytics = new ChdbStore(path.join(config.dataDir, 'clickhouse'), { threadNice: config.aggregatorNice });
       await analytics.init();
     }
     opened.push(analytics);

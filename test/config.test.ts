@@ -20,6 +20,8 @@ t.test('defaults', async (t) => {
   t.same(c.apiKeys, []);
   t.equal(c.gatewayThreads, os.availableParallelism(), 'a gateway thread per core');
   t.equal(loadConfig({ GATEWAY_THREADS: '0' }).gatewayThreads, 0, '0: HTTP on the main thread');
+  t.equal(c.aggregatorNice, 10, 'aggregation yields to acknowledgement by default');
+  t.equal(loadConfig({ AGGREGATOR_NICE: '0' }).aggregatorNice, 0);
 });
 
 t.test('every problem at once', async (t) => {
@@ -35,19 +37,20 @@ t.test('every problem at once', async (t) => {
       KAFKA_SSL: 'maybe',
       KAFKA_PARTITIONS: '0',
       GATEWAY_THREADS: '-1',
+      AGGREGATOR_NICE: '20',
     });
   } catch (e) {
     err = e;
   }
   t.ok(err instanceof ConfigError, 'a ConfigError');
   const problems = (err as ConfigError).problems;
-  for (const name of ['API_KEYS', 'PORT', 'FLUSH_EVENTS', 'ROLE', 'LOG_LEVEL', 'KAFKA_SSL', 'KAFKA_PARTITIONS', 'GATEWAY_THREADS']) {
+  for (const name of ['API_KEYS', 'PORT', 'FLUSH_EVENTS', 'ROLE', 'LOG_LEVEL', 'KAFKA_SSL', 'KAFKA_PARTITIONS', 'GATEWAY_THREADS', 'AGGREGATOR_NICE']) {
     t.ok(
       problems.some((p) => p.startsWith(name) || p.includes(` ${name}`)),
       `names ${name}`,
     );
   }
-  t.equal(problems.length, 8, 'one problem each');
+  t.equal(problems.length, 9, 'one problem each');
   t.ok(
     problems.every((p) => /expected/.test(p)),
     'each says what is expected',

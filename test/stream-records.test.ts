@@ -91,13 +91,15 @@ t.test('a JSON record that is damaged is refused, not misread', async (t) => {
 t.test('records split across partitions carry their events as the body spelled them, or serialized again', async (t) => {
   const spaced = Buffer.from(
     '{ "events" : [ ' +
-      Array.from({ length: 12 }, (_, i) => `{ "event_name" : "n" , "identifier" : "sp-${i}" , "payload" : { "customer" : "cus_${i}" , "value" : 1.50 } }`).join(' , ') +
+      Array.from({ length: 12 }, (_, i) => `{ "event_name" : "n" , "identifier" : "sp-${i}" , "payload" : { "customer" : "cus_${i}" , "value" : 1.50 } }`).join(
+        ' , ',
+      ) +
       ' ] }',
   );
   const { events, raw } = readStreamRequest(spaced, principal.account, '', NOW);
   const records = encodeStreamRecords(principal, NOW, events, raw, spaced, 4);
   t.ok(records.length > 1, 'split by partition');
-  for (const [, bytes] of records) t.match(bytes.toString('utf8'), /\{ "event_name" : "n" , "identifier" : "sp-\d+"/, 'the body\'s own bytes');
+  for (const [, bytes] of records) t.match(bytes.toString('utf8'), /\{ "event_name" : "n" , "identifier" : "sp-\d+"/, "the body's own bytes");
   t.same(decodeAll(records), decodeAll(encodeEventRecords(principal, NOW, false, events, 4)));
   // A top-level key with an escape could spell "events": the bytes are not trusted, the events are serialized again.
   const escaped = Buffer.from(`{"\\u0065vents":${JSON.stringify(JSON.parse(spaced.toString()).events)}}`);

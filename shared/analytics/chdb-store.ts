@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import type { AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
+import { lowerEngineThreads } from '../thread-priority';
 
 // chdb is loaded lazily: it is large and only the embedded mode needs it.
 type ChdbSession = {
@@ -15,14 +16,20 @@ type ChdbSession = {
 
 export class ChdbStore implements AnalyticsStore {
   private session: ChdbSession | null = null;
+  private stopLowering: () => void = () => undefined;
 
-  constructor(private readonly dir: string) {}
+  /** `threadNice`: the engine's own threads (inserts, merges, queries) run at this nice value (AGGREGATOR_NICE). */
+  constructor(
+    private readonly dir: string,
+    private readonly opts: { threadNice?: number } = {},
+  ) {}
 
   async init(): Promise<void> {
     fs.mkdirSync(this.dir, { recursive: true });
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { Session } = require('chdb') as { Session: new (path: string) => ChdbSession };
     this.session = new Session(this.dir);
+    this.stopLowering = lowerEngineThreads(this.opts.threadNice ?? 0);
     await migrate(this);
   }
 
@@ -56,6 +63,7 @@ export class ChdbStore implements AnalyticsStore {
   }
 
   async close(): Promise<void> {
+    this.stopLowering();
     this.session?.close();
     this.session = null;
   }
