@@ -101,6 +101,9 @@ class FlushBuffer {
 /** Bounded so one iteration never holds the event loop (shared with the gateway in embedded mode) for long. */
 const POLL_RECORDS = 1000;
 const CHUNK_RECORDS = 100;
+/** A poll with fewer records than this lingers (see lingered()). */
+const LINGER_BELOW_RECORDS = CHUNK_RECORDS;
+const LINGER_MS = 20;
 
 const DEDUP_HITS = metrics.dedupHits.child();
 const EVENTS_STORED = metrics.eventsStored.child();
@@ -254,7 +257,8 @@ export class Aggregator {
           else if (this.partitions.size < this.owned.length && Date.now() - this.lastAcquireMs >= 500) await this.acquireWaiting();
           const now = Date.now();
           const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
-          const records = await this.consumer.poll(POLL_RECORDS, wait);
+          let records = await this.consumer.poll(POLL_RECORDS, wait);
+          records = await this.lingered(records);
           if (records.length > 0) await this.process(records);
           if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
             await this.startFlush();
@@ -272,6 +276,21 @@ export class Aggregator {
       }
     }
     if (this.renewTimer) clearInterval(this.renewTimer);
+  }
+
+  /**
+   * A poll that found only a few records (a light load) waits briefly for more before they go to a worker: each
+   * chunk costs a round trip to the worker whatever its size, and at light load records arrive one request at a time.
+   * The wait is bounded by LINGER_MS and by the flush deadline, so freshness moves by at most LINGER_MS.
+   */
+  private async lingered(records: LogRecord[]): Promise<LogRecord[]> {
+    if (records.length === 0 || records.length >= LINGER_BELOW_RECORDS || this.stopping) return records;
+    const untilFlush = this.buffer.hasWork ? this.buffer.firstAtMs + this.o.flushIntervalMs - Date.now() : this.o.flushIntervalMs;
+    const linger = Math.min(LINGER_MS, untilFlush);
+    if (linger <= 0) return records;
+    await sleep(linger);
+    const more = await this.consumer.poll(POLL_RECORDS - records.length, 0);
+    return more.length > 0 ? records.concat(more) : records;
   }
 
   private async process(records: LogRecord[]): Promise<void> {
