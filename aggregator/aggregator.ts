@@ -616,9 +616,13 @@ export class Aggregator {
       lag.clear();
       metrics.consumerOffset.clear();
       metrics.storedOffset.clear();
+      metrics.dedupIdentifiers.clear();
+      metrics.dedupBytes.clear();
       for (const [p, st] of this.partitions) {
         metrics.consumerOffset.child(String(p)).set(st.nextOffset);
         metrics.storedOffset.child(String(p)).set(st.storedOffset);
+        metrics.dedupIdentifiers.child(String(p)).set(st.index.size);
+        metrics.dedupBytes.child(String(p)).set(st.index.bytes);
         if (!this.o.log.endOffset) continue;
         try {
           lag.child(String(p)).set(Math.max(0, (await this.o.log.endOffset(p)) - st.storedOffset));

@@ -12,6 +12,8 @@
  */
 
 const EMPTY_RECV = 0;
+/** hi, lo (Uint32), recv, seqs (Float64). */
+const BYTES_PER_SLOT = 4 + 4 + 8 + 8;
 const MAX_LOAD = 0.6;
 /**
  * Slots of the old table moved at each insert while growing. The new table has at least the old one's capacity and
@@ -70,6 +72,11 @@ export class DedupIndex {
 
   get capacity(): number {
     return this.mask + 1;
+  }
+
+  /** Memory held by the tables (the current one and, while growing, the old one). */
+  get bytes(): number {
+    return (this.capacity + (this.old ? this.old.mask + 1 : 0)) * BYTES_PER_SLOT;
   }
 
   private slotOf(hi: number, lo: number): number {

@@ -153,6 +153,10 @@ t.test('GET /metrics counts what a stream of events did', async (t) => {
       m.samples.some((s) => s.name === 'meterd_aggregator_stored_offset'),
       'stored watermark per partition',
     );
+    // One per stored event (the cancelled one's included: its identifier stays taken); the duplicate adds none.
+    const identifiers = m.sum('meterd_dedup_index_identifiers');
+    t.equal(identifiers, m.sum('meterd_aggregator_events_stored_total'), 'the dedup index holds the identifiers stored');
+    t.ok(m.sum('meterd_dedup_index_bytes') >= identifiers * 24, 'and reports the memory of its tables');
     t.ok(m.sum('meterd_webhook_attempts_total', { result: 'success' }) >= 1);
     t.equal(m.sum('meterd_clickhouse_errors_total'), 0);
     t.equal(m.sum('meterd_log_errors_total'), 0);

@@ -92,6 +92,16 @@ export const metrics = {
       'partition',
     ]),
   ),
+  dedupIdentifiers: registry.add(
+    new Gauge('meterd_dedup_index_identifiers', 'Per owned partition: identifiers held by the dedup index (those received within the dedup window).', [
+      'partition',
+    ]),
+  ),
+  dedupBytes: registry.add(
+    new Gauge('meterd_dedup_index_bytes', 'Per owned partition: memory of the dedup index tables (grows with the identifiers within the window).', [
+      'partition',
+    ]),
+  ),
   eventsStored: registry.add(new Counter('meterd_aggregator_events_stored_total', 'Events counted into the analytics store (after dedup).')),
   flushSeconds: registry.add(
     new Histogram('meterd_aggregator_flush_seconds', 'Time of one aggregator flush: the raw, cancellation and rollup inserts.', [], SLOW_BUCKETS),
