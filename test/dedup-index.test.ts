@@ -91,3 +91,56 @@ t.test('growth moves entries a few at a time: lookups, overwrites and expiry sta
   for (let i = 2; i <= limit; i += 2) if (i !== limit - 1 && idx.receivedAt(i, i) !== 0) kept++;
   t.equal(kept, 0, 'expired entries are dropped by the move');
 });
+
+t.test('a snapshot taken while the index grows holds each live entry once, and no empty slots', async (t) => {
+  const idx = new DedupIndex(10 * HOUR, 1024);
+  const limit = Math.floor(1024 * 0.6);
+  // Every third entry is old enough to expire when the table grows at 20 h.
+  const recvOf = (i: number) => (i % 3 === 0 ? 1 * HOUR : 15 * HOUR);
+  for (let i = 1; i <= limit; i++) idx.set(i, i, recvOf(i), i);
+  idx.set(100_000, 1, 20 * HOUR, 100_000); // starts the growth
+  idx.set(limit - 1, limit - 1, 21 * HOUR, 7); // set again while its old copy waits to move
+  for (let k = 1; k <= 10; k++) idx.set(200_000 + k, k, 20 * HOUR, k); // the move is part way through
+  t.ok(idx.bytes > idx.capacity * 24, 'both tables are held meanwhile');
+  const bytes = idx.serialize(9);
+  const live = limit - Math.floor(limit / 3) + 1 + 10;
+  t.ok(bytes.length < 200 + (live + 5) * 24, `only live entries are written (${bytes.length} bytes)`);
+  const { index, offset } = DedupIndex.deserialize(bytes, 10 * HOUR);
+  t.equal(offset, 9);
+  let wrong = 0;
+  for (let i = 1; i <= limit; i++) {
+    const got = index.get(i, i);
+    if (i === limit - 1) continue;
+    if (i % 3 === 0 ? got !== null && got.receivedMs !== recvOf(i) : got?.receivedMs !== recvOf(i) || got?.seq !== i) wrong++;
+  }
+  t.equal(wrong, 0, 'every live entry, with its receipt time and seq');
+  t.same(index.get(limit - 1, limit - 1), { receivedMs: 21 * HOUR, seq: 7 }, 'the entry set again keeps its newer value');
+  t.same(index.get(100_000, 1), { receivedMs: 20 * HOUR, seq: 100_000 });
+  for (let k = 1; k <= 10; k++) t.same(index.get(200_000 + k, k), { receivedMs: 20 * HOUR, seq: k });
+  const moved = idx.clone(); // finishes the move: the reference for what the snapshot must hold
+  t.ok(index.size >= moved.size && index.size <= moved.size + Math.floor(limit / 3), 'each entry once (expired ones the move had not reached may remain)');
+  t.ok(index.capacity * 0.3 >= index.size, 'loaded with room to grow');
+});
+
+t.test('a version 1 snapshot (whole tables, written by earlier versions) still loads', async (t) => {
+  const idx = new DedupIndex(HOUR, 16);
+  for (let i = 1; i <= 300; i++) idx.set(i, 300 - i, 500 + i, i * 3);
+  idx.pending.set(fingerprintKey(8, 9), { hi: 8, lo: 9, receivedMs: 42, account: 'acct', eventName: 'ev', identifier: 'id-v1' });
+  // The layout version 1 wrote: header, then the four arrays of every slot.
+  const tables = idx.clone() as unknown as { hi: Uint32Array; lo: Uint32Array; recv: Float64Array; seqs: Float64Array; capacity: number; size: number };
+  const header = Buffer.from(
+    JSON.stringify({ version: 1, offset: 77, windowMs: HOUR, capacity: tables.capacity, size: tables.size, pending: [...idx.pending.values()] }),
+  );
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(header.length);
+  const v1 = Buffer.concat([len, header, ...[tables.hi, tables.lo, tables.recv, tables.seqs].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength))]);
+  const { index, offset } = DedupIndex.deserialize(v1, HOUR);
+  t.equal(offset, 77);
+  t.equal(index.size, 300);
+  for (const i of [1, 150, 300]) t.same(index.get(i, 300 - i), { receivedMs: 500 + i, seq: i * 3 });
+  t.equal(index.pending.get(fingerprintKey(8, 9))?.identifier, 'id-v1');
+  t.throws(() => DedupIndex.deserialize(v1.subarray(0, v1.length - 8), HOUR), /truncated/);
+  const unknown = Buffer.from(v1);
+  unknown.write(JSON.stringify({ version: 9 }).padEnd(header.length), 4);
+  t.throws(() => DedupIndex.deserialize(unknown, HOUR), /unknown version 9/);
+});
