@@ -224,30 +224,43 @@ export class DedupIndex {
    * calls this, and the empty slots, 40–70 % of them, would double the copy).
    */
   serialize(coversOffset: number): Buffer {
-    const tables: Array<{ hi: Uint32Array; lo: Uint32Array; recv: Float64Array; seqs: Float64Array; from: number; cutoff: number }> = [
-      { hi: this.hi, lo: this.lo, recv: this.recv, seqs: this.seqs, from: 0, cutoff: 0 },
-    ];
-    const o = this.old;
-    // The old table's entries that the move would drop as expired are left out, as the move would leave them.
-    if (o) tables.push({ hi: o.hi, lo: o.lo, recv: o.recv, seqs: o.seqs, from: o.next, cutoff: o.cutoff });
-    // An entry of the old table that was set again since the growth began lives in the current one.
-    const written = (t: (typeof tables)[number], j: number) =>
-      t.recv[j] !== EMPTY_RECV && (t === tables[0] || (t.recv[j] >= t.cutoff && this.recv[this.slotOf(t.hi[j], t.lo[j])] === EMPTY_RECV));
-    let n = 0;
-    for (const t of tables) for (let j = t.from; j < t.recv.length; j++) if (written(t, j)) n++;
-    const header = Buffer.from(JSON.stringify({ version: 2, offset: coversOffset, windowMs: this.windowMs, entries: n, pending: [...this.pending.values()] }));
-    const base = 4 + header.length;
-    const out = Buffer.allocUnsafeSlow(base + n * BYTES_PER_SLOT);
+    // Laid out for `size` entries, which counts every live entry once and may count expired ones the move has not
+    // dropped yet: slots left over stay zero, which reads back as empty. One pass, no counting pass.
+    const m = this.size;
+    const header = Buffer.from(JSON.stringify({ version: 2, offset: coversOffset, windowMs: this.windowMs, entries: m, pending: [...this.pending.values()] }));
+    // The arrays start on an 8-byte boundary so that they are written through typed views (a store per field, not a
+    // call): at millions of entries that is what keeps the thread free.
+    const base = snapshotBase(header.length);
+    const out = Buffer.alloc(base + m * BYTES_PER_SLOT);
     out.writeUInt32LE(header.length, 0);
     header.copy(out, 4);
+    const ab = out.buffer as ArrayBuffer;
+    const at = out.byteOffset + base;
+    const hiOut = new Uint32Array(ab, at, m);
+    const loOut = new Uint32Array(ab, at + 4 * m, m);
+    const recvOut = new Float64Array(ab, at + 8 * m, m);
+    const seqOut = new Float64Array(ab, at + 16 * m, m);
     let k = 0;
-    for (const t of tables) {
-      for (let j = t.from; j < t.recv.length; j++) {
-        if (!written(t, j)) continue;
-        out.writeUInt32LE(t.hi[j], base + 4 * k);
-        out.writeUInt32LE(t.lo[j], base + 4 * (n + k));
-        out.writeDoubleLE(t.recv[j], base + 8 * n + 8 * k);
-        out.writeDoubleLE(t.seqs[j], base + 16 * n + 8 * k);
+    const { hi, lo, recv, seqs } = this;
+    for (let j = 0; j < recv.length; j++) {
+      if (recv[j] === EMPTY_RECV) continue;
+      hiOut[k] = hi[j];
+      loOut[k] = lo[j];
+      recvOut[k] = recv[j];
+      seqOut[k] = seqs[j];
+      k++;
+    }
+    const o = this.old;
+    if (o) {
+      // Entries not moved yet: not those the move would drop as expired, nor those set again since (the current
+      // table has them).
+      for (let j = o.next; j < o.recv.length; j++) {
+        const r = o.recv[j];
+        if (r === EMPTY_RECV || r < o.cutoff || this.recv[this.slotOf(o.hi[j], o.lo[j])] !== EMPTY_RECV) continue;
+        hiOut[k] = o.hi[j];
+        loOut[k] = o.lo[j];
+        recvOut[k] = r;
+        seqOut[k] = o.seqs[j];
         k++;
       }
     }
@@ -266,7 +279,7 @@ export class DedupIndex {
       entries?: number;
       pending: PendingCancel[];
     };
-    const base = 4 + hlen;
+    let base = 4 + hlen;
     let index: DedupIndex;
     if (header.version === 1) {
       const cap = header.capacity!;
@@ -287,25 +300,40 @@ export class DedupIndex {
       index.size = header.size!;
     } else if (header.version === 2) {
       const n = header.entries!;
+      base = snapshotBase(hlen);
       if (!Number.isSafeInteger(n) || n < 0 || buf.length !== base + n * BYTES_PER_SLOT) throw new Error(`${what} is truncated`);
+      // Copied into arrays of their own: the buffer read from disk need not be aligned.
+      const section = (from: number, bytes: number) => {
+        const copy = new ArrayBuffer(bytes);
+        new Uint8Array(copy).set(buf.subarray(from, from + bytes));
+        return copy;
+      };
+      const his = new Uint32Array(section(base, 4 * n));
+      const los = new Uint32Array(section(base + 4 * n, 4 * n));
+      const recvs = new Float64Array(section(base + 8 * n, 8 * n));
+      const seqs = new Float64Array(section(base + 16 * n, 8 * n));
       // Room for twice the entries before the next growth, as after a rebuild.
       let cap = 1 << 16;
       while (n + 1 > cap * (MAX_LOAD / 2)) cap <<= 1;
       index = new DedupIndex(windowMs, cap);
       for (let k = 0; k < n; k++) {
-        const hi = buf.readUInt32LE(base + 4 * k);
-        const lo = buf.readUInt32LE(base + 4 * (n + k));
-        const i = index.slotOf(hi, lo);
+        if (recvs[k] === EMPTY_RECV) continue; // a slot the writer did not need
+        const i = index.slotOf(his[k], los[k]);
         if (index.recv[i] === EMPTY_RECV) index.size++;
-        index.hi[i] = hi;
-        index.lo[i] = lo;
-        index.recv[i] = buf.readDoubleLE(base + 8 * n + 8 * k);
-        index.seqs[i] = buf.readDoubleLE(base + 16 * n + 8 * k);
+        index.hi[i] = his[k];
+        index.lo[i] = los[k];
+        index.recv[i] = recvs[k];
+        index.seqs[i] = seqs[k];
       }
     } else throw new Error(`${what} has an unknown version ${header.version}`);
     for (const p of header.pending) index.pending.set(fingerprintKey(p.hi, p.lo), p);
     return { index, offset: header.offset };
   }
+}
+
+/** Where a version 2 snapshot's arrays start: after the length and the header, on an 8-byte boundary. */
+function snapshotBase(headerLength: number): number {
+  return (4 + headerLength + 7) & ~7;
 }
 
 export function fingerprintKey(hi: number, lo: number): string {
