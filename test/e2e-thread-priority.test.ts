@@ -39,7 +39,9 @@ t.test('a thread lowers its own priority and no other thread’s', { skip: !linu
   const worker = new Worker(
     `const { parentPort } = require('node:worker_threads');
      const p = require(${JSON.stringify(path.join(ROOT, 'dist', 'shared', 'thread-priority.js'))});
-     parentPort.postMessage({ tid: p.currentThreadId(), ok: p.lowerCurrentThread(7), again: p.lowerCurrentThread(3) });`,
+     parentPort.postMessage({ tid: p.currentThreadId(), ok: p.lowerCurrentThread(7), again: p.lowerCurrentThread(3) });
+     // Stay alive until terminated: the test reads this thread's priority from /proc meanwhile.
+     parentPort.on('message', () => undefined);`,
     { eval: true },
   );
   const reply = await new Promise<{ tid: number; ok: boolean; again: boolean }>((resolve, reject) => {
