@@ -255,9 +255,7 @@ export class Aggregator {
           // A flush lost its lease, or a renewal found one lost: what was read since must not be written.
           if (this.abandoned || this.leaseLost) await this.reset();
           else if (this.partitions.size < this.owned.length && Date.now() - this.lastAcquireMs >= 500) await this.acquireWaiting();
-          const now = Date.now();
-          const wait = this.buffer.hasWork ? Math.max(0, this.buffer.firstAtMs + this.o.flushIntervalMs - now) : this.o.flushIntervalMs;
-          let records = await this.consumer.poll(POLL_RECORDS, wait);
+          let records = await this.consumer.poll(POLL_RECORDS, Math.max(0, this.msUntilFlushDue()));
           records = await this.lingered(records);
           if (records.length > 0) await this.process(records);
           if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
@@ -278,6 +276,11 @@ export class Aggregator {
     if (this.renewTimer) clearInterval(this.renewTimer);
   }
 
+  /** How long until the buffer must be flushed (negative: overdue); a flush interval when it is empty. */
+  private msUntilFlushDue(): number {
+    return this.buffer.hasWork ? this.buffer.firstAtMs + this.o.flushIntervalMs - Date.now() : this.o.flushIntervalMs;
+  }
+
   /**
    * A poll that found only a few records (a light load) waits briefly for more before they go to a worker: each
    * chunk costs a round trip to the worker whatever its size, and at light load records arrive one request at a time.
@@ -285,8 +288,7 @@ export class Aggregator {
    */
   private async lingered(records: LogRecord[]): Promise<LogRecord[]> {
     if (records.length === 0 || records.length >= LINGER_BELOW_RECORDS || this.stopping) return records;
-    const untilFlush = this.buffer.hasWork ? this.buffer.firstAtMs + this.o.flushIntervalMs - Date.now() : this.o.flushIntervalMs;
-    const linger = Math.min(LINGER_MS, untilFlush);
+    const linger = Math.min(LINGER_MS, this.msUntilFlushDue());
     if (linger <= 0) return records;
     await sleep(linger);
     const more = await this.consumer.poll(POLL_RECORDS - records.length, 0);

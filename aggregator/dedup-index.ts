@@ -285,33 +285,20 @@ export class DedupIndex {
       const cap = header.capacity!;
       if (buf.length !== base + cap * BYTES_PER_SLOT) throw new Error(`${what} is truncated`);
       index = new DedupIndex(windowMs, cap);
-      let at = base;
-      const take = (bytes: number): ArrayBuffer => {
-        const ab = new ArrayBuffer(bytes);
-        new Uint8Array(ab).set(buf.subarray(at, at + bytes));
-        at += bytes;
-        return ab;
-      };
-      index.hi = new Uint32Array(take(cap * 4));
-      index.lo = new Uint32Array(take(cap * 4));
-      index.recv = new Float64Array(take(cap * 8));
-      index.seqs = new Float64Array(take(cap * 8));
+      index.hi = new Uint32Array(copiedSection(buf, base, cap * 4));
+      index.lo = new Uint32Array(copiedSection(buf, base + cap * 4, cap * 4));
+      index.recv = new Float64Array(copiedSection(buf, base + cap * 8, cap * 8));
+      index.seqs = new Float64Array(copiedSection(buf, base + cap * 16, cap * 8));
       index.mask = cap - 1;
       index.size = header.size!;
     } else if (header.version === 2) {
       const n = header.entries!;
       base = snapshotBase(hlen);
       if (!Number.isSafeInteger(n) || n < 0 || buf.length !== base + n * BYTES_PER_SLOT) throw new Error(`${what} is truncated`);
-      // Copied into arrays of their own: the buffer read from disk need not be aligned.
-      const section = (from: number, bytes: number) => {
-        const copy = new ArrayBuffer(bytes);
-        new Uint8Array(copy).set(buf.subarray(from, from + bytes));
-        return copy;
-      };
-      const his = new Uint32Array(section(base, 4 * n));
-      const los = new Uint32Array(section(base + 4 * n, 4 * n));
-      const recvs = new Float64Array(section(base + 8 * n, 8 * n));
-      const seqs = new Float64Array(section(base + 16 * n, 8 * n));
+      const his = new Uint32Array(copiedSection(buf, base, 4 * n));
+      const los = new Uint32Array(copiedSection(buf, base + 4 * n, 4 * n));
+      const recvs = new Float64Array(copiedSection(buf, base + 8 * n, 8 * n));
+      const seqs = new Float64Array(copiedSection(buf, base + 16 * n, 8 * n));
       // Room for twice the entries before the next growth, as after a rebuild.
       let cap = 1 << 16;
       while (n + 1 > cap * (MAX_LOAD / 2)) cap <<= 1;
@@ -329,6 +316,13 @@ export class DedupIndex {
     for (const p of header.pending) index.pending.set(fingerprintKey(p.hi, p.lo), p);
     return { index, offset: header.offset };
   }
+}
+
+/** Bytes of a snapshot copied into an ArrayBuffer of their own: the buffer read from disk need not be aligned. */
+function copiedSection(buf: Buffer, from: number, bytes: number): ArrayBuffer {
+  const copy = new ArrayBuffer(bytes);
+  new Uint8Array(copy).set(buf.subarray(from, from + bytes));
+  return copy;
 }
 
 /** Where a version 2 snapshot's arrays start: after the length and the header, on an 8-byte boundary. */

@@ -75,13 +75,18 @@ export function encodeStreamRecords(
   const ranges = body ? eventRanges(body, events.length) : null;
   return recordGroups(p.account, events, partitions).map(([part, ...indexes]) => {
     if (!body || !ranges) return [part, encodeJsonRecord(header(indexes), Buffer.from(JSON.stringify(indexes.map((i) => raw[i]))))];
-    const own: number[] = new Array(indexes.length * 2);
-    for (let j = 0; j < indexes.length; j++) {
-      own[2 * j] = ranges[2 * indexes[j]];
-      own[2 * j + 1] = ranges[2 * indexes[j] + 1];
-    }
-    return [part, encodeJsonRecord(header(indexes), { source: body, ranges: own })];
+    return [part, encodeJsonRecord(header(indexes), { source: body, ranges: rangesOf(ranges, indexes) })];
   });
+}
+
+/** The [start, end) pairs of the events at `indexes`, out of every event's pairs (eventRanges). */
+function rangesOf(ranges: number[], indexes: number[]): number[] {
+  const own: number[] = new Array(indexes.length * 2);
+  for (let j = 0; j < indexes.length; j++) {
+    own[2 * j] = ranges[2 * indexes[j]];
+    own[2 * j + 1] = ranges[2 * indexes[j] + 1];
+  }
+  return own;
 }
 
 /** A WebSocket batch read and checked: its events, the list they were read from, and the text frame's bytes. */
@@ -106,13 +111,8 @@ export function encodeSocketBatchRecords(p: Principal, receivedMs: number, batch
   const record = (indexes: number[]) => {
     const header: JsonRecordHeader = { account: p.account, livemode: p.livemode, receivedMs, validated: false, generated: [] };
     const derived: Array<[number, number]> = [];
-    const own: number[] = new Array(indexes.length * 2);
-    for (let j = 0; j < indexes.length; j++) {
-      const i = indexes[j];
-      if (sentWithoutIdentifier(raw[i])) derived.push([j, i]);
-      own[2 * j] = ranges[2 * i];
-      own[2 * j + 1] = ranges[2 * i + 1];
-    }
+    for (let j = 0; j < indexes.length; j++) if (sentWithoutIdentifier(raw[indexes[j]])) derived.push([j, indexes[j]]);
+    const own = rangesOf(ranges, indexes);
     if (derived.length > 0) header.derived = { prefix: derivedPrefix!, indexes: derived };
     return encodeJsonRecord(header, { source: text, ranges: own });
   };

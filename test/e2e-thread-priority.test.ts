@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import t from 'tap';
 import { currentThreadId, threadNice } from '../shared/thread-priority';
-import { DISTRIBUTED, eventually, ROOT, startServer } from './helpers/server';
+import { currentRange, DISTRIBUTED, eventually, ROOT, startServer } from './helpers/server';
 
 const linux = fs.existsSync('/proc/thread-self');
 
@@ -74,7 +74,7 @@ t.test('the server runs aggregation at AGGREGATOR_NICE and acknowledgement at no
       stripe.billing.meterEvents.create({ event_name: 'niced', identifier: `n-${i}`, payload: { stripe_customer_id: 'cus_n', value: String(i + 1) } }),
     ),
   );
-  const { start, end } = { start: Math.floor(Date.now() / 60000) * 60 - 3600, end: Math.floor(Date.now() / 60000) * 60 + 120 };
+  const { start, end } = currentRange();
   await eventually(async () => {
     const s = await stripe.billing.meters.listEventSummaries(meter.id, { customer: 'cus_n', start_time: start, end_time: end });
     return s.data.reduce((a, x) => a + x.aggregated_value, 0) === 210;
