@@ -71,7 +71,7 @@ function aggregatorCoordination(config: Config, drivers: Drivers): { snapshots: 
   if (!drivers.sharedLog) return { snapshots: new FileSnapshots(path.join(config.dataDir, 'aggregator')), leases: new SoleOwner() };
   const owner = `${os.hostname()}:${process.pid}:${Date.now().toString(36)}`;
   const snapshots = drivers.state.putBlob
-    ? new StateStoreSnapshots(drivers.state, drivers.consumerGroup)
+    ? new StateStoreSnapshots(drivers.state, drivers.consumerGroup, path.join(config.dataDir, 'aggregator', 'run-cache'))
     : new FileSnapshots(path.join(config.dataDir, 'aggregator'));
   return { snapshots, leases: new StoreLeases(drivers.state, owner, config.leaseMs, drivers.consumerGroup) };
 }
@@ -145,6 +145,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
       flushEvents: config.flushEvents,
       flushIntervalMs: config.flushIntervalMs,
       dedupWindowMs: config.dedupWindowMs,
+      dedupMemoryIdentifiers: config.dedupMemoryIdentifiers,
       snapshotIntervalMs: config.snapshotIntervalMs,
       consumerGroup: drivers.consumerGroup,
       leaseRenewMs: Math.max(250, Math.floor(config.leaseMs / 4)),

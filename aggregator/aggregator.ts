@@ -28,7 +28,8 @@ import { tsvField } from '../shared/analytics-store';
 import type { StateStore } from '../shared/state-store';
 import type { MeterInfo, MeterRegistry } from '../shared/meters';
 import { CANCEL_COLUMNS, RAW_COLUMNS, ROLLUP_COLUMNS } from '../shared/analytics/schema';
-import { DedupIndex, fingerprintKey } from './dedup-index';
+import { fingerprintKey } from './dedup-index';
+import { PartitionIndex, type WorkerTask } from './partition-index';
 import type { SnapshotStore } from './snapshots';
 import type { PartitionLeases } from './leases';
 import { EMIT, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
@@ -53,6 +54,8 @@ export interface AggregatorOptions {
   flushEvents: number;
   flushIntervalMs: number;
   dedupWindowMs: number;
+  /** Identifiers kept in memory (split among the partitions held); the rest are in runs on disk. */
+  dedupMemoryIdentifiers: number;
   snapshotIntervalMs: number;
   consumerGroup?: string;
   /** How often leases are renewed while idle. */
@@ -60,7 +63,7 @@ export interface AggregatorOptions {
 }
 
 interface PartitionState {
-  index: DedupIndex;
+  index: PartitionIndex;
   /** Log offset the last dedup snapshot covers. */
   snapshotOffset: number;
   /** Log offset below which everything is in the store (the rollup watermark). */
@@ -136,6 +139,8 @@ export class Aggregator {
   /** A lease was found lost: the loop resets at its next turn. */
   private leaseLost = false;
   private renewTimer: NodeJS.Timeout | null = null;
+  /** Runs a seal or filter task of the identifier index on the pool (see partition-index.ts). */
+  private readonly runTask: WorkerTask = (task, transfer) => this.pool.run(task, { transferList: transfer });
   /** Counters for health and benchmarks. */
   readonly stats = { events: 0, stored: 0, duplicates: 0, invalid: 0, flushes: 0, lastFlushMs: 0, insertRetries: 0 };
 
@@ -206,20 +211,26 @@ export class Aggregator {
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
     for (const p of taken) {
-      let snap: { index: DedupIndex; offset: number } | null = null;
+      let bytes: Buffer | null = null;
       try {
-        const bytes = await this.o.snapshots.load(p);
-        if (bytes) snap = DedupIndex.deserialize(bytes, this.o.dedupWindowMs, `dedup snapshot of partition ${p}`);
+        bytes = await this.o.snapshots.load(p);
       } catch (err) {
         log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
       }
+      let snap: { index: PartitionIndex; offset: number };
+      try {
+        snap = await PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, bytes, this.runTask);
+      } catch (err) {
+        log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
+        snap = await PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, null, this.runTask);
+      }
       const storedOffset = stored.get(p) ?? 0;
-      const snapshotOffset = snap?.offset ?? 0;
-      if (!snap && (await this.consumer.committed(p)) > 0) {
+      const snapshotOffset = snap.offset;
+      if (!bytes && (await this.consumer.committed(p)) > 0) {
         log.warn('dedup snapshot missing; identifiers received before the retained log are no longer deduplicated', { partition: p });
       }
       const st: PartitionState = {
-        index: snap?.index ?? new DedupIndex(this.o.dedupWindowMs),
+        index: snap.index,
         snapshotOffset,
         storedOffset,
         nextOffset: snapshotOffset,
@@ -227,7 +238,7 @@ export class Aggregator {
       };
       this.partitions.set(p, st);
       this.consumer.seek(p, snapshotOffset);
-      log.info('aggregator partition recovered', { partition: p, snapshotOffset, storedOffset, identifiers: st.index.size });
+      log.info('aggregator partition recovered', { partition: p, snapshotOffset, storedOffset, identifiers: st.index.size, runs: st.index.runCount });
     }
   }
 
@@ -258,6 +269,7 @@ export class Aggregator {
           let records = await this.consumer.poll(POLL_RECORDS, Math.max(0, this.msUntilFlushDue()));
           records = await this.lingered(records);
           if (records.length > 0) await this.process(records);
+          this.maintainIndexes();
           if (this.buffer.hasWork && (this.buffer.events >= this.o.flushEvents || Date.now() >= this.buffer.firstAtMs + this.o.flushIntervalMs)) {
             await this.startFlush();
           }
@@ -274,6 +286,13 @@ export class Aggregator {
       }
     }
     if (this.renewTimer) clearInterval(this.renewTimer);
+  }
+
+  /** Between two batches: installs sealed runs and starts seals of full hot tables (see partition-index.ts). */
+  private maintainIndexes(): void {
+    const hotLimit = Math.max(100, Math.floor(this.o.dedupMemoryIdentifiers / Math.max(1, this.partitions.size)));
+    const nowMs = Date.now();
+    for (const st of this.partitions.values()) st.index.maintain(hotLimit, this.runTask, nowMs);
   }
 
   /** How long until the buffer must be flushed (negative: overdue); a flush interval when it is empty. */
@@ -334,6 +353,7 @@ export class Aggregator {
       ends,
       meters: this.meterList,
       emitFromOffset: this.partitions.get(slice[0].partition)?.storedOffset ?? 0,
+      runs: this.partitions.get(slice[0].partition)?.index.runSet(),
     };
     return this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>;
   }
@@ -362,7 +382,8 @@ export class Aggregator {
       const hi = r.hi[i];
       const lo = r.lo[i];
       const recv = r.receivedMs[i];
-      const prior = st.index.receivedAt(hi, lo);
+      let prior = st.index.receivedAt(hi, lo);
+      if (prior === 0 && r.runRecv.length > 0) prior = r.runRecv[i];
       if (prior !== 0 && recv - prior < windowMs) {
         if ((f & EMIT) !== 0) {
           (dropped ??= []).push(i);
@@ -450,11 +471,13 @@ export class Aggregator {
   }
 
   private applyCancel(st: PartitionState, c: CancelItem, partition: number): void {
-    const prior = st.index.receivedAt(c.hi, c.lo);
+    const inMemory = st.index.receivedAt(c.hi, c.lo);
+    const prior = inMemory !== 0 ? inMemory : c.runRecv;
     if (prior !== 0) {
       // Stripe: an event can be cancelled within 24 hours of its receipt.
       if (c.receivedMs - prior <= this.o.dedupWindowMs) {
-        if (c.emit) this.addCancellation(c.account, c.eventName, c.identifier, st.index.seqOf(c.hi, c.lo), c.receivedMs, partition);
+        const seq = inMemory !== 0 ? st.index.seqOf(c.hi, c.lo) : c.runSeq;
+        if (c.emit) this.addCancellation(c.account, c.eventName, c.identifier, seq, c.receivedMs, partition);
       }
       return;
     }
@@ -484,12 +507,12 @@ export class Aggregator {
     const nowMs = Date.now();
     // The dedup index now covers exactly the records of the sealed buffer: serialize it if a snapshot is due (the bytes
     // are the frozen copy, so the index is copied once, not cloned and then serialized, while requests wait).
-    const snapshots = new Map<number, { bytes: Buffer; offset: number }>();
+    const snapshots = new Map<number, Snapshot>();
     for (const p of b.reached.keys()) {
       const st = this.partitions.get(p);
       if (!st) continue;
       if (nowMs - st.lastSnapshotMs >= this.o.snapshotIntervalMs) {
-        snapshots.set(p, { bytes: st.index.serialize(st.nextOffset), offset: st.nextOffset });
+        snapshots.set(p, { ...st.index.serialize(st.nextOffset), offset: st.nextOffset });
         st.lastSnapshotMs = nowMs;
       }
     }
@@ -505,7 +528,7 @@ export class Aggregator {
       });
   }
 
-  private async flush(b: FlushBuffer, snapshots: Map<number, { bytes: Buffer; offset: number }>): Promise<void> {
+  private async flush(b: FlushBuffer, snapshots: Map<number, Snapshot>): Promise<void> {
     const started = Date.now();
     const raw = Buffer.concat(b.rawParts, b.rawBytes);
     const rollupLines: string[] = [];
@@ -552,6 +575,7 @@ export class Aggregator {
         if (snap) {
           await this.o.snapshots.save(p, snap.bytes);
           st.snapshotOffset = snap.offset;
+          await st.index.snapshotSaved(snap.serial);
         }
         await this.consumer.commit(p, Math.min(st.storedOffset, st.snapshotOffset));
       } catch (err) {
@@ -573,8 +597,10 @@ export class Aggregator {
   }
 
   private async snapshot(p: number, st: PartitionState): Promise<void> {
-    await this.o.snapshots.save(p, st.index.serialize(st.nextOffset));
+    const { bytes, serial } = st.index.serialize(st.nextOffset);
+    await this.o.snapshots.save(p, bytes);
     st.snapshotOffset = st.nextOffset;
+    await st.index.snapshotSaved(serial);
     st.lastSnapshotMs = Date.now();
   }
 
@@ -620,11 +646,13 @@ export class Aggregator {
       metrics.storedOffset.clear();
       metrics.dedupIdentifiers.clear();
       metrics.dedupBytes.clear();
+      metrics.dedupRuns.clear();
       for (const [p, st] of this.partitions) {
         metrics.consumerOffset.child(String(p)).set(st.nextOffset);
         metrics.storedOffset.child(String(p)).set(st.storedOffset);
         metrics.dedupIdentifiers.child(String(p)).set(st.index.size);
         metrics.dedupBytes.child(String(p)).set(st.index.bytes);
+        metrics.dedupRuns.child(String(p)).set(st.index.runCount);
         if (!this.o.log.endOffset) continue;
         try {
           lag.child(String(p)).set(Math.max(0, (await this.o.log.endOffset(p)) - st.storedOffset));
@@ -654,6 +682,7 @@ export class Aggregator {
     } finally {
       await this.consumer.close();
       await this.pool.destroy();
+      await this.o.snapshots.close().catch((err: unknown) => log.warn('could not clear the dedup run cache', { err: String(err) }));
       // A clean hand-over: the next owner need not wait for the leases to expire.
       if (!this.abandoned) await this.o.leases.release([...this.partitions.keys()]).catch(() => undefined);
     }
@@ -662,6 +691,14 @@ export class Aggregator {
 
 function namesUnknownMeter(r: ChunkResult): boolean {
   return r.errors.some((e) => e.code === 'no_meter' || e.code === 'archived_meter');
+}
+
+/** A dedup snapshot taken when a flush's buffer was sealed, saved once the flush has landed. */
+interface Snapshot {
+  bytes: Buffer;
+  offset: number;
+  /** See PartitionIndex.snapshotSaved. */
+  serial: number;
 }
 
 class LeaseLost extends Error {

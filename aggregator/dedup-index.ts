@@ -21,6 +21,14 @@ const MAX_LOAD = 0.6;
  */
 const MIGRATE_SLOTS = 32;
 
+/** Entries as parallel arrays. */
+export interface EntryViews {
+  hi: Uint32Array;
+  lo: Uint32Array;
+  recv: Float64Array;
+  seqs: Float64Array;
+}
+
 /** A table being emptied into the current one: slots below `next` have moved. */
 interface OldTable {
   hi: Uint32Array;
@@ -55,7 +63,7 @@ export class DedupIndex {
   private mostlyExpired = false;
   size = 0;
   /** Adjustments seen before the event they cancel, keyed by fingerprint. */
-  readonly pending = new Map<string, PendingCancel>();
+  pending = new Map<string, PendingCancel>();
 
   constructor(
     readonly windowMs: number,
@@ -221,33 +229,52 @@ export class DedupIndex {
   /**
    * The index and the log offset it covers, as bytes: replay after a crash resumes from that offset. Only the live
    * entries are written, from both tables while the index grows (finishing the move here would hold the thread that
-   * calls this, and the empty slots, 40–70 % of them, would double the copy).
+   * calls this, and the empty slots, 40–70 % of them, would double the copy). `older` (a table being sealed into a
+   * run) is written first, so that this index's entries win on load; `header` adds fields (the runs on disk).
    */
-  serialize(coversOffset: number): Buffer {
+  serialize(coversOffset: number, older: DedupIndex | null = null, header: Record<string, unknown> = {}): Buffer {
     // Laid out for `size` entries, which counts every live entry once and may count expired ones the move has not
     // dropped yet: slots left over stay zero, which reads back as empty. One pass, no counting pass.
-    const m = this.size;
-    const header = Buffer.from(JSON.stringify({ version: 2, offset: coversOffset, windowMs: this.windowMs, entries: m, pending: [...this.pending.values()] }));
+    const m = this.size + (older?.size ?? 0);
+    const head = Buffer.from(
+      JSON.stringify({ ...header, version: 3, offset: coversOffset, windowMs: this.windowMs, entries: m, pending: [...this.pending.values()] }),
+    );
     // The arrays start on an 8-byte boundary so that they are written through typed views (a store per field, not a
     // call): at millions of entries that is what keeps the thread free.
-    const base = snapshotBase(header.length);
+    const base = snapshotBase(head.length);
     const out = Buffer.alloc(base + m * BYTES_PER_SLOT);
-    out.writeUInt32LE(header.length, 0);
-    header.copy(out, 4);
+    out.writeUInt32LE(head.length, 0);
+    head.copy(out, 4);
     const ab = out.buffer as ArrayBuffer;
     const at = out.byteOffset + base;
-    const hiOut = new Uint32Array(ab, at, m);
-    const loOut = new Uint32Array(ab, at + 4 * m, m);
-    const recvOut = new Float64Array(ab, at + 8 * m, m);
-    const seqOut = new Float64Array(ab, at + 16 * m, m);
-    let k = 0;
+    const views: EntryViews = {
+      hi: new Uint32Array(ab, at, m),
+      lo: new Uint32Array(ab, at + 4 * m, m),
+      recv: new Float64Array(ab, at + 8 * m, m),
+      seqs: new Float64Array(ab, at + 16 * m, m),
+    };
+    const k = older ? older.writeLive(views, 0) : 0;
+    this.writeLive(views, k);
+    return out;
+  }
+
+  /** The live entries as arrays of their own (what a run is written from). */
+  liveEntries(): EntryViews {
+    const m = this.size;
+    const views: EntryViews = { hi: new Uint32Array(m), lo: new Uint32Array(m), recv: new Float64Array(m), seqs: new Float64Array(m) };
+    const k = this.writeLive(views, 0);
+    return k === m ? views : { hi: views.hi.slice(0, k), lo: views.lo.slice(0, k), recv: views.recv.slice(0, k), seqs: views.seqs.slice(0, k) };
+  }
+
+  /** Writes the live entries into `out` from position `k`; returns the position after them. */
+  private writeLive(out: EntryViews, k: number): number {
     const { hi, lo, recv, seqs } = this;
     for (let j = 0; j < recv.length; j++) {
       if (recv[j] === EMPTY_RECV) continue;
-      hiOut[k] = hi[j];
-      loOut[k] = lo[j];
-      recvOut[k] = recv[j];
-      seqOut[k] = seqs[j];
+      out.hi[k] = hi[j];
+      out.lo[k] = lo[j];
+      out.recv[k] = recv[j];
+      out.seqs[k] = seqs[j];
       k++;
     }
     const o = this.old;
@@ -257,18 +284,21 @@ export class DedupIndex {
       for (let j = o.next; j < o.recv.length; j++) {
         const r = o.recv[j];
         if (r === EMPTY_RECV || r < o.cutoff || this.recv[this.slotOf(o.hi[j], o.lo[j])] !== EMPTY_RECV) continue;
-        hiOut[k] = o.hi[j];
-        loOut[k] = o.lo[j];
-        recvOut[k] = r;
-        seqOut[k] = o.seqs[j];
+        out.hi[k] = o.hi[j];
+        out.lo[k] = o.lo[j];
+        out.recv[k] = r;
+        out.seqs[k] = o.seqs[j];
         k++;
       }
     }
-    return out;
+    return k;
   }
 
-  /** Reads a snapshot: version 2 (live entries) or version 1 (whole tables, written before). */
-  static deserialize(buf: Buffer, windowMs: number, what = 'dedup snapshot'): { index: DedupIndex; offset: number } {
+  /**
+   * Reads a snapshot: version 3 (live entries and the runs on disk), 2 (live entries, no runs) or 1 (whole tables), the
+   * last two written by earlier versions. `header` is the whole header, for the fields serialize() was given.
+   */
+  static deserialize(buf: Buffer, windowMs: number, what = 'dedup snapshot'): { index: DedupIndex; offset: number; header: Record<string, unknown> } {
     if (buf.length < 4 || buf.length < 4 + buf.readUInt32LE(0)) throw new Error(`${what} is truncated`);
     const hlen = buf.readUInt32LE(0);
     const header = JSON.parse(buf.subarray(4, 4 + hlen).toString('utf8')) as {
@@ -291,7 +321,7 @@ export class DedupIndex {
       index.seqs = new Float64Array(copiedSection(buf, base + cap * 16, cap * 8));
       index.mask = cap - 1;
       index.size = header.size!;
-    } else if (header.version === 2) {
+    } else if (header.version === 2 || header.version === 3) {
       const n = header.entries!;
       base = snapshotBase(hlen);
       if (!Number.isSafeInteger(n) || n < 0 || buf.length !== base + n * BYTES_PER_SLOT) throw new Error(`${what} is truncated`);
@@ -314,7 +344,7 @@ export class DedupIndex {
       }
     } else throw new Error(`${what} has an unknown version ${header.version}`);
     for (const p of header.pending) index.pending.set(fingerprintKey(p.hi, p.lo), p);
-    return { index, offset: header.offset };
+    return { index, offset: header.offset, header };
   }
 }
 

@@ -12,6 +12,7 @@ import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
 import { ownValue } from '../shared/wire/dict';
 import { lowerCurrentThread } from '../shared/thread-priority';
+import { buildFilter, RunReader, seal, type RunRef, type RunSet, type SealTask } from './dedup-runs';
 
 // Aggregating yields the CPU to the threads that acknowledge events (AGGREGATOR_NICE).
 const threadNice = (Piscina.workerData as { threadNice?: number } | undefined)?.threadNice ?? 0;
@@ -32,6 +33,14 @@ export interface ChunkTask {
   meters: MeterInfo[];
   /** Records below this offset are already in the store: fingerprints only. */
   emitFromOffset: number;
+  /** The partition's identifiers on disk, when it has any (see dedup-runs.ts). */
+  runs?: RunSet;
+}
+
+/** Builds a partition's run filter from its runs' files (recovery). */
+export interface FilterTask {
+  kind: 'filter';
+  runs: RunRef[];
 }
 
 export interface SlotPartial {
@@ -65,6 +74,9 @@ export interface CancelItem {
   lo: number;
   receivedMs: number;
   emit: boolean;
+  /** The newest entry of the identifier in the runs on disk (0 when none), and its seq. */
+  runRecv: number;
+  runSeq: number;
 }
 
 export interface ChunkResult {
@@ -76,6 +88,12 @@ export interface ChunkResult {
   lo: Uint32Array;
   receivedMs: Float64Array;
   seq: Float64Array;
+  /**
+   * Per valid event, the newest entry of its identifier in the runs on disk (received time, 0 when none) and its seq;
+   * empty arrays when the partition has no runs.
+   */
+  runRecv: Float64Array;
+  runSeq: Float64Array;
   flags: Uint8Array;
   /** Rollup slot of each event, -1 when the event is not rolled up. */
   slot: Int32Array;
@@ -107,6 +125,8 @@ export function extraPayload(payload: Record<string, string>, customerKey: strin
   for (const k in payload) if (k !== customerKey && k !== valueKey) return JSON.stringify(payload);
   return '';
 }
+
+const runReader = new RunReader();
 
 let meterCache: { source: MeterInfo[]; map: Map<string, MeterInfo> } | null = null;
 
@@ -143,6 +163,9 @@ export function processChunk(task: ChunkTask): ChunkResult {
   const lo = new Uint32Array(total);
   const receivedMs = new Float64Array(total);
   const seq = new Float64Array(total);
+  const runs = task.runs;
+  const runRecv = new Float64Array(runs ? total : 0);
+  const runSeq = new Float64Array(runs ? total : 0);
   const flags = new Uint8Array(total);
   const slot = new Int32Array(total).fill(-1);
   const lineStart = new Uint32Array(total + 1);
@@ -164,7 +187,20 @@ export function processChunk(task: ChunkTask): ChunkResult {
     if (rec.kind === RecordKind.Adjustments) {
       for (const [eventName, identifier] of rec.cancels) {
         const [h, l] = fingerprint(rec.account, identifier);
-        cancels.push({ position: n, account: rec.account, livemode: rec.livemode, eventName, identifier, hi: h, lo: l, receivedMs: rec.receivedMs, emit });
+        const inRuns = task.runs !== undefined && runReader.lookup(task.runs, h, l);
+        cancels.push({
+          position: n,
+          account: rec.account,
+          livemode: rec.livemode,
+          eventName,
+          identifier,
+          hi: h,
+          lo: l,
+          receivedMs: rec.receivedMs,
+          emit,
+          runRecv: inRuns ? runReader.foundRecv : 0,
+          runSeq: inRuns ? runReader.foundSeq : 0,
+        });
       }
       continue;
     }
@@ -221,6 +257,10 @@ export function processChunk(task: ChunkTask): ChunkResult {
         continue;
       }
       flags[n] = VALID | (emit ? EMIT : 0);
+      if (runs !== undefined && runReader.lookup(runs, hi[n], lo[n])) {
+        runRecv[n] = runReader.foundRecv;
+        runSeq[n] = runReader.foundSeq;
+      }
       if (!emit) continue;
       const m = meter!;
       const line =
@@ -288,6 +328,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
     lo,
     receivedMs,
     seq,
+    runRecv,
+    runSeq,
     flags,
     slot,
     lineStart,
@@ -305,9 +347,10 @@ function grow(buf: Buffer, atLeast: number): Buffer {
 }
 
 /** The result's arrays are moved to the main thread, not copied. */
-export default function run(task: ChunkTask): unknown {
+export default function run(task: ChunkTask | SealTask | FilterTask): unknown {
+  if ('kind' in task) return task.kind === 'seal' ? seal(task) : buildFilter(task.runs);
   const r = processChunk(task);
   const buffers = new Set<ArrayBuffer>();
-  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.flags, r.slot, r.lineStart, r.tsv]) buffers.add(a.buffer as ArrayBuffer);
+  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.runRecv, r.runSeq, r.flags, r.slot, r.lineStart, r.tsv]) buffers.add(a.buffer as ArrayBuffer);
   return Piscina.move({ [Piscina.transferableSymbol]: [...buffers], [Piscina.valueSymbol]: r } as unknown as Parameters<typeof Piscina.move>[0]);
 }

@@ -35,6 +35,11 @@ export interface Config {
   gatewayThreads: number;
   /** How long the identifier dedup window and the adjustment window last. */
   dedupWindowMs: number;
+  /**
+   * Identifiers the dedup index keeps in memory per aggregator process (split among its partitions); older ones are
+   * sealed into runs on disk behind a filter of 4–12 bytes per identifier.
+   */
+  dedupMemoryIdentifiers: number;
   /** Seconds between dedup index snapshots (bounds replay after a crash). */
   snapshotIntervalMs: number;
   /** Lifetime of meter event session tokens (Stripe: 15 minutes). */
@@ -192,6 +197,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     aggregatorNice: r.int('AGGREGATOR_NICE', 10, 0, 19),
     gatewayThreads: r.int('GATEWAY_THREADS', os.availableParallelism(), 0, 64),
     dedupWindowMs: r.int('DEDUP_WINDOW_HOURS', 24, 1) * 3600_000,
+    dedupMemoryIdentifiers: r.int('DEDUP_MEMORY_IDENTIFIERS', 1_000_000, 100),
     snapshotIntervalMs: r.int('SNAPSHOT_INTERVAL_S', 60, 1) * 1000,
     sessionTtlMs: r.int('SESSION_TTL_SECONDS', 900, 1) * 1000,
     webhookRetryBaseMs: r.int('WEBHOOK_RETRY_BASE_MS', 60_000, 1),

@@ -95,6 +95,7 @@ export interface StateStore {
   /** Opaque binary values by key (dedup snapshots in the distributed mode), put replaces; optional: the embedded mode keeps them in files. */
   putBlob?(key: string, data: Buffer): Promise<void>;
   getBlob?(key: string): Promise<Buffer | null>;
+  deleteBlob?(key: string): Promise<void>;
 
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;

@@ -93,14 +93,17 @@ export const metrics = {
     ]),
   ),
   dedupIdentifiers: registry.add(
-    new Gauge('meterd_dedup_index_identifiers', 'Per owned partition: identifiers held by the dedup index (those received within the dedup window).', [
-      'partition',
-    ]),
+    new Gauge(
+      'meterd_dedup_index_identifiers',
+      'Per owned partition: identifiers held by the dedup index, in memory and in runs on disk (those received within the dedup window).',
+      ['partition'],
+    ),
   ),
   dedupBytes: registry.add(
-    new Gauge('meterd_dedup_index_bytes', 'Per owned partition: memory of the dedup index tables (grows with the identifiers within the window).', [
-      'partition',
-    ]),
+    new Gauge('meterd_dedup_index_bytes', 'Per owned partition: memory of the dedup index: its tables and the filter of its runs on disk.', ['partition']),
+  ),
+  dedupRuns: registry.add(
+    new Gauge('meterd_dedup_index_runs', 'Per owned partition: runs of identifiers the dedup index keeps on disk (DEDUP_MEMORY_IDENTIFIERS).', ['partition']),
   ),
   eventsStored: registry.add(new Counter('meterd_aggregator_events_stored_total', 'Events counted into the analytics store (after dedup).')),
   flushSeconds: registry.add(

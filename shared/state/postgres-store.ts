@@ -220,6 +220,9 @@ class PostgresTransaction extends TransactionStore {
   getBlob(key: string): Promise<Buffer | null> {
     return this.exec((q) => q.getBlob(key));
   }
+  deleteBlob(key: string): Promise<void> {
+    return this.exec((q) => q.deleteBlob(key));
+  }
 
   /** No new calls from now on; resolves when the calls already made have settled. */
   finish(): Promise<void> {
@@ -382,6 +385,9 @@ export class PostgresStateStore extends SqlStateStore {
   }
   getBlob(key: string): Promise<Buffer | null> {
     return this.exec((q) => q.getBlob(key));
+  }
+  deleteBlob(key: string): Promise<void> {
+    return this.exec((q) => q.deleteBlob(key));
   }
 }
 

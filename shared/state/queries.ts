@@ -264,6 +264,7 @@ export class StateQueries {
         'run',
       ),
       getBlob: new Prepared(db.selectFrom('blobs').select('data').where('key', '=', $[0]), 'first'),
+      deleteBlob: new Prepared(db.deleteFrom('blobs').where('key', '=', $[0]), 'run'),
       createMigrationsTable: new Prepared(
         db.schema
           .createTable('schema_migrations')
@@ -499,6 +500,10 @@ export class StateQueries {
   *putBlob(key: string, data: Buffer): Op<void> {
     if (!Buffer.isBuffer(data)) throw new TypeError('blob data must be a Buffer');
     yield* changes(this.q.putBlob, [key, data, this.now()]);
+  }
+
+  *deleteBlob(key: string): Op<void> {
+    yield* changes(this.q.deleteBlob, [key]);
   }
 
   *getBlob(key: string): Op<Buffer | null> {

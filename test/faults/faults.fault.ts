@@ -35,7 +35,9 @@ async function loadFor(client: { ackedEvents: number }, events: number, minMs: n
 
 t.test('1. kill -9 of one of two aggregators mid-stream: the other takes over, summaries exact', { skip: SKIP, timeout: 240_000 }, async (t) => {
   const started = Date.now();
-  const run = await startCluster(t, { prefix: 'fault-agg', partitions: PARTITIONS, gateways: 1, aggregators: 2 });
+  // Most identifiers leave memory for runs on disk: the survivor must fetch the runs of the partitions it takes over
+  // from the state store, where their dead owner put them.
+  const run = await startCluster(t, { prefix: 'fault-agg', partitions: PARTITIONS, gateways: 1, aggregators: 2, env: { DEDUP_MEMORY_IDENTIFIERS: '300' } });
   const { cluster, client } = run;
   const load = new Load(client, { token: run.token, targets: run.gateways.map((g) => cluster.target(g)) });
   load.start();
@@ -55,6 +57,9 @@ t.test('1. kill -9 of one of two aggregators mid-stream: the other takes over, s
   await loadFor(client, 1000, 1500);
 
   await verifyExact(t, run, load);
+  const metrics = (await cluster.server('agg1').request('GET', '/metrics', { key: null })).text;
+  const runs = [...metrics.matchAll(/meterd_dedup_index_runs\{[^}]*\} (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+  t.ok(runs > 0, `the survivor holds identifiers in runs on disk (${runs} runs)`);
   await cluster.stopAll();
   t.comment(`scenario 1: ${Date.now() - started} ms`);
 });

@@ -18,7 +18,9 @@ export interface Exposition {
   sum(name: string, labels?: Record<string, string>): number;
 }
 
-const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/;
+// prom-client writes NaN as `Nan` (an event-loop lag mean before its first sample); Prometheus parses floats
+// case-insensitively, so both are accepted.
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (-?[0-9.e+-]+|NaN|Nan|\+Inf|-Inf)$/;
 const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/y;
 
 function unescapeLabel(v: string): string {

@@ -1,0 +1,194 @@
+/**
+ * The identifier index's runs on disk: run files and their lookups, the run filter (sealing, retiring, rebuilding), and
+ * a partition index that seals its hot table, snapshots, and loads back from a snapshot that names runs.
+ */
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { buildFilter, emptyFilter, emptyNonces, RunReader, runFileName, seal, writeRun, type RunSet, type SealTask } from '../aggregator/dedup-runs';
+import { fingerprintKey } from '../aggregator/dedup-index';
+import { PartitionIndex, type WorkerTask } from '../aggregator/partition-index';
+import { FileSnapshots } from '../aggregator/snapshots';
+import run from '../aggregator/worker';
+
+const HOUR = 3600_000;
+
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-runs-'));
+}
+
+/** n entries with distinct fingerprints; every 50th shares its `hi` with the one before (a 32-bit collision). */
+function entries(n: number, seed: number, recvBase = 1_000_000) {
+  const hi = new Uint32Array(n);
+  const lo = new Uint32Array(n);
+  const recv = new Float64Array(n);
+  const seq = new Float64Array(n);
+  let x = seed >>> 0 || 1;
+  const next = () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return x >>> 0;
+  };
+  for (let i = 0; i < n; i++) {
+    hi[i] = i % 50 === 1 ? hi[i - 1] : next();
+    lo[i] = next();
+    recv[i] = recvBase + i;
+    seq[i] = i * 128 + 3;
+  }
+  return { hi, lo, recv, seq };
+}
+
+/** The in-thread equivalent of the aggregator's pool. */
+const inThread: WorkerTask = async (task) => run(task);
+
+t.test('a run file answers lookups by full fingerprint, 32-bit collisions included', async (t) => {
+  const dir = tmp();
+  const e = entries(5000, 7);
+  const nonces = emptyNonces();
+  nonces[3] = 0xabc;
+  const file = path.join(dir, runFileName(0, 3, 0xabc));
+  const written = writeRun(file, e.hi, e.lo, e.recv, e.seq);
+  t.same(written, { entries: 5000, newestMs: 1_000_000 + 4999 });
+  const { filter } = buildFilter([{ tag: 3, file, entries: 5000 }]);
+  const runs: RunSet = { filter, nonces, dir, partition: 0 };
+  const reader = new RunReader();
+  let wrong = 0;
+  for (let i = 0; i < 5000; i++) {
+    if (!reader.lookup(runs, e.hi[i], e.lo[i]) || reader.foundRecv !== e.recv[i] || reader.foundSeq !== e.seq[i]) wrong++;
+  }
+  t.equal(wrong, 0, 'every entry is found with its received time and seq');
+  let falseHits = 0;
+  for (let i = 0; i < 5000; i++) if (reader.lookup(runs, e.hi[i], (e.lo[i] + 1) >>> 0)) falseHits++;
+  t.equal(falseHits, 0, 'a fingerprint that differs in its low half is not found, even where the filter matches');
+  nonces[3] = 0;
+  t.notOk(reader.lookup(runs, e.hi[10], e.lo[10]), 'a run no longer named is not read');
+  fs.rmSync(dir, { recursive: true });
+});
+
+t.test('seals retire expired runs from the filter and rebuild it when it fills up', async (t) => {
+  const dir = tmp();
+  const nonces = emptyNonces();
+  const runs: RunSet = { filter: emptyFilter(0), nonces, dir, partition: 1 };
+  const reader = new RunReader();
+  const sets = [entries(1000, 1), entries(1000, 2), entries(3000, 3)];
+  const refs: { tag: number; file: string; entries: number }[] = [];
+  let filled = 0;
+  let filter = runs.filter;
+  const filters: Uint32Array[] = [];
+  for (let k = 0; k < sets.length; k++) {
+    const tag = k + 1;
+    const file = path.join(dir, runFileName(1, tag, 100 + k));
+    const e = sets[k];
+    // The third seal retires the first run.
+    const expired = k === 2 ? refs.slice(0, 1) : [];
+    const kept = refs.filter((r) => !expired.includes(r));
+    const task: SealTask = {
+      kind: 'seal',
+      hi: e.hi.slice(),
+      lo: e.lo.slice(),
+      recv: e.recv.slice(),
+      seq: e.seq.slice(),
+      file,
+      tag,
+      filter,
+      filled,
+      expired,
+      kept,
+    };
+    const result = seal(task);
+    t.same(
+      result.retiredTags,
+      expired.map((r) => r.tag),
+    );
+    filter = result.filter;
+    filled = result.filled;
+    filters.push(filter);
+    for (const r of expired) nonces[r.tag] = 0;
+    nonces[tag] = 100 + k;
+    refs.splice(0, refs.length, ...kept, { tag, file, entries: e.hi.length });
+  }
+  t.equal(filters[0], filters[1], 'a filter with room is filled in place');
+  t.not(filters[2], filters[1], 'a full one is rebuilt into a larger buffer');
+  t.equal(filled, 4000, 'without the retired run');
+  const view: RunSet = { ...runs, filter };
+  const found = sets.map((e) => {
+    let n = 0;
+    for (let i = 0; i < e.hi.length; i++) if (reader.lookup(view, e.hi[i], e.lo[i])) n++;
+    return n;
+  });
+  t.same(found, [0, 1000, 3000], 'the retired run is no longer found; the others are');
+  fs.rmSync(dir, { recursive: true });
+});
+
+/** Calls maintain, as the aggregator does between batches, until the seal it starts is installed. */
+async function sealed(ix: PartitionIndex, hotLimit: number): Promise<void> {
+  const seals = ix.seals + 1;
+  for (let i = 0; i < 200 && ix.seals < seals; i++) {
+    ix.maintain(hotLimit, inThread, Date.now());
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  if (ix.seals < seals) throw new Error('the seal was not installed');
+}
+
+t.test('a partition index seals its hot table into runs, snapshots them by name and loads them back', async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  const ix = new PartitionIndex(2, 24 * HOUR, store);
+  const e = entries(700, 11);
+  const HOT = 200;
+  for (let i = 0; i < 700; i++) {
+    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+    if (ix.hot.size >= HOT) await sealed(ix, HOT);
+  }
+  t.equal(ix.runCount, 3, 'three runs of 200');
+  t.equal(ix.size, 700, 'every identifier is held, on disk or in memory');
+  t.equal(ix.hot.size, 100);
+  t.equal(ix.receivedAt(e.hi[0], e.lo[0]), 0, 'a sealed identifier is no longer in memory');
+  const reader = new RunReader();
+  t.ok(reader.lookup(ix.runSet()!, e.hi[0], e.lo[0]), 'but found on disk');
+  t.equal(reader.foundSeq, e.seq[0]);
+  ix.pending.set(fingerprintKey(1, 2), { hi: 1, lo: 2, receivedMs: 5, account: 'a', eventName: 'n', identifier: 'i' });
+
+  fs.writeFileSync(path.join(dir, runFileName(2, 77, 0x1234)), 'left by a seal a crash interrupted');
+  const { bytes, serial } = ix.serialize(4321);
+  await store.save(2, bytes);
+  await ix.snapshotSaved(serial);
+  const { index, offset } = await PartitionIndex.load(2, 24 * HOUR, store, await store.load(2), inThread);
+  t.equal(offset, 4321);
+  t.equal(index.runCount, 3);
+  t.equal(index.size, 700);
+  t.ok(index.pending.has(fingerprintKey(1, 2)), 'pending cancellations come back');
+  let found = 0;
+  const loaded = index.runSet()!;
+  for (let i = 0; i < 600; i++) if (reader.lookup(loaded, e.hi[i], e.lo[i]) && reader.foundRecv === e.recv[i]) found++;
+  for (let i = 600; i < 700; i++) if (index.receivedAt(e.hi[i], e.lo[i]) === e.recv[i]) found++;
+  t.equal(found, 700, 'every identifier is found after the load');
+  t.notOk(fs.existsSync(path.join(dir, runFileName(2, 77, 0x1234))), 'a run file no snapshot names is removed');
+  fs.rmSync(dir, { recursive: true });
+});
+
+t.test('runs out of the window are retired, and removed once a snapshot no longer names them', async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  const ix = new PartitionIndex(0, HOUR, store);
+  const old = entries(150, 5, 1_000_000);
+  for (let i = 0; i < 150; i++) ix.set(old.hi[i], old.lo[i], old.recv[i], old.seq[i]);
+  await sealed(ix, 100);
+  const firstRun = (await store.localRuns(0))[0];
+  // Two hours later: the first run is out of the window when the next one is sealed.
+  const later = entries(150, 6, 1_000_000 + 2 * HOUR);
+  for (let i = 0; i < 150; i++) ix.set(later.hi[i], later.lo[i], later.recv[i], later.seq[i]);
+  await sealed(ix, 100);
+  t.equal(ix.runCount, 1, 'the new run replaced the expired one');
+  const reader = new RunReader();
+  t.notOk(reader.lookup(ix.runSet()!, old.hi[0], old.lo[0]), 'the expired run is no longer read');
+  t.ok(reader.lookup(ix.runSet()!, later.hi[0], later.lo[0]));
+  t.ok(fs.existsSync(path.join(dir, firstRun)), 'its file stays while the last snapshot names it');
+  const { bytes, serial } = ix.serialize(10);
+  await store.save(0, bytes);
+  await ix.snapshotSaved(serial);
+  t.notOk(fs.existsSync(path.join(dir, firstRun)), 'and goes once a snapshot without it is saved');
+  fs.rmSync(dir, { recursive: true });
+});

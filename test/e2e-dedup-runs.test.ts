@@ -1,0 +1,112 @@
+/**
+ * Identifiers the dedup index has sealed into runs on disk (DEDUP_MEMORY_IDENTIFIERS kept small here, so that almost
+ * every identifier leaves memory) still deduplicate and can still be cancelled, across a graceful restart and a kill -9,
+ * through the public endpoints.
+ */
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startServer, tempDir, eventually, currentRange, DISTRIBUTED, type TestServer } from './helpers/server';
+import { parseExposition } from './helpers/prometheus';
+import { uniqueName } from './helpers/assertions';
+
+const ENV = { DEDUP_MEMORY_IDENTIFIERS: '100', SNAPSHOT_INTERVAL_S: '1', FLUSH_INTERVAL_MS: '50' };
+const CUSTOMER = 'cus_runs';
+const EVENTS = 3000;
+const range = currentRange();
+
+async function session(server: TestServer): Promise<string> {
+  const res = await server.request('POST', '/v2/billing/meter_event_session', { body: '{}', headers: { 'content-type': 'application/json' } });
+  if (res.status !== 200) throw new Error(`meter event session: ${res.status} ${res.text}`);
+  return res.body.authentication_token as string;
+}
+
+/** Sends identifiers `ids` in batches of 100 (value 1 each); every batch must be acknowledged. */
+async function send(server: TestServer, eventName: string, ids: string[]): Promise<void> {
+  const token = await session(server);
+  for (let i = 0; i < ids.length; i += 100) {
+    const body = JSON.stringify({
+      events: ids.slice(i, i + 100).map((id) => ({ event_name: eventName, identifier: id, payload: { stripe_customer_id: CUSTOMER, value: '1' } })),
+    });
+    const res = await server.request('POST', '/v2/billing/meter_event_stream', { key: token, body, headers: { 'content-type': 'application/json' } });
+    if (res.status !== 200) throw new Error(`meter_event_stream: ${res.status} ${res.text}`);
+  }
+}
+
+async function total(server: TestServer, meterId: string): Promise<number> {
+  const q = new URLSearchParams({ customer: CUSTOMER, start_time: String(range.start), end_time: String(range.end) });
+  const res = await server.request('GET', `/v1/billing/meters/${meterId}/event_summaries?${q}`);
+  if (res.status !== 200) throw new Error(`event_summaries: ${res.status} ${res.text}`);
+  return Number(res.body.data[0]?.aggregated_value ?? 0);
+}
+
+/** Waits for the total to reach `want`, then checks that it stays there (nothing counted twice, late). */
+async function settlesAt(t: Test, server: TestServer, meterId: string, want: number, what: string): Promise<void> {
+  await eventually(async () => (await total(server, meterId)) >= want, 30_000).catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 500));
+  t.equal(await total(server, meterId), want, what);
+}
+
+async function metric(server: TestServer, name: string): Promise<number> {
+  const res = await server.request('GET', '/metrics');
+  return parseExposition(res.text).sum(name);
+}
+
+const ids = (from: number, to: number, prefix = 'run-ev-') => Array.from({ length: to - from }, (_, i) => `${prefix}${from + i}`);
+
+t.test('identifiers sealed into runs on disk deduplicate and cancel, across restarts', { timeout: 240_000 }, async (t) => {
+  const dataDir = tempDir();
+  let server = await startServer({ dataDir, env: ENV });
+  const key = server.key;
+  t.teardown(() => server.kill());
+  const eventName = uniqueName('runs');
+  const meter = await server.stripe().billing.meters.create({
+    display_name: 'Runs',
+    event_name: eventName,
+    default_aggregation: { formula: 'sum' },
+    customer_mapping: { type: 'by_id', event_payload_key: 'stripe_customer_id' },
+    value_settings: { event_payload_key: 'value' },
+  });
+
+  await send(server, eventName, ids(0, EVENTS));
+  await settlesAt(t, server, meter.id, EVENTS, 'every event counted once');
+  // Seals run between batches, so a burst makes few, larger runs: at least two here.
+  await eventually(async () => (await metric(server, 'meterd_dedup_index_runs')) >= 2, 20_000).catch(() => undefined);
+  t.ok((await metric(server, 'meterd_dedup_index_runs')) >= 2, 'most identifiers have left memory for runs on disk');
+  t.equal(await metric(server, 'meterd_dedup_index_identifiers'), EVENTS, 'the index still holds every identifier');
+  if (!DISTRIBUTED) {
+    const runs = fs.readdirSync(path.join(dataDir, 'aggregator')).filter((f) => f.endsWith('.run'));
+    t.ok(runs.length >= 2, `run files in DATA_DIR (${runs.length})`);
+  }
+
+  // Every identifier again, and one new: only the new one counts.
+  await send(server, eventName, [...ids(0, EVENTS), 'run-new-1']);
+  await settlesAt(t, server, meter.id, EVENTS + 1, 'identifiers found on disk are not counted again');
+  t.ok((await metric(server, 'meterd_aggregator_dedup_hits_total')) >= EVENTS, 'they were dropped as duplicates');
+
+  // Cancelling the first events, long sealed away.
+  for (const id of ids(0, 5)) {
+    const res = await server.request('POST', '/v2/billing/meter_event_adjustments', {
+      key,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ event_name: eventName, type: 'cancel', cancel: { identifier: id } }),
+    });
+    t.equal(res.status, 200, `cancel ${id}`);
+  }
+  await settlesAt(t, server, meter.id, EVENTS + 1 - 5, 'events whose identifiers are on disk can be cancelled');
+
+  // A graceful restart, then a kill -9: the snapshot names the runs, and the runs are found again.
+  await server.stop();
+  server = await startServer({ dataDir, key, env: ENV });
+  await send(server, eventName, [...ids(1000, 2000), 'run-new-2']);
+  await settlesAt(t, server, meter.id, EVENTS + 2 - 5, 'after a restart, identifiers on disk still deduplicate');
+
+  await send(server, eventName, ids(3000, 3500, 'run-ev-'));
+  await server.kill();
+  server = await startServer({ dataDir, key, env: ENV });
+  await send(server, eventName, [...ids(0, 3500), 'run-new-3']);
+  await settlesAt(t, server, meter.id, 3500 + 3 - 5, 'after a kill -9, too (and cancelled events stay cancelled)');
+  t.equal(await metric(server, 'meterd_dedup_index_identifiers'), 3500 + 3, 'no identifier was lost or held twice');
+  await server.stop();
+  fs.rmSync(dataDir, { recursive: true, force: true });
+});
