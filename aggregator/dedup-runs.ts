@@ -322,25 +322,17 @@ export function seal(task: SealTask): SealResult {
     for (let k = 0; k < hi.length; k++) filterRetire(filter, hi[k], lo[k], run.tag);
   }
   if (filled + entries > filter.length * MAX_FILL) {
-    // Rebuilt from the kept runs' files: tombstones go, and the table gets room for as many entries again.
-    let live = entries;
-    for (const run of task.kept) live += run.entries;
-    filter = emptyFilter(live);
-    filled = 0;
-    for (const run of task.kept) {
-      const { hi, lo } = readRunFingerprints(run.file);
-      for (let k = 0; k < hi.length; k++) filterInsert(filter, hi[k], lo[k], run.tag);
-      filled += hi.length;
-    }
+    // Rebuilt from the kept runs' files: tombstones go, and the new table starts at REBUILT_FILL.
+    ({ filter, filled } = buildFilter(task.kept, entries));
   }
   for (let k = 0; k < entries; k++) filterInsert(filter, task.hi[k], task.lo[k], task.tag);
   filled += entries;
   return { entries, newestMs, filter, filled, retiredTags: task.expired.map((r) => r.tag) };
 }
 
-/** A filter built from runs' files (at recovery). */
-export function buildFilter(runs: RunRef[]): { filter: Uint32Array; filled: number } {
-  let live = 0;
+/** A filter built from runs' files (at recovery, and when a seal finds the filter full), with room for `more`. */
+export function buildFilter(runs: RunRef[], more = 0): { filter: Uint32Array; filled: number } {
+  let live = more;
   for (const run of runs) live += run.entries;
   const filter = emptyFilter(live);
   let filled = 0;
