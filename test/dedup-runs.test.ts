@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { buildFilter, emptyFilter, emptyNonces, RunReader, runFileName, seal, writeRun, type RunSet, type SealTask } from '../aggregator/dedup-runs';
 import { fingerprintKey } from '../aggregator/dedup-index';
-import { PartitionIndex, type WorkerTask } from '../aggregator/partition-index';
+import { PartitionIndex, type RunStore, type WorkerTask } from '../aggregator/partition-index';
 import { FileSnapshots } from '../aggregator/snapshots';
 import run from '../aggregator/worker';
 
@@ -190,5 +190,45 @@ t.test('runs out of the window are retired, and removed once a snapshot no longe
   await store.save(0, bytes);
   await ix.snapshotSaved(serial);
   t.notOk(fs.existsSync(path.join(dir, firstRun)), 'and goes once a snapshot without it is saved');
+  fs.rmSync(dir, { recursive: true });
+});
+
+t.test('a seal that fails keeps the identifiers in memory and is retried', async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  // The run directory is unwritable for a while: the seal's file cannot be created.
+  const blocked = path.join(dir, 'blocked');
+  fs.writeFileSync(blocked, 'not a directory');
+  const failing: RunStore = {
+    runDir: () => blocked,
+    persistRun: () => store.persistRun(),
+    fetchRun: (p, name) => store.fetchRun(p, name),
+    removeRun: (p, name) => store.removeRun(p, name),
+    localRuns: (p) => store.localRuns(p),
+  };
+  const ix = new PartitionIndex(0, HOUR, failing);
+  const e = entries(150, 9);
+  for (let i = 0; i < 150; i++) ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+  const now = Date.now();
+  ix.maintain(100, inThread, now);
+  for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 5));
+  ix.maintain(100, inThread, now);
+  t.equal(ix.runCount, 0, 'no run was installed');
+  let inMemory = 0;
+  for (let i = 0; i < 150; i++) if (ix.receivedAt(e.hi[i], e.lo[i]) === e.recv[i]) inMemory++;
+  t.equal(inMemory, 150, 'every identifier is still found in memory (the frozen table)');
+  t.equal(ix.size, 150);
+  // The directory comes back; after the retry delay the seal is tried again and succeeds.
+  fs.rmSync(blocked);
+  fs.mkdirSync(blocked);
+  for (let i = 0; i < 200 && ix.seals === 0; i++) {
+    ix.maintain(100, inThread, now + 60_000);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  t.equal(ix.runCount, 1, 'the retried seal installed a run');
+  const reader = new RunReader();
+  let onDisk = 0;
+  for (let i = 0; i < 150; i++) if (ix.receivedAt(e.hi[i], e.lo[i]) === 0 && reader.lookup(ix.runSet()!, e.hi[i], e.lo[i])) onDisk++;
+  t.equal(onDisk, 150, 'and the identifiers moved to it');
   fs.rmSync(dir, { recursive: true });
 });
