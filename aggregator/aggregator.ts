@@ -29,7 +29,7 @@ import type { StateStore } from '../shared/state-store';
 import type { MeterInfo, MeterRegistry } from '../shared/meters';
 import { CANCEL_COLUMNS, RAW_COLUMNS, ROLLUP_COLUMNS } from '../shared/analytics/schema';
 import { fingerprintKey } from './dedup-index';
-import { PartitionIndex, type WorkerTask } from './partition-index';
+import { CorruptSnapshotError, PartitionIndex, type WorkerTask } from './partition-index';
 import type { SnapshotStore } from './snapshots';
 import type { PartitionLeases } from './leases';
 import { EMIT, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
@@ -211,24 +211,17 @@ export class Aggregator {
     );
     const stored = new Map(marks.map((m) => [Number(m.partition), Number(m.wm)]));
     for (const p of taken) {
-      let bytes: Buffer | null = null;
-      try {
-        bytes = await this.o.snapshots.load(p);
-      } catch (err) {
-        log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
-      }
       let snap: { index: PartitionIndex; offset: number };
       try {
-        snap = await PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, bytes, this.runTask);
+        snap = await this.recoverIndex(p);
       } catch (err) {
-        log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: String(err) });
-        snap = await PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, null, this.runTask);
+        // The snapshot or a run it names cannot be read for now (a store outage): the partition waits, unprocessed,
+        // and the loop tries again; starting without them would count again what they deduplicate.
+        log.warn('could not read the dedup snapshot or its runs; retrying', { partition: p, err: String(err) });
+        continue;
       }
       const storedOffset = stored.get(p) ?? 0;
       const snapshotOffset = snap.offset;
-      if (!bytes && (await this.consumer.committed(p)) > 0) {
-        log.warn('dedup snapshot missing; identifiers received before the retained log are no longer deduplicated', { partition: p });
-      }
       const st: PartitionState = {
         index: snap.index,
         snapshotOffset,
@@ -239,6 +232,21 @@ export class Aggregator {
       this.partitions.set(p, st);
       this.consumer.seek(p, snapshotOffset);
       log.info('aggregator partition recovered', { partition: p, snapshotOffset, storedOffset, identifiers: st.index.size, runs: st.index.runCount });
+    }
+  }
+
+  /** A partition's dedup index from its last snapshot; rejects while the snapshot store cannot be read. */
+  private async recoverIndex(p: number): Promise<{ index: PartitionIndex; offset: number }> {
+    const bytes = await this.o.snapshots.load(p);
+    if (!bytes && (await this.consumer.committed(p)) > 0) {
+      log.warn('dedup snapshot missing; identifiers received before the retained log are no longer deduplicated', { partition: p });
+    }
+    try {
+      return await PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, bytes, this.runTask);
+    } catch (err) {
+      if (!(err instanceof CorruptSnapshotError)) throw err;
+      log.error('dedup snapshot unreadable; rebuilding the index from the retained log', { partition: p, err: err.message });
+      return PartitionIndex.load(p, this.o.dedupWindowMs, this.o.snapshots, null, this.runTask);
     }
   }
 

@@ -89,6 +89,8 @@ export interface SealResult {
   filled: number;
   /** Tags of the runs retired from the filter (the task's expired runs). */
   retiredTags: number[];
+  /** Tags of kept runs whose files could not be read when the filter was rebuilt: left out of it. */
+  unreadableTags: number[];
 }
 
 export function emptyFilter(entries: number): Uint32Array {
@@ -317,29 +319,47 @@ export function seal(task: SealTask): SealResult {
   const { entries, newestMs } = writeRun(task.file, task.hi, task.lo, task.recv, task.seq);
   let filter = task.filter;
   let filled = task.filled;
+  // An expired run that cannot be read keeps its words: the filter is rebuilt without them instead.
+  let rebuild = filled + entries > filter.length * MAX_FILL;
   for (const run of task.expired) {
-    const { hi, lo } = readRunFingerprints(run.file);
-    for (let k = 0; k < hi.length; k++) filterRetire(filter, hi[k], lo[k], run.tag);
+    try {
+      const { hi, lo } = readRunFingerprints(run.file);
+      for (let k = 0; k < hi.length; k++) filterRetire(filter, hi[k], lo[k], run.tag);
+    } catch {
+      rebuild = true;
+    }
   }
-  if (filled + entries > filter.length * MAX_FILL) {
+  let unreadableTags: number[] = [];
+  if (rebuild) {
     // Rebuilt from the kept runs' files: tombstones go, and the new table starts at REBUILT_FILL.
-    ({ filter, filled } = buildFilter(task.kept, entries));
+    ({ filter, filled, unreadableTags } = buildFilter(task.kept, entries));
   }
   for (let k = 0; k < entries; k++) filterInsert(filter, task.hi[k], task.lo[k], task.tag);
   filled += entries;
-  return { entries, newestMs, filter, filled, retiredTags: task.expired.map((r) => r.tag) };
+  return { entries, newestMs, filter, filled, retiredTags: task.expired.map((r) => r.tag), unreadableTags };
 }
 
-/** A filter built from runs' files (at recovery, and when a seal finds the filter full), with room for `more`. */
-export function buildFilter(runs: RunRef[], more = 0): { filter: Uint32Array; filled: number } {
+/**
+ * A filter built from runs' files (at recovery, and when a seal rebuilds it), with room for `more`. A run whose file
+ * cannot be read is left out and reported, not fatal: the others still deduplicate.
+ */
+export function buildFilter(runs: RunRef[], more = 0): { filter: Uint32Array; filled: number; unreadableTags: number[] } {
   let live = more;
   for (const run of runs) live += run.entries;
   const filter = emptyFilter(live);
   let filled = 0;
+  const unreadableTags: number[] = [];
   for (const run of runs) {
-    const { hi, lo } = readRunFingerprints(run.file);
+    let fingerprints: { hi: Uint32Array; lo: Uint32Array };
+    try {
+      fingerprints = readRunFingerprints(run.file);
+    } catch {
+      unreadableTags.push(run.tag);
+      continue;
+    }
+    const { hi, lo } = fingerprints;
     for (let k = 0; k < hi.length; k++) filterInsert(filter, hi[k], lo[k], run.tag);
     filled += hi.length;
   }
-  return { filter, filled };
+  return { filter, filled, unreadableTags };
 }

@@ -31,9 +31,19 @@ export interface RunStore {
   /** Makes the run's file present in runDir (fetching it after a take-over); rejects when the run is gone. */
   fetchRun(partition: number, name: string): Promise<void>;
   removeRun(partition: number, name: string): Promise<void>;
-  /** Run files of the partition in runDir, finished or not. */
-  localRuns(partition: number): Promise<string[]>;
+  /** The partition's runs wherever this store keeps them (finished or not): those no snapshot names are removed. */
+  storedRuns(partition: number): Promise<string[]>;
 }
+
+/** A run a snapshot names is gone (its file or blob): its identifiers are no longer deduplicated. */
+export class RunMissingError extends Error {
+  constructor(readonly run: string) {
+    super(`dedup run ${run} is missing`);
+  }
+}
+
+/** A snapshot that cannot be read (truncated, of an unknown version): the index is rebuilt from the retained log. */
+export class CorruptSnapshotError extends Error {}
 
 export type WorkerTask = (task: SealTask | FilterTask, transfer: ArrayBuffer[]) => Promise<unknown>;
 
@@ -180,6 +190,8 @@ export class PartitionIndex {
           partition: this.partition,
           err: String(err),
         });
+        // The retry writes a run of another name: this one's file (and blob) would be left behind.
+        for (const leftover of [name, `${name}.tmp`]) await this.store.removeRun(this.partition, leftover).catch(() => undefined);
       } finally {
         this.sealing = false;
       }
@@ -189,13 +201,17 @@ export class PartitionIndex {
   private install(): void {
     const { result, run } = this.sealed!;
     this.sealed = null;
-    const cutoffTags = new Set(result.retiredTags);
+    const unreadable = new Set(result.unreadableTags);
+    const leaving = new Set([...result.retiredTags, ...unreadable]);
     for (const r of this.runs) {
-      if (!cutoffTags.has(r.tag)) continue;
+      if (!leaving.has(r.tag)) continue;
+      if (unreadable.has(r.tag)) {
+        log.error('dedup run unreadable; its identifiers are no longer deduplicated', { partition: this.partition, run: this.runName(r) });
+      }
       this.nonces[r.tag] = 0;
       this.retired.push({ name: this.runName(r), after: this.serialized + 1 });
     }
-    this.runs = this.runs.filter((r) => !cutoffTags.has(r.tag));
+    this.runs = this.runs.filter((r) => !leaving.has(r.tag));
     this.runs.push(run);
     this.nonces[run.tag] = run.nonce;
     this.filter = result.filter;
@@ -221,14 +237,17 @@ export class PartitionIndex {
       try {
         await this.store.removeRun(this.partition, r.name);
       } catch (err) {
-        log.warn('could not remove a retired dedup run', { partition: this.partition, run: r.name, err: String(err) });
+        this.retired.push(r); // tried again after the next snapshot
+        log.warn('could not remove a retired dedup run; will retry', { partition: this.partition, run: r.name, err: String(err) });
       }
     }
   }
 
   /**
-   * A partition's index from its snapshot (null: none): the runs it names are fetched and their filter built; run files
-   * it does not name (a seal a crash interrupted) are removed.
+   * A partition's index from its snapshot (null: none): the runs it names are fetched and their filter built; the
+   * partition's runs it does not name (left by a seal that a crash interrupted) are removed. Rejects with
+   * CorruptSnapshotError for a snapshot that cannot be read, and with the store's error when a run cannot be fetched
+   * for now (an outage: the caller tries again); a run that is gone, or unreadable, is left out, with an error logged.
    */
   static async load(
     partition: number,
@@ -237,37 +256,47 @@ export class PartitionIndex {
     bytes: Buffer | null,
     runTask: WorkerTask,
   ): Promise<{ index: PartitionIndex; offset: number }> {
-    if (!bytes) {
-      await removeUnnamed(partition, store, new Set());
-      return { index: new PartitionIndex(partition, windowMs, store), offset: 0 };
+    // Without a snapshot nothing says which stored runs are current: none is removed.
+    if (!bytes) return { index: new PartitionIndex(partition, windowMs, store), offset: 0 };
+    let snap: ReturnType<typeof DedupIndex.deserialize>;
+    try {
+      snap = DedupIndex.deserialize(bytes, windowMs, `dedup snapshot of partition ${partition}`);
+    } catch (err) {
+      throw new CorruptSnapshotError(String((err as Error)?.message ?? err));
     }
-    const snap = DedupIndex.deserialize(bytes, windowMs, `dedup snapshot of partition ${partition}`);
     const index = new PartitionIndex(partition, windowMs, store, snap.index);
     const named = Array.isArray(snap.header.runs) ? (snap.header.runs as RunMeta[]) : [];
     for (const run of named) {
-      const name = index.runName(run);
       try {
-        await store.fetchRun(partition, name);
+        await store.fetchRun(partition, index.runName(run));
         index.runs.push(run);
-        index.nonces[run.tag] = run.nonce;
-        if (run.newestMs > index.newestMs) index.newestMs = run.newestMs;
       } catch (err) {
-        log.error('dedup run missing; its identifiers are no longer deduplicated', { partition, run: name, err: String(err) });
+        if (!(err instanceof RunMissingError)) throw err;
+        log.error('dedup run missing; its identifiers are no longer deduplicated', { partition, run: err.run });
       }
     }
-    await removeUnnamed(partition, store, new Set(index.runs.map((r) => index.runName(r))));
     if (index.runs.length > 0) {
       const task: FilterTask = { kind: 'filter', runs: index.runs.map((r) => index.ref(r)) };
-      const built = (await runTask(task, [])) as { filter: Uint32Array; filled: number };
+      const built = (await runTask(task, [])) as { filter: Uint32Array; filled: number; unreadableTags: number[] };
+      const unreadable = new Set(built.unreadableTags);
+      for (const r of index.runs) {
+        if (unreadable.has(r.tag)) log.error('dedup run unreadable; its identifiers are no longer deduplicated', { partition, run: index.runName(r) });
+      }
+      index.runs = index.runs.filter((r) => !unreadable.has(r.tag));
       index.filter = built.filter;
       index.filled = built.filled;
     }
+    for (const run of index.runs) {
+      index.nonces[run.tag] = run.nonce;
+      if (run.newestMs > index.newestMs) index.newestMs = run.newestMs;
+    }
+    await removeUnnamed(partition, store, new Set(index.runs.map((r) => index.runName(r))));
     return { index, offset: snap.offset };
   }
 }
 
 async function removeUnnamed(partition: number, store: RunStore, named: Set<string>): Promise<void> {
-  for (const name of await store.localRuns(partition)) {
+  for (const name of await store.storedRuns(partition)) {
     if (named.has(name)) continue;
     try {
       await store.removeRun(partition, name);

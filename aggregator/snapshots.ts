@@ -7,7 +7,7 @@ import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { StateStore } from '../shared/state-store';
-import type { RunStore } from './partition-index';
+import { RunMissingError, type RunStore } from './partition-index';
 
 export interface SnapshotStore extends RunStore {
   load(partition: number): Promise<Buffer | null>;
@@ -50,14 +50,19 @@ export class FileSnapshots implements SnapshotStore {
   async persistRun(): Promise<void> {}
 
   async fetchRun(_partition: number, name: string): Promise<void> {
-    await fs.access(path.join(this.dir, name));
+    try {
+      await fs.access(path.join(this.dir, name));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new RunMissingError(name);
+      throw err;
+    }
   }
 
   removeRun(_partition: number, name: string): Promise<void> {
     return unlinkIfPresent(path.join(this.dir, name));
   }
 
-  localRuns(partition: number): Promise<string[]> {
+  storedRuns(partition: number): Promise<string[]> {
     return runFilesIn(this.dir, partition);
   }
 
@@ -110,11 +115,12 @@ export class StateStoreSnapshots implements SnapshotStore {
     private readonly prefix: string,
     cacheRoot: string,
   ) {
-    if (!state.putBlob || !state.getBlob || !state.deleteBlob) throw new Error('this state store cannot keep snapshots (no blob support)');
+    if (!state.putBlob || !state.getBlob || !state.deleteBlob || !state.listBlobKeys)
+      throw new Error('this state store cannot keep snapshots (no blob support)');
     fsSync.mkdirSync(cacheRoot, { recursive: true });
     for (const entry of fsSync.readdirSync(cacheRoot)) {
       const pid = Number(entry);
-      if (Number.isInteger(pid) && pid > 0 && (pid === process.pid || !processRuns(pid)))
+      if (Number.isInteger(pid) && pid > 0 && (pid === process.pid || !processAlive(pid)))
         fsSync.rmSync(path.join(cacheRoot, entry), { recursive: true, force: true });
     }
     this.cacheDir = path.join(cacheRoot, String(process.pid));
@@ -122,7 +128,11 @@ export class StateStoreSnapshots implements SnapshotStore {
   }
 
   private runKey(p: number, name: string): string {
-    return `${this.prefix}/dedup-p${p}/${name}`;
+    return `${this.runPrefix(p)}${name}`;
+  }
+
+  private runPrefix(p: number): string {
+    return `${this.prefix}/dedup-p${p}/`;
   }
 
   runDir(): string {
@@ -142,7 +152,7 @@ export class StateStoreSnapshots implements SnapshotStore {
       // not cached: fetched below
     }
     const data = await this.state.getBlob!(this.runKey(p, name));
-    if (!data) throw new Error(`dedup run ${name} is not in the state store`);
+    if (!data) throw new RunMissingError(name);
     await fs.writeFile(file + '.tmp', data);
     await fs.rename(file + '.tmp', file);
   }
@@ -152,8 +162,11 @@ export class StateStoreSnapshots implements SnapshotStore {
     await unlinkIfPresent(path.join(this.cacheDir, name));
   }
 
-  localRuns(partition: number): Promise<string[]> {
-    return runFilesIn(this.cacheDir, partition);
+  /** The partition's runs in the state store, and the files in this process's cache. */
+  async storedRuns(partition: number): Promise<string[]> {
+    const prefix = this.runPrefix(partition);
+    const blobs = (await this.state.listBlobKeys!(prefix)).map((k) => k.slice(prefix.length));
+    return [...new Set([...blobs, ...(await runFilesIn(this.cacheDir, partition))])];
   }
 
   async close(): Promise<void> {
@@ -169,7 +182,7 @@ export class StateStoreSnapshots implements SnapshotStore {
   }
 }
 
-function processRuns(pid: number): boolean {
+function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -96,6 +96,8 @@ export interface StateStore {
   putBlob?(key: string, data: Buffer): Promise<void>;
   getBlob?(key: string): Promise<Buffer | null>;
   deleteBlob?(key: string): Promise<void>;
+  /** Keys of the blobs whose key starts with `prefix`. */
+  listBlobKeys?(prefix: string): Promise<string[]>;
 
   /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;

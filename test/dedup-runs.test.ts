@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { buildFilter, emptyFilter, emptyNonces, RunReader, runFileName, seal, writeRun, type RunSet, type SealTask } from '../aggregator/dedup-runs';
 import { fingerprintKey } from '../aggregator/dedup-index';
-import { PartitionIndex, type RunStore, type WorkerTask } from '../aggregator/partition-index';
+import { CorruptSnapshotError, PartitionIndex, type RunStore, type WorkerTask } from '../aggregator/partition-index';
 import { FileSnapshots } from '../aggregator/snapshots';
 import run from '../aggregator/worker';
 
@@ -176,7 +176,7 @@ t.test('runs out of the window are retired, and removed once a snapshot no longe
   const old = entries(150, 5, 1_000_000);
   for (let i = 0; i < 150; i++) ix.set(old.hi[i], old.lo[i], old.recv[i], old.seq[i]);
   await sealed(ix, 100);
-  const firstRun = (await store.localRuns(0))[0];
+  const firstRun = (await store.storedRuns(0))[0];
   // Two hours later: the first run is out of the window when the next one is sealed.
   const later = entries(150, 6, 1_000_000 + 2 * HOUR);
   for (let i = 0; i < 150; i++) ix.set(later.hi[i], later.lo[i], later.recv[i], later.seq[i]);
@@ -204,7 +204,7 @@ t.test('a seal that fails keeps the identifiers in memory and is retried', async
     persistRun: () => store.persistRun(),
     fetchRun: (p, name) => store.fetchRun(p, name),
     removeRun: (p, name) => store.removeRun(p, name),
-    localRuns: (p) => store.localRuns(p),
+    storedRuns: (p) => store.storedRuns(p),
   };
   const ix = new PartitionIndex(0, HOUR, failing);
   const e = entries(150, 9);
@@ -230,5 +230,60 @@ t.test('a seal that fails keeps the identifiers in memory and is retried', async
   let onDisk = 0;
   for (let i = 0; i < 150; i++) if (ix.receivedAt(e.hi[i], e.lo[i]) === 0 && reader.lookup(ix.runSet()!, e.hi[i], e.lo[i])) onDisk++;
   t.equal(onDisk, 150, 'and the identifiers moved to it');
+  fs.rmSync(dir, { recursive: true });
+});
+
+/** An index of 400 identifiers in four runs of 100, snapshotted into `store`. */
+async function sealedIndex(store: FileSnapshots, dir: string): Promise<{ names: string[]; e: ReturnType<typeof entries> }> {
+  const ix = new PartitionIndex(3, 24 * HOUR, store);
+  const e = entries(400, 21);
+  for (let i = 0; i < 400; i++) {
+    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+    if (ix.hot.size >= 100) await sealed(ix, 100);
+  }
+  const { bytes } = ix.serialize(99);
+  await store.save(3, bytes);
+  const names = (await store.storedRuns(3)).sort();
+  if (names.length !== 4 || !fs.existsSync(path.join(dir, names[0]))) throw new Error(`expected 4 runs, found ${names.join(',')}`);
+  return { names, e };
+}
+
+t.test('loading: a missing or unreadable run is left out, the others still deduplicate', async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  const { names, e } = await sealedIndex(store, dir);
+  fs.rmSync(path.join(dir, names[0]));
+  fs.truncateSync(path.join(dir, names[1]), 100);
+  const { index, offset } = await PartitionIndex.load(3, 24 * HOUR, store, await store.load(3), inThread);
+  t.equal(offset, 99);
+  t.equal(index.runCount, 2, 'the two intact runs are kept');
+  t.same((await store.storedRuns(3)).sort(), names.slice(2), 'the unreadable run file is removed with the missing one');
+  const reader = new RunReader();
+  let found = 0;
+  for (let i = 0; i < 400; i++) if (reader.lookup(index.runSet()!, e.hi[i], e.lo[i])) found++;
+  t.equal(found, 200, "the intact runs' identifiers are found");
+  fs.rmSync(dir, { recursive: true });
+});
+
+t.test('loading: a corrupt snapshot rejects as such, an outage rejects and removes nothing, no snapshot removes nothing', async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  const { names } = await sealedIndex(store, dir);
+  const bytes = (await store.load(3))!;
+  const corrupt = await PartitionIndex.load(3, 24 * HOUR, store, bytes.subarray(0, 20), inThread).catch((err: unknown) => err);
+  t.ok(corrupt instanceof CorruptSnapshotError, 'a truncated snapshot rejects with CorruptSnapshotError');
+  const outage: RunStore = {
+    runDir: () => dir,
+    persistRun: () => store.persistRun(),
+    fetchRun: async () => {
+      throw new Error('connection refused');
+    },
+    removeRun: (p, name) => store.removeRun(p, name),
+    storedRuns: (p) => store.storedRuns(p),
+  };
+  await t.rejects(PartitionIndex.load(3, 24 * HOUR, outage, bytes, inThread), /connection refused/, 'a run that cannot be fetched for now fails the load');
+  const empty = await PartitionIndex.load(3, 24 * HOUR, store, null, inThread);
+  t.equal(empty.index.size, 0);
+  t.same((await store.storedRuns(3)).sort(), names, 'every run file is still there');
   fs.rmSync(dir, { recursive: true });
 });

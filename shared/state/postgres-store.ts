@@ -223,6 +223,9 @@ class PostgresTransaction extends TransactionStore {
   deleteBlob(key: string): Promise<void> {
     return this.exec((q) => q.deleteBlob(key));
   }
+  listBlobKeys(prefix: string): Promise<string[]> {
+    return this.exec((q) => q.listBlobKeys(prefix));
+  }
 
   /** No new calls from now on; resolves when the calls already made have settled. */
   finish(): Promise<void> {
@@ -388,6 +391,9 @@ export class PostgresStateStore extends SqlStateStore {
   }
   deleteBlob(key: string): Promise<void> {
     return this.exec((q) => q.deleteBlob(key));
+  }
+  listBlobKeys(prefix: string): Promise<string[]> {
+    return this.exec((q) => q.listBlobKeys(prefix));
   }
 }
 

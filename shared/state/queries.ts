@@ -265,6 +265,7 @@ export class StateQueries {
       ),
       getBlob: new Prepared(db.selectFrom('blobs').select('data').where('key', '=', $[0]), 'first'),
       deleteBlob: new Prepared(db.deleteFrom('blobs').where('key', '=', $[0]), 'run'),
+      listBlobKeys: new Prepared(db.selectFrom('blobs').select('key').where(sql<SqlBool>`substr(key, 1, ${$[0]}) = ${$[1]}`), 'rows'),
       createMigrationsTable: new Prepared(
         db.schema
           .createTable('schema_migrations')
@@ -500,6 +501,12 @@ export class StateQueries {
   *putBlob(key: string, data: Buffer): Op<void> {
     if (!Buffer.isBuffer(data)) throw new TypeError('blob data must be a Buffer');
     yield* changes(this.q.putBlob, [key, data, this.now()]);
+  }
+
+  /** Keys of the blobs whose key starts with `prefix`. */
+  *listBlobKeys(prefix: string): Op<string[]> {
+    const found = yield* rows<{ key: string }>(this.q.listBlobKeys, [[...prefix].length, prefix]);
+    return found.map((r) => r.key);
   }
 
   *deleteBlob(key: string): Op<void> {

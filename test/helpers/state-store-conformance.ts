@@ -481,6 +481,16 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     t.equal((await s.getBlob('group/dedup-p0'))?.toString(), 'second', 'put replaces');
     await s.putBlob('group/dedup-p1', Buffer.alloc(0));
     t.equal((await s.getBlob('group/dedup-p1'))?.length, 0, 'empty blob is not null');
+    if (s.listBlobKeys && s.deleteBlob) {
+      await s.putBlob('group_x/dedup-p1/run-a', Buffer.from('a'));
+      await s.putBlob('group_x/dedup-p1/run-b', Buffer.from('b'));
+      await s.putBlob('groupyx/dedup-p1/run-c', Buffer.from('c'));
+      t.same((await s.listBlobKeys('group_x/dedup-p1/')).sort(), ['group_x/dedup-p1/run-a', 'group_x/dedup-p1/run-b'], 'listed by prefix, `_` taken literally');
+      await s.deleteBlob('group_x/dedup-p1/run-a');
+      t.equal(await s.getBlob('group_x/dedup-p1/run-a'), null, 'deleted');
+      t.same(await s.listBlobKeys('group_x/dedup-p1/'), ['group_x/dedup-p1/run-b']);
+      await s.deleteBlob('nope');
+    }
     const large = Buffer.alloc(3 * 1024 * 1024, 0xab);
     large.writeUInt32BE(0xdeadbeef, large.length - 4);
     await s.putBlob('large', large);
