@@ -479,13 +479,12 @@ export class Aggregator {
   }
 
   private applyCancel(st: PartitionState, c: CancelItem, partition: number): void {
-    const inMemory = st.index.receivedAt(c.hi, c.lo);
-    const prior = inMemory !== 0 ? inMemory : c.runRecv;
-    if (prior !== 0) {
+    // In memory (the newest), else on disk: the worker looked the identifier up there.
+    const prior = st.index.get(c.hi, c.lo) ?? (c.runRecv !== 0 ? { receivedMs: c.runRecv, seq: c.runSeq } : null);
+    if (prior) {
       // Stripe: an event can be cancelled within 24 hours of its receipt.
-      if (c.receivedMs - prior <= this.o.dedupWindowMs) {
-        const seq = inMemory !== 0 ? st.index.seqOf(c.hi, c.lo) : c.runSeq;
-        if (c.emit) this.addCancellation(c.account, c.eventName, c.identifier, seq, c.receivedMs, partition);
+      if (c.receivedMs - prior.receivedMs <= this.o.dedupWindowMs) {
+        if (c.emit) this.addCancellation(c.account, c.eventName, c.identifier, prior.seq, c.receivedMs, partition);
       }
       return;
     }

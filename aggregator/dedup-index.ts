@@ -78,6 +78,11 @@ export class DedupIndex {
     this.mask = cap - 1;
   }
 
+  /** A capacity that holds `entries` without growing. */
+  static capacityFor(entries: number): number {
+    return Math.ceil((entries + 1) / MAX_LOAD);
+  }
+
   get capacity(): number {
     return this.mask + 1;
   }
@@ -122,13 +127,6 @@ export class DedupIndex {
     if (r !== EMPTY_RECV || !this.old) return r;
     const j = this.oldSlotOf(hi, lo);
     return j < 0 ? EMPTY_RECV : this.old.recv[j];
-  }
-
-  seqOf(hi: number, lo: number): number {
-    const i = this.slotOf(hi, lo);
-    if (this.recv[i] !== EMPTY_RECV || !this.old) return this.seqs[i];
-    const j = this.oldSlotOf(hi, lo);
-    return j < 0 ? 0 : this.old.seqs[j];
   }
 
   set(hi: number, lo: number, receivedMs: number, seq: number): void {

@@ -11,7 +11,7 @@
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { DedupIndex, type PendingCancel } from './dedup-index';
-import { emptyFilter, emptyNonces, MAX_RUN_TAG, runFileName, type RunRef, type RunSet, type SealResult, type SealTask } from './dedup-runs';
+import { type BuiltFilter, emptyFilter, emptyNonces, MAX_RUN_TAG, runFileName, type RunRef, type RunSet, type SealResult, type SealTask } from './dedup-runs';
 import type { FilterTask } from './worker';
 import { log } from '../shared/logger';
 
@@ -88,9 +88,9 @@ export class PartitionIndex {
     return r !== 0 || !this.frozen ? r : this.frozen.receivedAt(hi, lo);
   }
 
-  /** Seq of the identifier's entry in memory (one receivedAt found). */
-  seqOf(hi: number, lo: number): number {
-    return this.hot.receivedAt(hi, lo) !== 0 || !this.frozen ? this.hot.seqOf(hi, lo) : this.frozen.seqOf(hi, lo);
+  /** The identifier's entry in memory, or null (then see the runs: CancelItem.runRecv). */
+  get(hi: number, lo: number): { receivedMs: number; seq: number } | null {
+    return this.hot.get(hi, lo) ?? this.frozen?.get(hi, lo) ?? null;
   }
 
   set(hi: number, lo: number, receivedMs: number, seq: number): void {
@@ -152,7 +152,7 @@ export class PartitionIndex {
     if (!this.frozen) {
       const frozen = this.hot;
       // Room for hotLimit identifiers without growing (growth is what costs while requests wait).
-      this.hot = new DedupIndex(this.windowMs, Math.ceil(hotLimit / 0.55));
+      this.hot = new DedupIndex(this.windowMs, DedupIndex.capacityFor(hotLimit));
       this.hot.pending = frozen.pending;
       frozen.pending = new Map();
       this.frozen = frozen;
@@ -163,10 +163,7 @@ export class PartitionIndex {
     const cutoff = this.newestMs - this.windowMs - EXPIRY_SLACK_MS;
     const task: SealTask = {
       kind: 'seal',
-      hi: entries.hi,
-      lo: entries.lo,
-      recv: entries.recv,
-      seq: entries.seqs,
+      entries,
       file: path.join(this.store.runDir(this.partition), name),
       tag,
       filter: this.filter,
@@ -205,9 +202,7 @@ export class PartitionIndex {
     const leaving = new Set([...result.retiredTags, ...unreadable]);
     for (const r of this.runs) {
       if (!leaving.has(r.tag)) continue;
-      if (unreadable.has(r.tag)) {
-        log.error('dedup run unreadable; its identifiers are no longer deduplicated', { partition: this.partition, run: this.runName(r) });
-      }
+      if (unreadable.has(r.tag)) logRunLost(this.partition, this.runName(r), 'unreadable');
       this.nonces[r.tag] = 0;
       this.retired.push({ name: this.runName(r), after: this.serialized + 1 });
     }
@@ -272,16 +267,14 @@ export class PartitionIndex {
         index.runs.push(run);
       } catch (err) {
         if (!(err instanceof RunMissingError)) throw err;
-        log.error('dedup run missing; its identifiers are no longer deduplicated', { partition, run: err.run });
+        logRunLost(partition, err.run, 'missing');
       }
     }
     if (index.runs.length > 0) {
       const task: FilterTask = { kind: 'filter', runs: index.runs.map((r) => index.ref(r)) };
-      const built = (await runTask(task, [])) as { filter: Uint32Array; filled: number; unreadableTags: number[] };
+      const built = (await runTask(task, [])) as BuiltFilter;
       const unreadable = new Set(built.unreadableTags);
-      for (const r of index.runs) {
-        if (unreadable.has(r.tag)) log.error('dedup run unreadable; its identifiers are no longer deduplicated', { partition, run: index.runName(r) });
-      }
+      for (const r of index.runs) if (unreadable.has(r.tag)) logRunLost(partition, index.runName(r), 'unreadable');
       index.runs = index.runs.filter((r) => !unreadable.has(r.tag));
       index.filter = built.filter;
       index.filled = built.filled;
@@ -293,6 +286,10 @@ export class PartitionIndex {
     await removeUnnamed(partition, store, new Set(index.runs.map((r) => index.runName(r))));
     return { index, offset: snap.offset };
   }
+}
+
+function logRunLost(partition: number, run: string, why: 'missing' | 'unreadable'): void {
+  log.error(`dedup run ${why}; its identifiers are no longer deduplicated`, { partition, run });
 }
 
 async function removeUnnamed(partition: number, store: RunStore, named: Set<string>): Promise<void> {

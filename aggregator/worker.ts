@@ -187,7 +187,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
     if (rec.kind === RecordKind.Adjustments) {
       for (const [eventName, identifier] of rec.cancels) {
         const [h, l] = fingerprint(rec.account, identifier);
-        const inRuns = task.runs !== undefined && runReader.lookup(task.runs, h, l);
+        const inRuns = runs !== undefined && runReader.lookup(runs, h, l);
         cancels.push({
           position: n,
           account: rec.account,

@@ -49,8 +49,13 @@ function rawFilter(r: Range): string {
     AND timestamp_ms >= ${r.start * 1000} AND timestamp_ms < ${r.end * 1000}`;
 }
 
+/** The meter's rows of meter_cancellations. */
+function meterCancellations(r: Range): string {
+  return `meter_cancellations WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)}`;
+}
+
 function cancelledSeqs(r: Range): string {
-  return `(SELECT seq FROM meter_cancellations WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)})`;
+  return `(SELECT seq FROM ${meterCancellations(r)})`;
 }
 
 /** Aggregated value per window index, for windows that hold counted events. */
@@ -79,9 +84,7 @@ export async function aggregateByCustomer(s: Services, meter: MeterObject, r: Ra
            AND minute >= ${r.start} AND minute < ${r.end}
          GROUP BY cu, w`,
       ),
-      s.analytics.query<{ n: number | string }>(
-        `SELECT count() AS n FROM meter_cancellations WHERE account = ${sqlString(r.account)} AND meter_id = ${sqlString(r.meterId)}`,
-      ),
+      s.analytics.query<{ n: number | string }>(`SELECT count() AS n FROM ${meterCancellations(r)}`),
     ]);
     const cancelled =
       Number(cancellations[0]?.n ?? 0) === 0

@@ -37,7 +37,7 @@ export interface Config {
   dedupWindowMs: number;
   /**
    * Identifiers the dedup index keeps in memory per aggregator process (split among its partitions); older ones are
-   * sealed into runs on disk behind a filter of 4–12 bytes per identifier.
+   * sealed into runs on disk behind a filter of 5–8 bytes per identifier.
    */
   dedupMemoryIdentifiers: number;
   /** Seconds between dedup index snapshots (bounds replay after a crash). */

@@ -11,7 +11,7 @@ t.test('remembers identifiers, with their receipt time and seq', async (t) => {
   const idx = new DedupIndex(24 * HOUR, 16);
   idx.set(1, 2, 1000, 77);
   t.equal(idx.receivedAt(1, 2), 1000);
-  t.equal(idx.seqOf(1, 2), 77);
+  t.equal(idx.get(1, 2)?.seq, 77);
   t.same(idx.get(1, 2), { receivedMs: 1000, seq: 77 });
   t.equal(idx.get(2, 1), null, 'hi/lo are not interchangeable');
   t.equal(idx.receivedAt(9, 9), 0);
@@ -23,7 +23,7 @@ t.test('grows past its initial capacity without losing entries', async (t) => {
   t.equal(idx.size, 50_000);
   t.ok(idx.capacity >= 50_000 / 0.6);
   let missing = 0;
-  for (let i = 1; i <= 50_000; i++) if (idx.seqOf(i, i * 7) !== i) missing++;
+  for (let i = 1; i <= 50_000; i++) if (idx.get(i, i * 7)?.seq !== i) missing++;
   t.equal(missing, 0);
 });
 
@@ -71,9 +71,9 @@ t.test('growth moves entries a few at a time: lookups, overwrites and expiry sta
   idx.set(100_000, 1, 20 * HOUR, 100_000); // starts the growth
   t.equal(idx.capacity, 2048, 'the new table is twice as large');
   // Mid-growth: entries not moved yet are found, and an overwrite of one of them wins over the old copy.
-  t.equal(idx.seqOf(limit - 1, limit - 1), limit - 1, 'an entry still in the old table is found');
+  t.equal(idx.get(limit - 1, limit - 1)?.seq, limit - 1, 'an entry still in the old table is found');
   idx.set(limit - 1, limit - 1, 21 * HOUR, 7);
-  t.equal(idx.seqOf(limit - 1, limit - 1), 7);
+  t.equal(idx.get(limit - 1, limit - 1)?.seq, 7);
   for (let k = 1; k <= 200; k++) idx.set(200_000 + k, k, 20 * HOUR, k);
   let lost = 0;
   for (let i = 1; i <= limit; i++) {
@@ -82,7 +82,7 @@ t.test('growth moves entries a few at a time: lookups, overwrites and expiry sta
     if (r !== expect && !(r === 0 && expect === 1 * HOUR)) lost++;
   }
   t.equal(lost, 0, 'every live entry is found during and after the move; expired ones may be gone');
-  t.equal(idx.seqOf(limit - 1, limit - 1), 7, 'the overwrite survives the move');
+  t.equal(idx.get(limit - 1, limit - 1)?.seq, 7, 'the overwrite survives the move');
   const frozen = idx.clone(); // finishes the move
   const expired = Math.floor(limit / 2) - ((limit - 1) % 2 === 0 ? 1 : 0);
   t.equal(idx.size, limit + 1 + 200 - expired, 'size counts live entries only once the move ends');

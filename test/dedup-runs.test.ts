@@ -23,7 +23,7 @@ function entries(n: number, seed: number, recvBase = 1_000_000) {
   const hi = new Uint32Array(n);
   const lo = new Uint32Array(n);
   const recv = new Float64Array(n);
-  const seq = new Float64Array(n);
+  const seqs = new Float64Array(n);
   let x = seed >>> 0 || 1;
   const next = () => {
     x ^= x << 13;
@@ -35,9 +35,9 @@ function entries(n: number, seed: number, recvBase = 1_000_000) {
     hi[i] = i % 50 === 1 ? hi[i - 1] : next();
     lo[i] = next();
     recv[i] = recvBase + i;
-    seq[i] = i * 128 + 3;
+    seqs[i] = i * 128 + 3;
   }
-  return { hi, lo, recv, seq };
+  return { hi, lo, recv, seqs };
 }
 
 /** The in-thread equivalent of the aggregator's pool. */
@@ -49,14 +49,14 @@ t.test('a run file answers lookups by full fingerprint, 32-bit collisions includ
   const nonces = emptyNonces();
   nonces[3] = 0xabc;
   const file = path.join(dir, runFileName(0, 3, 0xabc));
-  const written = writeRun(file, e.hi, e.lo, e.recv, e.seq);
+  const written = writeRun(file, e);
   t.same(written, { entries: 5000, newestMs: 1_000_000 + 4999 });
   const { filter } = buildFilter([{ tag: 3, file, entries: 5000 }]);
   const runs: RunSet = { filter, nonces, dir, partition: 0 };
   const reader = new RunReader();
   let wrong = 0;
   for (let i = 0; i < 5000; i++) {
-    if (!reader.lookup(runs, e.hi[i], e.lo[i]) || reader.foundRecv !== e.recv[i] || reader.foundSeq !== e.seq[i]) wrong++;
+    if (!reader.lookup(runs, e.hi[i], e.lo[i]) || reader.foundRecv !== e.recv[i] || reader.foundSeq !== e.seqs[i]) wrong++;
   }
   t.equal(wrong, 0, 'every entry is found with its received time and seq');
   let falseHits = 0;
@@ -86,10 +86,7 @@ t.test('seals retire expired runs from the filter and rebuild it when it fills u
     const kept = refs.filter((r) => !expired.includes(r));
     const task: SealTask = {
       kind: 'seal',
-      hi: e.hi.slice(),
-      lo: e.lo.slice(),
-      recv: e.recv.slice(),
-      seq: e.seq.slice(),
+      entries: { hi: e.hi.slice(), lo: e.lo.slice(), recv: e.recv.slice(), seqs: e.seqs.slice() },
       file,
       tag,
       filter,
@@ -139,7 +136,7 @@ t.test('a partition index seals its hot table into runs, snapshots them by name 
   const e = entries(700, 11);
   const HOT = 200;
   for (let i = 0; i < 700; i++) {
-    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seqs[i]);
     if (ix.hot.size >= HOT) await sealed(ix, HOT);
   }
   t.equal(ix.runCount, 3, 'three runs of 200');
@@ -148,7 +145,7 @@ t.test('a partition index seals its hot table into runs, snapshots them by name 
   t.equal(ix.receivedAt(e.hi[0], e.lo[0]), 0, 'a sealed identifier is no longer in memory');
   const reader = new RunReader();
   t.ok(reader.lookup(ix.runSet()!, e.hi[0], e.lo[0]), 'but found on disk');
-  t.equal(reader.foundSeq, e.seq[0]);
+  t.equal(reader.foundSeq, e.seqs[0]);
   ix.pending.set(fingerprintKey(1, 2), { hi: 1, lo: 2, receivedMs: 5, account: 'a', eventName: 'n', identifier: 'i' });
 
   fs.writeFileSync(path.join(dir, runFileName(2, 77, 0x1234)), 'left by a seal a crash interrupted');
@@ -174,12 +171,12 @@ t.test('runs out of the window are retired, and removed once a snapshot no longe
   const store = new FileSnapshots(dir);
   const ix = new PartitionIndex(0, HOUR, store);
   const old = entries(150, 5, 1_000_000);
-  for (let i = 0; i < 150; i++) ix.set(old.hi[i], old.lo[i], old.recv[i], old.seq[i]);
+  for (let i = 0; i < 150; i++) ix.set(old.hi[i], old.lo[i], old.recv[i], old.seqs[i]);
   await sealed(ix, 100);
   const firstRun = (await store.storedRuns(0))[0];
   // Two hours later: the first run is out of the window when the next one is sealed.
   const later = entries(150, 6, 1_000_000 + 2 * HOUR);
-  for (let i = 0; i < 150; i++) ix.set(later.hi[i], later.lo[i], later.recv[i], later.seq[i]);
+  for (let i = 0; i < 150; i++) ix.set(later.hi[i], later.lo[i], later.recv[i], later.seqs[i]);
   await sealed(ix, 100);
   t.equal(ix.runCount, 1, 'the new run replaced the expired one');
   const reader = new RunReader();
@@ -208,7 +205,7 @@ t.test('a seal that fails keeps the identifiers in memory and is retried', async
   };
   const ix = new PartitionIndex(0, HOUR, failing);
   const e = entries(150, 9);
-  for (let i = 0; i < 150; i++) ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+  for (let i = 0; i < 150; i++) ix.set(e.hi[i], e.lo[i], e.recv[i], e.seqs[i]);
   const now = Date.now();
   ix.maintain(100, inThread, now);
   for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 5));
@@ -238,7 +235,7 @@ async function sealedIndex(store: FileSnapshots, dir: string): Promise<{ names: 
   const ix = new PartitionIndex(3, 24 * HOUR, store);
   const e = entries(400, 21);
   for (let i = 0; i < 400; i++) {
-    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seq[i]);
+    ix.set(e.hi[i], e.lo[i], e.recv[i], e.seqs[i]);
     if (ix.hot.size >= 100) await sealed(ix, 100);
   }
   const { bytes } = ix.serialize(99);
