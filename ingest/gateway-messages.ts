@@ -4,6 +4,7 @@
  * events into log records. The main thread owns everything stateful: the log producer, idempotency records, and every
  * other route, which a gateway thread forwards to it as a request and renders the result of.
  */
+import type { MessagePort } from 'node:worker_threads';
 import { StripeError, type V1ErrorType } from '../shared/errors';
 import type { Principal } from '../shared/http/auth';
 import type { KeyedRequest } from '../shared/http/idempotency';
@@ -24,6 +25,8 @@ export interface GatewayThreadInit {
   sessionTtlMs: number;
   /** Partitions of the event log: records are built per partition where the events are read. */
   partitions: number;
+  /** The log's append port (LogProducer.appendPort), when it has one: unkeyed stream records are appended on it. */
+  logPort: MessagePort | null;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 

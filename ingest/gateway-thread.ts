@@ -12,11 +12,14 @@ import { keyedRequest } from '../shared/http/idempotency';
 import { checkApiVersion } from '../shared/versioning/releases';
 import { HttpServer, type HttpRequest, type HttpResult } from '../shared/http/server';
 import { log } from '../shared/logger';
-import { deserializeError, transferable, type GatewayThreadInit, type ToMain, type ToThread } from './gateway-messages';
+import { deserializeError, transferable, type GatewayThreadInit, type ToMain, type ToThread, type TransferredRecords } from './gateway-messages';
 import { encodeSocketBatchRecords, encodeStreamRecords, type SocketBatch } from './records';
 import { readStreamRequest } from './stream-events';
 import { MeterEventSocketServer } from './ws-stream';
 import { countAccepted, countingRejections, ingestSeries, registry, trackEventLoop } from '../shared/metrics';
+import { countedPortAppend } from '../shared/metrics/drivers';
+import { PortAppender } from '../shared/log/append-port';
+import { STREAM_ACCEPTED } from './meter-events';
 
 export const STREAM_PATH = '/v2/billing/meter_event_stream';
 
@@ -45,8 +48,18 @@ function main(): void {
     return reply.t === 'result' ? reply.result : { status: 500, body: JSON.stringify(new ApiError().toV1Body()) };
   }
 
+  // The log's own port when it has one (the embedded log's writer thread): records go straight to the writer and the
+  // acknowledgement straight back, without waiting for the main thread's event loop.
+  const appender = init.logPort ? new PortAppender(init.logPort) : null;
+  const appendDirect = (a: PortAppender, records: TransferredRecords) => {
+    let bytes = 0;
+    for (const [, record] of records) bytes += record.length;
+    return countedPortAppend(records.length, bytes, () => a.append(records));
+  };
+
   async function appendBatch(principal: Principal, receivedMs: number, batch: SocketBatch): Promise<void> {
     const { records, transfer } = transferable(encodeSocketBatchRecords(principal, receivedMs, batch, init.partitions));
+    if (appender) return appendDirect(appender, records);
     const reply = await call({ t: 'batch', id: nextId++, records }, transfer);
     if (reply.t === 'appended' && reply.error) throw deserializeError(reply.error);
   }
@@ -69,6 +82,11 @@ function main(): void {
       const { events, raw } = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
       const keyed = req.idempotencyKey ? keyedRequest(req) : null;
       const { records, transfer } = transferable(encodeStreamRecords(principal, nowMs, events, raw, req.body, init.partitions));
+      if (appender && !keyed) {
+        await appendDirect(appender, records);
+        countAccepted(streamSeries, principal.livemode, events.length, started);
+        return STREAM_ACCEPTED;
+      }
       const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
       if (reply.t !== 'result') throw new ApiError();
       const { result } = reply;
@@ -93,6 +111,7 @@ function main(): void {
       Promise.all([http.close(), sockets.close()])
         .catch((err) => log.error('gateway thread close failed', { err: String(err) }))
         .finally(() => {
+          appender?.close();
           port.postMessage({ t: 'closed' } satisfies ToMain);
           port.close();
         });

@@ -41,7 +41,7 @@ export class GatewayThreads {
   /** Starts the threads; resolves with the port once all of them listen. */
   async start(opts: GatewayThreadOptions): Promise<number> {
     const { config } = this.s;
-    const base: Omit<GatewayThreadInit, 'index' | 'fd'> = {
+    const base: Omit<GatewayThreadInit, 'index' | 'fd' | 'logPort'> = {
       host: opts.host,
       port: opts.port,
       maxBodyBytes: config.maxBodyBytes,
@@ -52,13 +52,14 @@ export class GatewayThreads {
       partitions: this.s.producer.partitions,
       logLevel: config.logLevel,
     };
-    const first = await this.spawn({ ...base, index: 0, fd: null });
-    await Promise.all(Array.from({ length: opts.threads - 1 }, (_, i) => this.spawn({ ...base, index: i + 1, fd: first.fd })));
+    const logPort = () => this.s.producer.appendPort?.() ?? null;
+    const first = await this.spawn({ ...base, index: 0, fd: null, logPort: logPort() });
+    await Promise.all(Array.from({ length: opts.threads - 1 }, (_, i) => this.spawn({ ...base, index: i + 1, fd: first.fd, logPort: logPort() })));
     return first.port;
   }
 
   private spawn(init: GatewayThreadInit): Promise<{ port: number; fd: number }> {
-    const worker = new Worker(path.join(__dirname, 'gateway-thread.js'), { workerData: init });
+    const worker = new Worker(path.join(__dirname, 'gateway-thread.js'), { workerData: init, transferList: init.logPort ? [init.logPort] : [] });
     this.workers.push(worker);
     return new Promise((resolve, reject) => {
       let listening = false;

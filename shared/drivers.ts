@@ -89,7 +89,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     }
     opened.push(analytics);
 
-    let log: EventLog;
+    let eventLog: EventLog;
     let consumerGroup = 'meterd-aggregator';
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log/index');
@@ -97,12 +97,22 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
         KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }),
       );
       consumerGroup = config.kafkaConsumerGroup ?? `${kafka.topic}.aggregator`;
-      log = kafka;
+      eventLog = kafka;
     } else {
       const { EmbeddedLog } = await import('./log/embedded-log/index');
-      log = await EmbeddedLog.open(path.join(config.dataDir, 'log'), { partitions: config.logPartitions, segmentBytes: config.logSegmentBytes });
+      eventLog = await EmbeddedLog.open(path.join(config.dataDir, 'log'), {
+        partitions: config.logPartitions,
+        segmentBytes: config.logSegmentBytes,
+        writerThread: true,
+        // Without its writer the log can take no event: exit for the supervisor to restart the process (every
+        // acknowledged event is durable).
+        onWriterThreadExit: (code) => {
+          log.error('the event log writer thread stopped; stopping the process', { code });
+          process.exit(1);
+        },
+      });
     }
-    opened.push(log);
+    opened.push(eventLog);
 
     const servers = [config.kafkaBrokers.length > 0, !!config.clickhouseUrl, !!config.databaseUrl];
     const mode = servers.every(Boolean) ? 'distributed' : servers.some(Boolean) ? 'mixed' : 'embedded';
@@ -111,7 +121,7 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
       config.clickhouseUrl ? `ClickHouse ${new URL(config.clickhouseUrl).host}` : 'embedded ClickHouse',
       config.databaseUrl ? `PostgreSQL ${new URL(config.databaseUrl).host}` : 'SQLite',
     ].join(', ');
-    return { mode, state, analytics, log, sharedLog: config.kafkaBrokers.length > 0, consumerGroup, describe };
+    return { mode, state, analytics, log: eventLog, sharedLog: config.kafkaBrokers.length > 0, consumerGroup, describe };
   } catch (err) {
     for (const o of opened.reverse()) await o.close().catch(() => undefined);
     throw err;

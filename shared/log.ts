@@ -5,6 +5,8 @@
  * A record is an opaque Buffer (a msgpackr-encoded batch of events, see event-record.ts). Offsets are per partition,
  * dense, starting at 0, like Kafka's.
  */
+import type { MessagePort } from 'node:worker_threads';
+
 export interface LogRecord {
   partition: number;
   offset: number;
@@ -19,6 +21,11 @@ export interface LogProducer {
    * ServiceUnavailableError when the log cannot take writes; the caller must then not acknowledge the events.
    */
   append(partition: number, value: Buffer): Promise<number>;
+  /**
+   * A port on which another thread appends without this thread's event loop in the path (append-port.ts), or
+   * undefined when the driver has none (Kafka: its producer lives on this thread).
+   */
+  appendPort?(): MessagePort | undefined;
   close(): Promise<void>;
 }
 

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { EmbeddedLog, type EmbeddedLogOptions } from '../shared/log/embedded-log';
 import { ServiceUnavailableError } from '../shared/errors';
 import type { LogConsumer, LogRecord } from '../shared/log';
+import { PortAppender } from '../shared/log/append-port';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { checkCrashPayload, makeCrashPayload } = require('./helpers/log-payload.js') as {
@@ -549,6 +550,7 @@ function compiledModule(t: { teardown(fn: () => void): void }): string {
   const driver = 'shared/log/embedded-log';
   const modules = [
     'shared/errors',
+    'shared/log/append-port',
     ...fs
       .readdirSync(path.join(REPO, driver))
       .filter((f) => f.endsWith('.ts'))
@@ -574,68 +576,161 @@ function compiledModule(t: { teardown(fn: () => void): void }): string {
   return path.join(out, driver, 'index.js');
 }
 
-t.test('crash: SIGKILL mid-stream loses no acknowledged record', async (t) => {
-  const modulePath = compiledModule(t);
-  const partitions = 2;
-  const segmentBytes = 256 * 1024;
-  // Two rounds on the same directory: the second crash happens on top of a recovered log.
-  const dir = tmpDir(t);
-  for (let round = 0; round < 2; round++) {
-    const child = spawn(process.execPath, [path.join(__dirname, 'helpers/log-crash-writer.js'), dir, String(partitions), String(segmentBytes), modulePath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let lines = 0;
-    const target = 3000 + Math.floor(Math.random() * 2000);
-    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_code, sig) => resolve(sig)));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      lines += d.toString().split('\n').length - 1;
-      if (lines >= target) child.kill('SIGKILL');
-    });
-    const killer = setTimeout(() => child.kill('SIGKILL'), 8000);
-    const signal = await exited;
-    clearTimeout(killer);
-    t.equal(signal, 'SIGKILL', `child was killed mid-stream ${stderr}`);
-
-    const acked = stdout
-      .split('\n')
-      .slice(1, -1) // 'ready' and the possibly partial last line
-      .map((l) => l.split(' ').map(Number) as [number, number, number]);
-    t.ok(acked.length >= 100, `${acked.length} acknowledged appends before the kill (round ${round})`);
-
-    const log = await EmbeddedLog.open(dir, { segmentBytes });
-    t.equal(log.partitions, partitions);
-    const c = log.consumer('verify');
-    for (let p = 0; p < partitions; p++) c.seek(p, 0);
-    const all: LogRecord[] = [];
-    for (;;) {
-      const recs = await c.poll(5000, 0);
-      if (recs.length === 0) break;
-      for (const r of recs) all.push(r);
-    }
-    const found = new Map<string, number>();
-    for (let p = 0; p < partitions; p++) {
-      const mine = byPartition(all, p);
-      let bad = 0;
-      mine.forEach((r, i) => {
-        if (r.offset !== i) bad++;
-        const seq = checkCrashPayload(r.value);
-        if (seq < 0) bad++;
-        found.set(`${p}:${r.offset}`, seq);
+for (const mode of ['main', 'thread', 'port'] as const) {
+  t.test(`crash: SIGKILL mid-stream loses no acknowledged record (writers: ${mode})`, async (t) => {
+    const modulePath = compiledModule(t);
+    const partitions = 2;
+    const segmentBytes = 256 * 1024;
+    // Two rounds on the same directory: the second crash happens on top of a recovered log.
+    const dir = tmpDir(t);
+    for (let round = 0; round < 2; round++) {
+      const child = spawn(
+        process.execPath,
+        [path.join(__dirname, 'helpers/log-crash-writer.js'), dir, String(partitions), String(segmentBytes), modulePath, mode],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      let stdout = '';
+      let stderr = '';
+      let lines = 0;
+      const target = 3000 + Math.floor(Math.random() * 2000);
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('close', (_code, sig) => resolve(sig)));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        lines += d.toString().split('\n').length - 1;
+        if (lines >= target) child.kill('SIGKILL');
       });
-      t.equal(bad, 0, `partition ${p}: dense offsets and intact payloads`);
-      t.equal(mine.length, log.endOffset(p), `partition ${p}: read up to the recovered end ${log.endOffset(p)}`);
-    }
-    let missing = 0;
-    for (const [p, offset, seq] of acked) if (found.get(`${p}:${offset}`) !== seq) missing++;
-    t.equal(missing, 0, `every acknowledged record is present with its content (round ${round})`);
+      const killer = setTimeout(() => child.kill('SIGKILL'), 8000);
+      const signal = await exited;
+      clearTimeout(killer);
+      t.equal(signal, 'SIGKILL', `child was killed mid-stream ${stderr}`);
 
-    // The log takes appends at the recovered end.
-    const end0 = log.endOffset(0);
-    t.equal(await log.producer().append(0, makeCrashPayload(1e9 + round)), end0);
-    await log.close();
+      const acked = stdout
+        .split('\n')
+        .slice(1, -1) // 'ready' and the possibly partial last line
+        .map((l) => l.split(' ').map(Number) as [number, number, number]);
+      t.ok(acked.length >= 100, `${acked.length} acknowledged appends before the kill (round ${round})`);
+
+      const log = await EmbeddedLog.open(dir, { segmentBytes });
+      t.equal(log.partitions, partitions);
+      const c = log.consumer('verify');
+      for (let p = 0; p < partitions; p++) c.seek(p, 0);
+      const all: LogRecord[] = [];
+      for (;;) {
+        const recs = await c.poll(5000, 0);
+        if (recs.length === 0) break;
+        for (const r of recs) all.push(r);
+      }
+      const found = new Map<string, number>();
+      const seqsOf = Array.from({ length: partitions }, () => new Set<number>());
+      for (let p = 0; p < partitions; p++) {
+        const mine = byPartition(all, p);
+        let bad = 0;
+        mine.forEach((r, i) => {
+          if (r.offset !== i) bad++;
+          const seq = checkCrashPayload(r.value);
+          if (seq < 0) bad++;
+          found.set(`${p}:${r.offset}`, seq);
+          seqsOf[p].add(seq);
+        });
+        t.equal(bad, 0, `partition ${p}: dense offsets and intact payloads`);
+        t.equal(mine.length, log.endOffset(p), `partition ${p}: read up to the recovered end ${log.endOffset(p)}`);
+      }
+      let missing = 0;
+      // An append through a port does not learn its offset (-1): its record must be in its partition.
+      for (const [p, offset, seq] of acked) if (offset < 0 ? !seqsOf[p].has(seq) : found.get(`${p}:${offset}`) !== seq) missing++;
+      t.equal(missing, 0, `every acknowledged record is present with its content (round ${round})`);
+
+      // The log takes appends at the recovered end.
+      const end0 = log.endOffset(0);
+      t.equal(await log.producer().append(0, makeCrashPayload(1e9 + round)), end0);
+      await log.close();
+    }
+  });
+}
+
+t.test('writer thread: appends from this thread and through ports, rotation, readers, stats, close', async (t) => {
+  const dir = tmpDir(t);
+  const segmentBytes = 4096;
+  const log = await EmbeddedLog.open(dir, { partitions: 2, segmentBytes, writerThread: true });
+  const observed: number[] = [];
+  log.observeDurableWrites((records) => observed.push(records));
+  const prod = log.producer();
+  const port = prod.appendPort?.();
+  t.ok(port, 'the producer hands out an append port');
+  const appender = new PortAppender(port!);
+  const own = (s: string) => new Uint8Array(Buffer.from(s));
+
+  // 200 records of ~100 bytes per partition: several segments each.
+  const mainAcks: Array<Promise<number>> = [];
+  const portAcks: Array<Promise<void>> = [];
+  for (let i = 0; i < 100; i++) {
+    mainAcks.push(prod.append(i % 2, buf(`m${i}`.padEnd(100, '.'))));
+    portAcks.push(appender.append([[i % 2, own(`p${i}`.padEnd(100, '.'))]]));
   }
+  const offsets = await Promise.all(mainAcks);
+  await Promise.all(portAcks);
+  for (const p of [0, 1]) {
+    const mine = offsets.filter((_, i) => i % 2 === p);
+    t.same(
+      [...mine].sort((a, b) => a - b),
+      [...new Set(mine)].sort((a, b) => a - b),
+      `partition ${p}: distinct offsets`,
+    );
+  }
+  // Two records of one port append, in two partitions, acknowledged together.
+  await appender.append([
+    [0, own('both-0')],
+    [1, own('both-1')],
+  ]);
+  t.equal(log.endOffset(0), 101, 'the mirror knows the durable end of partition 0');
+  t.equal(log.endOffset(1), 101, 'and of partition 1');
+  t.ok(segFiles(dir, 0).length > 2, `partition 0 rotated (${segFiles(dir, 0).length} segments)`);
+  t.equal(
+    observed.reduce((a, b) => a + b, 0),
+    202,
+    'every durable write was observed',
+  );
+  const stats = log.stats();
+  t.equal(stats.acknowledged, 202, 'the writer thread counts what it acknowledged');
+  t.ok(stats.fsyncs >= 1 && stats.fsyncs <= 202, `${stats.fsyncs} datasyncs`);
+
+  const c = log.consumer('g');
+  const recs = await readN(c, 202);
+  for (const p of [0, 1]) {
+    const mine = byPartition(recs, p);
+    t.same(
+      mine.map((r) => r.offset),
+      Array.from({ length: 101 }, (_, i) => i),
+      `partition ${p}: dense offsets across segments`,
+    );
+    const values = mine.map((r) => r.value.toString().replace(/\.+$/, ''));
+    t.equal(values.filter((v) => v.startsWith('m')).length, 50, `partition ${p}: every append of this thread`);
+    t.equal(values.filter((v) => v.startsWith('p')).length, 50, `partition ${p}: every append through the port`);
+    t.equal(values[100], `both-${p}`, `partition ${p}: the two-record append`);
+  }
+  // Readers reclaim under the writer thread: committed segments go, the active one stays.
+  await c.commit(0, 101);
+  await c.commit(1, 101);
+  t.equal(segFiles(dir, 0).length, 1, 'committed segments reclaimed, the active one kept');
+  t.equal(await prod.append(0, buf('after reclaim')), 101);
+  t.same(
+    (await readN(c, 1)).map((r) => [r.partition, r.offset, r.value.toString()]),
+    [[0, 101, 'after reclaim']],
+  );
+
+  await t.rejects(prod.append(2, buf('x')), RangeError, 'unknown partition');
+  await t.rejects(appender.append([[2, own('x')]]), ServiceUnavailableError, 'an unknown partition through a port is refused');
+
+  // Close: the log and its ports refuse from then on.
+  await appender.append([[1, own('last')]]);
+  await log.close();
+  await t.rejects(prod.append(0, buf('x')), ServiceUnavailableError, 'closed: appends are refused');
+  await t.rejects(appender.append([[0, own('x')]]), ServiceUnavailableError, 'closed: the port refuses');
+
+  const again = await openLog(t, dir, { segmentBytes, writerThread: true });
+  t.equal(again.endOffset(0), 102, 'reopened at the durable end of partition 0');
+  t.equal(again.endOffset(1), 102, 'and of partition 1');
 });

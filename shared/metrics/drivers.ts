@@ -3,6 +3,7 @@
  * failures), failed consumer operations, and failed analytics store calls. Wrapped once in the composition root, so
  * the drivers themselves stay unaware of metrics and every mode is measured the same way.
  */
+import type { MessagePort } from 'node:worker_threads';
 import type { AnalyticsStore } from '../analytics-store';
 import type { AssignmentListener, EventLog, LogConsumer, LogProducer, LogRecord } from '../log';
 import { metrics } from './index';
@@ -40,9 +41,29 @@ class CountedProducer implements LogProducer {
       },
     );
   }
+  appendPort(): MessagePort | undefined {
+    return this.inner.appendPort?.();
+  }
   close(): Promise<void> {
     return this.inner.close();
   }
+}
+
+/**
+ * An append made through an append port (PortAppender), counted as CountedProducer counts one, on the thread that
+ * made it (its values reach /metrics with that thread's snapshot).
+ */
+export async function countedPortAppend(records: number, bytes: number, append: () => Promise<void>): Promise<void> {
+  const started = performance.now();
+  try {
+    await append();
+  } catch (err) {
+    metrics.logErrors.child('append').inc();
+    throw err;
+  }
+  APPENDS.value += records;
+  APPEND_BYTES.value += bytes;
+  APPEND_SECONDS.observe((performance.now() - started) / 1000);
 }
 
 class CountedConsumer implements LogConsumer {

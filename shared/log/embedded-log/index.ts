@@ -10,17 +10,24 @@
  *   reader.ts          the consumer: cursors reading durable records, woken by the writer
  *   partition.ts       one partition: its segments plus its writer and its offsets
  *
+ *   writer-thread.ts   with writerThread: the writers on a thread of their own (writer-host.ts starts it), so that
+ *                      acknowledgements never wait for this thread's event loop; the partitions here are then the
+ *                      read side's mirror, updated after each durable write
+ *
  * Single process only: two processes must not open the same directory (opening it twice in one process throws).
  * Sync fs calls are used only in open().
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { MessagePort } from 'node:worker_threads';
 import { ServiceUnavailableError } from '../../errors';
 import type { DurableWriteObserver, EventLog, LogConsumer, LogProducer } from '../../log';
 import { LogPartition } from './partition';
 import { type ConsumerHost, EmbeddedConsumer } from './reader';
 import { DEFAULT_READ_CHUNK_BYTES, MAX_RECORD_BYTES, mkdirDurableSync, PARTITION_DIR_RE } from './segment-files';
 import type { EmbeddedLogFaults, EmbeddedLogOptions, EmbeddedLogStats, LogContext } from './types';
+import type { DurableMirror } from './writer-messages';
+import { WriterThread } from './writer-host';
 
 export type { EmbeddedLogFaults, EmbeddedLogOptions, EmbeddedLogStats } from './types';
 export { MAX_RECORD_BYTES } from './segment-files';
@@ -38,6 +45,10 @@ class EmbeddedProducer implements LogProducer {
 
   append(partition: number, value: Buffer): Promise<number> {
     return this.log.append(partition, value);
+  }
+
+  appendPort(): MessagePort | undefined {
+    return this.log.appendPort();
   }
 
   /** Waits for the appends in flight; the log itself stays open. */
@@ -65,6 +76,9 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
   private readonly parts: LogPartition[] = [];
   private readonly consumers = new Set<EmbeddedConsumer>();
   private closing: Promise<void> | null = null;
+  /** The writers' thread (writerThread), whose counters stand for the write side's. */
+  private thread: WriterThread | null = null;
+  private writerCounters: EmbeddedLogStats | null = null;
 
   private constructor(
     readonly dir: string,
@@ -101,14 +115,42 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
     }
     const log = new EmbeddedLog(root, partitions, opts);
     for (let i = 0; i < partitions; i++) log.parts.push(new LogPartition(log, i, path.join(root, `p${i}`)));
-    try {
-      for (const p of log.parts) await p.writer.open();
-    } catch (err) {
-      for (const p of log.parts) await p.writer.close();
-      throw err;
+    if (opts.writerThread && !opts.faults) {
+      const init = {
+        segmentBytes: log.segmentBytes,
+        partitions: log.parts.map((p) => ({ id: p.id, dir: p.dir, segments: p.segments.map((s) => ({ ...s })), durableNext: p.durableNext })),
+      };
+      const onExit = opts.onWriterThreadExit ?? (() => undefined);
+      log.thread = await WriterThread.start(init, (mirror) => log.applyDurable(mirror), onExit);
+    } else {
+      try {
+        for (const p of log.parts) await p.writer.open();
+      } catch (err) {
+        for (const p of log.parts) await p.writer.close();
+        throw err;
+      }
     }
     openDirs.add(root);
     return log;
+  }
+
+  /** A durable write of the writer thread: the partition's mirror moves to the new durable end, then readers wake. */
+  private applyDurable(m: DurableMirror): void {
+    const p = this.parts[m.partition];
+    if (p.active.base !== m.base) {
+      // Rotated: the previous segment keeps the size its last write left (nothing is written to it any more).
+      p.active.sealed = true;
+      p.segments.push({ base: m.base, path: m.path, size: m.size, sealed: false, deleted: false });
+    } else p.active.size = m.size;
+    p.durableNext = m.durableNext;
+    this.writerCounters = m.counters;
+    this.onDurableWrite?.(m.records, m.seconds);
+    this.notifyDurable(m.partition);
+  }
+
+  /** A port another thread can append on without this thread in the path (writerThread only). */
+  appendPort(): MessagePort | undefined {
+    return this.thread && !this.closing ? this.thread.connect() : undefined;
   }
 
   producer(): LogProducer {
@@ -131,11 +173,13 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
     if (!Buffer.isBuffer(value) || value.length === 0 || value.length > MAX_RECORD_BYTES) {
       return Promise.reject(new RangeError(`a record must be a non-empty Buffer of at most ${MAX_RECORD_BYTES} bytes`));
     }
+    if (this.thread) return this.thread.append(partition, value);
     return this.parts[partition].writer.append(value);
   }
 
   /** Waits until everything appended so far has been written (or rejected). */
   async flush(): Promise<void> {
+    if (this.thread) await this.thread.idle();
     await Promise.all(this.parts.map((p) => p.writer.idle()));
   }
 
@@ -159,7 +203,10 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
   }
 
   stats(): EmbeddedLogStats {
-    return { ...this.counters };
+    const w = this.writerCounters;
+    if (!this.thread || !w) return { ...this.counters };
+    // The writer thread counts the writes; this thread counts the reclamation and the offset files' directory syncs.
+    return { ...w, dirSyncs: w.dirSyncs + this.counters.dirSyncs, segmentsDeleted: this.counters.segmentsDeleted };
   }
 
   /** @internal */
@@ -187,6 +234,7 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
   private async doClose(): Promise<void> {
     try {
       await Promise.all([...this.consumers].map((c) => c.close()));
+      await this.thread?.close();
       await Promise.all(this.parts.map((p) => p.close()));
     } finally {
       openDirs.delete(this.dir);

@@ -19,8 +19,15 @@ export interface EmbeddedLogOptions {
   segmentBytes?: number;
   /** Size of consumer reads (default 1 MiB). */
   readChunkBytes?: number;
-  /** Fault injection for tests. */
+  /** Fault injection for tests (the writers then stay on the opening thread). */
   faults?: EmbeddedLogFaults;
+  /**
+   * Runs the writers on a thread of their own (writer-thread.ts): acknowledgements then wait only for the disk, not
+   * for the opening thread's event loop, and other threads can append through `appendPort()`.
+   */
+  writerThread?: boolean;
+  /** Told if the writer thread stops without the log being closed; appends are refused from then on. */
+  onWriterThreadExit?: (code: number) => void;
 }
 
 export interface EmbeddedLogStats {
