@@ -10,7 +10,7 @@ import { progressLine } from '../bench/load/report';
 import { writeDigits } from '../bench/load/templates';
 import { parseOptions as parseGeneratorOptions, GENERATOR_FLAGS, HELP as GENERATOR_HELP } from '../bench/load/options';
 import { peekBatch } from '../bench/frame-head';
-import { CLK_TCK, type ThreadSample, kindSecondsBetween, parseStat, parseTags, threadKind } from '../bench/orchestrator/cpu';
+import { CLK_TCK, type ThreadSample, kindSecondsBetween, parseStat, parseTags, rssRange, threadKind } from '../bench/orchestrator/cpu';
 import { RUN_FLAGS, generatorArgs, helpText, parseRunOptions } from '../bench/orchestrator/options';
 import type { Row } from '../bench/orchestrator/rows';
 import { svgChart } from '../bench/orchestrator/chart';
@@ -134,7 +134,13 @@ const ROWS: Row[] = [
     mode: 'embedded',
     transport: 'http',
     server_peak_rss_bytes: 400 * 1024 * 1024,
-    server_cpu: { window: 'until stored', window_s: 5, events: 1_000_000, seconds: { gateway: 2, main: 1, aggregator: 1.5, clickhouse: 1.5, helpers: 2 } },
+    server_rss_range: { from_s: 60, min_bytes: 300 * 1024 * 1024, max_bytes: 350 * 1024 * 1024, last_bytes: 320 * 1024 * 1024, samples: 10 },
+    server_cpu: {
+      window: 'until stored',
+      window_s: 5,
+      events: 1_000_000,
+      seconds: { gateway: 2, log: 0.5, main: 1, aggregator: 1.5, clickhouse: 1.5, helpers: 2 },
+    },
     result: {
       ok: true,
       events_acked: 1_000_000,
@@ -190,9 +196,9 @@ t.test('the table: one row per target and transport, ratios against the same tra
   t.equal(embeddedHttp[6], '5.00 / 40.0 / 120');
   t.equal(embeddedHttp[7], '1000 ms');
   t.equal(embeddedHttp[8], '120,000 ev / 0.50 s');
-  t.equal(embeddedHttp[9], '2.00 / 1.00 / 1.50 / 1.50 / 2.00 = 8.00', 'CPU-seconds per million events per thread kind');
+  t.equal(embeddedHttp[9], '2.00 / 0.50 / 1.00 / 1.50 / 1.50 / 2.00 = 8.50', 'CPU-seconds per million events per thread kind');
   t.equal(embeddedHttp[10], '0.75', 'generator CPU-seconds per million events');
-  t.equal(embeddedHttp[11], '400 MiB');
+  t.equal(embeddedHttp[11], '400 MiB (300 MiB–350 MiB)', 'peak RSS, and its range after the first minute');
   t.equal(embeddedHttp[12], 'exact (101 customers)');
   t.equal(embeddedHttp[13], '503×2');
   const ws = cells(5);
@@ -251,11 +257,12 @@ t.test('CPU per thread kind from /proc samples', async (t) => {
   t.same(parseStat('1234 (node) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 12 0 100 0 0'), { comm: 'node', ticks: 300 });
   t.same(parseStat('77 (Bg Sch) Pool)) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14'), { comm: 'Bg Sch) Pool)', ticks: 23 }, 'comm with spaces and parentheses');
   t.equal(parseStat('garbage'), null);
-  const tags = parseTags('100 main\n105 gateway\n106 gateway\n109 worker\nnoise\n');
-  t.equal(tags.size, 4);
+  const tags = parseTags('100 main\n105 gateway\n106 gateway\n109 worker\n110 log\nnoise\n');
+  t.equal(tags.size, 5);
   t.equal(threadKind(100, 100, 'node', undefined), 'main', 'tid = pid is the main thread');
   t.equal(threadKind(100, 105, 'node', tags.get(105)), 'gateway');
   t.equal(threadKind(100, 109, 'node', tags.get(109)), 'aggregator');
+  t.equal(threadKind(100, 110, 'node', tags.get(110)), 'log', "the embedded log's writer thread");
   t.equal(threadKind(100, 120, 'MergeMutate', undefined), 'clickhouse');
   t.equal(threadKind(100, 101, 'node', undefined), 'helpers', 'untagged node threads: V8 and libuv');
 
@@ -282,12 +289,26 @@ t.test('CPU per thread kind from /proc samples', async (t) => {
     ]),
   ];
   const all = kindSecondsBetween(samples, tags, 0, 2000)!;
-  t.same(all, { gateway: 100 / CLK_TCK, main: 150 / CLK_TCK, aggregator: 40 / CLK_TCK, clickhouse: 30 / CLK_TCK, helpers: 0 });
+  t.same(all, { gateway: 100 / CLK_TCK, log: 0, main: 150 / CLK_TCK, aggregator: 40 / CLK_TCK, clickhouse: 30 / CLK_TCK, helpers: 0 });
   const half = kindSecondsBetween(samples, tags, 500, 1500)!;
   t.equal(half.main, (100 - 25) / CLK_TCK, 'interpolated at both ends');
   t.equal(half.gateway, (100 - 50) / CLK_TCK);
   t.equal(kindSecondsBetween(samples.slice(0, 1), tags, 0, 1000), null, 'one sample: unknown');
   t.equal(kindSecondsBetween(samples, tags, 1000, 1000), null, 'empty window: unknown');
+});
+
+t.test('RSS range after the warm-up: only samples inside the load, past its first minute', async (t) => {
+  const MiB = 1024 * 1024;
+  const series: Array<[number, number]> = [
+    [1_000, 900 * MiB], // before the load
+    [10_000, 200 * MiB],
+    [70_000, 500 * MiB],
+    [90_000, 450 * MiB],
+    [100_000, 480 * MiB],
+    [200_000, 9_000 * MiB], // after the load
+  ];
+  t.same(rssRange(series, 5_000, 120_000, 60_000), { from_s: 60, min_bytes: 450 * MiB, max_bytes: 500 * MiB, last_bytes: 480 * MiB, samples: 3 });
+  t.equal(rssRange(series, 5_000, 60_000, 60_000), null, 'a load shorter than the warm-up has no range');
 });
 
 t.test("the null server reads a WebSocket batch's id and size without decoding it", async (t) => {

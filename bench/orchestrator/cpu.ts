@@ -1,8 +1,9 @@
 /**
  * CPU time of the server's processes, per thread kind, sampled from /proc/<pid>/task/<tid>/stat every 500 ms.
  *
- * Kinds: `main` (each process's main thread), `gateway` (gateway threads) and `aggregator` (the aggregator's worker
- * threads), both known from the tags that bench/orchestrator/thread-tags.ts writes; `clickhouse` (threads named by
+ * Kinds: `main` (each process's main thread), `gateway` (gateway threads), `log` (the embedded log's writer thread) and
+ * `aggregator` (the aggregator's worker threads), known from the tags that bench/orchestrator/thread-tags.ts writes;
+ * `clickhouse` (threads named by
  * chdb, the embedded ClickHouse: any comm other than `node`); `helpers` (the other `node` threads: V8's platform
  * workers (GC, compilation) and libuv's thread pool (fs, fdatasync)).
  */
@@ -10,7 +11,7 @@ import * as fs from 'node:fs';
 
 export const CLK_TCK = 100; // USER_HZ on Linux
 
-export const THREAD_KINDS = ['gateway', 'main', 'aggregator', 'clickhouse', 'helpers'] as const;
+export const THREAD_KINDS = ['gateway', 'log', 'main', 'aggregator', 'clickhouse', 'helpers'] as const;
 export type ThreadKind = (typeof THREAD_KINDS)[number];
 export type KindSeconds = Record<ThreadKind, number>;
 
@@ -37,18 +38,23 @@ export function parseTags(text: string): Map<number, string> {
 export function threadKind(pid: number, tid: number, comm: string, tag: string | undefined): ThreadKind {
   if (tid === pid || tag === 'main') return 'main';
   if (tag === 'gateway') return 'gateway';
+  if (tag === 'log') return 'log';
   if (tag === 'worker') return 'aggregator';
   return comm === 'node' ? 'helpers' : 'clickhouse';
 }
 
 export function zeroKinds(): KindSeconds {
-  return { gateway: 0, main: 0, aggregator: 0, clickhouse: 0, helpers: 0 };
+  return { gateway: 0, log: 0, main: 0, aggregator: 0, clickhouse: 0, helpers: 0 };
 }
 
-/** One sample: when, and the cumulative ticks of every thread seen so far (exited threads keep their last count). */
+/**
+ * One sample: when, the cumulative ticks of every thread seen so far (exited threads keep their last count), and the
+ * processes' resident set size then (VmRSS, summed; null when none could be read).
+ */
 export interface ThreadSample {
   t: number;
   ticks: Map<string, { pid: number; tid: number; comm: string; ticks: number }>;
+  rss?: number | null;
 }
 
 /** Seconds of CPU per kind between two epoch-ms instants, interpolated between the samples around them. */
@@ -120,7 +126,14 @@ export class ThreadCpu {
         }
       }
     }
-    this.samples.push({ t: Date.now(), ticks: new Map(this.last) });
+    this.samples.push({ t: Date.now(), ticks: new Map(this.last), rss: currentRss(this.pids) });
+  }
+
+  /** The sampled resident set sizes, [epoch ms, bytes]. */
+  rssSeries(): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    for (const s of this.samples) if (typeof s.rss === 'number') out.push([s.t, s.rss]);
+    return out;
   }
 
   tags(): Map<number, string> {
@@ -140,11 +153,48 @@ export class ThreadCpu {
 
 /** Peak resident set size (VmHWM) of the processes, summed, in bytes; null when unreadable. */
 export function peakRss(pids: number[]): number | null {
+  return statusSum(pids, /VmHWM:\s+(\d+) kB/);
+}
+
+/** Resident set size now (VmRSS) of the processes, summed, in bytes; null when unreadable. */
+export function currentRss(pids: number[]): number | null {
+  return statusSum(pids, /VmRSS:\s+(\d+) kB/);
+}
+
+/**
+ * The resident set size over a load, from samples ([epoch ms, bytes]) between `t0` and `t1`: its range once `warmupMs`
+ * have passed (the steady state, where "flat" is judged), and its last value. Null without a sample after the warm-up.
+ */
+export function rssRange(series: Array<[number, number]>, t0: number, t1: number, warmupMs: number): RssRange | null {
+  let min = Infinity;
+  let max = -Infinity;
+  let last: number | null = null;
+  let n = 0;
+  for (const [t, bytes] of series) {
+    if (t < t0 + warmupMs || t > t1) continue;
+    min = Math.min(min, bytes);
+    max = Math.max(max, bytes);
+    last = bytes;
+    n++;
+  }
+  return n === 0 || last === null ? null : { from_s: warmupMs / 1000, min_bytes: min, max_bytes: max, last_bytes: last, samples: n };
+}
+
+export interface RssRange {
+  /** Seconds after the start of the load the range begins. */
+  from_s: number;
+  min_bytes: number;
+  max_bytes: number;
+  last_bytes: number;
+  samples: number;
+}
+
+function statusSum(pids: number[], field: RegExp): number | null {
   let sum = 0;
   let any = false;
   for (const pid of pids) {
     try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
+      const m = field.exec(fs.readFileSync(`/proc/${pid}/status`, 'latin1'));
       if (m) {
         sum += Number(m[1]) * 1024;
         any = true;

@@ -1,5 +1,5 @@
 /** What one bench row holds: the target that ran, the generator's result, the server's processes and CPU. */
-import type { KindSeconds } from './cpu';
+import type { KindSeconds, RssRange } from './cpu';
 import type { Transport } from './options';
 
 export type Mode = 'null' | 'embedded' | 'distributed';
@@ -78,6 +78,10 @@ export interface Row {
   server_cpu?: ServerCpu | null;
   /** Peak resident set size of the server's process(es), summed (VmHWM). */
   server_peak_rss_bytes?: number | null;
+  /** Their resident set size over the load after its first minute (loads longer than a minute), sampled every 500 ms. */
+  server_rss_range?: RssRange | null;
+  /** Their resident set size every 5 s from the start of the load: [seconds since the start of the load, bytes]. */
+  server_rss_series?: Array<[number, number]>;
   processes?: ProcInfo[];
   deployment?: (Deployment & { cleanup?: Record<string, string> | 'kept' }) | null;
   result?: GenResult | null;

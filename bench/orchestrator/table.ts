@@ -64,12 +64,19 @@ export const TABLE_HEAD = [
   'ack p50 / p99 / p999 (ms)',
   'freshness after last ack',
   'max consumer lag',
-  'server CPU-s per M events: gateway / main / aggregator / ClickHouse / V8+libuv = total',
+  'server CPU-s per M events: gateway / log writer / main / aggregator / ClickHouse / V8+libuv = total',
   'generator CPU-s per M events',
-  'server peak RSS',
+  'server RSS: peak (range after the first minute)',
   'verification',
   'errors',
 ];
+
+/** Peak RSS, and over a load longer than a minute the range after its first minute (whether memory stays flat). */
+function rssCell(r: Row): string {
+  const peak = fmtBytes(r.server_peak_rss_bytes);
+  const range = r.server_rss_range;
+  return range ? `${peak} (${fmtBytes(range.min_bytes)}–${fmtBytes(range.max_bytes)})` : peak;
+}
 
 /** The run's one table: a row per target and transport (markdown). */
 export function markdownTable(rows: Row[]): string {
@@ -109,7 +116,7 @@ export function markdownTable(rows: Row[]): string {
         : '0';
     const c = r.server_cpu;
     const cpu = c
-      ? `${[c.seconds.gateway, c.seconds.main, c.seconds.aggregator, c.seconds.clickhouse, c.seconds.helpers].map((v) => perMillion(v, c.events)).join(' / ')} = ` +
+      ? `${[c.seconds.gateway, c.seconds.log ?? 0, c.seconds.main, c.seconds.aggregator, c.seconds.clickhouse, c.seconds.helpers].map((v) => perMillion(v, c.events)).join(' / ')} = ` +
         `${perMillion(
           Object.values(c.seconds).reduce((a, b) => a + b, 0),
           c.events,
@@ -119,7 +126,7 @@ export function markdownTable(rows: Row[]): string {
     lines.push(
       `| ${target} | ${transport} | ${fmtInt(g.events_acked)} | ${fmtInt(g.events_per_s)} | ${ratio} | ${e2eCell} | ` +
         `${fmtMs(lat?.p50)} / ${fmtMs(lat?.p99)} / ${fmtMs(lat?.p999)} | ${fresh} | ${lagCell(r)} | ${cpu} | ${genCpu} | ` +
-        `${fmtBytes(r.server_peak_rss_bytes)} | ${ver} | ${errs} |`,
+        `${rssCell(r)} | ${ver} | ${errs} |`,
     );
   }
   return lines.join('\n');

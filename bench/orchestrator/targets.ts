@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ThreadCpu, peakRss } from './cpu';
+import { ThreadCpu, peakRss, rssRange } from './cpu';
 import { exited, freePort, runGenerator, startNode, stopChild, tempDirs, waitHealthy } from './processes';
 import { type ProcInfo, type Role, type Row, type ServerCpu, label } from './rows';
 
@@ -39,7 +39,10 @@ function cpuWindow(row: Row): { t0: number; t1: number; kind: ServerCpu['window'
   return { t0: r.load_start_epoch_ms, t1: r.load_end_epoch_ms, kind: 'load' };
 }
 
-/** Runs the generator against the started processes and records its result, the server's CPU and peak RSS. */
+/** Memory is judged flat after this much of the load (start-up allocations, the first seal of the dedup index). */
+const RSS_WARMUP_MS = 60_000;
+
+/** Runs the generator against the started processes and records its result, the server's CPU and memory. */
 async function measure(ctx: Ctx, row: Row, procs: { child: ChildProcess }[], tagsFile: string, args: string[], timeoutMs: number): Promise<void> {
   const pids = procs.map((p) => p.child.pid!);
   const cpu = new ThreadCpu(pids, tagsFile);
@@ -52,6 +55,19 @@ async function measure(ctx: Ctx, row: Row, procs: { child: ChildProcess }[], tag
   row.generator_exit_code = g.code;
   row.ok = g.code === 0 && !!g.result?.ok;
   if (!g.result) row.error = `generator exited ${g.code} without a result`;
+  const gen = g.result;
+  if (gen?.load_start_epoch_ms && gen.load_end_epoch_ms) {
+    const t0 = gen.load_start_epoch_ms;
+    const series = cpu.rssSeries();
+    row.server_rss_range = rssRange(series, t0, gen.load_end_epoch_ms, RSS_WARMUP_MS);
+    let next = t0;
+    row.server_rss_series = [];
+    for (const [t, bytes] of series) {
+      if (t < next) continue;
+      row.server_rss_series.push([Math.round((t - t0) / 100) / 10, bytes]);
+      next = t + 5000;
+    }
+  }
   const w = cpuWindow(row);
   const seconds = w ? cpu.between(w.t0, w.t1) : null;
   if (w && seconds) {
