@@ -10,6 +10,7 @@ import t, { type Test } from 'tap';
 import type Stripe from 'stripe';
 import { startServer, eventually, type TestServer } from './helpers/server';
 import { uniqueName, expectError } from './helpers/assertions';
+import { parseExposition } from './helpers/prometheus';
 
 const HOUR = 3600;
 const DAY = 86400;
@@ -460,6 +461,38 @@ t.test('meter event summaries end to end', async (t) => {
     await flushed(other);
     t.equal(await totalUntil(5, other, 'cus_p1'), 5, 'same customer on another meter is separate');
     t.equal(await totalUntil(3, m, 'cus_p1'), 3, 'and does not leak into the first meter');
+  });
+
+  await t.test('concurrent reads of many customers share queries, and each gets its own value', async (t) => {
+    const m = await meter('coalesce');
+    const customers = Array.from({ length: 24 }, (_, i) => `cus_c${i}`);
+    customers.push("cus_c'quote", 'cus_c ünï');
+    const earlier = NOW - 2 * HOUR;
+    for (let i = 0; i < customers.length; i++) {
+      await send(m, customers[i], String(i + 1));
+      await send(m, customers[i], '100', earlier);
+    }
+    await flushed(m);
+    const recent = { start: THIS_MINUTE - 30 * 60, end: THIS_MINUTE + 600 };
+    const last = customers.length - 1;
+    t.equal(await totalUntil(last + 101, m, customers[last]), last + 101, 'stored');
+    const counter = async (name: string) => parseExposition((await server.request('GET', '/metrics')).text).value(name) ?? 0;
+    const readsBefore = await counter('meterd_summary_reads_total');
+    const queriesBefore = await counter('meterd_summary_queries_total');
+    // Every customer over two ranges at once: the reads of one range may share a query, never those of two ranges.
+    const reads = customers.flatMap((c, i) => [
+      total(m, c).then((v) => [c, 'wide', v, i + 101] as const),
+      total(m, c, recent).then((v) => [c, 'recent', v, i + 1] as const),
+    ]);
+    const results = await Promise.all(reads);
+    const wrong = results.filter(([, , v, want]) => v !== want);
+    t.same(wrong, [], `all ${results.length} concurrent reads got their own customer's total for their range`);
+    const readsDone = (await counter('meterd_summary_reads_total')) - readsBefore;
+    const queriesDone = (await counter('meterd_summary_queries_total')) - queriesBefore;
+    t.equal(readsDone, results.length, 'every read is counted');
+    t.ok(queriesDone < readsDone, `the reads shared queries: ${readsDone} reads, ${queriesDone} queries`);
+    // Alone, a read still runs as soon as it arrives.
+    t.equal(await total(m, customers[0], recent), 1);
   });
 
   await t.test('customer ids with unusual characters', async (t) => {

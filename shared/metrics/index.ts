@@ -51,6 +51,15 @@ export const metrics = {
       LATENCY_BUCKETS,
     ),
   ),
+  summaryReads: registry.add(
+    new Counter('meterd_summary_reads_total', 'Meter event summary reads: one per customer and range asked for (summary requests, invoice lines).'),
+  ),
+  summaryQueries: registry.add(
+    new Counter(
+      'meterd_summary_queries_total',
+      'Analytics store queries that answered the summary reads: concurrent reads of one meter and range share one query.',
+    ),
+  ),
   idempotencyReplays: registry.add(new Counter('meterd_idempotency_replays_total', 'Saved answers replayed for a retried Idempotency-Key.', ['store'])),
   logAppends: registry.add(new Counter('meterd_log_appends_total', 'Records appended to the event log (one per request or batch and partition).')),
   logAppendBytes: registry.add(new Counter('meterd_log_append_bytes_total', 'Bytes of the records appended to the event log.')),
