@@ -150,7 +150,7 @@ const ROWS: Row[] = [
       client_cpu: { user_s: 0.5, system_s: 0.25, pct_of_one_core: 18 },
       freshness: { after_last_ack_ms: 1000, converged: true },
       lag: { health_urls: [], samples: 10, sample_errors: 0, max_events: 120_000, max_seconds_behind: 0.5, caught_up_after_last_ack_ms: 500 },
-      verification: { ok: true, mismatch_count: 0, checked_customers: 101 },
+      verification: { ok: true, mismatch_count: 0, checked_customers: 101, reads_per_s: 540 },
       errors: { '503': 2 },
     },
   }),
@@ -199,7 +199,7 @@ t.test('the table: one row per target and transport, ratios against the same tra
   t.equal(embeddedHttp[9], '2.00 / 0.50 / 1.00 / 1.50 / 1.50 / 2.00 = 8.50', 'CPU-seconds per million events per thread kind');
   t.equal(embeddedHttp[10], '0.75', 'generator CPU-seconds per million events');
   t.equal(embeddedHttp[11], '400 MiB (300 MiB–350 MiB)', 'peak RSS, and its range after the first minute');
-  t.equal(embeddedHttp[12], 'exact (101 customers)');
+  t.equal(embeddedHttp[12], 'exact (101 customers, 540 summary reads/s)', 'exact, with the read rate of the exactness pass');
   t.equal(embeddedHttp[13], '503×2');
   const ws = cells(5);
   t.equal(ws[4], '25.0%', 'the WebSocket row compares with the WebSocket null server');

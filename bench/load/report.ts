@@ -140,7 +140,7 @@ export function report(i: ReportInput) {
     rows.push([
       'exactness',
       verification.ok
-        ? `OK (${verification.checked_customers} customers)`
+        ? `OK (${verification.checked_customers} customers; their summaries read in ${verification.read_ms} ms on 16 connections, ${verification.reads_per_s}/s)`
         : `MISMATCH in ${verification.mismatch_count}/${verification.checked_customers} customers, e.g. ${JSON.stringify(verification.mismatches.slice(0, 3))}`,
     ]);
   }

@@ -42,7 +42,7 @@ export interface GenResult {
   load_end_epoch_ms?: number;
   freshness?: { after_last_ack_ms: number | null; converged: boolean } | null;
   probe_freshness_ms?: { p50: number | null; max: number | null; count: number } | null;
-  verification?: { ok: boolean; mismatch_count: number; checked_customers: number } | null;
+  verification?: { ok: boolean; mismatch_count: number; checked_customers: number; reads_per_s?: number } | null;
   lag?: LagReport | null;
   aborted?: string | null;
   [k: string]: unknown;
