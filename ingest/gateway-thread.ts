@@ -110,8 +110,10 @@ function main(): void {
     if (message.t === 'close') {
       Promise.all([http.close(), sockets.close()])
         .catch((err) => log.error('gateway thread close failed', { err: String(err) }))
+        // Appends still in flight (requests the close gave up waiting for) get their answers before the port closes;
+        // the main thread's deadline for this thread bounds the wait.
+        .then(() => appender?.close())
         .finally(() => {
-          appender?.close();
           port.postMessage({ t: 'closed' } satisfies ToMain);
           port.close();
         });

@@ -106,8 +106,8 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
         writerThread: true,
         // Without its writer the log can take no event: exit for the supervisor to restart the process (every
         // acknowledged event is durable).
-        onWriterThreadExit: (code) => {
-          log.error('the event log writer thread stopped; stopping the process', { code });
+        onWriterThreadExit: (code, error) => {
+          log.error('the event log writer thread stopped; stopping the process', { code, error });
           process.exit(1);
         },
       });

@@ -685,6 +685,8 @@ t.test('writer thread: appends from this thread and through ports, rotation, rea
     [0, own('both-0')],
     [1, own('both-1')],
   ]);
+  // A port's answer and the main thread's mirror update travel on different ports: flush() waits for the latter.
+  await log.flush();
   t.equal(log.endOffset(0), 101, 'the mirror knows the durable end of partition 0');
   t.equal(log.endOffset(1), 101, 'and of partition 1');
   t.ok(segFiles(dir, 0).length > 2, `partition 0 rotated (${segFiles(dir, 0).length} segments)`);
@@ -733,4 +735,70 @@ t.test('writer thread: appends from this thread and through ports, rotation, rea
   const again = await openLog(t, dir, { segmentBytes, writerThread: true });
   t.equal(again.endOffset(0), 102, 'reopened at the durable end of partition 0');
   t.equal(again.endOffset(1), 102, 'and of partition 1');
+});
+
+t.test('writer thread, closing under appends through ports: an acknowledged record is there, a refused one is not', async (t) => {
+  const dir = tmpDir(t);
+  for (let round = 0; round < 5; round++) {
+    const log = await EmbeddedLog.open(dir, { partitions: 2, writerThread: true });
+    const appenders = Array.from({ length: 4 }, () => new PortAppender(log.producer().appendPort!()!));
+    const acked = new Set<string>();
+    const refused = new Set<string>();
+    let other = 0;
+    let stop = false;
+    const loops = Array.from({ length: 32 }, async (_, i) => {
+      for (let n = 0; !stop; n++) {
+        const value = `r${round}-l${i}-n${n}`;
+        try {
+          await appenders[i % 4].append([[n % 2, new Uint8Array(Buffer.from(value))]]);
+          acked.add(value);
+        } catch (err) {
+          if (err instanceof ServiceUnavailableError) refused.add(value);
+          else other++;
+          return;
+        }
+      }
+    });
+    await new Promise((r) => setTimeout(r, 20 + round * 15));
+    await log.close();
+    stop = true;
+    await Promise.all(loops);
+    t.equal(other, 0, 'every append was acknowledged or refused with a 503');
+    t.ok(refused.size > 0, `the close refused appends (round ${round}: ${acked.size} acknowledged, ${refused.size} refused)`);
+
+    const again = await EmbeddedLog.open(dir, { partitions: 2 });
+    const c = again.consumer(`verify-${round}`);
+    for (const p of [0, 1]) c.seek(p, 0);
+    const stored = new Set<string>();
+    for (;;) {
+      const recs = await c.poll(10_000, 0);
+      if (recs.length === 0) break;
+      for (const r of recs) if (r.value.toString().startsWith(`r${round}-`)) stored.add(r.value.toString());
+    }
+    await again.close();
+    t.same(
+      [...acked].filter((v) => !stored.has(v)),
+      [],
+      'every acknowledged record is in the log',
+    );
+    t.same(
+      [...refused].filter((v) => stored.has(v)),
+      [],
+      'no refused record is in the log',
+    );
+    t.equal(stored.size, acked.size, 'and nothing else of the round');
+  }
+});
+
+t.test('PortAppender.close waits for the answers of the appends already sent', async (t) => {
+  const dir = tmpDir(t);
+  const log = await openLog(t, dir, { writerThread: true });
+  const appender = new PortAppender(log.producer().appendPort!()!);
+  const sent = [0, 1, 2].map((i) => appender.append([[0, new Uint8Array(Buffer.from(`sent-${i}`))]]));
+  const closed = appender.close();
+  await t.resolves(Promise.all(sent), 'appends sent before close are answered as the log answers them');
+  await closed;
+  await t.rejects(appender.append([[0, new Uint8Array(Buffer.from('late'))]]), ServiceUnavailableError, 'then it refuses');
+  await log.flush();
+  t.equal(log.endOffset(0), 3, 'the three are durable');
 });

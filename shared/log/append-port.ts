@@ -27,6 +27,8 @@ export class PortAppender {
   private readonly waiting = new Map<number, { resolve(): void; reject(err: Error): void }>();
   private nextId = 1;
   private closed = false;
+  /** Set by close() while appends are still waiting for their answer. */
+  private drained: (() => void) | null = null;
 
   constructor(private readonly port: MessagePort) {
     port.on('message', (reply: PortAppended) => {
@@ -35,11 +37,14 @@ export class PortAppender {
       this.waiting.delete(reply.id);
       if (reply.error === null) w.resolve();
       else w.reject(new ServiceUnavailableError(reply.error));
+      if (this.waiting.size === 0) this.drained?.();
     });
-    // The log's thread closes its end when the log closes: whatever is still waiting was not made durable.
+    // The log's thread closes its end only once every append it took is answered (writer-thread.ts): whatever is
+    // still waiting then was never taken, so it is not durable and may be refused.
     port.on('close', () => {
       this.closed = true;
       this.failWaiting('The event log is closed.');
+      this.drained?.();
     });
   }
 
@@ -57,10 +62,22 @@ export class PortAppender {
     });
   }
 
-  close(): void {
+  /**
+   * Refuses new appends, waits for the answers of those already sent, then closes the port. Those are never refused
+   * here: the log's thread may still write them, and a 503 for a record that becomes durable would make its client
+   * send it again. If the log never answers, neither does this (the caller's own deadline decides).
+   */
+  close(): Promise<void> {
     this.closed = true;
-    this.port.close();
-    this.failWaiting('The event log is closed.');
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        this.drained = null;
+        this.port.close();
+        resolve();
+      };
+      if (this.waiting.size === 0) done();
+      else this.drained = done;
+    });
   }
 
   private failWaiting(message: string): void {

@@ -26,8 +26,8 @@ export interface EmbeddedLogOptions {
    * for the opening thread's event loop, and other threads can append through `appendPort()`.
    */
   writerThread?: boolean;
-  /** Told if the writer thread stops without the log being closed; appends are refused from then on. */
-  onWriterThreadExit?: (code: number) => void;
+  /** Told if the writer thread stops without the log being closed (its exit code, and its error if it threw); appends are refused from then on. */
+  onWriterThreadExit?: (code: number, error: string | null) => void;
 }
 
 export interface EmbeddedLogStats {

@@ -37,7 +37,11 @@ export class WriterThread {
    * Starts the thread on the partitions as recovery left them; resolves once it has opened their segment files.
    * `onExit` is told if the thread stops without being closed (appends are refused from then on).
    */
-  static start(init: WriterThreadInit, onDurable: (mirror: DurableMirror) => void, onExit: (code: number) => void): Promise<WriterThread> {
+  static start(
+    init: WriterThreadInit,
+    onDurable: (mirror: DurableMirror) => void,
+    onExit: (code: number, error: string | null) => void,
+  ): Promise<WriterThread> {
     const worker = new Worker(threadFile(), { workerData: init });
     const host = new WriterThread(worker, onDurable);
     return new Promise((resolve, reject) => {
@@ -49,7 +53,9 @@ export class WriterThread {
         } else if (m.t === 'failed') reject(new Error(`the event log's writer could not open its segments: ${m.message}`));
         else host.onMessage(m);
       });
+      let failure: string | null = null;
       worker.on('error', (err) => {
+        failure = String(err?.stack ?? err);
         if (!started) reject(err);
       });
       worker.on('exit', (code) => {
@@ -57,7 +63,7 @@ export class WriterThread {
         host.stopped(expected ? 'The event log is closed.' : "The event log's writer stopped.");
         host.onClosed?.();
         if (!started) reject(new Error(`the event log's writer exited (code ${code}) before opening its segments`));
-        else if (!expected) onExit(code);
+        else if (!expected) onExit(code, failure);
       });
     });
   }
@@ -96,11 +102,11 @@ export class WriterThread {
     });
   }
 
-  /** A port another thread appends on (PortAppender). */
-  connect(): MessagePort {
+  /** A port another thread appends on (PortAppender); undefined once the thread takes no appends. */
+  connect(): MessagePort | undefined {
+    if (this.refused || this.closing) return undefined;
     const { port1, port2 } = new MessageChannel();
-    if (this.refused) port2.close();
-    else this.post({ t: 'connect', port: port2 }, [port2]);
+    this.post({ t: 'connect', port: port2 }, [port2]);
     return port1;
   }
 

@@ -70,9 +70,17 @@ function main(): void {
     return Promise.all(records.map(([partition, bytes]) => writers[partition].append(asBuffer(bytes))));
   }
 
+  /** Set once the log closes: appends that arrive afterwards are refused, never written. */
+  let closing = false;
+  const CLOSED = 'The event log is closed.';
+
   function connect(port: MessagePort): void {
     ports.add(port);
     port.on('message', (m: PortAppend) => {
+      if (closing) {
+        port.postMessage({ id: m.id, error: CLOSED } satisfies PortAppended);
+        return;
+      }
       appendAll(m.records).then(
         () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
         (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err) } satisfies PortAppended),
@@ -86,7 +94,7 @@ function main(): void {
   parent.on('message', (m: ToWriter) => {
     switch (m.t) {
       case 'append': {
-        const why = invalid(m.partition, m.value);
+        const why = closing ? CLOSED : invalid(m.partition, m.value);
         if (why) {
           post({ t: 'appended', id: m.id, offset: -1, error: why });
           return;
@@ -104,7 +112,10 @@ function main(): void {
         idle().then(() => post({ t: 'idle', id: m.id }));
         return;
       case 'close':
-        // The appends already received finish first; a port's sender then sees its end close.
+        // Refuse what arrives from now on, let every append already taken finish (none can start any more, so the
+        // writers are then idle together), and only then close the ports: each sender has had the answer to every
+        // append this thread took, and what it is still waiting for was never written.
+        closing = true;
         idle()
           .then(() => {
             for (const port of ports) port.close();
