@@ -6,7 +6,7 @@
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
-import { validateMeterValue } from '../shared/decimal';
+import { checkMeterValue, ScaledSum, validateMeterValue } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
@@ -144,7 +144,7 @@ interface SlotAcc {
   meterId: string;
   customer: string;
   minute: number;
-  sum: bigint;
+  sum: ScaledSum;
   count: number;
 }
 
@@ -174,6 +174,10 @@ export function processChunk(task: ChunkTask): ChunkResult {
   let tsvLength = 0;
   const slotMap = new Map<string, SlotAcc>();
   const slotList: SlotAcc[] = [];
+  // Each meter's latest rollup slot per customer, over the whole chunk: the composite key (account, meter, customer,
+  // minute) is built only when a customer's minute changes. Records interleave customers, so a cache per record
+  // missed on nearly every event, and hashing a fresh composite key per event was a tenth of this function's time.
+  const latestSlots = new Map<MeterInfo, Map<string, SlotAcc>>();
   const errors: EventError[] = [];
   const cancels: CancelItem[] = [];
   const partition = task.partition;
@@ -209,11 +213,16 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const recv = rec.receivedMs;
     const livemodeText = rec.livemode ? '1' : '0';
     const accountField = tsvField(account);
-    // Most records carry one event name and few customers: look the meter up once per name, and reuse the last
-    // rollup slot of a customer instead of building a composite key for every event.
+    // Most records carry one event name: look the meter up once per name.
     let lastName: string | null = null;
     let meter: MeterInfo | undefined;
-    const lastSlotOf = new Map<string, SlotAcc>();
+    let latestSlotOf: Map<string, SlotAcc> | undefined;
+    let rowHead: string | null = null;
+    const rowTail = `\t${recv}\t${partitionText}\t`;
+    // The record's rows are gathered into one string and written once (a write per row was a tenth of the time);
+    // meanwhile lineStart holds offsets into that string, made byte offsets into `out` after the write.
+    let rows = '';
+    const firstEvent = n;
     for (let e = 0; e < rec.events.length; e++, n++) {
       const [eventName, identifier, timestampMs, payload] = rec.events[e];
       hi[n] = hash32(identifier, seedHi);
@@ -221,15 +230,21 @@ export function processChunk(task: ChunkTask): ChunkResult {
       receivedMs[n] = recv;
       const s = eventSeq(partition, offset, e);
       seq[n] = s;
-      lineStart[n] = tsvLength;
+      lineStart[n] = rows.length;
       if (eventName !== lastName) {
         lastName = eventName;
         meter = meters.get(meterKey(account, eventName));
-        lastSlotOf.clear();
+        latestSlotOf = undefined;
+        rowHead = null;
+        if (meter) {
+          latestSlotOf = latestSlots.get(meter);
+          if (!latestSlotOf) latestSlots.set(meter, (latestSlotOf = new Map()));
+        }
       }
       let error: [string, string] | null = null;
       let value = '0';
-      let scaled = 0n;
+      // Set when this event's value passed checkMeterValue, whose reading ScaledSum.addChecked adds.
+      let checked = false;
       let customer = '';
       if (!meter) error = ['no_meter', `No active meter was found for event_name '${eventName}'.`];
       else if (!meter.active && !rec.validated) error = ['archived_meter', `The meter '${meter.id}' is inactive and accepts no events.`];
@@ -240,11 +255,13 @@ export function processChunk(task: ChunkTask): ChunkResult {
         else if (raw === undefined || raw === '') {
           if (meter.formula !== 'count') error = ['meter_event_invalid_value', `Value key ${meter.valueKey} not found in payload.`];
         } else {
-          const v = validateMeterValue(raw);
-          if (!v.ok) error = [v.code, v.message];
-          else {
+          const code = checkMeterValue(raw);
+          if (code !== null) {
+            const v = validateMeterValue(raw);
+            error = [code, v.ok ? code : v.message];
+          } else {
             value = raw;
-            scaled = v.scaled;
+            checked = true;
           }
         }
         if (!error && !rec.validated) {
@@ -263,15 +280,11 @@ export function processChunk(task: ChunkTask): ChunkResult {
       }
       if (!emit) continue;
       const m = meter!;
+      // The columns before the customer are the same for every event of the record and meter, and those after the
+      // payload for every event of the record: built once, so a row is a few pieces rather than two dozen.
+      if (rowHead === null) rowHead = `${accountField}\t${livemodeText}\t${m.id}\t${tsvField(eventName)}\t`;
       const line =
-        accountField +
-        '\t' +
-        livemodeText +
-        '\t' +
-        m.id +
-        '\t' +
-        tsvField(eventName) +
-        '\t' +
+        rowHead +
         tsvField(customer) +
         '\t' +
         tsvField(identifier) +
@@ -281,33 +294,44 @@ export function processChunk(task: ChunkTask): ChunkResult {
         value +
         '\t' +
         tsvField(extraPayload(payload, m.customerKey, m.valueKey)) +
-        '\t' +
-        recv +
-        '\t' +
-        partitionText +
-        '\t' +
+        rowTail +
         s +
         '\n';
-      if (tsvLength + line.length * 3 > out.length) out = grow(out, tsvLength + line.length * 3);
-      tsvLength += out.write(line, tsvLength);
+      rows += line;
       if (usesRollups(m)) {
         const minute = Math.floor(timestampMs / 60000) * 60;
-        let acc = lastSlotOf.get(customer);
+        let acc = latestSlotOf!.get(customer);
         if (!acc || acc.minute !== minute) {
           const key = account + '\u0000' + m.id + '\u0000' + customer + '\u0000' + minute;
           acc = slotMap.get(key);
           if (!acc) {
-            acc = { index: slotList.length, account, meterId: m.id, customer, minute, sum: 0n, count: 0 };
+            acc = { index: slotList.length, account, meterId: m.id, customer, minute, sum: new ScaledSum(), count: 0 };
             slotMap.set(key, acc);
             slotList.push(acc);
           }
-          lastSlotOf.set(customer, acc);
+          latestSlotOf!.set(customer, acc);
         }
-        if (m.formula === 'sum') acc.sum += scaled;
+        if (m.formula === 'sum' && checked) acc.sum.addChecked();
         acc.count++;
         slot[n] = acc.index;
       }
     }
+    if (tsvLength + rows.length * 3 > out.length) out = grow(out, tsvLength + rows.length * 3);
+    const written = out.write(rows, tsvLength);
+    if (written === rows.length) {
+      // Every character took one byte (UTF-8 writes only ASCII that way): the offsets carry over as they are.
+      for (let i = firstEvent; i < n; i++) lineStart[i] += tsvLength;
+    } else {
+      let chars = 0;
+      let bytes = tsvLength;
+      for (let i = firstEvent; i < n; i++) {
+        const at = lineStart[i];
+        if (at > chars) bytes += Buffer.byteLength(rows.slice(chars, at));
+        chars = at;
+        lineStart[i] = bytes;
+      }
+    }
+    tsvLength += written;
   }
   lineStart[n] = tsvLength;
   const tsv = out.subarray(0, tsvLength);
@@ -317,7 +341,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
     meterId: a.meterId,
     customer: a.customer,
     minute: a.minute,
-    sum: a.sum.toString(),
+    sum: a.sum.scaled().toString(),
     count: a.count,
   }));
   return {

@@ -70,6 +70,42 @@ t.test('valid events get rows, fingerprints and per-minute partial sums', async 
   t.equal(r.slot[3], -1);
 });
 
+t.test('rollup slots are shared across the records of a chunk, per customer and minute, with exact sums', async (t) => {
+  const M0 = NOW;
+  const M1 = NOW + 60_000;
+  const r = processChunk(
+    task([
+      events([
+        ['tokens', 'r1', M0, { stripe_customer_id: 'cus_1', value: '1' }],
+        ['tokens', 'r2', M0, { stripe_customer_id: 'cus_2', value: '0.25' }],
+      ]),
+      events([
+        ['tokens', 'r3', M0, { stripe_customer_id: 'cus_1', value: '-3.5' }],
+        ['tokens', 'r4', M1, { stripe_customer_id: 'cus_1', value: '4' }],
+        ['gauge', 'r5', M0, { cust: 'cus_1', v: '9' }],
+        ['tokens', 'r6', M0, { stripe_customer_id: 'cus_2', value: '999999999999999' }],
+        ['tokens', 'r7', M0, { stripe_customer_id: 'cus_1', value: 'x' }],
+        ['tokens', 'r8', M0, { stripe_customer_id: 'cus_1', value: '0.000000000000001' }],
+      ]),
+    ]),
+  );
+  const minute = (ms: number) => Math.floor(ms / 60000) * 60;
+  const sums = Object.fromEntries(r.slots.map((s) => [`${s.customer}@${s.minute - minute(M0)}`, [s.sum, s.count]]));
+  const scaled = (v: string) => {
+    const [i, f = ''] = v.replace('-', '').split('.');
+    const x = BigInt(i) * 10n ** 15n + BigInt(f.padEnd(15, '0'));
+    return v.startsWith('-') ? -x : x;
+  };
+  t.same(sums, {
+    'cus_1@0': [String(scaled('1') + scaled('-3.5') + scaled('0.000000000000001')), 3],
+    'cus_2@0': [String(scaled('0.25') + scaled('999999999999999')), 2],
+    'cus_1@60': [String(scaled('4')), 1],
+  });
+  t.equal(r.slots.length, 3, 'one slot per meter, customer and minute, whatever the record');
+  t.equal(r.errors.length, 1, 'the invalid value is reported, not summed');
+  t.equal(r.errors[0].code, 'meter_event_invalid_value');
+});
+
 t.test('extra payload keys are kept, and line offsets are bytes even for non-ASCII rows', async (t) => {
   const r = processChunk(
     task([

@@ -9,7 +9,10 @@ import {
   formatScaled,
   formatScaledForClickHouse,
   scaledToNumber,
+  checkMeterValue,
+  ScaledSum,
 } from '../shared/decimal';
+import fc from 'fast-check';
 
 t.test('scale', async (t) => {
   t.equal(VALUE_SCALE, 15);
@@ -186,4 +189,50 @@ t.test('formatScaled / scaledToNumber', async (t) => {
   ]) {
     t.equal(formatScaled(parseMeterValue(s)!), c, s);
   }
+});
+
+/** A decimal string as clients write them: optional '-', up to 15 significant digits, up to 15 after the point. */
+const meterValue = fc
+  .tuple(fc.boolean(), fc.bigInt({ min: 0n, max: 10n ** 15n - 1n }), fc.integer({ min: 0, max: 15 }), fc.integer({ min: 0, max: 3 }))
+  .map(([neg, digits, frac, zeros]) => {
+    let text = digits.toString().padStart(frac + 1, '0');
+    if (frac > 0) text = `${text.slice(0, text.length - frac)}.${text.slice(text.length - frac)}`;
+    return `${neg ? '-' : ''}${'0'.repeat(zeros)}${text}`;
+  });
+
+t.test('checkMeterValue accepts and refuses exactly as validateMeterValue', async (t) => {
+  const odd = ['', '-', '+5', '.5', '5.', '1e3', ' 5', 'abc', '1234567890123456', '0.0000000000000001', '-0', '007', '999999999999999'];
+  for (const s of odd) {
+    const v = validateMeterValue(s);
+    t.equal(checkMeterValue(s), v.ok ? null : v.code, JSON.stringify(s));
+  }
+  fc.assert(
+    fc.property(fc.oneof(meterValue, fc.string()), (s) => {
+      const v = validateMeterValue(s);
+      return checkMeterValue(s) === (v.ok ? null : v.code);
+    }),
+    { numRuns: 5000 },
+  );
+});
+
+t.test('ScaledSum equals the sum of the scaled bigints, spilling past 2^52 units', async (t) => {
+  const sumOf = (values: string[]) => {
+    const sum = new ScaledSum();
+    for (const s of values) {
+      if (checkMeterValue(s) === null) sum.addChecked();
+    }
+    return sum.scaled();
+  };
+  const exact = (values: string[]) => values.reduce((a, s) => a + (validateMeterValue(s).ok ? parseMeterValue(s)! : 0n), 0n);
+  fc.assert(
+    fc.property(fc.array(meterValue, { maxLength: 200 }), (values) => sumOf(values) === exact(values)),
+    { numRuns: 2000 },
+  );
+  const big = '999999999999999';
+  const many = Array.from({ length: 40 }, () => big);
+  t.equal(sumOf(many), 40n * 999999999999999n * SCALE, '40 × (10^15 − 1): past 2^53 whole units, still exact');
+  t.equal(sumOf([...many, ...many.map((v) => `-${v}`)]), 0n, 'and back to zero');
+  t.equal(sumOf(['0.1', '0.2', '-0.3']), 0n, '0.1 + 0.2 − 0.3 is 0');
+  t.equal(sumOf(['0.999999999999999', '0.000000000000001']), SCALE, 'the fraction carries into a unit');
+  t.equal(sumOf(['-0.000000000000001']), -1n, 'a negative fraction borrows from the units');
 });
