@@ -802,3 +802,69 @@ t.test('PortAppender.close waits for the answers of the appends already sent', a
   await log.flush();
   t.equal(log.endOffset(0), 3, 'the three are durable');
 });
+
+t.test('writer thread: a failed write or sync rejects its group, and readers never see its records', async (t) => {
+  const dir = tmpDir(t);
+  const segmentBytes = 2048;
+  process.env.METERD_TEST_LOG_FAULTS = JSON.stringify({ failWrites: [3, 9, 20], failSyncs: [5, 14, 27] });
+  const log = await EmbeddedLog.open(dir, {
+    partitions: 2,
+    segmentBytes,
+    writerThread: true,
+    writerThreadFaults: path.join(__dirname, 'helpers/log-faults.js'),
+  });
+  delete process.env.METERD_TEST_LOG_FAULTS;
+  const appender = new PortAppender(log.producer().appendPort!()!);
+  const acked = [new Set<string>(), new Set<string>()];
+  const refused = [new Set<string>(), new Set<string>()];
+  let otherErrors = 0;
+  // Rounds of four appends at once (two from this thread, two through the port): small groups, so the numbered faults
+  // fall throughout the run, across segment rotations (about 15 records per segment).
+  for (let i = 0; i < 60; i++) {
+    await Promise.all(
+      [0, 1, 2, 3].map(async (k) => {
+        const p = k % 2;
+        const value = `v${i}-${k}`.padEnd(120, '.');
+        try {
+          if (k < 2) await log.producer().append(p, Buffer.from(value));
+          else await appender.append([[p, new Uint8Array(Buffer.from(value))]]);
+          acked[p].add(value);
+        } catch (err) {
+          if (err instanceof ServiceUnavailableError) refused[p].add(value);
+          else otherErrors++;
+        }
+      }),
+    );
+  }
+  t.equal(otherErrors, 0, 'failures are 503s');
+  const refusedCount = refused[0].size + refused[1].size;
+  t.ok(refusedCount >= 6, `the six injected failures refused their groups (${refusedCount} appends)`);
+  await log.flush();
+  const c = log.consumer('g');
+  const recs = await readN(c, acked[0].size + acked[1].size);
+  for (const p of [0, 1]) {
+    const mine = byPartition(recs, p);
+    t.same(
+      mine.map((r) => r.offset),
+      Array.from({ length: acked[p].size }, (_, i) => i),
+      `partition ${p}: dense offsets over the acknowledged records only`,
+    );
+    t.same(new Set(mine.map((r) => r.value.toString())), acked[p], `partition ${p}: exactly the acknowledged records`);
+    t.equal(log.endOffset(p), acked[p].size, `partition ${p}: the mirror's durable end`);
+  }
+  t.same(await c.poll(10, 50), [], 'nothing else is readable');
+  await log.close();
+  const again = await openLog(t, dir, { segmentBytes });
+  const c2 = again.consumer('verify');
+  for (const p of [0, 1]) c2.seek(p, 0);
+  const reread = await readN(c2, acked[0].size + acked[1].size);
+  for (const p of [0, 1]) {
+    const values = byPartition(reread, p).map((r) => r.value.toString());
+    t.same(new Set(values), acked[p], `partition ${p}: after reopening, the same records`);
+    t.same(
+      values.filter((v) => refused[p].has(v)),
+      [],
+      `partition ${p}: no refused record`,
+    );
+  }
+});

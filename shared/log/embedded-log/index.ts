@@ -118,6 +118,7 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
     if (opts.writerThread && !opts.faults) {
       const init = {
         segmentBytes: log.segmentBytes,
+        faultsModule: opts.writerThreadFaults,
         partitions: log.parts.map((p) => ({ id: p.id, dir: p.dir, segments: p.segments.map((s) => ({ ...s })), durableNext: p.durableNext })),
       };
       const onExit = opts.onWriterThreadExit ?? (() => undefined);

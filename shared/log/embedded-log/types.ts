@@ -22,6 +22,11 @@ export interface EmbeddedLogOptions {
   /** Fault injection for tests (the writers then stay on the opening thread). */
   faults?: EmbeddedLogFaults;
   /**
+   * Fault injection for tests of the writer thread: the path of a module whose exports are EmbeddedLogFaults, loaded
+   * by that thread (functions cannot be sent to it).
+   */
+  writerThreadFaults?: string;
+  /**
    * Runs the writers on a thread of their own (writer-thread.ts): acknowledgements then wait only for the disk, not
    * for the opening thread's event loop, and other threads can append through `appendPort()`.
    */

@@ -7,6 +7,8 @@ import type { EmbeddedLogStats } from './types';
 
 export interface WriterThreadInit {
   segmentBytes: number;
+  /** A module of EmbeddedLogFaults hooks to load (tests only). */
+  faultsModule?: string;
   /** Each partition as recovery left it: the writer continues from its durable end. */
   partitions: Array<{ id: number; dir: string; segments: Segment[]; durableNext: number }>;
 }

@@ -8,7 +8,7 @@
 import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
 import type { PortAppend, PortAppended } from '../append-port';
 import { PartitionSegments, errMessage, MAX_RECORD_BYTES } from './segment-files';
-import type { EmbeddedLogStats, LogContext } from './types';
+import type { EmbeddedLogFaults, EmbeddedLogStats, LogContext } from './types';
 import type { DurableMirror, FromWriter, ToWriter, WriterThreadInit } from './writer-messages';
 import { PartitionWriter } from './writer';
 
@@ -22,7 +22,8 @@ function main(): void {
   const files: PartitionSegments[] = [];
   const context: LogContext = {
     segmentBytes: init.segmentBytes,
-    faults: undefined,
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    faults: init.faultsModule ? (require(init.faultsModule) as EmbeddedLogFaults) : undefined,
     counters,
     onDurableWrite: (records, seconds) => {
       lastWrite = { records, seconds };
