@@ -1,8 +1,9 @@
 /**
  * What the main thread and the gateway threads say to each other (ingest/gateway-thread.ts, ingest/gateway-threads.ts).
  * Gateway threads own the sockets: they parse HTTP and WebSocket frames, verify session tokens, read and encode stream
- * events into log records. The main thread owns everything stateful: the log producer, idempotency records, and every
- * other route, which a gateway thread forwards to it as a request and renders the result of.
+ * events into log records, and append them on the log's append port where it has one (shared/log/append-port.ts). The
+ * main thread owns everything stateful: the log producer, idempotency records, and every other route, which a gateway
+ * thread forwards to it as a request and renders the result of.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { StripeError, type V1ErrorType } from '../shared/errors';
@@ -53,7 +54,7 @@ export type ToMain =
   | { t: 'forward'; id: number; request: ForwardedRequest }
   /** An HTTP stream request, read and encoded: the main thread applies its Idempotency-Key and appends. */
   | { t: 'stream'; id: number; principal: Principal; keyed: KeyedRequest | null; records: TransferredRecords }
-  /** A WebSocket batch, read and encoded: the main thread appends it. */
+  /** A WebSocket batch, read and encoded: the main thread appends it (when the log has no append port). */
   | { t: 'batch'; id: number; records: TransferredRecords }
   | { t: 'stats'; id: number; stats: StreamSocketStats }
   /** This thread's metric values, asked for at each scrape of /metrics. */

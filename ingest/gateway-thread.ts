@@ -1,9 +1,10 @@
 /**
  * A gateway thread: one of GATEWAY_THREADS threads that share the listening socket. It does the per-event work of the
  * meter event stream where the bytes arrive (HTTP parsing, WebSocket frames, session token checks, JSON or msgpack
- * decoding, the structural checks, encoding the log records) and hands the main thread only encoded records to append.
- * Every other request is forwarded to the main thread's router as is and its result rendered here, so every route
- * answers exactly as it does without threads.
+ * decoding, the structural checks, encoding the log records). The encoded records go to the log's own append port
+ * when it has one (the embedded log's writer thread), else to the main thread, which also takes every stream request
+ * with an Idempotency-Key. Every other request is forwarded to the main thread's router as is and its result rendered
+ * here, so every route answers exactly as it does without threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ApiError } from '../shared/errors';
