@@ -6,7 +6,7 @@
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
-import { checkMeterValue, ScaledSum, validateMeterValue } from '../shared/decimal';
+import { checkMeterValue, meterValueErrorMessage, ScaledSum } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
 import { tsvField } from '../shared/analytics-store';
@@ -256,10 +256,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
           if (meter.formula !== 'count') error = ['meter_event_invalid_value', `Value key ${meter.valueKey} not found in payload.`];
         } else {
           const code = checkMeterValue(raw);
-          if (code !== null) {
-            const v = validateMeterValue(raw);
-            error = [code, v.ok ? code : v.message];
-          } else {
+          if (code !== null) error = [code, meterValueErrorMessage(raw)];
+          else {
             value = raw;
             checked = true;
           }

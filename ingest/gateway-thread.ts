@@ -52,15 +52,15 @@ function main(): void {
   // The log's own port when it has one (the embedded log's writer thread): records go straight to the writer and the
   // acknowledgement straight back, without waiting for the main thread's event loop.
   const appender = init.logPort ? new PortAppender(init.logPort) : null;
-  const appendDirect = (a: PortAppender, records: TransferredRecords) => {
+  const appendDirect = (a: PortAppender, records: TransferredRecords, transfer: ArrayBuffer[]) => {
     let bytes = 0;
     for (const [, record] of records) bytes += record.length;
-    return countedPortAppend(records.length, bytes, () => a.append(records));
+    return countedPortAppend(records.length, bytes, () => a.append(records, transfer));
   };
 
   async function appendBatch(principal: Principal, receivedMs: number, batch: SocketBatch): Promise<void> {
     const { records, transfer } = transferable(encodeSocketBatchRecords(principal, receivedMs, batch, init.partitions));
-    if (appender) return appendDirect(appender, records);
+    if (appender) return appendDirect(appender, records, transfer);
     const reply = await call({ t: 'batch', id: nextId++, records }, transfer);
     if (reply.t === 'appended' && reply.error) throw deserializeError(reply.error);
   }
@@ -84,7 +84,7 @@ function main(): void {
       const keyed = req.idempotencyKey ? keyedRequest(req) : null;
       const { records, transfer } = transferable(encodeStreamRecords(principal, nowMs, events, raw, req.body, init.partitions));
       if (appender && !keyed) {
-        await appendDirect(appender, records);
+        await appendDirect(appender, records, transfer);
         countAccepted(streamSeries, principal.livemode, events.length, started);
         return STREAM_ACCEPTED;
       }

@@ -139,31 +139,20 @@ export type MeterValueValidation = { ok: true; scaled: bigint } | { ok: false; c
  * to `payload_invalid_value`.
  */
 export function validateMeterValue(s: string): MeterValueValidation {
-  const m = scan(s);
-  if (m < 0) {
-    return {
-      ok: false,
-      code: 'meter_event_invalid_value',
-      message: `The value in the event payload must be a decimal number such as 25, -3 or 0.5. Received ${s}.`,
-    };
-  }
-  if (scanSig > MAX_SIGNIFICANT_DIGITS) {
-    return {
-      ok: false,
-      code: 'meter_event_value_too_many_digits',
-      message: `The value in the event payload can have at most ${MAX_SIGNIFICANT_DIGITS} digits. Received ${s}.`,
-    };
-  }
-  if (scanFrac > VALUE_SCALE) {
-    return {
-      ok: false,
-      code: 'meter_event_value_too_many_digits',
-      message: `The value in the event payload can have at most ${VALUE_SCALE} digits after the decimal point. Received ${s}.`,
-    };
-  }
-  return { ok: true, scaled: scaledFromScan(s, m) };
+  const code = checkMeterValue(s);
+  if (code !== null) return { ok: false, code, message: meterValueErrorMessage(s) };
+  return { ok: true, scaled: scaledFromScan(s, checkedDigits) };
 }
 
+/** The message for `s`, which checkMeterValue() refused last (its scan still describes `s`). */
+export function meterValueErrorMessage(s: string): string {
+  if (checkedDigits < 0) return `The value in the event payload must be a decimal number such as 25, -3 or 0.5. Received ${s}.`;
+  if (scanSig > MAX_SIGNIFICANT_DIGITS) return `The value in the event payload can have at most ${MAX_SIGNIFICANT_DIGITS} digits. Received ${s}.`;
+  return `The value in the event payload can have at most ${VALUE_SCALE} digits after the decimal point. Received ${s}.`;
+}
+
+/** scan()'s result for the last value checkMeterValue() read (-1: not a decimal). */
+let checkedDigits = -1;
 /** What checkMeterValue() read from the last value it accepted: sign, whole units and the fraction times 10^15. */
 let checkedNeg = false;
 let checkedUnits = 0;
@@ -173,12 +162,13 @@ const POW10_NUMBER: number[] = [];
 for (let k = 0; k <= VALUE_SCALE; k++) POW10_NUMBER.push(10 ** k);
 
 /**
- * validateMeterValue without allocating: null when `s` is a valid meter value (then ScaledSum.addChecked adds it),
- * else the error code (validateMeterValue has the message). For the aggregator's hot path, where a bigint per event
- * (and an object per check) was a tenth of the worker's time.
+ * The check of validateMeterValue, without allocating: null when `s` is a valid meter value (then
+ * ScaledSum.addChecked adds it), else the error code (meterValueErrorMessage has the message). For the aggregator's
+ * hot path, where a bigint per event (and an object per check) was a tenth of the worker's time.
  */
 export function checkMeterValue(s: string): MeterValueErrorCode | null {
   const m = scan(s);
+  checkedDigits = m;
   if (m < 0) return 'meter_event_invalid_value';
   if (scanSig > MAX_SIGNIFICANT_DIGITS || scanFrac > VALUE_SCALE) return 'meter_event_value_too_many_digits';
   // m < 10^15 < 2^53, so the split below is exact; the two corrections guard the division's rounding.

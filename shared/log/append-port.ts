@@ -50,12 +50,12 @@ export class PortAppender {
 
   /**
    * Resolves once every record is durable; rejects with ServiceUnavailableError otherwise (nothing acknowledged).
-   * Each record's buffer is transferred: it must own its ArrayBuffer (see ingest's `transferable`).
+   * Each record's buffer is transferred: it must own its ArrayBuffer (see ingest's `transferable`, which also gives
+   * the transfer list, so the caller need not derive it again).
    */
-  append(records: PortRecords): Promise<void> {
+  append(records: PortRecords, transfer: ArrayBuffer[] = transferList(records)): Promise<void> {
     if (this.closed) return Promise.reject(new ServiceUnavailableError('The event log is closed.'));
     const id = this.nextId++;
-    const transfer = [...new Set(records.map(([, bytes]) => bytes.buffer as ArrayBuffer))];
     return new Promise<void>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
       this.port.postMessage({ id, records } satisfies PortAppend, transfer);
@@ -85,4 +85,9 @@ export class PortAppender {
     this.waiting.clear();
     for (const w of waiting) w.reject(new ServiceUnavailableError(message));
   }
+}
+
+/** The distinct ArrayBuffers of the records. */
+function transferList(records: PortRecords): ArrayBuffer[] {
+  return [...new Set(records.map(([, bytes]) => bytes.buffer as ArrayBuffer))];
 }
