@@ -803,6 +803,23 @@ t.test('PortAppender.close waits for the answers of the appends already sent', a
   t.equal(log.endOffset(0), 3, 'the three are durable');
 });
 
+t.test('writer thread: failed writes reach the stats without a durable write to carry them', async (t) => {
+  const dir = tmpDir(t);
+  process.env.METERD_TEST_LOG_FAULTS = JSON.stringify({ failWritesFrom: 3 });
+  const log = await EmbeddedLog.open(dir, { partitions: 1, writerThread: true, writerThreadFaults: path.join(__dirname, 'helpers/log-faults.js') });
+  delete process.env.METERD_TEST_LOG_FAULTS;
+  t.teardown(() => log.close());
+  const prod = log.producer();
+  await prod.append(0, buf('a'));
+  await prod.append(0, buf('b'));
+  t.equal(log.stats().acknowledged, 2);
+  await t.rejects(prod.append(0, buf('c')), ServiceUnavailableError, 'the third write fails');
+  await t.rejects(prod.append(0, buf('d')), ServiceUnavailableError, 'and the fourth');
+  const deadline = Date.now() + 3000;
+  while (log.stats().rejected < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.match(log.stats(), { acknowledged: 2, rejected: 2 }, 'the stats count the rejected appends');
+});
+
 t.test('writer thread: a failed write or sync rejects its group, and readers never see its records', async (t) => {
   const dir = tmpDir(t);
   const segmentBytes = 2048;

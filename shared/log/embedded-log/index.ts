@@ -122,7 +122,14 @@ export class EmbeddedLog implements EventLog, LogContext, ConsumerHost {
         partitions: log.parts.map((p) => ({ id: p.id, dir: p.dir, segments: p.segments.map((s) => ({ ...s })), durableNext: p.durableNext })),
       };
       const onExit = opts.onWriterThreadExit ?? (() => undefined);
-      log.thread = await WriterThread.start(init, (mirror) => log.applyDurable(mirror), onExit);
+      log.thread = await WriterThread.start(
+        init,
+        (mirror) => log.applyDurable(mirror),
+        (counters) => {
+          log.writerCounters = counters;
+        },
+        onExit,
+      );
     } else {
       try {
         for (const p of log.parts) await p.writer.open();

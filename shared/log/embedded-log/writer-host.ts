@@ -1,12 +1,13 @@
 /**
  * The main thread's handle on the writer thread (writer-thread.ts): starts it, sends it the main thread's appends,
  * hands out ports for other threads to append on, and passes every durable write to the log's mirror of its
- * partitions (index.ts).
+ * partitions (index.ts), and the writer's counters to the log's stats.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { ServiceUnavailableError } from '../../errors';
+import type { EmbeddedLogStats } from './types';
 import type { DurableMirror, FromWriter, ToWriter, WriterThreadInit } from './writer-messages';
 
 /**
@@ -31,6 +32,7 @@ export class WriterThread {
   private constructor(
     private readonly worker: Worker,
     private readonly onDurable: (mirror: DurableMirror) => void,
+    private readonly onCounters: (counters: EmbeddedLogStats) => void,
   ) {}
 
   /**
@@ -40,10 +42,11 @@ export class WriterThread {
   static start(
     init: WriterThreadInit,
     onDurable: (mirror: DurableMirror) => void,
+    onCounters: (counters: EmbeddedLogStats) => void,
     onExit: (code: number, error: string | null) => void,
   ): Promise<WriterThread> {
     const worker = new Worker(threadFile(), { workerData: init });
-    const host = new WriterThread(worker, onDurable);
+    const host = new WriterThread(worker, onDurable, onCounters);
     return new Promise((resolve, reject) => {
       let started = false;
       worker.on('message', (m: FromWriter) => {
@@ -72,6 +75,9 @@ export class WriterThread {
     switch (m.t) {
       case 'durable':
         this.onDurable(m.mirror);
+        return;
+      case 'counters':
+        this.onCounters(m.counters);
         return;
       case 'appended': {
         const w = this.appending.get(m.id);

@@ -43,6 +43,8 @@ export type FromWriter =
   | { t: 'ready' }
   | { t: 'failed'; message: string }
   | { t: 'durable'; mirror: DurableMirror }
+  /** The writer's counters, when they changed without a durable write (refused appends, failed writes). */
+  | { t: 'counters'; counters: EmbeddedLogStats }
   | { t: 'appended'; id: number; offset: number; error: string | null }
   | { t: 'idle'; id: number }
   | { t: 'closed' };

@@ -19,6 +19,17 @@ function main(): void {
   const post = (message: FromWriter) => parent.postMessage(message);
   const counters: EmbeddedLogStats = { appends: 0, acknowledged: 0, rejected: 0, writes: 0, fsyncs: 0, dirSyncs: 0, bytes: 0, segmentsDeleted: 0 };
   let lastWrite = { records: 0, seconds: 0 };
+  /** The counters as last sent to the main thread (with a durable write, or by reportCounters). */
+  let reported = '';
+  const reportCounters = () => {
+    const now = JSON.stringify(counters);
+    if (now === reported) return;
+    reported = now;
+    post({ t: 'counters', counters: { ...counters } });
+  };
+  // Refused appends and failed writes change the counters without a durable write to carry them.
+  const reporting = setInterval(reportCounters, 1000);
+  reporting.unref();
   const files: PartitionSegments[] = [];
   const context: LogContext = {
     segmentBytes: init.segmentBytes,
@@ -41,6 +52,7 @@ function main(): void {
         seconds: lastWrite.seconds,
         counters: { ...counters },
       };
+      reported = JSON.stringify(counters);
       post({ t: 'durable', mirror });
     },
   };
@@ -123,6 +135,8 @@ function main(): void {
             return Promise.all(writers.map((w) => w.close()));
           })
           .finally(() => {
+            clearInterval(reporting);
+            reportCounters();
             post({ t: 'closed' });
             parent.close();
           });
