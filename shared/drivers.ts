@@ -94,7 +94,17 @@ export async function openDrivers(config: Config, env: NodeJS.ProcessEnv = proce
     if (config.kafkaBrokers.length > 0) {
       const { KafkaLog, kafkaOptionsFromEnv } = await import('./log/kafka-log/index');
       const kafka = await connecting('Kafka', config.startupWaitMs, () =>
-        KafkaLog.open({ ...kafkaOptionsFromEnv(env), clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}` }),
+        KafkaLog.open({
+          ...kafkaOptionsFromEnv(env),
+          clientId: `meterd-${config.role}-${os.hostname()}-${process.pid}`,
+          producerThread: true,
+          // The gateway threads append through it: without it they could take no event. Exit for the supervisor to
+          // restart the process (every acknowledged event is in Kafka).
+          onProducerThreadExit: () => {
+            log.error('the Kafka producer thread stopped; stopping the process');
+            process.exit(1);
+          },
+        }),
       );
       consumerGroup = config.kafkaConsumerGroup ?? `${kafka.topic}.aggregator`;
       eventLog = kafka;

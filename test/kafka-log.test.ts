@@ -14,6 +14,7 @@ import { execFileSync } from 'node:child_process';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
 import { KafkaLog, kafkaOptionsFromEnv, type KafkaLogOptions } from '../shared/log/kafka-log';
 import { ServiceUnavailableError } from '../shared/errors';
+import { PortAppender } from '../shared/log/append-port';
 import type { AssignmentListener, LogConsumer, LogRecord } from '../shared/log';
 
 const BROKERS = (process.env.KAFKA_BROKERS ?? '')
@@ -257,6 +258,93 @@ function kafkaTests(): void {
         `partition ${p} read in offset order`,
       );
     }
+  });
+
+  t.test('producer thread: other threads append through ports; their appends share sends, in order, counted', async (t) => {
+    const topic = freshTopic(t, ['g-pt']);
+    t.equal((await openLog(t, freshTopic(t), { partitions: 1 })).producer().appendPort?.(), undefined, 'no port without producerThread');
+    const log = await openLog(t, topic, { partitions: 4, producerThread: true });
+    const durableWrites: number[] = [];
+    log.observeDurableWrites((records) => durableWrites.push(records));
+    const appenders = [0, 1, 2].map(() => {
+      const port = log.producer().appendPort?.();
+      if (!port) throw new Error('no append port');
+      return new PortAppender(port);
+    });
+    // Each appender: 150 appends of 1-3 records (partitions p, p+1, ...), 30 in flight at a time.
+    const sent: string[] = [];
+    await Promise.all(
+      appenders.map(async (a, w) => {
+        for (let round = 0; round < 5; round++) {
+          await Promise.all(
+            Array.from({ length: 30 }, (_, j) => {
+              const i = round * 30 + j;
+              const records: Array<[number, Uint8Array]> = [];
+              for (let k = 0; k <= i % 3; k++) {
+                const value = `a${w}-${String(i).padStart(3, '0')}-${k}`;
+                sent.push(value);
+                records.push([(i + k) % 4, new Uint8Array(Buffer.from(value))]);
+              }
+              return a.append(records);
+            }),
+          );
+        }
+      }),
+    );
+    await waitFor('the thread to report its counters', () => log.stats().acknowledged === sent.length, 5000);
+    const st = log.stats();
+    t.equal(st.acknowledged, sent.length, 'stats count the thread appends');
+    t.equal(st.rejected, 0);
+    t.ok(st.sends < 450, `450 appends from 3 ports took ${st.sends} sends (max ${st.maxSendRecords} records in one)`);
+    t.equal(
+      durableWrites.reduce((a, b) => a + b, 0),
+      sent.length,
+      'the durable-write observer saw every record',
+    );
+
+    const c = log.consumer('g-pt');
+    await c.subscribe(recorder());
+    const recs = await readN(c, sent.length);
+    t.same(recs.map((r) => r.value.toString()).sort(), sent.slice().sort(), 'every acknowledged record is in the log, once');
+    for (let p = 0; p < 4; p++) {
+      const mine = recs.filter((r) => r.partition === p);
+      t.same(
+        mine.map((r) => r.offset),
+        mine.map((_, i) => i),
+        `partition ${p}: dense offsets`,
+      );
+      for (let w = 0; w < 3; w++) {
+        const order = mine.map((r) => r.value.toString()).filter((v) => v.startsWith(`a${w}-`));
+        t.same(order, order.slice().sort(), `partition ${p}: appender ${w}'s records in the order it sent them`);
+      }
+    }
+
+    await t.rejects(appenders[0].append([[9, new Uint8Array(Buffer.from('x'))]]), ServiceUnavailableError, 'an invalid partition is refused');
+
+    // Close under load: every append is answered; the acknowledged ones are in the log.
+    const closing = Array.from({ length: 60 }, (_, i) =>
+      appenders[i % 3].append([[i % 4, new Uint8Array(Buffer.from(`close-${i}`))]]).then(
+        () => `close-${i}`,
+        (err: unknown) => {
+          t.type(err, ServiceUnavailableError, 'a refused append is a 503');
+          return null;
+        },
+      ),
+    );
+    await new Promise((r) => setImmediate(r));
+    await log.close();
+    const answered = await Promise.all(closing);
+    const acked = answered.filter((v): v is string => v !== null);
+    const reader = await openLog(t, topic);
+    const c2 = reader.consumer('g-pt-2');
+    await c2.subscribe(recorder());
+    const all = await readN(c2, sent.length + acked.length, 3000);
+    const inLog = new Set(all.map((r) => r.value.toString()));
+    t.ok(
+      acked.every((v) => inLog.has(v)),
+      `each of the ${acked.length} appends acknowledged while closing is in the log`,
+    );
+    await t.rejects(appenders[0].append([[0, new Uint8Array(Buffer.from('late'))]]), ServiceUnavailableError, 'closed log: refused');
   });
 
   t.test('sends are split by the per-partition batch limit, order kept', async (t) => {

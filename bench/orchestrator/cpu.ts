@@ -1,7 +1,7 @@
 /**
  * CPU time of the server's processes, per thread kind, sampled from /proc/<pid>/task/<tid>/stat every 500 ms.
  *
- * Kinds: `main` (each process's main thread), `gateway` (gateway threads), `log` (the embedded log's writer thread) and
+ * Kinds: `main` (each process's main thread), `gateway` (gateway threads), `log` (the embedded log's writer thread, or the Kafka log's producer thread) and
  * `aggregator` (the aggregator's worker threads), known from the tags that bench/orchestrator/thread-tags.ts writes;
  * `clickhouse` (threads named by
  * chdb, the embedded ClickHouse: any comm other than `node`); `helpers` (the other `node` threads: V8's platform

@@ -3,6 +3,7 @@
  * the log they run against (KafkaLogContext, so that they do not import the entry point), the record size overheads,
  * and small helpers (timeouts, error text).
  */
+import type { MessagePort } from 'node:worker_threads';
 import type { Admin, Kafka } from 'kafkajs';
 import type { DurableWriteObserver, LogConsumer, LogProducer } from '../../log';
 import type { ResolvedOptions } from './settings';
@@ -54,6 +55,31 @@ export interface KafkaLogContext {
   readonly onDurableWrite: DurableWriteObserver | null;
   removeProducer(p: LogProducer): void;
   removeConsumer(c: LogConsumer): void;
+  /** A port on the log's producer thread (KafkaLogOptions.producerThread), or undefined without one. */
+  appendPort?(): MessagePort | undefined;
+}
+
+/** What a producer uses of the log: the log itself, or its stand-in on the producer thread (producer-thread.ts). */
+export type ProducerContext = Pick<
+  KafkaLogContext,
+  'opts' | 'kafka' | 'topic' | 'partitions' | 'maxRecordBytes' | 'maxBatchBytes' | 'counters' | 'onDurableWrite' | 'removeProducer' | 'appendPort'
+>;
+
+export function zeroCounters(): KafkaLogStats {
+  return {
+    appends: 0,
+    acknowledged: 0,
+    rejected: 0,
+    overloaded: 0,
+    sends: 0,
+    sendFailures: 0,
+    producerConnects: 0,
+    maxSendRecords: 0,
+    bytes: 0,
+    polled: 0,
+    skipped: 0,
+    groupJoins: 0,
+  };
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -6,17 +6,21 @@
  *   settings.ts    options, defaults, the environment (KAFKA_*), the kafkajs client configuration and logging
  *   topic.ts       topic administration: create when missing, read its partition count and record size limit
  *   producer.ts    group commit: one idempotent produce request per send, failure and back-pressure rules
+ *   producer-thread.ts  with producerThread: a producer on a thread of its own that other threads append to through
+ *                  ports (producer-host.ts starts it), so their acknowledgements skip this thread's event loop
  *   consumer.ts    the consumer group adapted from kafkajs's push to the log's pull, and its rebalance rules
  *   common.ts      counters, the log as producer and consumer see it, timeouts and error helpers
  *
  * kafkajs is imported only in this folder (test/layout.test.ts).
  */
+import type { MessagePort } from 'node:worker_threads';
 import { type Admin, Kafka } from 'kafkajs';
 import type { DurableWriteObserver, EventLog, LogConsumer, LogProducer } from '../../log';
 import { log } from '../../logger';
-import { BATCH_OVERHEAD, type KafkaLogContext, type KafkaLogStats, RECORD_OVERHEAD, withTimeout } from './common';
+import { BATCH_OVERHEAD, type KafkaLogContext, type KafkaLogStats, RECORD_OVERHEAD, withTimeout, zeroCounters } from './common';
 import { KafkaLogConsumer } from './consumer';
 import { KafkaProducer } from './producer';
+import { ProducerThread } from './producer-host';
 import { kafkaConfig, type KafkaLogOptions, type ResolvedOptions, resolveOptions } from './settings';
 import { ensureTopic, topicMaxMessageBytes } from './topic';
 
@@ -34,20 +38,11 @@ export class KafkaLog implements EventLog, KafkaLogContext {
   /** @internal */
   onDurableWrite: DurableWriteObserver | null = null;
   private highWatermarks: { atMs: number; offsets: Promise<Map<number, number>> } | null = null;
-  readonly counters: KafkaLogStats = {
-    appends: 0,
-    acknowledged: 0,
-    rejected: 0,
-    overloaded: 0,
-    sends: 0,
-    sendFailures: 0,
-    producerConnects: 0,
-    maxSendRecords: 0,
-    bytes: 0,
-    polled: 0,
-    skipped: 0,
-    groupJoins: 0,
-  };
+  readonly counters: KafkaLogStats = zeroCounters();
+  /** The producer thread (producerThread), started by the first appendPort(); its counters as it last sent them. */
+  private producerThread: ProducerThread | null = null;
+  private producerThreadCounters: KafkaLogStats | null = null;
+  private producerThreadUnavailable = false;
   private readonly producers = new Set<LogProducer>();
   private readonly consumers = new Set<LogConsumer>();
   private closing: Promise<void> | null = null;
@@ -60,6 +55,7 @@ export class KafkaLog implements EventLog, KafkaLogContext {
     maxMessageBytes: number,
     /** Whether this process created the topic. */
     readonly created: boolean,
+    private readonly threads: Pick<KafkaLogOptions, 'producerThread' | 'onProducerThreadExit'> = {},
   ) {
     this.topic = opts.topic;
     this.partitions = partitions;
@@ -79,7 +75,10 @@ export class KafkaLog implements EventLog, KafkaLogContext {
         log.warn('kafka: the topic exists with another partition count; using it', { topic: o.topic, partitions, requested: o.partitions });
       }
       const maxMessageBytes = await topicMaxMessageBytes(admin, o.topic);
-      return new KafkaLog(o, kafka, admin, partitions, maxMessageBytes, created);
+      return new KafkaLog(o, kafka, admin, partitions, maxMessageBytes, created, {
+        producerThread: options.producerThread,
+        onProducerThreadExit: options.onProducerThreadExit,
+      });
     } catch (err) {
       await admin.disconnect().catch(() => undefined);
       throw err;
@@ -99,6 +98,38 @@ export class KafkaLog implements EventLog, KafkaLogContext {
     const c = new KafkaLogConsumer(this, group);
     this.consumers.add(c);
     return c;
+  }
+
+  /** A port on the producer thread (started on the first call); undefined without producerThread or once it stopped. */
+  appendPort(): MessagePort | undefined {
+    if (!this.threads.producerThread || this.closing || this.producerThreadUnavailable) return undefined;
+    if (!this.producerThread) {
+      try {
+        this.producerThread = this.startProducerThread();
+      } catch (err) {
+        // Options a thread cannot be given (an ssl object with functions): appends stay on this thread's producer.
+        this.producerThreadUnavailable = true;
+        log.warn('kafka: no producer thread; other threads append through this one', { err: String(err) });
+        return undefined;
+      }
+    }
+    return this.producerThread.connect();
+  }
+
+  private startProducerThread(): ProducerThread {
+    return ProducerThread.start(
+      { opts: this.opts, topic: this.topic, partitions: this.partitions, maxRecordBytes: this.maxRecordBytes, maxBatchBytes: this.maxBatchBytes },
+      {
+        durable: (records, seconds) => this.onDurableWrite?.(records, seconds),
+        counters: (counters) => {
+          this.producerThreadCounters = counters;
+        },
+        exit: (code, error) => {
+          log.error('kafka: the producer thread stopped', { code, error });
+          this.threads.onProducerThreadExit?.(code, error);
+        },
+      },
+    );
   }
 
   observeDurableWrites(observer: DurableWriteObserver): void {
@@ -123,8 +154,16 @@ export class KafkaLog implements EventLog, KafkaLogContext {
     });
   }
 
+  /** The counters of every producer and consumer, the producer thread's included. */
   stats(): KafkaLogStats {
-    return { ...this.counters };
+    const all = { ...this.counters };
+    const thread = this.producerThreadCounters;
+    if (thread) {
+      for (const key of Object.keys(all) as Array<keyof KafkaLogStats>) {
+        all[key] = key === 'maxSendRecords' ? Math.max(all[key], thread[key]) : all[key] + thread[key];
+      }
+    }
+    return all;
   }
 
   /** @internal */
@@ -145,6 +184,7 @@ export class KafkaLog implements EventLog, KafkaLogContext {
   private async doClose(): Promise<void> {
     await Promise.all([...this.consumers].map((c) => c.close()));
     await Promise.all([...this.producers].map((p) => p.close()));
+    await this.producerThread?.close();
     await withTimeout(this.admin.disconnect(), 10_000, 'kafka admin disconnect').catch(() => undefined);
   }
 }

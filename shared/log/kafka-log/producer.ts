@@ -14,11 +14,12 @@
  * aggregator deduplicates. Pending bytes/records (queued + in flight) are bounded: beyond the bound append() rejects
  * at once with ServiceUnavailableError (back-pressure, no unbounded buffering).
  */
+import type { MessagePort } from 'node:worker_threads';
 import { CompressionTypes, type Producer, type RecordMetadata } from 'kafkajs';
 import { ServiceUnavailableError } from '../../errors';
 import type { LogProducer } from '../../log';
 import { log } from '../../logger';
-import { errMessage, type KafkaLogContext, RECORD_OVERHEAD, withTimeout } from './common';
+import { errMessage, type ProducerContext, RECORD_OVERHEAD, withTimeout } from './common';
 
 const UNAVAILABLE = 'The event log is unavailable; retry the request.';
 const OVERLOADED = 'The event log is overloaded; retry the request.';
@@ -44,7 +45,15 @@ export class KafkaProducer implements LogProducer {
   private generation = 0;
   private idleWaiters: Array<() => void> = [];
 
-  constructor(private readonly log: KafkaLogContext) {}
+  constructor(private readonly log: ProducerContext) {}
+
+  /**
+   * A port on the log's producer thread, where another thread's appends go straight to a producer of their own
+   * (producer-thread.ts) rather than through this one's event loop; undefined without that thread.
+   */
+  appendPort(): MessagePort | undefined {
+    return this.log.appendPort?.();
+  }
 
   get partitions(): number {
     return this.log.partitions;

@@ -55,6 +55,13 @@ export interface KafkaLogOptions {
   subscribeTimeoutMs?: number;
   /** kafkajs's own logging, routed to the product logger (default 'error', logged as warnings). */
   logLevel?: KafkaLogLevelName;
+  /**
+   * Other threads append through `appendPort()` to a producer on a thread of its own (producer-thread.ts), so that
+   * their acknowledgements do not wait for the opening thread's event loop. Default false: appendPort() gives none.
+   */
+  producerThread?: boolean;
+  /** Told if the producer thread stops without being closed (its ports' pending appends are then refused). */
+  onProducerThreadExit?: (code: number, error: string | null) => void;
 }
 
 export interface ResolvedOptions {
