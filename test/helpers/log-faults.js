@@ -11,7 +11,8 @@ let syncs = 0;
 
 exports.beforeWrite = () => {
   writes++;
-  if ((plan.failWrites || []).includes(writes) || (plan.failWritesFrom && writes >= plan.failWritesFrom)) throw new Error(`injected failure of write ${writes}`);
+  if ((plan.failWrites || []).includes(writes) || (plan.failWritesFrom && writes >= plan.failWritesFrom))
+    throw new Error(`injected failure of write ${writes}`);
 };
 
 exports.beforeSync = () => {
