@@ -42,6 +42,18 @@ t.test('counters, gauges and histograms in the text format', async (t) => {
   );
   t.equal(m.value('test_latency_seconds_count', { endpoint: 'stream' }), 5);
   t.ok(Math.abs(m.value('test_latency_seconds_sum', { endpoint: 'stream' })! - 5.565) < 1e-9);
+
+  // One measurement shared by several things (the records of one append) counts once per thing.
+  const shared = latency.child('port');
+  shared.observe(0.05, 3);
+  shared.observe(2);
+  const again = parseExposition(await registry.render());
+  t.same(
+    ['0.01', '0.1', '1', '+Inf'].map((le) => again.value('test_latency_seconds_bucket', { endpoint: 'port', le })),
+    [0, 3, 3, 4],
+  );
+  t.equal(again.value('test_latency_seconds_count', { endpoint: 'port' }), 4);
+  t.ok(Math.abs(again.value('test_latency_seconds_sum', { endpoint: 'port' })! - 2.15) < 1e-9);
 });
 
 t.test('label values are escaped', async (t) => {

@@ -50,20 +50,21 @@ class CountedProducer implements LogProducer {
 }
 
 /**
- * An append made through an append port (PortAppender), counted as CountedProducer counts one, on the thread that
- * made it (its values reach /metrics with that thread's snapshot).
+ * The records of one request or batch appended through an append port (PortAppender), counted on the thread that
+ * made them (its values reach /metrics with that thread's snapshot) as CountedProducer counts the same records
+ * appended one by one: each record is an append, timed, or a failed one.
  */
 export async function countedPortAppend(records: number, bytes: number, append: () => Promise<void>): Promise<void> {
   const started = performance.now();
   try {
     await append();
   } catch (err) {
-    metrics.logErrors.child('append').inc();
+    metrics.logErrors.child('append').inc(records);
     throw err;
   }
   APPENDS.value += records;
   APPEND_BYTES.value += bytes;
-  APPEND_SECONDS.observe((performance.now() - started) / 1000);
+  APPEND_SECONDS.observe((performance.now() - started) / 1000, records);
 }
 
 class CountedConsumer implements LogConsumer {

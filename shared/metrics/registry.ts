@@ -45,13 +45,14 @@ export class HistogramChild {
   constructor(private readonly bounds: readonly number[]) {
     this.counts = new Float64Array(bounds.length + 1);
   }
-  observe(v: number): void {
+  /** Counts `v` as `times` observations (things that shared one measurement, e.g. the records of one append). */
+  observe(v: number, times = 1): void {
     const b = this.bounds;
     let i = 0;
     while (i < b.length && v > b[i]) i++;
-    this.counts[i]++;
-    this.sum += v;
-    this.count++;
+    this.counts[i] += times;
+    this.sum += v * times;
+    this.count += times;
   }
 }
 
