@@ -204,7 +204,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   // With gateway threads, they own the sockets and this thread's router answers what they forward.
   gateway = config.gatewayThreads > 0 ? new GatewayThreads(http, services) : null;
   const port = gateway
-    ? await gateway.start({ threads: config.gatewayThreads, host: config.host, port: config.port, sessionSecret: secret })
+    ? await gateway.start({ threads: config.gatewayThreads, host: config.host, port: config.port, sessionSecret: secret, serveStream: roles.gateway })
     : await http.listen(config.host, config.port);
 
   timers.push(

@@ -26,6 +26,11 @@ export interface GatewayThreadInit {
   sessionTtlMs: number;
   /** Partitions of the event log: records are built per partition where the events are read. */
   partitions: number;
+  /**
+   * Whether this process serves the meter event stream (ROLE all or gateway). Without it, stream requests and upgrades
+   * are forwarded like every other route, and the main thread's router answers them as it would without threads.
+   */
+  serveStream: boolean;
   /** The log's append port (LogProducer.appendPort), when it has one: unkeyed stream records are appended on it. */
   logPort: MessagePort | null;
   logLevel: 'debug' | 'info' | 'warn' | 'error';

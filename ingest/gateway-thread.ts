@@ -72,32 +72,36 @@ function main(): void {
   });
   const sockets = new MeterEventSocketServer(auth, appendBatch);
   const streamSeries = ingestSeries('v2_meter_event_stream');
-  http.route(
-    'POST',
-    STREAM_PATH,
-    countingRejections(streamSeries.endpoint, async (req) => {
-      const started = performance.now();
-      const nowMs = Date.now();
-      const principal = auth.sessionToken(req, nowMs);
-      if (req.stripeVersion) checkApiVersion(req.stripeVersion);
-      const { events, raw } = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
-      const keyed = req.idempotencyKey ? keyedRequest(req) : null;
-      const { records, transfer } = transferable(encodeStreamRecords(principal, nowMs, events, raw, req.body, init.partitions));
-      if (appender && !keyed) {
-        await appendDirect(appender, records, transfer);
-        countAccepted(streamSeries, principal.livemode, events.length, started);
-        return STREAM_ACCEPTED;
-      }
-      const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
-      if (reply.t !== 'result') throw new ApiError();
-      const { result } = reply;
-      // A replayed answer (Idempotency-Key) stored nothing new; an error answer was rendered by the main thread.
-      if (result.status === 200 && !result.headers?.['Idempotent-Replayed']) countAccepted(streamSeries, principal.livemode, events.length, started);
-      return result;
-    }),
-  );
-  http.upgradeRoute(STREAM_PATH, sockets.handshake);
+  if (init.serveStream) serveStream();
   http.fallback(forward);
+
+  function serveStream(): void {
+    http.route(
+      'POST',
+      STREAM_PATH,
+      countingRejections(streamSeries.endpoint, async (req) => {
+        const started = performance.now();
+        const nowMs = Date.now();
+        const principal = auth.sessionToken(req, nowMs);
+        if (req.stripeVersion) checkApiVersion(req.stripeVersion);
+        const { events, raw } = readStreamRequest(req.body, principal.account, req.idempotencyKey, nowMs);
+        const keyed = req.idempotencyKey ? keyedRequest(req) : null;
+        const { records, transfer } = transferable(encodeStreamRecords(principal, nowMs, events, raw, req.body, init.partitions));
+        if (appender && !keyed) {
+          await appendDirect(appender, records, transfer);
+          countAccepted(streamSeries, principal.livemode, events.length, started);
+          return STREAM_ACCEPTED;
+        }
+        const reply = await call({ t: 'stream', id: nextId++, principal, keyed, records }, transfer);
+        if (reply.t !== 'result') throw new ApiError();
+        const { result } = reply;
+        // A replayed answer (Idempotency-Key) stored nothing new; an error answer was rendered by the main thread.
+        if (result.status === 200 && !result.headers?.['Idempotent-Replayed']) countAccepted(streamSeries, principal.livemode, events.length, started);
+        return result;
+      }),
+    );
+    http.upgradeRoute(STREAM_PATH, sockets.handshake);
+  }
 
   port.on('message', (message: ToThread) => {
     if (message.t === 'metrics') {

@@ -20,6 +20,8 @@ export interface GatewayThreadOptions {
   host: string;
   port: number;
   sessionSecret: Buffer;
+  /** The process serves the meter event stream (ROLE all or gateway): the threads take it, appending to the log. */
+  serveStream: boolean;
 }
 
 function asBuffer(bytes: Uint8Array): Buffer {
@@ -51,8 +53,11 @@ export class GatewayThreads {
       sessionTtlMs: config.sessionTtlMs,
       partitions: this.s.producer.partitions,
       logLevel: config.logLevel,
+      serveStream: opts.serveStream,
     };
-    const logPort = () => this.s.producer.appendPort?.() ?? null;
+    // Only a process that serves the stream appends from its threads (and starts a log thread for them if the log
+    // has one).
+    const logPort = () => (opts.serveStream ? (this.s.producer.appendPort?.() ?? null) : null);
     const first = await this.spawn({ ...base, index: 0, fd: null, logPort: logPort() });
     await Promise.all(Array.from({ length: opts.threads - 1 }, (_, i) => this.spawn({ ...base, index: i + 1, fd: first.fd, logPort: logPort() })));
     return first.port;

@@ -27,6 +27,16 @@ t.test('a meter created on the api process is usable on a gateway at once', { sk
       payload: { stripe_customer_id: 'cus_split', value: '2' },
     })),
   });
+  // Only the gateway role serves the stream, with or without gateway threads: elsewhere it is an unknown route.
+  for (const other of [api, cluster.server('aggregator')]) {
+    const res = await other.request('POST', '/v2/billing/meter_event_stream', {
+      key: session.authentication_token,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ events: [{ event_name: 'split_roles', identifier: 'not-here', payload: { stripe_customer_id: 'cus_split', value: '1000' } }] }),
+    });
+    t.equal(res.status, 404, `the ${other === api ? 'api' : 'aggregator'} process does not take stream events`);
+    t.type(res.body?.error?.message, 'string', 'and says so with an error object');
+  }
   const { start, end } = currentRange();
   await eventually(async () => {
     const s = await stripe.billing.meters.listEventSummaries(meter.id, { customer: 'cus_split', start_time: start, end_time: end });
