@@ -59,6 +59,8 @@ function shouldSave(status: number): boolean {
 
 export class Idempotency {
   private readonly executing = new Set<string>();
+  /** Executions ended so far (any key): a request that sees it change during its lookup looks again. */
+  private ended = 0;
 
   /**
    * `records` keeps this layer's results; `elsewhere` are the other layers' stores, consulted so that a key is never
@@ -96,12 +98,9 @@ export class Idempotency {
     if (key.length > 255) {
       throw new InvalidRequestError('Idempotency-Key must be at most 255 characters long.', { param: 'Idempotency-Key' });
     }
+    const endedBefore = this.ended;
     const prior = await this.lookup(principal.account, key);
-    if (prior) {
-      const replayed = replay(prior, requestLine, requestHash, key);
-      this.replays.inc();
-      return replayed;
-    }
+    if (prior) return this.replay(prior, keyed);
     const lock = principal.account + '\u0000' + key;
     if (this.executing.has(lock)) {
       throw new ConflictError(
@@ -111,6 +110,13 @@ export class Idempotency {
     }
     this.executing.add(lock);
     try {
+      // An execution that ended while this request was looking its key up may have been of the same key: it saved its
+      // result and released the key after that lookup read the store. Look again, or this request would execute a
+      // second time. (Replays, which never take the key, run concurrently.)
+      if (this.ended !== endedBefore) {
+        const saved = await this.lookup(principal.account, key);
+        if (saved) return this.replay(saved, keyed);
+      }
       const result = await execute();
       if (shouldSave(result.status)) {
         const stored = await this.records.put({
@@ -130,7 +136,14 @@ export class Idempotency {
       return result;
     } finally {
       this.executing.delete(lock);
+      this.ended++;
     }
+  }
+
+  private replay(prior: IdempotencyRecord, { key, requestLine, requestHash }: KeyedRequest): HttpResult {
+    const replayed = replay(prior, requestLine, requestHash, key);
+    this.replays.inc();
+    return replayed;
   }
 }
 
