@@ -724,7 +724,7 @@ t.test('writer thread: appends from this thread and through ports, rotation, rea
   );
 
   await t.rejects(prod.append(2, buf('x')), RangeError, 'unknown partition');
-  await t.rejects(appender.append([[2, own('x')]]), ServiceUnavailableError, 'an unknown partition through a port is refused');
+  await t.rejects(appender.append([[2, own('x')]]), RangeError, 'an unknown partition through a port is refused as by the producer');
 
   // Close: the log and its ports refuse from then on.
   await appender.append([[1, own('last')]]);

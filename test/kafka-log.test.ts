@@ -319,7 +319,16 @@ function kafkaTests(): void {
       }
     }
 
-    await t.rejects(appenders[0].append([[9, new Uint8Array(Buffer.from('x'))]]), ServiceUnavailableError, 'an invalid partition is refused');
+    await t.rejects(appenders[0].append([[9, new Uint8Array(Buffer.from('x'))]]), RangeError, 'an invalid partition is refused as by the producer');
+    await t.rejects(appenders[0].append([[0, new Uint8Array(log.maxRecordBytes + 1)]]), RangeError, 'so is a record over the size limit');
+    await t.rejects(
+      appenders[0].append([
+        [0, new Uint8Array(Buffer.from('mixed-valid'))],
+        [9, new Uint8Array(Buffer.from('mixed-invalid'))],
+      ]),
+      RangeError,
+      'an append with one invalid record is refused whole',
+    );
 
     // Close under load: every append is answered; the acknowledged ones are in the log.
     const closing = Array.from({ length: 60 }, (_, i) =>
@@ -340,11 +349,33 @@ function kafkaTests(): void {
     await c2.subscribe(recorder());
     const all = await readN(c2, sent.length + acked.length, 3000);
     const inLog = new Set(all.map((r) => r.value.toString()));
+    t.notOk(inLog.has('mixed-valid'), 'no record of a refused append was written');
     t.ok(
       acked.every((v) => inLog.has(v)),
       `each of the ${acked.length} appends acknowledged while closing is in the log`,
     );
     await t.rejects(appenders[0].append([[0, new Uint8Array(Buffer.from('late'))]]), ServiceUnavailableError, 'closed log: refused');
+  });
+
+  t.test('producer thread: an append beyond the pending bound is refused whole', async (t) => {
+    const topic = freshTopic(t, ['g-pt-bound']);
+    const log = await openLog(t, topic, { partitions: 4, producerThread: true, maxPendingRecords: 6 });
+    const appender = new PortAppender(log.producer().appendPort!()!);
+    const four = (tag: string) => [0, 1, 2, 3].map((p): [number, Uint8Array] => [p, new Uint8Array(Buffer.from(`${tag}-${p}`))]);
+    // Two appends of four records in one turn: the first fits the bound of six, the second does not, and none of
+    // its records may be queued.
+    const results = await Promise.allSettled([appender.append(four('first')), appender.append(four('second'))]);
+    t.equal(results[0].status, 'fulfilled', 'the first append is durable');
+    t.equal(results[1].status, 'rejected', 'the second is refused');
+    t.type((results[1] as PromiseRejectedResult).reason, ServiceUnavailableError, 'with a 503');
+    await appender.append(four('third'));
+    const c = log.consumer('g-pt-bound');
+    await c.subscribe(recorder());
+    const recs = await readN(c, 8);
+    const expected = ['first', 'third'].flatMap((tag) => [0, 1, 2, 3].map((p) => `${tag}-${p}`));
+    t.same(recs.map((r) => r.value.toString()).sort(), expected.sort(), 'no record of the refused append');
+    await waitFor('the counters', () => log.stats().overloaded === 4, 5000);
+    t.equal(log.stats().overloaded, 4, 'its four records counted as refused');
   });
 
   t.test('sends are split by the per-partition batch limit, order kept', async (t) => {

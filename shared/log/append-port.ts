@@ -16,10 +16,15 @@ export interface PortAppend {
   records: PortRecords;
 }
 
-/** From the log's thread: `error` is null when every record of the append is durable, else the reason (a 503's message). */
+/**
+ * From the log's thread: `error` is null when every record of the append is durable, else the reason. `invalid` marks
+ * an append the log can never take (a partition it does not have, a record over its size limit): the producer's own
+ * append rejects those with a RangeError, and so does the port; every other failure is a 503 (retry).
+ */
 export interface PortAppended {
   id: number;
   error: string | null;
+  invalid?: boolean;
 }
 
 /** The sending side, on the thread that read the records. One append in flight per call; any number of calls. */
@@ -36,7 +41,7 @@ export class PortAppender {
       if (!w) return;
       this.waiting.delete(reply.id);
       if (reply.error === null) w.resolve();
-      else w.reject(new ServiceUnavailableError(reply.error));
+      else w.reject(reply.invalid ? new RangeError(reply.error) : new ServiceUnavailableError(reply.error));
       if (this.waiting.size === 0) this.drained?.();
     });
     // The log's thread closes its end only once every append it took is answered (writer-thread.ts): whatever is
@@ -49,7 +54,8 @@ export class PortAppender {
   }
 
   /**
-   * Resolves once every record is durable; rejects with ServiceUnavailableError otherwise (nothing acknowledged).
+   * Resolves once every record is durable; rejects otherwise (nothing acknowledged): with RangeError for an append
+   * the log can never take, with ServiceUnavailableError for the rest.
    * Each record's buffer is transferred: it must own its ArrayBuffer (see ingest's `transferable`, which also gives
    * the transfer list, so the caller need not derive it again).
    */

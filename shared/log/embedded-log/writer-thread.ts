@@ -80,7 +80,11 @@ function main(): void {
       if (why) return Promise.reject(new RangeError(why));
     }
     if (records.length === 1) return writers[records[0][0]].append(asBuffer(records[0][1]));
-    return Promise.all(records.map(([partition, bytes]) => writers[partition].append(asBuffer(bytes))));
+    // Answered once every record has settled: a failure in one partition is not reported while another partition's
+    // record of the same append is still being written.
+    return Promise.allSettled(records.map(([partition, bytes]) => writers[partition].append(asBuffer(bytes)))).then((settled) => {
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
+    });
   }
 
   /** Set once the log closes: appends that arrive afterwards are refused, never written. */
@@ -96,7 +100,7 @@ function main(): void {
       }
       appendAll(m.records).then(
         () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
-        (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err) } satisfies PortAppended),
+        (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err), invalid: err instanceof RangeError } satisfies PortAppended),
       );
     });
     port.on('close', () => ports.delete(port));

@@ -60,12 +60,20 @@ export class ProducerThread {
     return port1;
   }
 
-  /** Lets the thread answer every append it took, close its ports and its producer, and exit. */
-  close(): Promise<void> {
+  /**
+   * Lets the thread answer every append it took, close its ports and its producer, and exit. A thread that has not
+   * exited `timeoutMs` after it was asked (kafkajs keeping a connection open, a send that never settles) is terminated:
+   * its ports close with it, so what it had not answered is refused, as when the thread dies.
+   */
+  close(timeoutMs = 20_000): Promise<void> {
     this.closing ??= this.stopped
       ? Promise.resolve()
       : new Promise<void>((resolve) => {
-          this.worker.once('exit', () => resolve());
+          const deadline = setTimeout(() => void this.worker.terminate(), timeoutMs);
+          this.worker.once('exit', () => {
+            clearTimeout(deadline);
+            resolve();
+          });
           this.post({ t: 'close' });
         });
     return this.closing;

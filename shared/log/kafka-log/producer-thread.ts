@@ -55,7 +55,7 @@ function main(): void {
 
   function appendAll(records: PortAppend['records']): Promise<unknown> {
     if (records.length === 1) return producer.append(records[0][0], asBuffer(records[0][1]));
-    return Promise.all(records.map(([partition, bytes]) => producer.append(partition, asBuffer(bytes))));
+    return producer.appendAll(records.map(([partition, bytes]) => [partition, asBuffer(bytes)]));
   }
 
   function connect(port: MessagePort): void {
@@ -69,7 +69,7 @@ function main(): void {
       appendAll(m.records)
         .then(
           () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
-          (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err) } satisfies PortAppended),
+          (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err), invalid: err instanceof RangeError } satisfies PortAppended),
         )
         .finally(() => {
           if (--unanswered === 0) answeredAll?.();
@@ -104,8 +104,10 @@ function main(): void {
   });
 }
 
+/** A record as the producer takes it; anything but bytes stays as it is, for the producer to refuse. */
 function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (Buffer.isBuffer(bytes) || !(bytes instanceof Uint8Array)) return bytes as Buffer;
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 main();

@@ -60,23 +60,58 @@ export class KafkaProducer implements LogProducer {
   }
 
   append(partition: number, value: Buffer): Promise<number> {
-    const c = this.log.counters;
-    if (this.closed) return Promise.reject(new ServiceUnavailableError('The event log is closed.'));
-    if (!Number.isInteger(partition) || partition < 0 || partition >= this.log.partitions) {
-      return Promise.reject(new RangeError(`invalid partition ${partition}`));
+    const refused = this.closedError() ?? this.invalid(partition, value) ?? this.overloaded(1, value.length);
+    if (refused) return Promise.reject(refused);
+    return this.enqueue(partition, value);
+  }
+
+  /**
+   * Appends the records of one request or batch: all of them, or, if one is invalid or the pending bound cannot take
+   * them all, none (a refusal never leaves part of a request queued to become durable). Resolves once every one is
+   * durable; rejects with the first failure once every one has settled.
+   */
+  async appendAll(records: Array<[partition: number, value: Buffer]>): Promise<void> {
+    const closed = this.closedError();
+    if (closed) throw closed;
+    let bytes = 0;
+    for (const [partition, value] of records) {
+      const invalid = this.invalid(partition, value);
+      if (invalid) throw invalid;
+      bytes += value.length;
     }
+    const overloaded = this.overloaded(records.length, bytes);
+    if (overloaded) throw overloaded;
+    const settled = await Promise.allSettled(records.map(([partition, value]) => this.enqueue(partition, value)));
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private invalid(partition: number, value: Buffer): RangeError | null {
+    if (!Number.isInteger(partition) || partition < 0 || partition >= this.log.partitions) return new RangeError(`invalid partition ${partition}`);
     if (!Buffer.isBuffer(value) || value.length === 0 || value.length > this.log.maxRecordBytes) {
-      return Promise.reject(new RangeError(`a record must be a non-empty Buffer of at most ${this.log.maxRecordBytes} bytes`));
+      return new RangeError(`a record must be a non-empty Buffer of at most ${this.log.maxRecordBytes} bytes`);
     }
-    if (this.pendingRecords >= this.log.opts.maxPendingRecords || this.pendingBytes + value.length > this.log.opts.maxPendingBytes) {
-      c.overloaded++;
-      return Promise.reject(new ServiceUnavailableError(OVERLOADED));
+    return null;
+  }
+
+  private closedError(): ServiceUnavailableError | null {
+    return this.closed ? new ServiceUnavailableError('The event log is closed.') : null;
+  }
+
+  /** The refusal of `records` more records of `bytes` beyond the pending bound, or null if they fit. */
+  private overloaded(records: number, bytes: number): ServiceUnavailableError | null {
+    if (this.pendingRecords + records > this.log.opts.maxPendingRecords || this.pendingBytes + bytes > this.log.opts.maxPendingBytes) {
+      this.log.counters.overloaded += records;
+      return new ServiceUnavailableError(OVERLOADED);
     }
+    return null;
+  }
+
+  private enqueue(partition: number, value: Buffer): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       this.queue.push({ partition, value, resolve, reject });
       this.pendingBytes += value.length;
       this.pendingRecords++;
-      c.appends++;
+      this.log.counters.appends++;
       this.schedule();
     });
   }
@@ -152,11 +187,12 @@ export class KafkaProducer implements LogProducer {
     c.sends++;
     if (batch.length > c.maxSendRecords) c.maxSendRecords = batch.length;
     let offsets: number[];
+    let seconds: number;
     const started = performance.now();
     try {
       const res = await withTimeout(this.produce(batch), this.log.opts.sendTimeoutMs, 'kafka send');
       offsets = this.offsetsOf(batch, res);
-      this.log.onDurableWrite?.(batch.length, (performance.now() - started) / 1000);
+      seconds = (performance.now() - started) / 1000;
     } catch (err) {
       c.sendFailures++;
       log.warn('kafka: send failed; rejecting its appends and those queued behind it', {
@@ -171,14 +207,14 @@ export class KafkaProducer implements LogProducer {
       return;
     }
     let bytes = 0;
-    for (let i = 0; i < batch.length; i++) {
-      bytes += batch[i].value.length;
-      batch[i].resolve(offsets[i]);
-    }
+    for (let i = 0; i < batch.length; i++) bytes += batch[i].value.length;
     this.pendingBytes -= bytes;
     this.pendingRecords -= batch.length;
     c.acknowledged += batch.length;
     c.bytes += bytes;
+    // The observer sees the counters with this write in them (the producer thread sends both together).
+    this.log.onDurableWrite?.(batch.length, seconds);
+    for (let i = 0; i < batch.length; i++) batch[i].resolve(offsets[i]);
   }
 
   private async produce(batch: PendingAppend[]): Promise<RecordMetadata[]> {
