@@ -803,6 +803,48 @@ t.test('PortAppender.close waits for the answers of the appends already sent', a
   t.equal(log.endOffset(0), 3, 'the three are durable');
 });
 
+t.test('writer thread: if it dies, the log says so, refuses what was pending and what comes, and loses nothing durable', async (t) => {
+  const dir = tmpDir(t);
+  process.env.METERD_TEST_LOG_FAULTS = JSON.stringify({ exitAtWrite: 3 });
+  const exits: Array<[number, string | null]> = [];
+  const log = await EmbeddedLog.open(dir, {
+    partitions: 1,
+    writerThread: true,
+    writerThreadFaults: path.join(__dirname, 'helpers/log-faults.js'),
+    onWriterThreadExit: (code, error) => exits.push([code, error]),
+  });
+  delete process.env.METERD_TEST_LOG_FAULTS;
+  const appender = new PortAppender(log.producer().appendPort!()!);
+  const prod = log.producer();
+  t.equal(await prod.append(0, buf('a')), 0);
+  await appender.append([[0, new Uint8Array(Buffer.from('b'))]]);
+  // The third write never happens: the thread ends with these two appends pending.
+  const pending = await Promise.allSettled([prod.append(0, buf('c')), appender.append([[0, new Uint8Array(Buffer.from('d'))]])]);
+  t.same(
+    pending.map((r) => (r.status === 'rejected' ? (r.reason as Error).constructor.name : 'fulfilled')),
+    ['ServiceUnavailableError', 'ServiceUnavailableError'],
+    'the appends pending when it died are refused with a 503',
+  );
+  t.same(
+    exits.map(([code]) => code),
+    [7],
+    'onWriterThreadExit was told, with its exit code (the server then exits 1)',
+  );
+  await t.rejects(prod.append(0, buf('e')), ServiceUnavailableError, 'later appends are refused');
+  t.equal(log.producer().appendPort?.(), undefined, 'and no port is handed out');
+  await log.close();
+  t.same(exits.length, 1, 'closing afterwards is not reported as another exit');
+  const again = await openLog(t, dir);
+  const c = again.consumer('verify');
+  c.seek(0, 0);
+  t.same(
+    (await readN(c, 2)).map((r) => r.value.toString()),
+    ['a', 'b'],
+    'the two acknowledged records are there',
+  );
+  t.same(await c.poll(10, 100), [], 'and nothing else');
+});
+
 t.test('writer thread: failed writes reach the stats without a durable write to carry them', async (t) => {
   const dir = tmpDir(t);
   process.env.METERD_TEST_LOG_FAULTS = JSON.stringify({ failWritesFrom: 3 });
