@@ -357,6 +357,35 @@ function kafkaTests(): void {
     await t.rejects(appenders[0].append([[0, new Uint8Array(Buffer.from('late'))]]), ServiceUnavailableError, 'closed log: refused');
   });
 
+  t.test('producer thread: if it dies, the log says so, refuses what was pending and what comes, keeps what was acknowledged', async (t) => {
+    const topic = freshTopic(t, ['g-pt-exit']);
+    process.env.METERD_TEST_PRODUCER_FAULTS = JSON.stringify({ exitAtAppend: 3 });
+    const exits: number[] = [];
+    const log = await openLog(t, topic, {
+      partitions: 2,
+      producerThread: true,
+      producerThreadFaults: path.join(__dirname, 'helpers/producer-faults.js'),
+      onProducerThreadExit: (code) => exits.push(code),
+    });
+    const appender = new PortAppender(log.producer().appendPort!()!);
+    delete process.env.METERD_TEST_PRODUCER_FAULTS;
+    const one = (p: number, v: string): Array<[number, Uint8Array]> => [[p, new Uint8Array(Buffer.from(v))]];
+    await appender.append(one(0, 'acked-1'));
+    await appender.append(one(1, 'acked-2'));
+    await t.rejects(appender.append(one(0, 'lost')), ServiceUnavailableError, 'the append pending when it died is refused with a 503');
+    await waitFor('the exit hook', () => exits.length > 0, 5000);
+    t.same(exits, [7], 'onProducerThreadExit was told, with its exit code (the server then exits 1)');
+    await t.rejects(appender.append(one(0, 'late')), ServiceUnavailableError, 'its port refuses what comes');
+    t.equal(log.producer().appendPort?.(), undefined, 'no port is handed out any more');
+    t.equal(await log.producer().append(0, buf('main')), 1, "the main thread's producer still appends");
+    const c = log.consumer('g-pt-exit');
+    await c.subscribe(recorder());
+    const recs = await readN(c, 3);
+    t.same(recs.map((r) => r.value.toString()).sort(), ['acked-1', 'acked-2', 'main'], 'exactly the acknowledged records are in the topic');
+    await log.close();
+    t.same(exits, [7], 'closing afterwards is not reported as another exit');
+  });
+
   t.test('producer thread: an append beyond the pending bound is refused whole', async (t) => {
     const topic = freshTopic(t, ['g-pt-bound']);
     const log = await openLog(t, topic, { partitions: 4, producerThread: true, maxPendingRecords: 6 });

@@ -55,7 +55,7 @@ export class KafkaLog implements EventLog, KafkaLogContext {
     maxMessageBytes: number,
     /** Whether this process created the topic. */
     readonly created: boolean,
-    private readonly threads: Pick<KafkaLogOptions, 'producerThread' | 'onProducerThreadExit'> = {},
+    private readonly threads: Pick<KafkaLogOptions, 'producerThread' | 'onProducerThreadExit' | 'producerThreadFaults'> = {},
   ) {
     this.topic = opts.topic;
     this.partitions = partitions;
@@ -78,6 +78,7 @@ export class KafkaLog implements EventLog, KafkaLogContext {
       return new KafkaLog(o, kafka, admin, partitions, maxMessageBytes, created, {
         producerThread: options.producerThread,
         onProducerThreadExit: options.onProducerThreadExit,
+        producerThreadFaults: options.producerThreadFaults,
       });
     } catch (err) {
       await admin.disconnect().catch(() => undefined);
@@ -118,7 +119,14 @@ export class KafkaLog implements EventLog, KafkaLogContext {
 
   private startProducerThread(): ProducerThread {
     return ProducerThread.start(
-      { opts: this.opts, topic: this.topic, partitions: this.partitions, maxRecordBytes: this.maxRecordBytes, maxBatchBytes: this.maxBatchBytes },
+      {
+        opts: this.opts,
+        topic: this.topic,
+        partitions: this.partitions,
+        maxRecordBytes: this.maxRecordBytes,
+        maxBatchBytes: this.maxBatchBytes,
+        faultsModule: this.threads.producerThreadFaults,
+      },
       {
         durable: (records, seconds) => this.onDurableWrite?.(records, seconds),
         counters: (counters) => {

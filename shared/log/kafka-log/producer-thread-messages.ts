@@ -12,6 +12,14 @@ export interface ProducerThreadInit {
   partitions: number;
   maxRecordBytes: number;
   maxBatchBytes: number;
+  /** A module of ProducerThreadFaults hooks to load (tests only). */
+  faultsModule?: string;
+}
+
+/** Test-only hooks of the producer thread. */
+export interface ProducerThreadFaults {
+  /** Called as each append arrives on a port, before it is taken (a test may end the thread here). */
+  beforeAppend?(records: number): void;
 }
 
 export type ToProducerThread =

@@ -10,7 +10,7 @@ import { Kafka } from 'kafkajs';
 import type { PortAppend, PortAppended } from '../append-port';
 import { errMessage, type ProducerContext, zeroCounters } from './common';
 import { KafkaProducer } from './producer';
-import type { FromProducerThread, ProducerThreadInit, ToProducerThread } from './producer-thread-messages';
+import type { FromProducerThread, ProducerThreadFaults, ProducerThreadInit, ToProducerThread } from './producer-thread-messages';
 import { kafkaConfig } from './settings';
 
 const CLOSED = 'The event log is closed.';
@@ -19,6 +19,8 @@ function main(): void {
   const parent = parentPort;
   if (!parent) throw new Error('producer-thread.js runs as a worker thread of the Kafka log');
   const init = workerData as ProducerThreadInit;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const faults = init.faultsModule ? (require(init.faultsModule) as ProducerThreadFaults) : undefined;
   const post = (message: FromProducerThread) => parent.postMessage(message);
   const counters = zeroCounters();
   let reported = '';
@@ -65,6 +67,7 @@ function main(): void {
         port.postMessage({ id: m.id, error: CLOSED } satisfies PortAppended);
         return;
       }
+      faults?.beforeAppend?.(m.records.length);
       unanswered++;
       appendAll(m.records)
         .then(

@@ -62,6 +62,8 @@ export interface KafkaLogOptions {
   producerThread?: boolean;
   /** Told if the producer thread stops without being closed (its ports' pending appends are then refused). */
   onProducerThreadExit?: (code: number, error: string | null) => void;
+  /** A module of ProducerThreadFaults hooks the producer thread loads (tests only). */
+  producerThreadFaults?: string;
 }
 
 export interface ResolvedOptions {
