@@ -1,8 +1,10 @@
 /**
  * Appending to the event log from another thread, through a MessagePort the log's producer hands out
- * (LogProducer.appendPort). The embedded log's writer runs on a thread of its own (embedded-log/writer-thread.ts), so
- * a gateway thread's records reach it and their acknowledgement comes back without passing through the main thread,
- * whose event loop also carries the aggregator's work and would otherwise delay every acknowledgement.
+ * (LogProducer.appendPort). The embedded log's writer (embedded-log/writer-thread.ts) and the Kafka log's producer
+ * (kafka-log/producer-thread.ts) run on threads of their own, so a gateway thread's records reach them and their
+ * acknowledgement comes back without passing through the main thread, whose event loop also carries the aggregator's
+ * work and would otherwise delay every acknowledgement. PortAppender is the sending side, PortAppendServer the log
+ * thread's side; CounterReports carries that thread's counters to the log's stats.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { ServiceUnavailableError } from '../errors';
@@ -90,6 +92,113 @@ export class PortAppender {
     const waiting = [...this.waiting.values()];
     this.waiting.clear();
     for (const w of waiting) w.reject(new ServiceUnavailableError(message));
+  }
+}
+
+/**
+ * The receiving side, on the log's thread (the embedded writer thread, the Kafka producer thread): takes the appends
+ * that arrive on its ports and answers each once every record of it has settled. Once told to stop, it refuses what
+ * arrives and resolves when every append it took has been answered; only then may the ports close (closePorts), so a
+ * sender never sees its port close while an append it sent is being written (a refusal then would make its client send
+ * a durable record again).
+ */
+export class PortAppendServer {
+  private readonly ports = new Set<MessagePort>();
+  private stopping = false;
+  private unanswered = 0;
+  private answeredAll: (() => void) | null = null;
+
+  /**
+   * `appendAll` appends one request's records (rejecting with RangeError what the log can never take);
+   * `beforeAppend` is a test hook, called as each append arrives.
+   */
+  constructor(
+    private readonly appendAll: (records: PortRecords) => Promise<unknown>,
+    private readonly beforeAppend?: (records: number) => void,
+  ) {}
+
+  /** Whether appends are refused (stop() was called). */
+  get closing(): boolean {
+    return this.stopping;
+  }
+
+  connect(port: MessagePort): void {
+    this.ports.add(port);
+    port.on('message', (m: PortAppend) => {
+      if (this.stopping) {
+        port.postMessage({ id: m.id, error: CLOSED } satisfies PortAppended);
+        return;
+      }
+      this.beforeAppend?.(m.records.length);
+      this.unanswered++;
+      this.appendAll(m.records)
+        .then(
+          () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
+          (err: unknown) =>
+            port.postMessage({ id: m.id, error: err instanceof Error ? err.message : String(err), invalid: err instanceof RangeError } satisfies PortAppended),
+        )
+        .finally(() => {
+          if (--this.unanswered === 0) this.answeredAll?.();
+        });
+    });
+    port.on('close', () => this.ports.delete(port));
+  }
+
+  /** Refuses what arrives from now on; resolves once every append taken has been answered. */
+  stop(): Promise<void> {
+    this.stopping = true;
+    return new Promise<void>((resolve) => {
+      if (this.unanswered === 0) resolve();
+      else this.answeredAll = resolve;
+    });
+  }
+
+  /** Closes every port (after stop() resolved). */
+  closePorts(): void {
+    for (const port of this.ports) port.close();
+  }
+}
+
+const CLOSED = 'The event log is closed.';
+
+/** A record's bytes as the log takes them: a Buffer over the same memory (anything else as it is, for the log to refuse). */
+export function recordBuffer(bytes: Uint8Array): Buffer {
+  if (Buffer.isBuffer(bytes) || !(bytes instanceof Uint8Array)) return bytes as Buffer;
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * The counters of a log's thread, sent to the opening thread when they change: with each durable write (snapshot(),
+ * which the write's message carries) and otherwise once a second (refused appends and failed writes change them
+ * without a durable write), and a last time on stop().
+ */
+export class CounterReports<T extends object> {
+  private sent = '';
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly counters: T,
+    private readonly send: (counters: T) => void,
+    everyMs = 1000,
+  ) {
+    this.timer = setInterval(() => this.report(), everyMs);
+    this.timer.unref();
+  }
+
+  /** A copy of the counters for a message that carries them: they count as sent. */
+  snapshot(): T {
+    this.sent = JSON.stringify(this.counters);
+    return { ...this.counters };
+  }
+
+  /** Sends the counters if they changed since they were last sent. */
+  report(): void {
+    if (JSON.stringify(this.counters) !== this.sent) this.send(this.snapshot());
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.report();
   }
 }
 

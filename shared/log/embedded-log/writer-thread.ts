@@ -5,8 +5,8 @@
  * mirror of each partition's segments, which this thread updates after every durable write, before it acknowledges
  * the write's appends.
  */
-import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
-import type { PortAppend, PortAppended } from '../append-port';
+import { parentPort, workerData } from 'node:worker_threads';
+import { CounterReports, type PortRecords, PortAppendServer, recordBuffer } from '../append-port';
 import { PartitionSegments, errMessage, MAX_RECORD_BYTES } from './segment-files';
 import type { EmbeddedLogFaults, EmbeddedLogStats, LogContext } from './types';
 import type { DurableMirror, FromWriter, ToWriter, WriterThreadInit } from './writer-messages';
@@ -19,17 +19,7 @@ function main(): void {
   const post = (message: FromWriter) => parent.postMessage(message);
   const counters: EmbeddedLogStats = { appends: 0, acknowledged: 0, rejected: 0, writes: 0, fsyncs: 0, dirSyncs: 0, bytes: 0, segmentsDeleted: 0 };
   let lastWrite = { records: 0, seconds: 0 };
-  /** The counters as last sent to the main thread (with a durable write, or by reportCounters). */
-  let reported = '';
-  const reportCounters = () => {
-    const now = JSON.stringify(counters);
-    if (now === reported) return;
-    reported = now;
-    post({ t: 'counters', counters: { ...counters } });
-  };
-  // Refused appends and failed writes change the counters without a durable write to carry them.
-  const reporting = setInterval(reportCounters, 1000);
-  reporting.unref();
+  const reports = new CounterReports(counters, (c) => post({ t: 'counters', counters: c }));
   const files: PartitionSegments[] = [];
   const context: LogContext = {
     segmentBytes: init.segmentBytes,
@@ -50,9 +40,8 @@ function main(): void {
         size: active.size,
         records: lastWrite.records,
         seconds: lastWrite.seconds,
-        counters: { ...counters },
+        counters: reports.snapshot(),
       };
-      reported = JSON.stringify(counters);
       post({ t: 'durable', mirror });
     },
   };
@@ -63,7 +52,6 @@ function main(): void {
     files.push(f);
     return new PartitionWriter(context, p.id, f);
   });
-  const ports = new Set<MessagePort>();
 
   /** Why a record cannot be appended, or null. */
   function invalid(partition: number, bytes: unknown): string | null {
@@ -74,73 +62,56 @@ function main(): void {
     return null;
   }
 
-  function appendAll(records: PortAppend['records']): Promise<unknown> {
+  function appendAll(records: PortRecords): Promise<unknown> {
     for (const [partition, bytes] of records) {
       const why = invalid(partition, bytes);
       if (why) return Promise.reject(new RangeError(why));
     }
-    if (records.length === 1) return writers[records[0][0]].append(asBuffer(records[0][1]));
+    if (records.length === 1) return writers[records[0][0]].append(recordBuffer(records[0][1]));
     // Answered once every record has settled: a failure in one partition is not reported while another partition's
     // record of the same append is still being written.
-    return Promise.allSettled(records.map(([partition, bytes]) => writers[partition].append(asBuffer(bytes)))).then((settled) => {
+    return Promise.allSettled(records.map(([partition, bytes]) => writers[partition].append(recordBuffer(bytes)))).then((settled) => {
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
     });
   }
 
-  /** Set once the log closes: appends that arrive afterwards are refused, never written. */
-  let closing = false;
+  /** The ports other threads append on; once it stops, the main thread's appends are refused too. */
+  const server = new PortAppendServer(appendAll);
   const CLOSED = 'The event log is closed.';
-
-  function connect(port: MessagePort): void {
-    ports.add(port);
-    port.on('message', (m: PortAppend) => {
-      if (closing) {
-        port.postMessage({ id: m.id, error: CLOSED } satisfies PortAppended);
-        return;
-      }
-      appendAll(m.records).then(
-        () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
-        (err: unknown) => port.postMessage({ id: m.id, error: errMessage(err), invalid: err instanceof RangeError } satisfies PortAppended),
-      );
-    });
-    port.on('close', () => ports.delete(port));
-  }
 
   const idle = () => Promise.all(writers.map((w) => w.idle()));
 
   parent.on('message', (m: ToWriter) => {
     switch (m.t) {
       case 'append': {
-        const why = closing ? CLOSED : invalid(m.partition, m.value);
+        const why = server.closing ? CLOSED : invalid(m.partition, m.value);
         if (why) {
           post({ t: 'appended', id: m.id, offset: -1, error: why });
           return;
         }
-        writers[m.partition].append(asBuffer(m.value)).then(
+        writers[m.partition].append(recordBuffer(m.value)).then(
           (offset) => post({ t: 'appended', id: m.id, offset, error: null }),
           (err: unknown) => post({ t: 'appended', id: m.id, offset: -1, error: errMessage(err) }),
         );
         return;
       }
       case 'connect':
-        connect(m.port);
+        server.connect(m.port);
         return;
       case 'idle':
         idle().then(() => post({ t: 'idle', id: m.id }));
         return;
       case 'close':
-        // Refuse what arrives from now on, let every append already taken finish (none can start any more, so the
-        // writers are then idle together), and only then close the ports: each sender has had the answer to every
-        // append this thread took, and what it is still waiting for was never written.
-        closing = true;
-        idle()
+        // Refuse what arrives from now on, let every append already taken finish and be answered (none can start any
+        // more, so the writers are then idle together), and only then close the ports: each sender has had the answer
+        // to every append this thread took, and what it is still waiting for was never written.
+        Promise.all([server.stop(), idle()])
           .then(() => {
-            for (const port of ports) port.close();
+            server.closePorts();
             return Promise.all(writers.map((w) => w.close()));
           })
           .finally(() => {
-            clearInterval(reporting);
-            reportCounters();
+            reports.stop();
             post({ t: 'closed' });
             parent.close();
           });
@@ -155,10 +126,6 @@ function main(): void {
       parent.close();
     },
   );
-}
-
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 main();

@@ -75,11 +75,7 @@ export class KafkaLog implements EventLog, KafkaLogContext {
         log.warn('kafka: the topic exists with another partition count; using it', { topic: o.topic, partitions, requested: o.partitions });
       }
       const maxMessageBytes = await topicMaxMessageBytes(admin, o.topic);
-      return new KafkaLog(o, kafka, admin, partitions, maxMessageBytes, created, {
-        producerThread: options.producerThread,
-        onProducerThreadExit: options.onProducerThreadExit,
-        producerThreadFaults: options.producerThreadFaults,
-      });
+      return new KafkaLog(o, kafka, admin, partitions, maxMessageBytes, created, options);
     } catch (err) {
       await admin.disconnect().catch(() => undefined);
       throw err;
