@@ -32,10 +32,10 @@ import { fingerprintKey } from './dedup-index';
 import { CorruptSnapshotError, PartitionIndex, type WorkerTask } from './partition-index';
 import type { SnapshotStore } from './snapshots';
 import type { PartitionLeases } from './leases';
-import { EMIT, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
+import { EMIT, rawRowValue, VALID, type CancelItem, type ChunkResult, type ChunkTask } from './worker';
 import { ErrorReports } from './error-reports';
 import { recordCoreEvent } from '../shared/core-events';
-import { parseMeterValue, formatScaled } from '../shared/decimal';
+import { formatScaled } from '../shared/decimal';
 import { log } from '../shared/logger';
 import { metrics } from '../shared/metrics';
 
@@ -427,23 +427,23 @@ export class Aggregator {
     }
     this.stats.invalid += r.errors.length;
 
-    // Raw rows: the whole chunk, minus the lines of dropped duplicates.
-    const tsv = r.tsv;
+    // Raw rows: the whole chunk, minus the rows of dropped duplicates.
+    const rows = r.rows;
     if (!dropped) {
-      if (tsv.length) b.rawParts.push(tsv);
-      b.rawBytes += tsv.length;
+      if (rows.length) b.rawParts.push(rows);
+      b.rawBytes += rows.length;
     } else {
       let from = 0;
       const keep = (start: number, end: number) => {
         if (end <= start) return;
-        b.rawParts.push(tsv.subarray(start, end));
+        b.rawParts.push(rows.subarray(start, end));
         b.rawBytes += end - start;
       };
       for (const i of dropped) {
-        keep(from, r.lineStart[i]);
-        from = r.lineStart[i + 1];
+        keep(from, r.rowStart[i]);
+        from = r.rowStart[i + 1];
       }
-      keep(from, tsv.length);
+      keep(from, rows.length);
     }
 
     // Rollups: merge the chunk's partial sums, then take the dropped duplicates back out.
@@ -463,15 +463,12 @@ export class Aggregator {
     let kept = emittedEvents;
     if (dropped) {
       kept -= dropped.length;
-      const decoder = new TextDecoder();
       for (const i of dropped) {
         const slot = r.slot[i];
         if (slot < 0) continue;
         const acc = accs[slot];
         acc.count--;
-        const line = decoder.decode(tsv.subarray(r.lineStart[i], r.lineStart[i + 1]));
-        const value = line.split('\t')[RAW_COLUMNS.indexOf('value')];
-        acc.sum -= parseMeterValue(value) ?? 0n;
+        acc.sum -= rawRowValue(rows, r.rowStart[i]);
       }
     }
     b.events += kept;
@@ -548,7 +545,7 @@ export class Aggregator {
     // The marker rows: the watermark advances even when a flush has nothing to roll up.
     for (const [p, offset] of b.reached) rollupLines.push(`\t\t\t0\t0\t0\t${p}\t${offset}\n`);
 
-    await this.retrying('raw events', () => this.o.analytics.insertTsv('meter_events', RAW_COLUMNS, raw));
+    await this.retrying('raw events', () => this.o.analytics.insertRowBinary('meter_events', RAW_COLUMNS, raw));
     if (b.cancelLines.length) {
       await this.retrying('cancellations', () => this.o.analytics.insertTsv('meter_cancellations', CANCEL_COLUMNS, Buffer.from(b.cancelLines.join(''))));
     }

@@ -1,15 +1,15 @@
 /**
  * Piscina worker: decodes a chunk of log records (msgpackr), validates stream events against their meter (the
  * asynchronous validation Stripe does), and pre-aggregates: per-event fingerprints for the dedup index, the raw-event
- * rows as TabSeparated text, and per-minute partial sums. Stateless, so chunks run on any thread in parallel; the
+ * rows in ClickHouse's RowBinary format, and per-minute partial sums. Stateless, so chunks run on any thread in parallel; the
  * stateful dedup decision is taken afterwards, in log order, by the aggregator (see aggregator.ts).
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
-import { checkMeterValue, meterValueErrorMessage, ScaledSum } from '../shared/decimal';
+import { checkMeterValue, meterValueErrorMessage, putCheckedDecimal128, ScaledSum } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
-import { tsvField } from '../shared/analytics-store';
+import { maxStringBytes, putInt64, putString, putUInt16, readInt128, skipString } from '../shared/analytics/row-binary';
 import { ownValue } from '../shared/wire/dict';
 import { lowerCurrentThread } from '../shared/thread-priority';
 import { buildFilter, RunReader, seal, type RunRef, type RunSet, type SealTask } from './dedup-runs';
@@ -97,9 +97,9 @@ export interface ChunkResult {
   flags: Uint8Array;
   /** Rollup slot of each event, -1 when the event is not rolled up. */
   slot: Int32Array;
-  /** Raw row of event i is tsv[lineStart[i], lineStart[i+1]) (empty when none). */
-  lineStart: Uint32Array;
-  tsv: Uint8Array;
+  /** The raw row of event i (RowBinary, RAW_COLUMNS) is rows[rowStart[i], rowStart[i+1]) (empty when none). */
+  rowStart: Uint32Array;
+  rows: Uint8Array;
   slots: SlotPartial[];
   errors: EventError[];
   cancels: CancelItem[];
@@ -168,10 +168,10 @@ export function processChunk(task: ChunkTask): ChunkResult {
   const runSeq = new Float64Array(runs ? total : 0);
   const flags = new Uint8Array(total);
   const slot = new Int32Array(total).fill(-1);
-  const lineStart = new Uint32Array(total + 1);
-  // Rows are written straight into one buffer (byte offsets come for free); ~120 bytes a row, grown when needed.
-  let out: Buffer = Buffer.allocUnsafeSlow(Math.max(4096, total * 160));
-  let tsvLength = 0;
+  const rowStart = new Uint32Array(total + 1);
+  // Rows are written straight into one buffer, in RowBinary; ~100 bytes a row, grown when needed.
+  let out: Buffer = Buffer.allocUnsafeSlow(Math.max(4096, total * 128));
+  let o = 0;
   const slotMap = new Map<string, SlotAcc>();
   const slotList: SlotAcc[] = [];
   // Each meter's latest rollup slot per customer, over the whole chunk: the composite key (account, meter, customer,
@@ -181,7 +181,6 @@ export function processChunk(task: ChunkTask): ChunkResult {
   const errors: EventError[] = [];
   const cancels: CancelItem[] = [];
   const partition = task.partition;
-  const partitionText = String(partition);
 
   let n = 0;
   for (let r = 0; r < records.length; r++) {
@@ -211,18 +210,14 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const account = rec.account;
     const [seedHi, seedLo] = accountSeeds(account);
     const recv = rec.receivedMs;
-    const livemodeText = rec.livemode ? '1' : '0';
-    const accountField = tsvField(account);
     // Most records carry one event name: look the meter up once per name.
     let lastName: string | null = null;
     let meter: MeterInfo | undefined;
     let latestSlotOf: Map<string, SlotAcc> | undefined;
-    let rowHead: string | null = null;
-    const rowTail = `\t${recv}\t${partitionText}\t`;
-    // The record's rows are gathered into one string and written once (a write per row was a tenth of the time);
-    // meanwhile lineStart holds offsets into that string, made byte offsets into `out` after the write.
-    let rows = '';
-    const firstEvent = n;
+    // The columns before the customer (account, livemode, meter, event name) are the same for every event of the
+    // record and meter: written once, at out[headStart, headEnd), and copied from there for the next rows.
+    let headStart = -1;
+    let headEnd = -1;
     for (let e = 0; e < rec.events.length; e++, n++) {
       const [eventName, identifier, timestampMs, payload] = rec.events[e];
       hi[n] = hash32(identifier, seedHi);
@@ -230,20 +225,19 @@ export function processChunk(task: ChunkTask): ChunkResult {
       receivedMs[n] = recv;
       const s = eventSeq(partition, offset, e);
       seq[n] = s;
-      lineStart[n] = rows.length;
+      rowStart[n] = o;
       if (eventName !== lastName) {
         lastName = eventName;
         meter = meters.get(meterKey(account, eventName));
         latestSlotOf = undefined;
-        rowHead = null;
+        headStart = -1;
         if (meter) {
           latestSlotOf = latestSlots.get(meter);
           if (!latestSlotOf) latestSlots.set(meter, (latestSlotOf = new Map()));
         }
       }
       let error: [string, string] | null = null;
-      let value = '0';
-      // Set when this event's value passed checkMeterValue, whose reading ScaledSum.addChecked adds.
+      // Set when this event's value passed checkMeterValue, whose reading the row's value and ScaledSum.addChecked take.
       let checked = false;
       let customer = '';
       if (!meter) error = ['no_meter', `No active meter was found for event_name '${eventName}'.`];
@@ -257,10 +251,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
         } else {
           const code = checkMeterValue(raw);
           if (code !== null) error = [code, meterValueErrorMessage(raw)];
-          else {
-            value = raw;
-            checked = true;
-          }
+          else checked = true;
         }
         if (!error && !rec.validated) {
           if (timestampMs < recv - MAX_PAST_MS) error = ['timestamp_too_far_in_past', 'Timestamp must be within the past 35 calendar days.'];
@@ -278,24 +269,33 @@ export function processChunk(task: ChunkTask): ChunkResult {
       }
       if (!emit) continue;
       const m = meter!;
-      // The columns before the customer are the same for every event of the record and meter, and those after the
-      // payload for every event of the record: built once, so a row is a few pieces rather than two dozen.
-      if (rowHead === null) rowHead = `${accountField}\t${livemodeText}\t${m.id}\t${tsvField(eventName)}\t`;
-      const line =
-        rowHead +
-        tsvField(customer) +
-        '\t' +
-        tsvField(identifier) +
-        '\t' +
-        timestampMs +
-        '\t' +
-        value +
-        '\t' +
-        tsvField(extraPayload(payload, m.customerKey, m.valueKey)) +
-        rowTail +
-        s +
-        '\n';
-      rows += line;
+      const extra = extraPayload(payload, m.customerKey, m.valueKey);
+      const headBytes = headStart < 0 ? maxStringBytes(account) + 1 + maxStringBytes(m.id) + maxStringBytes(eventName) : headEnd - headStart;
+      const most = headBytes + maxStringBytes(customer) + maxStringBytes(identifier) + maxStringBytes(extra) + FIXED_ROW_BYTES;
+      if (o + most > out.length) out = grow(out, o + most);
+      if (headStart < 0) {
+        headStart = o;
+        o = putString(out, o, account);
+        out[o++] = rec.livemode ? 1 : 0;
+        o = putString(out, o, m.id);
+        o = putString(out, o, eventName);
+        headEnd = o;
+      } else {
+        out.copyWithin(o, headStart, headEnd);
+        o += headBytes;
+      }
+      o = putString(out, o, customer);
+      o = putString(out, o, identifier);
+      o = putInt64(out, o, timestampMs);
+      if (checked) o = putCheckedDecimal128(out, o);
+      else {
+        out.fill(0, o, o + 16);
+        o += 16;
+      }
+      o = putString(out, o, extra);
+      o = putInt64(out, o, recv);
+      o = putUInt16(out, o, partition);
+      o = putInt64(out, o, s);
       if (usesRollups(m)) {
         const minute = Math.floor(timestampMs / 60000) * 60;
         let acc = latestSlotOf!.get(customer);
@@ -314,25 +314,9 @@ export function processChunk(task: ChunkTask): ChunkResult {
         slot[n] = acc.index;
       }
     }
-    if (tsvLength + rows.length * 3 > out.length) out = grow(out, tsvLength + rows.length * 3);
-    const written = out.write(rows, tsvLength);
-    if (written === rows.length) {
-      // Every character took one byte (UTF-8 writes only ASCII that way): the offsets carry over as they are.
-      for (let i = firstEvent; i < n; i++) lineStart[i] += tsvLength;
-    } else {
-      let chars = 0;
-      let bytes = tsvLength;
-      for (let i = firstEvent; i < n; i++) {
-        const at = lineStart[i];
-        if (at > chars) bytes += Buffer.byteLength(rows.slice(chars, at));
-        chars = at;
-        lineStart[i] = bytes;
-      }
-    }
-    tsvLength += written;
   }
-  lineStart[n] = tsvLength;
-  const tsv = out.subarray(0, tsvLength);
+  rowStart[n] = o;
+  const rows = out.subarray(0, o);
   const slots: SlotPartial[] = slotList.map((a) => ({
     key: a.account + '\u0000' + a.meterId + '\u0000' + a.customer + '\u0000' + a.minute,
     account: a.account,
@@ -354,13 +338,16 @@ export function processChunk(task: ChunkTask): ChunkResult {
     runSeq,
     flags,
     slot,
-    lineStart,
-    tsv,
+    rowStart,
+    rows,
     slots,
     errors,
     cancels,
   };
 }
+
+/** A row's fixed-width columns: timestamp_ms, value, received_ms, partition, seq. */
+const FIXED_ROW_BYTES = 8 + 16 + 8 + 2 + 8;
 
 function grow(buf: Buffer, atLeast: number): Buffer {
   const bigger = Buffer.allocUnsafeSlow(Math.max(atLeast, buf.length * 2));
@@ -368,11 +355,19 @@ function grow(buf: Buffer, atLeast: number): Buffer {
   return bigger;
 }
 
+/** The scaled value of the raw row at `start` (for taking a dropped duplicate back out of its rollup). */
+export function rawRowValue(rows: Uint8Array, start: number): bigint {
+  let p = skipString(rows, start); // account
+  p += 1; // livemode
+  for (let i = 0; i < 4; i++) p = skipString(rows, p); // meter_id, event_name, customer, identifier
+  return readInt128(rows, p + 8); // after timestamp_ms
+}
+
 /** The result's arrays are moved to the main thread, not copied. */
 export default function run(task: ChunkTask | SealTask | FilterTask): unknown {
   if ('kind' in task) return task.kind === 'seal' ? seal(task) : buildFilter(task.runs);
   const r = processChunk(task);
   const buffers = new Set<ArrayBuffer>();
-  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.runRecv, r.runSeq, r.flags, r.slot, r.lineStart, r.tsv]) buffers.add(a.buffer as ArrayBuffer);
+  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.runRecv, r.runSeq, r.flags, r.slot, r.rowStart, r.rows]) buffers.add(a.buffer as ArrayBuffer);
   return Piscina.move({ [Piscina.transferableSymbol]: [...buffers], [Piscina.valueSymbol]: r } as unknown as Parameters<typeof Piscina.move>[0]);
 }

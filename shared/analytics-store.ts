@@ -8,6 +8,8 @@ export interface AnalyticsStore {
   init(): Promise<void>;
   /** One INSERT of tab-separated rows (invariant 6: one insert per table per flush). */
   insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void>;
+  /** One INSERT of rows in ClickHouse's RowBinary format (shared/analytics/row-binary.ts), `columns` in row order. */
+  insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void>;
   /** Runs a SELECT and returns its rows (JSONEachRow). */
   query<T = Record<string, unknown>>(sql: string): Promise<T[]>;
   /** Runs a statement without a result (DDL). */

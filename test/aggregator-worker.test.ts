@@ -2,6 +2,8 @@ import t from 'tap';
 import { processChunk, fingerprint, VALID, EMIT, type ChunkTask } from '../aggregator/worker';
 import { encodeRecord, decodeRecord, eventSeq, partitionFor, RecordKind, type MeterRecord } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
+import { rawRowValue } from '../aggregator/worker';
+import { readRawRows } from './helpers/raw-rows';
 
 const NOW = Date.UTC(2026, 10, 27, 12, 0, 30);
 const meters: MeterInfo[] = [
@@ -59,10 +61,38 @@ t.test('valid events get rows, fingerprints and per-minute partial sums', async 
   t.same([...r.flags], [VALID | EMIT, VALID | EMIT, VALID | EMIT, VALID | EMIT]);
   t.same([r.hi[0], r.lo[0]], fingerprint('acct_a', 'a'));
   t.equal(r.seq[1], eventSeq(0, 10, 1));
-  const lines = Buffer.from(r.tsv).toString().trim().split('\n');
-  t.equal(lines.length, 4);
-  t.match(lines[0], /^acct_a\t0\tmtr_sum\ttokens\tcus_1\ta\t\d+\t0\.1\t\t\d+\t0\t\d+$/, 'the payload column is empty when customer and value say it all');
-  t.equal(Buffer.from(r.tsv.subarray(r.lineStart[3], r.lineStart[4])).toString(), lines[3] + '\n');
+  const rows = readRawRows(r.rows, r.rowStart, r.n);
+  t.equal(rows.length, 4);
+  t.same(
+    { ...rows[0], bytes: undefined },
+    {
+      account: 'acct_a',
+      livemode: 0,
+      meter_id: 'mtr_sum',
+      event_name: 'tokens',
+      customer: 'cus_1',
+      identifier: 'a',
+      timestamp_ms: NOW,
+      value: '0.1',
+      payload: '',
+      received_ms: NOW,
+      partition: 0,
+      seq: eventSeq(0, 10, 0),
+      bytes: undefined,
+    },
+    'the payload column is empty when customer and value say it all',
+  );
+  t.same(
+    rows.map((x) => [x.meter_id, x.identifier, x.timestamp_ms, x.value]),
+    [
+      ['mtr_sum', 'a', NOW, '0.1'],
+      ['mtr_sum', 'b', NOW + 1000, '0.2'],
+      ['mtr_sum', 'c', NOW - 60_000, '5'],
+      ['mtr_last', 'd', NOW, '9'],
+    ],
+  );
+  t.equal(r.rowStart[4], r.rows.length, 'the rows end where the last one does');
+  t.equal(rawRowValue(r.rows, r.rowStart[1]), 2n * 10n ** 14n, "a row's value read back for a dropped duplicate");
   t.equal(r.slots.length, 2, 'two minutes for the sum meter; the last meter is not rolled up');
   const thisMinute = r.slots.find((s) => s.minute === Math.floor(NOW / 60000) * 60)!;
   t.equal(thisMinute.sum, String(3n * 10n ** 14n), '0.1 + 0.2 is exactly 0.3');
@@ -106,7 +136,7 @@ t.test('rollup slots are shared across the records of a chunk, per customer and 
   t.equal(r.errors[0].code, 'meter_event_invalid_value');
 });
 
-t.test('extra payload keys are kept, and line offsets are bytes even for non-ASCII rows', async (t) => {
+t.test('extra payload keys are kept, and row offsets are bytes even for non-ASCII rows', async (t) => {
   const r = processChunk(
     task([
       events([
@@ -115,12 +145,11 @@ t.test('extra payload keys are kept, and line offsets are bytes even for non-ASC
       ]),
     ]),
   );
-  const tsv = Buffer.from(r.tsv);
-  const first = tsv.subarray(r.lineStart[0], r.lineStart[1]).toString();
-  const second = tsv.subarray(r.lineStart[1], r.lineStart[2]).toString();
-  t.match(first, /^acct_a\t0\tmtr_sum\ttokens\tcüs\té-1\t\d+\t1\t\{"stripe_customer_id":"cüs","value":"1","region":"eu"\}\t/);
-  t.match(second, /^acct_a\t0\tmtr_sum\ttokens\tcus_2\tplain\t/);
-  t.equal(r.lineStart[2], tsv.length);
+  const [first, second] = readRawRows(r.rows, r.rowStart, r.n);
+  t.match(first, { customer: 'cüs', identifier: 'é-1', value: '1', payload: '{"stripe_customer_id":"cüs","value":"1","region":"eu"}' });
+  t.equal(r.rowStart[1] - r.rowStart[0], first.bytes);
+  t.match(second, { account: 'acct_a', meter_id: 'mtr_sum', event_name: 'tokens', customer: 'cus_2', identifier: 'plain', payload: '' });
+  t.equal(r.rowStart[2], r.rows.length);
 });
 
 t.test('stream events are validated asynchronously and reported', async (t) => {
@@ -150,7 +179,7 @@ t.test('stream events are validated asynchronously and reported', async (t) => {
     ],
   );
   t.same([...r.flags], [0, 0, 0, 0, 0, 0, 0]);
-  t.equal(r.tsv.length, 0);
+  t.equal(r.rows.length, 0);
   t.equal(r.errors[0].meterId, null);
   t.equal(r.errors[1].meterId, 'mtr_sum');
 });
@@ -176,7 +205,7 @@ t.test('replayed records only yield fingerprints; adjustments keep their log pos
   t.equal(r.cancels.length, 1);
   t.equal(r.cancels[0].position, 1, 'the cancel comes after event 0 and before event 1');
   t.equal(r.cancels[0].emit, true);
-  t.equal(Buffer.from(r.tsv).toString().split('\n').filter(Boolean).length, 1);
+  t.equal(readRawRows(r.rows, r.rowStart, r.n).length, 1);
   t.equal(r.slots.length, 1);
   t.equal(r.slots[0].sum, String(2n * 10n ** 15n));
 });

@@ -11,7 +11,9 @@ import {
   scaledToNumber,
   checkMeterValue,
   ScaledSum,
+  putCheckedDecimal128,
 } from '../shared/decimal';
+import { putInt128, readInt128 } from '../shared/analytics/row-binary';
 import fc from 'fast-check';
 
 t.test('scale', async (t) => {
@@ -235,4 +237,54 @@ t.test('ScaledSum equals the sum of the scaled bigints, spilling past 2^52 units
   t.equal(sumOf(['0.1', '0.2', '-0.3']), 0n, '0.1 + 0.2 − 0.3 is 0');
   t.equal(sumOf(['0.999999999999999', '0.000000000000001']), SCALE, 'the fraction carries into a unit');
   t.equal(sumOf(['-0.000000000000001']), -1n, 'a negative fraction borrows from the units');
+});
+
+t.test('putCheckedDecimal128 writes the Decimal128 bytes of the checked value, without a bigint', async (t) => {
+  const cases = [
+    '0',
+    '-0',
+    '1',
+    '-1',
+    '0.1',
+    '-3.5',
+    '25',
+    '999999999999999',
+    '-999999999999999',
+    '0.000000000000001',
+    '-0.000000000000001',
+    '99999999.9999999',
+    '123456789012345',
+    '1.00000000000000',
+    '16777216',
+    '281474976710656',
+    '0.999999999999999',
+  ];
+  // Random values of every shape the check accepts: up to 15 significant digits, up to 15 after the point.
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed % n;
+  };
+  for (let i = 0; i < 5000; i++) {
+    const digits = 1 + rand(15);
+    let d = '';
+    for (let k = 0; k < digits; k++) d += String(rand(10));
+    const point = rand(Math.min(digits, 15) + 1);
+    const s = point === 0 ? d : d.slice(0, digits - point) + '.' + d.slice(digits - point);
+    cases.push((rand(4) === 0 ? '-' : '') + (s.startsWith('.') ? '0' + s : s));
+  }
+  let wrong = 0;
+  for (const s of cases) {
+    if (checkMeterValue(s) !== null) continue;
+    const got = Buffer.alloc(20, 0xee);
+    const end = putCheckedDecimal128(got, 2);
+    const want = Buffer.alloc(20, 0xee);
+    putInt128(want, 2, parseMeterValue(s)!);
+    if (end !== 18 || !got.equals(want)) {
+      wrong++;
+      if (wrong < 5) t.fail(`${s}: ${got.toString('hex')} != ${want.toString('hex')}`);
+    }
+    if (readInt128(got, 2) !== parseMeterValue(s)) wrong++;
+  }
+  t.equal(wrong, 0, `${cases.length} values, written and read back`);
 });

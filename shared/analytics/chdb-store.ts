@@ -3,7 +3,8 @@
  * one Session per data directory per process.
  */
 import fs from 'node:fs';
-import type { AnalyticsStore } from '../analytics-store';
+import path from 'node:path';
+import { sqlString, type AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
 import { lowerEngineThreads } from '../thread-priority';
 
@@ -17,15 +18,25 @@ type ChdbSession = {
 export class ChdbStore implements AnalyticsStore {
   private session: ChdbSession | null = null;
   private stopLowering: () => void = () => undefined;
+  /** Where RowBinary inserts are staged for the engine to read (see insertRowBinary). */
+  private readonly spoolDir: string;
+  private spooled = 0;
+  /** Per table and column list, the `file()` structure: "name Type, …" in the caller's column order. */
+  private readonly structures = new Map<string, string>();
 
   /** `threadNice`: the engine's own threads (inserts, merges, queries) run at this nice value (AGGREGATOR_NICE). */
   constructor(
     private readonly dir: string,
     private readonly opts: { threadNice?: number } = {},
-  ) {}
+  ) {
+    this.spoolDir = `${dir}-inserts`;
+  }
 
   async init(): Promise<void> {
     fs.mkdirSync(this.dir, { recursive: true });
+    // Files left by a process that stopped mid-insert: the log still holds their events.
+    fs.rmSync(this.spoolDir, { recursive: true, force: true });
+    fs.mkdirSync(this.spoolDir, { recursive: true });
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { Session } = require('chdb') as { Session: new (path: string) => ChdbSession };
     this.session = new Session(this.dir);
@@ -41,6 +52,46 @@ export class ChdbStore implements AnalyticsStore {
   async insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
     if (rows.length === 0) return;
     await this.db.insert({ table, values: rows, format: 'TSV', columns });
+  }
+
+  /**
+   * chdb's own insert call takes text formats only, and parsing text was half of the engine's insert work. So the rows
+   * are written to a file and read with the `file()` table function in RowBinary: 0.46x the CPU of the TSV insert
+   * per row (README, "Raw events in RowBinary"). The file is in the page cache and gone before it would be written
+   * back.
+   */
+  async insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
+    if (rows.length === 0) return;
+    const structure = await this.structure(table, columns);
+    const file = path.join(this.spoolDir, `${table}-${++this.spooled}.bin`);
+    try {
+      await fs.promises.writeFile(file, rows);
+      await this.db.queryAsync(`INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, 'RowBinary', ${sqlString(structure)})`, {
+        format: 'TSV',
+      });
+    } finally {
+      await fs.promises.rm(file, { force: true });
+    }
+  }
+
+  private async structure(table: string, columns: readonly string[]): Promise<string> {
+    const key = table + '\u0000' + columns.join(',');
+    let structure = this.structures.get(key);
+    if (structure === undefined) {
+      const rows = await this.query<{ name: string; type: string }>(
+        `SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = ${sqlString(table)}`,
+      );
+      const types = new Map(rows.map((r) => [r.name, r.type]));
+      structure = columns
+        .map((c) => {
+          const type = types.get(c);
+          if (type === undefined) throw new Error(`table ${table} has no column ${c}`);
+          return `${c} ${type}`;
+        })
+        .join(', ');
+      this.structures.set(key, structure);
+    }
+    return structure;
   }
 
   async query<T>(sql: string): Promise<T[]> {

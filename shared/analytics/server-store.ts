@@ -3,7 +3,7 @@
  * written to run on ClickHouse 18.16 too, so no client-side features that need a newer server are used.
  */
 import { Readable } from 'node:stream';
-import { ClickHouseLogLevel, createClient, type ClickHouseClient } from '@clickhouse/client';
+import { ClickHouseLogLevel, createClient, drainStream, type ClickHouseClient } from '@clickhouse/client';
 import type { AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
 
@@ -57,6 +57,16 @@ export class ClickHouseServerStore implements AnalyticsStore {
   async insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
     if (rows.length === 0) return;
     await this.db.insert({ table, values: Readable.from([rows], { objectMode: false }), format: 'TabSeparated', columns: columns as [string, ...string[]] });
+  }
+
+  async insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
+    if (rows.length === 0) return;
+    // The client's insert() takes text formats only; exec() sends the bytes as they are (RowBinary is in 18.16 too).
+    const result = await this.db.exec({
+      query: `INSERT INTO ${table} (${columns.join(', ')}) FORMAT RowBinary`,
+      values: Readable.from([rows], { objectMode: false }),
+    });
+    await drainStream(result.stream);
   }
 
   async query<T>(sql: string): Promise<T[]> {

@@ -114,6 +114,7 @@ export function countedAnalytics(store: AnalyticsStore): AnalyticsStore {
   return {
     init: () => counting('init', metrics.analyticsErrors, () => store.init()),
     insertTsv: (table, columns, rows) => counting('insert', metrics.analyticsErrors, () => store.insertTsv(table, columns, rows)),
+    insertRowBinary: (table, columns, rows) => counting('insert', metrics.analyticsErrors, () => store.insertRowBinary(table, columns, rows)),
     query: <T>(sql: string) => counting('query', metrics.analyticsErrors, () => store.query<T>(sql)),
     exec: (sql) => counting('exec', metrics.analyticsErrors, () => store.exec(sql)),
     close: () => store.close(),
