@@ -155,6 +155,20 @@ t.test('embedded engine (chdb)', async (t) => {
   t.same(fs.readdirSync(path.join(dir, 'clickhouse-inserts')), [], 'files left by a crashed insert are removed at start');
   await conformance(t, store);
   t.same(fs.readdirSync(path.join(dir, 'clickhouse-inserts')), [], 'no staged file outlives its insert');
+  await store.close();
+  t.notOk(fs.existsSync(path.join(dir, 'clickhouse-inserts')), 'and the staging directory goes with the store');
+});
+
+t.test('embedded engine in a directory whose name file() would read as a glob', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-analytics-{glob}-'));
+  const store = new ChdbStore(path.join(dir, 'clickhouse'));
+  t.teardown(async () => {
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  await store.init();
+  t.notOk(fs.existsSync(path.join(dir, 'clickhouse-inserts')), 'the inserts are staged elsewhere');
+  await conformance(t, store);
 });
 
 const url = process.env.CLICKHOUSE_URL;

@@ -3,6 +3,7 @@
  * one Session per data directory per process.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { sqlString, type AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
@@ -14,6 +15,8 @@ type ChdbSession = {
   insert(p: { table: string; values: Buffer; format: 'TSV'; columns?: readonly string[] }): Promise<unknown>;
   close(): void;
 };
+
+const GLOB_CHARACTERS = /[*?{}[\]]/;
 
 export class ChdbStore implements AnalyticsStore {
   private session: ChdbSession | null = null;
@@ -29,12 +32,14 @@ export class ChdbStore implements AnalyticsStore {
     private readonly dir: string,
     private readonly opts: { threadNice?: number } = {},
   ) {
-    this.spoolDir = `${dir}-inserts`;
+    // file() reads * ? { } [ ] in a path as a glob: a data directory with any of them stages elsewhere.
+    this.spoolDir = GLOB_CHARACTERS.test(dir) ? path.join(os.tmpdir(), `meterd-inserts-${process.pid}`) : `${dir}-inserts`;
   }
 
   async init(): Promise<void> {
     fs.mkdirSync(this.dir, { recursive: true });
     // Files left by a process that stopped mid-insert: the log still holds their events.
+    if (GLOB_CHARACTERS.test(this.spoolDir)) throw new Error(`neither DATA_DIR nor TMPDIR is free of * ? { } [ ]: ${this.spoolDir}`);
     fs.rmSync(this.spoolDir, { recursive: true, force: true });
     fs.mkdirSync(this.spoolDir, { recursive: true });
     // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -117,5 +122,6 @@ export class ChdbStore implements AnalyticsStore {
     this.stopLowering();
     this.session?.close();
     this.session = null;
+    fs.rmSync(this.spoolDir, { recursive: true, force: true });
   }
 }
