@@ -362,6 +362,7 @@ export class Aggregator {
       meters: this.meterList,
       emitFromOffset: this.partitions.get(slice[0].partition)?.storedOffset ?? 0,
       runs: this.partitions.get(slice[0].partition)?.index.runSet(),
+      legacy: this.partitions.get(slice[0].partition)?.index.legacyActive(),
     };
     return this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>;
   }
@@ -391,6 +392,7 @@ export class Aggregator {
       const lo = r.lo[i];
       const recv = r.receivedMs[i];
       let prior = st.index.receivedAt(hi, lo);
+      if (prior === 0 && r.legacyHi.length > 0) prior = st.index.receivedAt(r.legacyHi[i], r.legacyLo[i]);
       if (prior === 0 && r.runRecv.length > 0) prior = r.runRecv[i];
       if (prior !== 0 && recv - prior < windowMs) {
         if ((f & EMIT) !== 0) {
@@ -477,7 +479,8 @@ export class Aggregator {
 
   private applyCancel(st: PartitionState, c: CancelItem, partition: number): void {
     // In memory (the newest), else on disk: the worker looked the identifier up there.
-    const prior = st.index.get(c.hi, c.lo) ?? (c.runRecv !== 0 ? { receivedMs: c.runRecv, seq: c.runSeq } : null);
+    const legacy = c.legacyHi !== 0 || c.legacyLo !== 0 ? st.index.get(c.legacyHi, c.legacyLo) : null;
+    const prior = st.index.get(c.hi, c.lo) ?? legacy ?? (c.runRecv !== 0 ? { receivedMs: c.runRecv, seq: c.runSeq } : null);
     if (prior) {
       // Stripe: an event can be cancelled within 24 hours of its receipt.
       if (c.receivedMs - prior.receivedMs <= this.o.dedupWindowMs) {

@@ -51,6 +51,13 @@ export interface PendingCancel {
   identifier: string;
 }
 
+/**
+ * Version 4: the fingerprints are fingerprint.ts's; versions 1–3 hold legacy ones (PartitionIndex.load takes them
+ * over). An earlier version of meterd refuses a version 4 snapshot and rebuilds its index from the log, rather than
+ * read fingerprints it does not compute.
+ */
+export const SNAPSHOT_VERSION = 4;
+
 export class DedupIndex {
   private hi: Uint32Array;
   private lo: Uint32Array;
@@ -119,6 +126,14 @@ export class DedupIndex {
     if (this.recv[i] !== EMPTY_RECV) return { receivedMs: this.recv[i], seq: this.seqs[i] };
     const j = this.oldSlotOf(hi, lo);
     return j < 0 ? null : { receivedMs: this.old!.recv[j], seq: this.old!.seqs[j] };
+  }
+
+  /** The newest received time among the entries, 0 when none (a scan: for loading a snapshot, not for the hot path). */
+  newestReceivedMs(): number {
+    let newest = 0;
+    for (const r of this.recv) if (r > newest) newest = r;
+    if (this.old) for (const r of this.old.recv) if (r > newest) newest = r;
+    return newest;
   }
 
   /** Received time of the live entry, or 0. Allocation-free variant of get() for the hot path. */
@@ -235,7 +250,7 @@ export class DedupIndex {
     // dropped yet: slots left over stay zero, which reads back as empty. One pass, no counting pass.
     const m = this.size + (older?.size ?? 0);
     const head = Buffer.from(
-      JSON.stringify({ ...header, version: 3, offset: coversOffset, windowMs: this.windowMs, entries: m, pending: [...this.pending.values()] }),
+      JSON.stringify({ ...header, version: SNAPSHOT_VERSION, offset: coversOffset, windowMs: this.windowMs, entries: m, pending: [...this.pending.values()] }),
     );
     // The arrays start on an 8-byte boundary so that they are written through typed views (a store per field, not a
     // call): at millions of entries that is what keeps the thread free.
@@ -293,8 +308,9 @@ export class DedupIndex {
   }
 
   /**
-   * Reads a snapshot: version 3 (live entries and the runs on disk), 2 (live entries, no runs) or 1 (whole tables), the
-   * last two written by earlier versions. `header` is the whole header, for the fields serialize() was given.
+   * Reads a snapshot: version 4 (live entries and the runs on disk, by the fingerprint of fingerprint.ts), 3 (the same,
+   * by the legacy fingerprint), 2 (live entries, no runs) or 1 (whole tables), the last three written by earlier
+   * versions. `header` is the whole header, for the fields serialize() was given.
    */
   static deserialize(buf: Buffer, windowMs: number, what = 'dedup snapshot'): { index: DedupIndex; offset: number; header: Record<string, unknown> } {
     if (buf.length < 4 || buf.length < 4 + buf.readUInt32LE(0)) throw new Error(`${what} is truncated`);
@@ -319,7 +335,7 @@ export class DedupIndex {
       index.seqs = new Float64Array(copiedSection(buf, base + cap * 16, cap * 8));
       index.mask = cap - 1;
       index.size = header.size!;
-    } else if (header.version === 2 || header.version === 3) {
+    } else if (header.version === 2 || header.version === 3 || header.version === 4) {
       const n = header.entries!;
       base = snapshotBase(hlen);
       if (!Number.isSafeInteger(n) || n < 0 || buf.length !== base + n * BYTES_PER_SLOT) throw new Error(`${what} is truncated`);

@@ -10,7 +10,8 @@
  */
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { DedupIndex, type PendingCancel } from './dedup-index';
+import { DedupIndex, fingerprintKey, SNAPSHOT_VERSION, type PendingCancel } from './dedup-index';
+import { fingerprint } from './fingerprint';
 import { type BuiltFilter, emptyFilter, emptyNonces, MAX_RUN_TAG, runFileName, type RunRef, type RunSet, type SealResult, type SealTask } from './dedup-runs';
 import type { FilterTask } from './worker';
 import { log } from '../shared/logger';
@@ -72,6 +73,12 @@ export class PartitionIndex {
   private serialized = 0;
   /** Seals installed since this index was created or loaded. */
   seals = 0;
+  /**
+   * Until this received time (0: not at all), the index may hold entries by the legacy fingerprint (fingerprint.ts),
+   * from a snapshot an earlier version wrote: events are looked up by both fingerprints until those entries are out of
+   * the window. New entries always take the current fingerprint.
+   */
+  legacyUntilMs = 0;
 
   constructor(
     readonly partition: number,
@@ -116,6 +123,15 @@ export class PartitionIndex {
 
   get runCount(): number {
     return this.runs.length;
+  }
+
+  /** Whether events must also be looked up by their legacy fingerprint (see legacyUntilMs). */
+  legacyActive(): boolean {
+    if (this.legacyUntilMs !== 0 && this.newestMs > this.legacyUntilMs) {
+      this.legacyUntilMs = 0;
+      log.info('dedup index: the entries by the legacy fingerprint are out of the window', { partition: this.partition });
+    }
+    return this.legacyUntilMs !== 0;
   }
 
   /** What a worker needs to look identifiers up on disk; undefined while there are no runs. */
@@ -220,7 +236,8 @@ export class PartitionIndex {
   /** The snapshot: the tables in memory, and the runs by name. `serial` goes to snapshotSaved() once it is durable. */
   serialize(coversOffset: number): { bytes: Buffer; serial: number } {
     const serial = ++this.serialized;
-    return { bytes: this.hot.serialize(coversOffset, this.frozen, { runs: this.runs }), serial };
+    const header = this.legacyActive() ? { runs: this.runs, legacyUntilMs: this.legacyUntilMs } : { runs: this.runs };
+    return { bytes: this.hot.serialize(coversOffset, this.frozen, header), serial };
   }
 
   /** A snapshot is durable: the runs no snapshot from `serial` on names are removed. */
@@ -283,8 +300,30 @@ export class PartitionIndex {
       index.nonces[run.tag] = run.nonce;
       if (run.newestMs > index.newestMs) index.newestMs = run.newestMs;
     }
+    const hotNewest = index.hot.newestReceivedMs();
+    if (hotNewest > index.newestMs) index.newestMs = hotNewest;
+    if (snap.header.version !== SNAPSHOT_VERSION) index.takeOverLegacy();
+    else if (typeof snap.header.legacyUntilMs === 'number') index.legacyUntilMs = snap.header.legacyUntilMs;
     await removeUnnamed(partition, store, new Set(index.runs.map((r) => index.runName(r))));
     return { index, offset: snap.offset };
+  }
+
+  /**
+   * A snapshot of an earlier version: its entries and runs hold legacy fingerprints, looked up as well until the newest
+   * of them is out of the window. Its pending cancellations name their event, so they are keyed anew.
+   */
+  private takeOverLegacy(): void {
+    if (this.newestMs > 0) this.legacyUntilMs = this.newestMs + this.windowMs + EXPIRY_SLACK_MS;
+    const pending = new Map<string, PendingCancel>();
+    for (const p of this.hot.pending.values()) {
+      const [hi, lo] = fingerprint(p.account, p.identifier);
+      pending.set(fingerprintKey(hi, lo), { ...p, hi, lo });
+    }
+    this.hot.pending = pending;
+    log.info('dedup snapshot of an earlier version: looking events up by the legacy fingerprint too', {
+      partition: this.partition,
+      untilMs: this.legacyUntilMs,
+    });
   }
 }
 

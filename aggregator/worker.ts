@@ -6,6 +6,7 @@
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
+import { accountSeeds, FINGERPRINT, hashIdentifier, legacyAccountSeeds } from './fingerprint';
 import { checkMeterValue, meterValueErrorMessage, putCheckedDecimal128, ScaledSum } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
@@ -35,6 +36,8 @@ export interface ChunkTask {
   emitFromOffset: number;
   /** The partition's identifiers on disk, when it has any (see dedup-runs.ts). */
   runs?: RunSet;
+  /** Also compute the legacy fingerprints, and look the runs up by them (PartitionIndex.legacyUntilMs). */
+  legacy?: boolean;
 }
 
 /** Builds a partition's run filter from its runs' files (recovery). */
@@ -72,6 +75,9 @@ export interface CancelItem {
   identifier: string;
   hi: number;
   lo: number;
+  /** The legacy fingerprint, when the task asked for it (else 0, 0). */
+  legacyHi: number;
+  legacyLo: number;
   receivedMs: number;
   emit: boolean;
   /** The newest entry of the identifier in the runs on disk (0 when none), and its seq. */
@@ -86,6 +92,9 @@ export interface ChunkResult {
   n: number;
   hi: Uint32Array;
   lo: Uint32Array;
+  /** The legacy fingerprints, when the task asked for them (else empty). */
+  legacyHi: Uint32Array;
+  legacyLo: Uint32Array;
   receivedMs: Float64Array;
   seq: Float64Array;
   /**
@@ -103,18 +112,6 @@ export interface ChunkResult {
   slots: SlotPartial[];
   errors: EventError[];
   cancels: CancelItem[];
-}
-
-/** The dedup fingerprint of (account, identifier): two independent 32-bit hashes. */
-export function fingerprint(account: string, identifier: string): [number, number] {
-  const seeds = accountSeeds(account);
-  return [hash32(identifier, seeds[0]), hash32(identifier, seeds[1])];
-}
-
-/** The two hash seeds of an account (hashed once per record, not per event). */
-export function accountSeeds(account: string): [number, number] {
-  const a = hash32(account);
-  return [a, Math.imul(a ^ 0x5bd1e995, 0x27d4eb2d) >>> 0];
 }
 
 /**
@@ -161,6 +158,9 @@ export function processChunk(task: ChunkTask): ChunkResult {
   }
   const hi = new Uint32Array(total);
   const lo = new Uint32Array(total);
+  const legacy = task.legacy === true;
+  const legacyHi = new Uint32Array(legacy ? total : 0);
+  const legacyLo = new Uint32Array(legacy ? total : 0);
   const receivedMs = new Float64Array(total);
   const seq = new Float64Array(total);
   const runs = task.runs;
@@ -188,9 +188,15 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const offset = task.firstOffset + r;
     const emit = offset >= task.emitFromOffset;
     if (rec.kind === RecordKind.Adjustments) {
+      const [seedHi, seedLo] = accountSeeds(rec.account);
+      const [legacySeedHi, legacySeedLo] = legacy ? legacyAccountSeeds(rec.account) : [0, 0];
       for (const [eventName, identifier] of rec.cancels) {
-        const [h, l] = fingerprint(rec.account, identifier);
-        const inRuns = runs !== undefined && runReader.lookup(runs, h, l);
+        hashIdentifier(identifier, seedHi, seedLo);
+        const h = FINGERPRINT[0];
+        const l = FINGERPRINT[1];
+        const lh = legacy ? hash32(identifier, legacySeedHi) : 0;
+        const ll = legacy ? hash32(identifier, legacySeedLo) : 0;
+        const inRuns = runs !== undefined && (runReader.lookup(runs, h, l) || (legacy && runReader.lookup(runs, lh, ll)));
         cancels.push({
           position: n,
           account: rec.account,
@@ -199,6 +205,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
           identifier,
           hi: h,
           lo: l,
+          legacyHi: lh,
+          legacyLo: ll,
           receivedMs: rec.receivedMs,
           emit,
           runRecv: inRuns ? runReader.foundRecv : 0,
@@ -209,6 +217,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
     }
     const account = rec.account;
     const [seedHi, seedLo] = accountSeeds(account);
+    const [legacySeedHi, legacySeedLo] = legacy ? legacyAccountSeeds(account) : [0, 0];
     const recv = rec.receivedMs;
     // Most records carry one event name: look the meter up once per name.
     let lastName: string | null = null;
@@ -220,8 +229,13 @@ export function processChunk(task: ChunkTask): ChunkResult {
     let headEnd = -1;
     for (let e = 0; e < rec.events.length; e++, n++) {
       const [eventName, identifier, timestampMs, payload] = rec.events[e];
-      hi[n] = hash32(identifier, seedHi);
-      lo[n] = hash32(identifier, seedLo);
+      hashIdentifier(identifier, seedHi, seedLo);
+      hi[n] = FINGERPRINT[0];
+      lo[n] = FINGERPRINT[1];
+      if (legacy) {
+        legacyHi[n] = hash32(identifier, legacySeedHi);
+        legacyLo[n] = hash32(identifier, legacySeedLo);
+      }
       receivedMs[n] = recv;
       const s = eventSeq(partition, offset, e);
       seq[n] = s;
@@ -263,7 +277,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
         continue;
       }
       flags[n] = VALID | (emit ? EMIT : 0);
-      if (runs !== undefined && runReader.lookup(runs, hi[n], lo[n])) {
+      if (runs !== undefined && (runReader.lookup(runs, hi[n], lo[n]) || (legacy && runReader.lookup(runs, legacyHi[n], legacyLo[n])))) {
         runRecv[n] = runReader.foundRecv;
         runSeq[n] = runReader.foundSeq;
       }
@@ -332,6 +346,8 @@ export function processChunk(task: ChunkTask): ChunkResult {
     n,
     hi,
     lo,
+    legacyHi,
+    legacyLo,
     receivedMs,
     seq,
     runRecv,
@@ -368,6 +384,7 @@ export default function run(task: ChunkTask | SealTask | FilterTask): unknown {
   if ('kind' in task) return task.kind === 'seal' ? seal(task) : buildFilter(task.runs);
   const r = processChunk(task);
   const buffers = new Set<ArrayBuffer>();
-  for (const a of [r.hi, r.lo, r.receivedMs, r.seq, r.runRecv, r.runSeq, r.flags, r.slot, r.rowStart, r.rows]) buffers.add(a.buffer as ArrayBuffer);
+  for (const a of [r.hi, r.lo, r.legacyHi, r.legacyLo, r.receivedMs, r.seq, r.runRecv, r.runSeq, r.flags, r.slot, r.rowStart, r.rows])
+    buffers.add(a.buffer as ArrayBuffer);
   return Piscina.move({ [Piscina.transferableSymbol]: [...buffers], [Piscina.valueSymbol]: r } as unknown as Parameters<typeof Piscina.move>[0]);
 }

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { processChunk, fingerprint, VALID, EMIT, type ChunkTask } from '../aggregator/worker';
+import { processChunk, VALID, EMIT, type ChunkTask } from '../aggregator/worker';
+import { fingerprint } from '../aggregator/fingerprint';
 import { encodeRecord, decodeRecord, eventSeq, partitionFor, RecordKind, type MeterRecord } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
 import { rawRowValue } from '../aggregator/worker';

@@ -10,7 +10,10 @@ import { buildFilter, emptyFilter, emptyNonces, RunReader, runFileName, seal, wr
 import { fingerprintKey } from '../aggregator/dedup-index';
 import { CorruptSnapshotError, PartitionIndex, type RunStore, type WorkerTask } from '../aggregator/partition-index';
 import { FileSnapshots } from '../aggregator/snapshots';
-import run from '../aggregator/worker';
+import run, { processChunk } from '../aggregator/worker';
+import { fingerprint, legacyFingerprint } from '../aggregator/fingerprint';
+import { encodeRecord, RecordKind, type MeterRecord } from '../shared/event-record';
+import type { MeterInfo } from '../shared/meters';
 
 const HOUR = 3600_000;
 
@@ -282,5 +285,65 @@ t.test('loading: a corrupt snapshot rejects as such, an outage rejects and remov
   const empty = await PartitionIndex.load(3, 24 * HOUR, store, null, inThread);
   t.equal(empty.index.size, 0);
   t.same((await store.storedRuns(3)).sort(), names, 'every run file is still there');
+  fs.rmSync(dir, { recursive: true });
+});
+
+t.test("an earlier version's snapshot: its entries, runs and pending cancellations are found until they leave the window", async (t) => {
+  const dir = tmp();
+  const store = new FileSnapshots(dir);
+  const WINDOW = 24 * HOUR;
+  const T = 10 * HOUR;
+  const ix = new PartitionIndex(4, WINDOW, store);
+  const ids = Array.from({ length: 300 }, (_, i) => `evt-${i}`);
+  for (let i = 0; i < ids.length; i++) {
+    const [h, l] = legacyFingerprint('acct_a', ids[i]);
+    ix.set(h, l, T + i, i * 128 + 4);
+    if (ix.hot.size >= 200) await sealed(ix, 200);
+  }
+  t.equal(ix.runCount, 1, 'the first 200 on disk, the rest in memory');
+  const [ph, pl] = legacyFingerprint('acct_a', 'late');
+  ix.pending.set(fingerprintKey(ph, pl), { hi: ph, lo: pl, receivedMs: T, account: 'acct_a', eventName: 'tokens', identifier: 'late' });
+  const written = ix.serialize(99).bytes;
+  // As an earlier version wrote it: the same layout, version 3.
+  const at = written.indexOf('"version":4');
+  t.ok(at > 0);
+  written.write('"version":3', at);
+  await store.save(4, written);
+
+  const { index } = await PartitionIndex.load(4, WINDOW, store, await store.load(4), inThread);
+  t.ok(index.legacyActive(), 'events are looked up by the legacy fingerprint too');
+  t.equal(index.legacyUntilMs, T + 299 + WINDOW + 5 * 60_000, 'until the newest entry is out of the window');
+  const [nh, nl] = fingerprint('acct_a', 'late');
+  t.ok(index.pending.has(fingerprintKey(nh, nl)), 'a pending cancellation is keyed by the current fingerprint');
+
+  const meters: MeterInfo[] = [
+    { account: 'acct_a', id: 'mtr_1', eventName: 'tokens', active: true, customerKey: 'c', valueKey: 'v', formula: 'sum', window: null },
+  ];
+  const record: MeterRecord = {
+    kind: RecordKind.Events,
+    account: 'acct_a',
+    livemode: false,
+    receivedMs: T + 1000,
+    validated: false,
+    events: [ids[0], ids[250], 'new-1'].map((id) => ['tokens', id, T + 1000, { c: 'cus_1', v: '1' }] as [string, string, number, Record<string, string>]),
+  };
+  const data = encodeRecord(record);
+  const task = { partition: 4, firstOffset: 100, data, ends: Uint32Array.of(data.length), meters, emitFromOffset: 0, runs: index.runSet() };
+  const r = processChunk({ ...task, legacy: true });
+  t.same([r.hi[0], r.lo[0]], fingerprint('acct_a', ids[0]), 'the events carry the current fingerprint');
+  t.same([r.legacyHi[0], r.legacyLo[0]], legacyFingerprint('acct_a', ids[0]), 'and the legacy one');
+  t.equal(r.runRecv[0], T, 'an identifier on disk is found by its legacy fingerprint');
+  t.equal(index.receivedAt(r.legacyHi[1], r.legacyLo[1]), T + 250, 'one in memory too');
+  t.equal(r.runRecv[2], 0, 'a new identifier is not found');
+  const without = processChunk({ ...task, data: encodeRecord(record), legacy: false });
+  t.equal(without.legacyHi.length, 0, 'without legacy lookups, no legacy fingerprints');
+  t.equal(without.runRecv[0], 0, 'and the identifier on disk is not found');
+
+  const reloaded = await PartitionIndex.load(4, WINDOW, store, index.serialize(120).bytes, inThread);
+  t.equal(reloaded.index.legacyUntilMs, index.legacyUntilMs, 'a snapshot taken meanwhile keeps the legacy lookups');
+  index.set(nh, nl, index.legacyUntilMs + 1, 7);
+  t.notOk(index.legacyActive(), 'an entry received after that time ends them');
+  const after = await PartitionIndex.load(4, WINDOW, store, index.serialize(130).bytes, inThread);
+  t.notOk(after.index.legacyActive(), 'for good');
   fs.rmSync(dir, { recursive: true });
 });
