@@ -354,15 +354,16 @@ export class Aggregator {
       data.set(r.value, at);
       at += r.value.length;
     }
+    const st = this.partitions.get(slice[0].partition);
     const task: ChunkTask = {
       partition: slice[0].partition,
       firstOffset: slice[0].offset,
       data,
       ends,
       meters: this.meterList,
-      emitFromOffset: this.partitions.get(slice[0].partition)?.storedOffset ?? 0,
-      runs: this.partitions.get(slice[0].partition)?.index.runSet(),
-      legacy: this.partitions.get(slice[0].partition)?.index.legacyActive(),
+      emitFromOffset: st?.storedOffset ?? 0,
+      runs: st?.index.runSet(),
+      legacy: st?.index.legacyActive(),
     };
     return this.pool.run(task, { transferList: [data.buffer as ArrayBuffer, ends.buffer as ArrayBuffer] }) as Promise<ChunkResult>;
   }
@@ -479,8 +480,10 @@ export class Aggregator {
 
   private applyCancel(st: PartitionState, c: CancelItem, partition: number): void {
     // In memory (the newest), else on disk: the worker looked the identifier up there.
-    const legacy = c.legacyHi !== 0 || c.legacyLo !== 0 ? st.index.get(c.legacyHi, c.legacyLo) : null;
-    const prior = st.index.get(c.hi, c.lo) ?? legacy ?? (c.runRecv !== 0 ? { receivedMs: c.runRecv, seq: c.runSeq } : null);
+    const prior =
+      st.index.get(c.hi, c.lo) ??
+      (c.legacy ? st.index.get(c.legacy[0], c.legacy[1]) : null) ??
+      (c.runRecv !== 0 ? { receivedMs: c.runRecv, seq: c.runSeq } : null);
     if (prior) {
       // Stripe: an event can be cancelled within 24 hours of its receipt.
       if (c.receivedMs - prior.receivedMs <= this.o.dedupWindowMs) {

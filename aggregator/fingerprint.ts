@@ -7,8 +7,8 @@
  * few digits (a counter after a fixed prefix: the bench's identifiers, and many clients') collide in families, and the
  * two seeds collide together: 80 pairs among 30M identifiers for one account in four (README, "Fingerprints").
  * The fingerprint is now a 64-bit hash whose two lanes take every 32-bit block of the identifier through MurmurHash3's
- * block mix and are coupled per block, with MurmurHash3's finalizer: no known structure of ordinary identifiers makes
- * it collide more often than 64 random bits would.
+ * block mix and are coupled per block, with MurmurHash3's finalizer. Over the identifiers tried (README,
+ * "Fingerprints": 30M counter-shaped ones for four accounts) it collided no more than 64 random bits would: not once.
  *
  * The FNV pair is kept as the legacy fingerprint: an index written by an earlier version holds it, and until its
  * entries leave the window the aggregator also looks events up by it (see PartitionIndex.legacyUntilMs).

@@ -6,7 +6,7 @@
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
-import { accountSeeds, FINGERPRINT, hashIdentifier, legacyAccountSeeds } from './fingerprint';
+import { accountSeeds, FINGERPRINT, hashIdentifier, legacyAccountSeeds, legacyFingerprint } from './fingerprint';
 import { checkMeterValue, meterValueErrorMessage, putCheckedDecimal128, ScaledSum } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
@@ -75,9 +75,8 @@ export interface CancelItem {
   identifier: string;
   hi: number;
   lo: number;
-  /** The legacy fingerprint, when the task asked for it (else 0, 0). */
-  legacyHi: number;
-  legacyLo: number;
+  /** The legacy fingerprint [hi, lo], when the task asked for it. */
+  legacy: [number, number] | null;
   receivedMs: number;
   emit: boolean;
   /** The newest entry of the identifier in the runs on disk (0 when none), and its seq. */
@@ -189,14 +188,12 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const emit = offset >= task.emitFromOffset;
     if (rec.kind === RecordKind.Adjustments) {
       const [seedHi, seedLo] = accountSeeds(rec.account);
-      const [legacySeedHi, legacySeedLo] = legacy ? legacyAccountSeeds(rec.account) : [0, 0];
       for (const [eventName, identifier] of rec.cancels) {
         hashIdentifier(identifier, seedHi, seedLo);
         const h = FINGERPRINT[0];
         const l = FINGERPRINT[1];
-        const lh = legacy ? hash32(identifier, legacySeedHi) : 0;
-        const ll = legacy ? hash32(identifier, legacySeedLo) : 0;
-        const inRuns = runs !== undefined && (runReader.lookup(runs, h, l) || (legacy && runReader.lookup(runs, lh, ll)));
+        const old = legacy ? legacyFingerprint(rec.account, identifier) : null;
+        const inRuns = runs !== undefined && (runReader.lookup(runs, h, l) || (old !== null && runReader.lookup(runs, old[0], old[1])));
         cancels.push({
           position: n,
           account: rec.account,
@@ -205,8 +202,7 @@ export function processChunk(task: ChunkTask): ChunkResult {
           identifier,
           hi: h,
           lo: l,
-          legacyHi: lh,
-          legacyLo: ll,
+          legacy: old,
           receivedMs: rec.receivedMs,
           emit,
           runRecv: inRuns ? runReader.foundRecv : 0,

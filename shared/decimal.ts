@@ -211,22 +211,11 @@ export function putCheckedDecimal128(buf: Uint8Array, o: number): number {
   const l2 = c % LIMB;
   c = (c - l2) / LIMB;
   const l3 = c % LIMB;
-  const l4 = (c - l3) / LIMB;
-  buf[o] = l0;
-  buf[o + 1] = l0 >>> 8;
-  buf[o + 2] = l0 >>> 16;
-  buf[o + 3] = l1;
-  buf[o + 4] = l1 >>> 8;
-  buf[o + 5] = l1 >>> 16;
-  buf[o + 6] = l2;
-  buf[o + 7] = l2 >>> 8;
-  buf[o + 8] = l2 >>> 16;
-  buf[o + 9] = l3;
-  buf[o + 10] = l3 >>> 8;
-  buf[o + 11] = l3 >>> 16;
-  buf[o + 12] = l4;
-  buf[o + 13] = l4 >>> 8;
-  buf[o + 14] = l4 >>> 16;
+  putLimb(buf, o, l0);
+  putLimb(buf, o + 3, l1);
+  putLimb(buf, o + 6, l2);
+  putLimb(buf, o + 9, l3);
+  putLimb(buf, o + 12, (c - l3) / LIMB);
   buf[o + 15] = 0;
   if (checkedNeg) {
     let carry = 1;
@@ -237,6 +226,13 @@ export function putCheckedDecimal128(buf: Uint8Array, o: number): number {
     }
   }
   return o + 16;
+}
+
+/** A 24-bit limb as three little-endian bytes. */
+function putLimb(buf: Uint8Array, o: number, limb: number): void {
+  buf[o] = limb;
+  buf[o + 1] = limb >>> 8;
+  buf[o + 2] = limb >>> 16;
 }
 
 /** Above this many whole units the running sum moves into its bigint (doubles are exact below 2^53). */

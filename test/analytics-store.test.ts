@@ -6,7 +6,6 @@
  */
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { sqlString, type AnalyticsStore } from '../shared/analytics-store';
@@ -14,10 +13,12 @@ import { formatScaled, parseMeterValue } from '../shared/decimal';
 import { ChdbStore } from '../shared/analytics/chdb-store';
 import { ClickHouseServerStore, dropClickHouseDatabase } from '../shared/analytics/server-store';
 import { RAW_COLUMNS } from '../shared/analytics/schema';
-import { putInt128, putInt64, putString, putUInt16 } from '../shared/analytics/row-binary';
+import { putInt64, putString, putUInt16 } from '../shared/analytics/row-binary';
+import { putInt128 } from './helpers/raw-rows';
 import { processChunk } from '../aggregator/worker';
 import { encodeRecord, eventSeq, RecordKind, type MeterRecord } from '../shared/event-record';
 import type { MeterInfo } from '../shared/meters';
+import { tempDir } from './helpers/server';
 
 const NOW = Date.UTC(2026, 11, 7, 12, 0, 30);
 
@@ -136,19 +137,25 @@ async function conformance(t: Test, store: AnalyticsStore): Promise<void> {
   const sum = await store.query<{ s: string }>(`SELECT toString(sum(value)) AS s FROM meter_events WHERE account = 'acct_w'`);
   t.equal(formatScaled(parseMeterValue(sum[0].s)!), '1000000000123454.639000000000001', 'and sum exactly');
 
-  await store.insertRowBinary('meter_events', RAW_COLUMNS, Buffer.alloc(0));
+  await t.resolves(store.insertRowBinary('meter_events', RAW_COLUMNS, Buffer.alloc(0)), 'an empty insert is nothing');
   await t.rejects(store.insertRowBinary('meter_events', RAW_COLUMNS, rows.subarray(0, rows.length - 3)), 'a truncated row is refused');
   const count = await store.query<{ n: string }>(`SELECT toString(count()) AS n FROM meter_events WHERE account = 'acct_w'`);
   t.equal(count[0].n, String(want.length), 'and nothing of it is stored');
 }
 
-t.test('embedded engine (chdb)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-analytics-'));
+/** An embedded store in a directory of its own under `prefix`, closed and removed when the test ends. */
+function embeddedStore(t: Test, prefix: string): { dir: string; store: ChdbStore } {
+  const dir = tempDir(prefix);
   const store = new ChdbStore(path.join(dir, 'clickhouse'));
   t.teardown(async () => {
     await store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
+  return { dir, store };
+}
+
+t.test('embedded engine (chdb)', async (t) => {
+  const { dir, store } = embeddedStore(t, 'meterd-analytics-');
   fs.mkdirSync(path.join(dir, 'clickhouse-inserts'), { recursive: true });
   fs.writeFileSync(path.join(dir, 'clickhouse-inserts', 'meter_events-7.bin'), 'left by a crash');
   await store.init();
@@ -160,12 +167,7 @@ t.test('embedded engine (chdb)', async (t) => {
 });
 
 t.test('embedded engine in a directory whose name file() would read as a glob', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'meterd-analytics-{glob}-'));
-  const store = new ChdbStore(path.join(dir, 'clickhouse'));
-  t.teardown(async () => {
-    await store.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, store } = embeddedStore(t, 'meterd-analytics-{glob}-');
   await store.init();
   t.notOk(fs.existsSync(path.join(dir, 'clickhouse-inserts')), 'the inserts are staged elsewhere');
   await conformance(t, store);

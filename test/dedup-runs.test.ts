@@ -335,6 +335,10 @@ t.test("an earlier version's snapshot: its entries, runs and pending cancellatio
   t.equal(r.runRecv[0], T, 'an identifier on disk is found by its legacy fingerprint');
   t.equal(index.receivedAt(r.legacyHi[1], r.legacyLo[1]), T + 250, 'one in memory too');
   t.equal(r.runRecv[2], 0, 'a new identifier is not found');
+  const cancel = encodeRecord({ kind: RecordKind.Adjustments, account: 'acct_a', livemode: false, receivedMs: T + 1000, cancels: [['tokens', ids[1]]] });
+  const c = processChunk({ ...task, data: cancel, ends: Uint32Array.of(cancel.length), legacy: true }).cancels[0];
+  t.same(c.legacy, legacyFingerprint('acct_a', ids[1]), 'an adjustment carries the legacy fingerprint too');
+  t.equal(c.runRecv, T + 1, 'and finds its event on disk by it');
   const without = processChunk({ ...task, data: encodeRecord(record), legacy: false });
   t.equal(without.legacyHi.length, 0, 'without legacy lookups, no legacy fingerprints');
   t.equal(without.runRecv[0], 0, 'and the identifier on disk is not found');

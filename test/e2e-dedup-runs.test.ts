@@ -9,6 +9,7 @@ import path from 'node:path';
 import { startServer, tempDir, eventually, currentRange, DISTRIBUTED, type TestServer } from './helpers/server';
 import { parseExposition } from './helpers/prometheus';
 import { uniqueName } from './helpers/assertions';
+import { createMeter } from './helpers/cluster';
 
 const ENV = { DEDUP_MEMORY_IDENTIFIERS: '100', SNAPSHOT_INTERVAL_S: '1', FLUSH_INTERVAL_MS: '50' };
 const CUSTOMER = 'cus_runs';
@@ -117,13 +118,8 @@ t.test('two identifiers whose legacy fingerprints collide are two events', async
   const server = await startServer({ key: 'sk_test_fingerprint_regression_0' });
   t.teardown(() => server.kill());
   const eventName = uniqueName('collide');
-  const meter = await server.stripe().billing.meters.create({
-    display_name: 'Collisions',
-    event_name: eventName,
-    default_aggregation: { formula: 'sum' },
-    customer_mapping: { type: 'by_id', event_payload_key: 'stripe_customer_id' },
-    value_settings: { event_payload_key: 'value' },
-  });
+  // A sum meter with Stripe's default mapping: stripe_customer_id and value.
+  const meterId = await createMeter(server, eventName);
   await send(server, eventName, ['evt-0003118395', 'evt-0005040089', 'evt-0003118395']);
-  await settlesAt(t, server, meter.id, 2, 'both counted, and the retry of the first once');
+  await settlesAt(t, server, meterId, 2, 'both counted, and the retry of the first once');
 });

@@ -80,34 +80,9 @@ export function skipString(buf: Uint8Array, o: number): number {
   return o + len;
 }
 
-/** Reads the String at `o`. */
-export function readString(buf: Uint8Array, o: number): string {
-  const end = skipString(buf, o);
-  let start = o;
-  while (buf[start] >= 128) start++;
-  return Buffer.from(buf.buffer, buf.byteOffset + start + 1, end - start - 1).toString('utf8');
-}
-
-/** Reads the Int64 at `o` as a number (exact below 2^53). */
-export function readInt64(buf: Uint8Array, o: number): number {
-  const lo = (buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)) >>> 0;
-  const hi = buf[o + 4] | (buf[o + 5] << 8) | (buf[o + 6] << 16) | (buf[o + 7] << 24);
-  return hi * TWO_32 + lo;
-}
-
 /** Reads the 128-bit two's-complement integer at `o` (a Decimal128's scaled value). */
 export function readInt128(buf: Uint8Array, o: number): bigint {
   let v = 0n;
   for (let i = 15; i >= 0; i--) v = (v << 8n) | BigInt(buf[o + i]);
   return BigInt.asIntN(128, v);
-}
-
-/** Writes a 128-bit two's-complement integer (a Decimal128 from a scaled bigint; not for hot paths). */
-export function putInt128(buf: Buffer, o: number, v: bigint): number {
-  let u = BigInt.asUintN(128, v);
-  for (let i = 0; i < 16; i++) {
-    buf[o + i] = Number(u & 255n);
-    u >>= 8n;
-  }
-  return o + 16;
 }

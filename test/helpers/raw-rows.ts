@@ -1,5 +1,8 @@
-/** Reads the worker's raw-event rows (RowBinary, in RAW_COLUMNS order) back into objects, for assertions. */
-import { readInt128, readInt64, readString, skipString } from '../../shared/analytics/row-binary';
+/**
+ * Reads the worker's raw-event rows (RowBinary, in RAW_COLUMNS order) back into objects, for assertions; and the
+ * readers and the bigint writer that only tests need.
+ */
+import { readInt128, skipString } from '../../shared/analytics/row-binary';
 import { formatScaled } from '../../shared/decimal';
 
 export interface RawRow {
@@ -52,4 +55,31 @@ export function readRawRows(rows: Uint8Array, rowStart: Uint32Array, n: number):
   const out: RawRow[] = [];
   for (let i = 0; i < n; i++) if (rowStart[i + 1] > rowStart[i]) out.push(readRawRow(rows, rowStart[i]));
   return out;
+}
+
+const TWO_32 = 4294967296;
+
+/** Reads the String at `o`. */
+export function readString(buf: Uint8Array, o: number): string {
+  const end = skipString(buf, o);
+  let start = o;
+  while (buf[start] >= 128) start++;
+  return Buffer.from(buf.buffer, buf.byteOffset + start + 1, end - start - 1).toString('utf8');
+}
+
+/** Reads the Int64 at `o` as a number (exact below 2^53). */
+export function readInt64(buf: Uint8Array, o: number): number {
+  const lo = (buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)) >>> 0;
+  const hi = buf[o + 4] | (buf[o + 5] << 8) | (buf[o + 6] << 16) | (buf[o + 7] << 24);
+  return hi * TWO_32 + lo;
+}
+
+/** Writes a 128-bit two's-complement integer: a Decimal128 from a scaled bigint, the reference the tests compare with. */
+export function putInt128(buf: Buffer, o: number, v: bigint): number {
+  let u = BigInt.asUintN(128, v);
+  for (let i = 0; i < 16; i++) {
+    buf[o + i] = Number(u & 255n);
+    u >>= 8n;
+  }
+  return o + 16;
 }
