@@ -85,6 +85,14 @@ export interface StateStore {
   getIdempotency(account: string, key: string): Promise<IdempotencyRecord | null>;
   /** Keeps the first record when one exists for (account, key); returns the stored one. */
   putIdempotency(rec: IdempotencyRecord): Promise<IdempotencyRecord>;
+  /**
+   * Claims (account, key) for a request about to execute, for `ttlMs` from now: true when no other owner holds an
+   * unexpired claim on it (an expired one is taken over). Shared by every process on the store, so that a key executes
+   * once across them (shared/http/idempotency.ts).
+   */
+  claimIdempotency(account: string, key: string, owner: string, ttlMs: number): Promise<boolean>;
+  /** Ends `owner`'s claim on (account, key); another owner's claim is left as it is. */
+  releaseIdempotency(account: string, key: string, owner: string): Promise<void>;
 
   /**
    * Runs `fn` atomically: no other write interleaves, and a throw rolls everything back. `fn` must only use the
@@ -99,6 +107,6 @@ export interface StateStore {
   /** Keys of the blobs whose key starts with `prefix`. */
   listBlobKeys?(prefix: string): Promise<string[]>;
 
-  /** Removes expired objects and idempotency records older than `idempotencyBeforeMs`. */
+  /** Removes expired objects and idempotency claims, and idempotency records older than `idempotencyBeforeMs`. */
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void>;
 }

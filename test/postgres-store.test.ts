@@ -81,7 +81,7 @@ if (!url) {
     ]);
     t.same(
       tables.rows.map((r) => r.table_name),
-      ['api_keys', 'blobs', 'idempotency', 'objects', 'schema_migrations'],
+      ['api_keys', 'blobs', 'idempotency', 'idempotency_claims', 'objects', 'schema_migrations'],
     );
     const col = await admin.query<{ data_type: string }>(
       `SELECT data_type FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'objects' AND column_name = 'data'`,

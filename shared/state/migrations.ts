@@ -69,4 +69,17 @@ export const MIGRATIONS: readonly Migration[] = [
         .addColumn('updated_ms', t.ms, (c) => c.notNull()),
     ],
   },
+  {
+    version: 3,
+    name: 'idempotency claims',
+    statements: (db, t) => [
+      db.schema
+        .createTable('idempotency_claims')
+        .addColumn('account', t.key, (c) => c.notNull())
+        .addColumn('key', t.key, (c) => c.notNull())
+        .addColumn('owner', t.key, (c) => c.notNull())
+        .addColumn('expires_ms', t.ms, (c) => c.notNull())
+        .addPrimaryKeyConstraint('idempotency_claims_pkey', ['account', 'key']),
+    ],
+  },
 ];

@@ -256,6 +256,26 @@ export class StateQueries {
         'run',
       ),
       pruneIdempotency: new Prepared(db.deleteFrom('idempotency').where('created_ms', '<', $[0]), 'run'),
+      claimIdempotency: new Prepared(
+        db
+          .insertInto('idempotency_claims')
+          .values({ account: $[0], key: $[1], owner: $[2], expires_ms: $[3] })
+          .onConflict((oc) => oc.columns(['account', 'key']).doNothing()),
+        'run',
+      ),
+      // Only a claim that has expired (its process stopped without releasing it) is taken over.
+      takeOverIdempotencyClaim: new Prepared(
+        db
+          .updateTable('idempotency_claims')
+          .set({ owner: $[2], expires_ms: $[3] })
+          .where((eb) => eb.and([eb('account', '=', $[0]), eb('key', '=', $[1]), eb('expires_ms', '<=', $[4])])),
+        'run',
+      ),
+      releaseIdempotencyClaim: new Prepared(
+        db.deleteFrom('idempotency_claims').where((eb) => eb.and([eb('account', '=', $[0]), eb('key', '=', $[1]), eb('owner', '=', $[2])])),
+        'run',
+      ),
+      pruneIdempotencyClaims: new Prepared(db.deleteFrom('idempotency_claims').where('expires_ms', '<=', $[0]), 'run'),
       putBlob: new Prepared(
         db
           .insertInto('blobs')
@@ -490,11 +510,23 @@ export class StateQueries {
     }
   }
 
+  *claimIdempotency(account: string, key: string, owner: string, ttlMs: number): Op<boolean> {
+    const now = this.now();
+    const values = [account, key, owner, now + ttlMs];
+    if ((yield* changes(this.q.claimIdempotency, values)) === 1) return true;
+    return (yield* changes(this.q.takeOverIdempotencyClaim, [...values, now])) === 1;
+  }
+
+  *releaseIdempotency(account: string, key: string, owner: string): Op<void> {
+    yield* changes(this.q.releaseIdempotencyClaim, [account, key, owner]);
+  }
+
   *prune(nowMs: number, idempotencyBeforeMs: number): Op<void> {
     const q = this.q;
     yield* atomic(function* () {
       yield* changes(q.pruneObjects, [nowMs]);
       yield* changes(q.pruneIdempotency, [idempotencyBeforeMs]);
+      yield* changes(q.pruneIdempotencyClaims, [nowMs]);
     });
   }
 

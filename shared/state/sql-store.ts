@@ -49,6 +49,12 @@ export abstract class SqlStateStore implements StateStore {
   putIdempotency(rec: IdempotencyRecord): Promise<IdempotencyRecord> {
     return this.exec((q) => q.putIdempotency(rec));
   }
+  claimIdempotency(account: string, key: string, owner: string, ttlMs: number): Promise<boolean> {
+    return this.exec((q) => q.claimIdempotency(account, key, owner, ttlMs));
+  }
+  releaseIdempotency(account: string, key: string, owner: string): Promise<void> {
+    return this.exec((q) => q.releaseIdempotency(account, key, owner));
+  }
   prune(nowMs: number, idempotencyBeforeMs: number): Promise<void> {
     return this.exec((q) => q.prune(nowMs, idempotencyBeforeMs));
   }

@@ -42,6 +42,14 @@ export interface BlobsTable {
   updated_ms: number | string;
 }
 
+/** A request with an Idempotency-Key executing in some process (StateStore.claimIdempotency). */
+export interface IdempotencyClaimsTable {
+  account: string;
+  key: string;
+  owner: string;
+  expires_ms: number | string;
+}
+
 export interface SchemaMigrationsTable {
   version: number;
   name: string;
@@ -51,6 +59,7 @@ export interface SchemaMigrationsTable {
 export interface StateTables {
   objects: ObjectsTable;
   idempotency: IdempotencyTable;
+  idempotency_claims: IdempotencyClaimsTable;
   api_keys: ApiKeysTable;
   blobs: BlobsTable;
   schema_migrations: SchemaMigrationsTable;

@@ -444,6 +444,37 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     t.same(await s.putIdempotency(rec('a', 'k1', 409, 4000)), rec('a', 'k1', 409, 4000), 'key reusable after prune');
   });
 
+  t.test(`${name}: idempotency claims: one owner across store instances, released, taken over once expired`, async (t) => {
+    const db = await driver.database(t, { shared: true });
+    const clock = { now: 10_000 };
+    const a = db.store({ now: () => clock.now });
+    const b = db.store({ now: () => clock.now });
+    await a.init();
+    await b.init();
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:1', 60_000), true, 'the first claim holds');
+    t.equal(await b.claimIdempotency('acct', 'k1', 'b:1', 60_000), false, 'a second owner, on another instance, is refused');
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:2', 60_000), false, 'so is a second request of the same process');
+    t.equal(await b.claimIdempotency('acct2', 'k1', 'b:2', 60_000), true, 'keys are per account');
+    t.equal(await b.claimIdempotency('acct', 'k2', 'b:3', 60_000), true, 'and per key');
+
+    await b.releaseIdempotency('acct', 'k1', 'b:1');
+    t.equal(await b.claimIdempotency('acct', 'k1', 'b:4', 60_000), false, "releasing another owner's claim does nothing");
+    await a.releaseIdempotency('acct', 'k1', 'a:1');
+    t.equal(await b.claimIdempotency('acct', 'k1', 'b:5', 60_000), true, 'released: the next claim holds');
+
+    clock.now += 59_999;
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:3', 60_000), false, 'not expired yet');
+    clock.now += 1;
+    const takers = await Promise.all([a.claimIdempotency('acct', 'k1', 'a:4', 60_000), b.claimIdempotency('acct', 'k1', 'b:6', 60_000)]);
+    t.same(takers.filter(Boolean).length, 1, 'an expired claim is taken over by exactly one of two concurrent claims');
+    await b.releaseIdempotency('acct', 'k1', 'b:5');
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:5', 60_000), false, 'the expired owner cannot release the new claim');
+
+    clock.now += 60_000;
+    await a.prune(clock.now, 0); // removes the expired claims (not observable through the store's interface)
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:6', 60_000), true, 'a key is claimed anew after prune');
+  });
+
   t.test(`${name}: api keys: put (upsert) and list`, async (t) => {
     const s = await open(t);
     t.same(await s.listApiKeys(), []);
