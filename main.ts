@@ -92,7 +92,7 @@ export async function startServer(config: Config): Promise<RunningServer> {
   const meters = new MeterRegistry(state, drivers.mode !== 'embedded');
   await meters.load();
   const secret = await sessionSecret(state);
-  const durableKeys = new StoreIdempotencyRecords(state);
+  const durableKeys = new StoreIdempotencyRecords(state, { shared: !!config.databaseUrl });
   const recentKeys = new MemoryIdempotencyRecords();
   const accountVersions = new AccountVersions(state, config.defaultApiVersion);
   for (const { account, version } of config.accountApiVersions) {

@@ -99,3 +99,99 @@ t.test('requests with a key whose result is saved replay it, all at once', async
   );
   t.equal(executions(), 1);
 });
+
+/** Claims shared by several "processes" (Idempotency layers), as a store shared by processes keeps them. */
+class SharedClaims {
+  readonly owners = new Map<string, string>();
+  claims(records: ManualRecords): IdempotencyRecords {
+    return {
+      get: (account, key) => records.get(account, key),
+      put: (rec) => records.put(rec),
+      claim: async (account, key, owner) => {
+        const k = account + '/' + key;
+        if (this.owners.has(k)) return false;
+        this.owners.set(k, owner);
+        return true;
+      },
+      release: async (account, key, owner) => {
+        const k = account + '/' + key;
+        if (this.owners.get(k) === owner) this.owners.delete(k);
+      },
+    };
+  }
+}
+
+/** Two processes' Idempotency layers over one store (records and claims), and their executions of one keyed request. */
+function twoProcesses(status = 200) {
+  const records = new ManualRecords();
+  const shared = new SharedClaims();
+  let executed = 0;
+  let gate: Promise<void> = Promise.resolve();
+  const layer = () => {
+    const idem = new Idempotency(shared.claims(records));
+    return () =>
+      idem.runKeyed(principal, keyed, async () => {
+        executed++;
+        await gate;
+        return { status, body: `{"execution":${executed}}` };
+      });
+  };
+  const outcome = (p: Promise<{ status: number; headers?: Record<string, string> }>) =>
+    p.then(
+      (r) => ({ status: r.status, replayed: r.headers?.['Idempotent-Replayed'] === 'true' }),
+      (err: unknown) => ({ status: err instanceof ConflictError ? 409 : -1, replayed: false }),
+    );
+  return {
+    records,
+    shared,
+    a: layer(),
+    b: layer(),
+    outcome,
+    executions: () => executed,
+    hold(): () => void {
+      let open!: () => void;
+      gate = new Promise<void>((r) => {
+        open = r;
+      });
+      return open;
+    },
+  };
+}
+
+t.test('two processes: a key executing in one is a 409 in the other, then replays there', async (t) => {
+  const p = twoProcesses();
+  const open = p.hold();
+  const first = answering(p.records, p.a());
+  while (p.executions() === 0) await tick();
+  const second = await answering(p.records, p.outcome(p.b()));
+  t.same(second, { status: 409, replayed: false }, 'the other process answers idempotency_key_in_use while the first executes');
+  open();
+  t.equal((await first).status, 200);
+  t.same(await answering(p.records, p.outcome(p.b())), { status: 200, replayed: true }, 'after it, the other process replays');
+  t.equal(p.executions(), 1, 'one execution');
+  t.equal(p.shared.owners.size, 0, 'the claim was released');
+});
+
+t.test('two processes: a request that looked its key up before the other finished does not execute again', async (t) => {
+  const p = twoProcesses();
+  // The second process looks the key up (the store is empty at that moment) and waits for the answer...
+  const second = p.outcome(p.b());
+  await tick();
+  const early = p.records.lookups.shift();
+  t.ok(early, 'the second looked its key up');
+  // ...while the first process executes, saves its result and releases its claim.
+  t.equal((await answering(p.records, p.a())).status, 200);
+  t.equal(p.shared.owners.size, 0);
+  early!.answer();
+  // The second now claims the key (free again) and must find the saved result rather than execute.
+  t.same(await answering(p.records, second), { status: 200, replayed: true });
+  t.equal(p.executions(), 1, 'one execution');
+});
+
+t.test('two processes: a result that is not saved (a 400) frees the key for the other at once', async (t) => {
+  const p = twoProcesses(400);
+  t.equal((await answering(p.records, p.a())).status, 400);
+  t.same(await answering(p.records, p.outcome(p.b())), { status: 400, replayed: false }, 'the other process executes it again');
+  t.equal(p.executions(), 2);
+  t.equal(p.shared.owners.size, 0);
+});

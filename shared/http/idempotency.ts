@@ -12,18 +12,47 @@ import { ConflictError, IdempotencyError, InvalidRequestError } from '../errors'
 import type { IdempotencyRecord, StateStore } from '../state-store';
 import type { HttpRequest, HttpResult } from './server';
 import type { Principal } from './auth';
+import { log } from '../logger';
 import { metrics } from '../metrics';
 import type { CounterChild } from '../metrics/registry';
 
 export const IDEMPOTENCY_RETENTION_MS = 24 * 3600 * 1000;
 
+/**
+ * How long a claim on a key holds (StoreIdempotencyRecords): a process that stops while executing a request leaves its
+ * claim, and retries get 409 until it expires. Control-plane requests take milliseconds; one that took longer than
+ * this could execute a second time in another process.
+ */
+export const IDEMPOTENCY_CLAIM_MS = 60_000;
+
 export interface IdempotencyRecords {
   get(account: string, key: string): Promise<IdempotencyRecord | null> | IdempotencyRecord | null;
   put(rec: IdempotencyRecord): Promise<unknown> | unknown;
+  /**
+   * Where the records are shared by several processes: claims a key for one execution across them (false: another
+   * process is executing it) and releases it. Without them, the key is locked in this process only.
+   */
+  claim?(account: string, key: string, owner: string): Promise<boolean>;
+  release?(account: string, key: string, owner: string): Promise<void>;
 }
 
 export class StoreIdempotencyRecords implements IdempotencyRecords {
-  constructor(private readonly store: StateStore) {}
+  readonly claim?: (account: string, key: string, owner: string) => Promise<boolean>;
+  readonly release?: (account: string, key: string, owner: string) => Promise<void>;
+
+  /**
+   * `shared`: other processes use the store too (PostgreSQL), so keys are claimed in it. The embedded store has one
+   * process, whose own lock suffices; a claim there would also outlive a crash and refuse the retries for a minute.
+   */
+  constructor(
+    private readonly store: StateStore,
+    opts: { shared: boolean },
+  ) {
+    if (opts.shared) {
+      this.claim = (account, key, owner) => store.claimIdempotency(account, key, owner, IDEMPOTENCY_CLAIM_MS);
+      this.release = (account, key, owner) => store.releaseIdempotency(account, key, owner);
+    }
+  }
   get(account: string, key: string): Promise<IdempotencyRecord | null> {
     return this.store.getIdempotency(account, key);
   }
@@ -57,8 +86,17 @@ function shouldSave(status: number): boolean {
   return status < 400 || status === 404 || (status >= 500 && status !== 503);
 }
 
+const inUse = () =>
+  new ConflictError(
+    'There is currently another in-progress request using this Stripe token (probably the same idempotency key). Try again later.',
+    'idempotency_key_in_use',
+  );
+
 export class Idempotency {
   private readonly executing = new Set<string>();
+  /** Names this process's claims (with a counter per request) in a store shared with other processes. */
+  private readonly owner = crypto.randomUUID();
+  private claims = 0;
   /** Executions ended so far (any key): a request that sees it change during its lookup looks again. */
   private ended = 0;
 
@@ -102,18 +140,21 @@ export class Idempotency {
     const prior = await this.lookup(principal.account, key);
     if (prior) return this.replay(prior, keyed);
     const lock = principal.account + '\u0000' + key;
-    if (this.executing.has(lock)) {
-      throw new ConflictError(
-        'There is currently another in-progress request using this Stripe token (probably the same idempotency key). Try again later.',
-        'idempotency_key_in_use',
-      );
-    }
+    if (this.executing.has(lock)) throw inUse();
     this.executing.add(lock);
+    const claim = this.records.claim ? `${this.owner}:${++this.claims}` : null;
     try {
+      if (claim !== null && !(await this.records.claim!(principal.account, key, claim))) {
+        // Another process holds the key: it is executing, or it has just saved its result and not yet released it.
+        const saved = await this.lookup(principal.account, key);
+        if (saved) return this.replay(saved, keyed);
+        throw inUse();
+      }
       // An execution that ended while this request was looking its key up may have been of the same key: it saved its
       // result and released the key after that lookup read the store. Look again, or this request would execute a
-      // second time. (Replays, which never take the key, run concurrently.)
-      if (this.ended !== endedBefore) {
+      // second time. (Replays, which never take the key, run concurrently.) With claims, the execution may have been
+      // in another process, which this one cannot see end: look again whenever the key was claimed.
+      if (claim !== null || this.ended !== endedBefore) {
         const saved = await this.lookup(principal.account, key);
         if (saved) return this.replay(saved, keyed);
       }
@@ -135,6 +176,12 @@ export class Idempotency {
       }
       return result;
     } finally {
+      // Released after the result is saved, so a request that claims the key next finds it.
+      if (claim !== null) {
+        await this.records.release!(principal.account, key, claim).catch((error: unknown) => {
+          log.warn('an Idempotency-Key claim was not released; retries with the key get 409 until it expires', { key, error });
+        });
+      }
       this.executing.delete(lock);
       this.ended++;
     }
