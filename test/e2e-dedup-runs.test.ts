@@ -10,6 +10,14 @@ import { startServer, tempDir, eventually, currentRange, DISTRIBUTED, type TestS
 import { parseExposition } from './helpers/prometheus';
 import { uniqueName } from './helpers/assertions';
 import { createMeter } from './helpers/cluster';
+import { accountForKey } from '../shared/http/auth';
+import { FileSnapshots } from '../aggregator/snapshots';
+import { PartitionIndex, type WorkerTask } from '../aggregator/partition-index';
+import { fingerprint, legacyFingerprint } from '../aggregator/fingerprint';
+import run from '../aggregator/worker';
+
+const HOUR = 3600_000;
+const inThread: WorkerTask = async (task) => run(task as never);
 
 const ENV = { DEDUP_MEMORY_IDENTIFIERS: '100', SNAPSHOT_INTERVAL_S: '1', FLUSH_INTERVAL_MS: '50' };
 const CUSTOMER = 'cus_runs';
@@ -123,3 +131,56 @@ t.test('two identifiers whose legacy fingerprints collide are two events', async
   await send(server, eventName, ['evt-0003118395', 'evt-0005040089', 'evt-0003118395']);
   await settlesAt(t, server, meterId, 2, 'both counted, and the retry of the first once');
 });
+
+t.test(
+  "upgrading from a build with the legacy fingerprints: the aggregator drops the retries and applies the adjustments of the earlier build's events",
+  { skip: DISTRIBUTED && 'the embedded snapshot files are rewritten here' },
+  async (t) => {
+    // A data directory as the previous build (dedup snapshot version 3, FNV fingerprints) would have left it: this build
+    // writes it, then its snapshot is rewritten with the same entries under their legacy fingerprints.
+    const dataDir = tempDir();
+    const env = { SNAPSHOT_INTERVAL_S: '1', FLUSH_INTERVAL_MS: '50' };
+    let server = await startServer({ dataDir, env });
+    const key = server.key;
+    t.teardown(() => server.kill());
+    const eventName = uniqueName('upgrade');
+    const meterId = await createMeter(server, eventName);
+    const earlier = ids(0, 200, 'up-');
+    await send(server, eventName, earlier);
+    await settlesAt(t, server, meterId, 200, 'the earlier events, counted');
+    await server.stop();
+
+    const snapshots = new FileSnapshots(path.join(dataDir, 'aggregator'));
+    const { index, offset } = await PartitionIndex.load(0, 24 * HOUR, snapshots, await snapshots.load(0), inThread);
+    t.equal(index.runCount, 0, 'every identifier in memory');
+    const account = accountForKey(key);
+    const legacy = new PartitionIndex(0, 24 * HOUR, snapshots);
+    for (const id of earlier) {
+      const [hi, lo] = fingerprint(account, id);
+      const entry = index.get(hi, lo);
+      if (!entry) throw new Error(`${id} is not in the snapshot`);
+      const [legacyHi, legacyLo] = legacyFingerprint(account, id);
+      legacy.set(legacyHi, legacyLo, entry.receivedMs, entry.seq);
+    }
+    const bytes = legacy.serialize(offset).bytes;
+    const at = bytes.indexOf('"version":4');
+    t.ok(at > 0, 'the snapshot header names its version');
+    bytes.write('"version":3', at);
+    await snapshots.save(0, bytes);
+
+    server = await startServer({ dataDir, key, env });
+    // Retries of the earlier events are found only by their legacy fingerprints, in the aggregator's own tables (no run
+    // on disk): none counts again. An adjustment of one of them finds it the same way.
+    await send(server, eventName, [...earlier.slice(0, 100), 'up-new']);
+    const res = await server.request('POST', '/v2/billing/meter_event_adjustments', {
+      key,
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ event_name: eventName, type: 'cancel', cancel: { identifier: 'up-150' } }),
+    });
+    t.equal(res.status, 200, 'the adjustment is accepted');
+    await settlesAt(t, server, meterId, 200 + 1 - 1, 'the retries counted nothing, the new event and the cancellation did');
+    t.equal(await metric(server, 'meterd_aggregator_dedup_hits_total'), 100, 'each retry was a duplicate');
+    await server.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  },
+);
