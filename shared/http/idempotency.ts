@@ -6,6 +6,8 @@
  *
  * Two record stores share this logic: the transactional store (durable, 24 h, for the control-plane endpoints) and a
  * bounded in-memory map for the high-rate meter event endpoints, whose retries are made safe by event identifiers.
+ * A key executing is locked in its process; where the transactional store is shared by several processes (PostgreSQL),
+ * it is also claimed there, so that it executes once across them.
  */
 import crypto from 'node:crypto';
 import { ConflictError, IdempotencyError, InvalidRequestError } from '../errors';
