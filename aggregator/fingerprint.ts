@@ -87,6 +87,10 @@ export function legacyAccountSeeds(account: string): [number, number] {
 
 /** The legacy fingerprint, written by versions before 2026-12-07 (see above). */
 export function legacyFingerprint(account: string, identifier: string): [number, number] {
-  const [a, b] = legacyAccountSeeds(account);
-  return [hash32(identifier, a), hash32(identifier, b)];
+  return legacyFingerprintFrom(legacyAccountSeeds(account), identifier);
+}
+
+/** The legacy fingerprint of an identifier, from its account's legacy seeds (taken once per record). */
+export function legacyFingerprintFrom([seedHi, seedLo]: [number, number], identifier: string): [number, number] {
+  return [hash32(identifier, seedHi), hash32(identifier, seedLo)];
 }

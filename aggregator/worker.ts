@@ -6,7 +6,7 @@
  */
 import Piscina from 'piscina';
 import { decodeRecord, eventSeq, hash32, MAX_FUTURE_MS, MAX_PAST_MS, RecordKind } from '../shared/event-record';
-import { accountSeeds, FINGERPRINT, hashIdentifier, legacyAccountSeeds, legacyFingerprint } from './fingerprint';
+import { accountSeeds, FINGERPRINT, hashIdentifier, legacyAccountSeeds, legacyFingerprintFrom } from './fingerprint';
 import { checkMeterValue, meterValueErrorMessage, putCheckedDecimal128, ScaledSum } from '../shared/decimal';
 import type { MeterInfo } from '../shared/meters';
 import { meterKey, usesRollups } from '../shared/meters';
@@ -188,11 +188,12 @@ export function processChunk(task: ChunkTask): ChunkResult {
     const emit = offset >= task.emitFromOffset;
     if (rec.kind === RecordKind.Adjustments) {
       const [seedHi, seedLo] = accountSeeds(rec.account);
+      const legacySeeds = legacy ? legacyAccountSeeds(rec.account) : null;
       for (const [eventName, identifier] of rec.cancels) {
         hashIdentifier(identifier, seedHi, seedLo);
         const h = FINGERPRINT[0];
         const l = FINGERPRINT[1];
-        const old = legacy ? legacyFingerprint(rec.account, identifier) : null;
+        const old = legacySeeds ? legacyFingerprintFrom(legacySeeds, identifier) : null;
         const inRuns = runs !== undefined && (runReader.lookup(runs, h, l) || (old !== null && runReader.lookup(runs, old[0], old[1])));
         cancels.push({
           position: n,

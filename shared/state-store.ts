@@ -88,7 +88,8 @@ export interface StateStore {
   /**
    * Claims (account, key) for a request about to execute, for `ttlMs` from now: true when no other owner holds an
    * unexpired claim on it (an expired one is taken over). Shared by every process on the store, so that a key executes
-   * once across them (shared/http/idempotency.ts).
+   * once across them (shared/http/idempotency.ts). False may also mean that the holder released it just then: the
+   * caller answers 409, which clients retry.
    */
   claimIdempotency(account: string, key: string, owner: string, ttlMs: number): Promise<boolean>;
   /** Ends `owner`'s claim on (account, key); another owner's claim is left as it is. */

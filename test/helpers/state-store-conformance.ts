@@ -471,8 +471,10 @@ export function stateStoreConformance(t: Test, name: string, driver: Conformance
     t.equal(await a.claimIdempotency('acct', 'k1', 'a:5', 60_000), false, 'the expired owner cannot release the new claim');
 
     clock.now += 60_000;
-    await a.prune(clock.now, 0); // removes the expired claims (not observable through the store's interface)
-    t.equal(await a.claimIdempotency('acct', 'k1', 'a:6', 60_000), true, 'a key is claimed anew after prune');
+    t.equal(await b.claimIdempotency('acct', 'k3', 'b:7', 120_000), true);
+    await a.prune(clock.now, 0);
+    t.equal(await a.claimIdempotency('acct', 'k3', 'a:6', 60_000), false, 'prune leaves a claim that has not expired');
+    t.equal(await a.claimIdempotency('acct', 'k1', 'a:7', 60_000), true, 'and the expired ones are claimed anew');
   });
 
   t.test(`${name}: api keys: put (upsert) and list`, async (t) => {
