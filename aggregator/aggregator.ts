@@ -540,7 +540,6 @@ export class Aggregator {
 
   private async flush(b: FlushBuffer, snapshots: Map<number, Snapshot>): Promise<void> {
     const started = Date.now();
-    const raw = Buffer.concat(b.rawParts, b.rawBytes);
     const rollupLines: string[] = [];
     for (const acc of b.rollups.values()) {
       if (acc.count === 0 && acc.sum === 0n) continue;
@@ -551,7 +550,7 @@ export class Aggregator {
     // The marker rows: the watermark advances even when a flush has nothing to roll up.
     for (const [p, offset] of b.reached) rollupLines.push(`\t\t\t0\t0\t0\t${p}\t${offset}\n`);
 
-    await this.retrying('raw events', () => this.o.analytics.insertRowBinary('meter_events', RAW_COLUMNS, raw));
+    await this.retrying('raw events', () => this.o.analytics.insertRowBinary('meter_events', RAW_COLUMNS, b.rawParts));
     if (b.cancelLines.length) {
       await this.retrying('cancellations', () => this.o.analytics.insertTsv('meter_cancellations', CANCEL_COLUMNS, Buffer.from(b.cancelLines.join(''))));
     }

@@ -8,13 +8,24 @@ export interface AnalyticsStore {
   init(): Promise<void>;
   /** One INSERT of tab-separated rows (invariant 6: one insert per table per flush). */
   insertTsv(table: string, columns: readonly string[], rows: Buffer): Promise<void>;
-  /** One INSERT of rows in ClickHouse's RowBinary format (shared/analytics/row-binary.ts), `columns` in row order. */
-  insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void>;
+  /**
+   * One INSERT of rows in ClickHouse's RowBinary format (shared/analytics/row-binary.ts), `columns` in row order. The
+   * rows are the concatenation of `parts`, which the drivers send as they are: a flush's rows come in pieces from
+   * several worker chunks, and joining them cost a copy and a buffer of the whole flush on the aggregator's main thread.
+   */
+  insertRowBinary(table: string, columns: readonly string[], parts: readonly Uint8Array[]): Promise<void>;
   /** Runs a SELECT and returns its rows (JSONEachRow). */
   query<T = Record<string, unknown>>(sql: string): Promise<T[]>;
   /** Runs a statement without a result (DDL). */
   exec(sql: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The total length of an insert's parts. */
+export function byteLength(parts: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  return n;
 }
 
 /** A ClickHouse string literal. */

@@ -104,7 +104,7 @@ function workerRows(): { rows: Buffer; want: string[][] } {
 }
 
 async function conformance(t: Test, store: AnalyticsStore): Promise<void> {
-  await store.insertRowBinary('meter_events', RAW_COLUMNS, edgeRows());
+  await store.insertRowBinary('meter_events', RAW_COLUMNS, [edgeRows()]);
   const edges = await store.query<Record<string, string | number>>(
     `SELECT customer, identifier, toString(timestamp_ms) AS ts, payload, toString(seq) AS seq, livemode, partition, toString(received_ms) AS received
      FROM meter_events WHERE account = 'acct_edge' ORDER BY customer`,
@@ -124,7 +124,9 @@ async function conformance(t: Test, store: AnalyticsStore): Promise<void> {
   }
 
   const { rows, want } = workerRows();
-  await store.insertRowBinary('meter_events', RAW_COLUMNS, rows);
+  // In three parts cut mid-row: the insert is their concatenation, as a flush's pieces from several chunks are.
+  const cuts = [Math.floor(rows.length / 3) + 1, Math.floor((2 * rows.length) / 3) + 5];
+  await store.insertRowBinary('meter_events', RAW_COLUMNS, [rows.subarray(0, cuts[0]), rows.subarray(cuts[0], cuts[1]), rows.subarray(cuts[1])]);
   const got = await store.query<Record<string, string>>(
     `SELECT customer, identifier, toString(timestamp_ms) AS ts, toString(value) AS value, payload, toString(seq) AS seq
      FROM meter_events WHERE account = 'acct_w' ORDER BY customer`,
@@ -137,8 +139,8 @@ async function conformance(t: Test, store: AnalyticsStore): Promise<void> {
   const sum = await store.query<{ s: string }>(`SELECT toString(sum(value)) AS s FROM meter_events WHERE account = 'acct_w'`);
   t.equal(formatScaled(parseMeterValue(sum[0].s)!), '1000000000123454.639000000000001', 'and sum exactly');
 
-  await t.resolves(store.insertRowBinary('meter_events', RAW_COLUMNS, Buffer.alloc(0)), 'an empty insert is nothing');
-  await t.rejects(store.insertRowBinary('meter_events', RAW_COLUMNS, rows.subarray(0, rows.length - 3)), 'a truncated row is refused');
+  await t.resolves(store.insertRowBinary('meter_events', RAW_COLUMNS, [Buffer.alloc(0)]), 'an empty insert is nothing');
+  await t.rejects(store.insertRowBinary('meter_events', RAW_COLUMNS, [rows.subarray(0, rows.length - 3)]), 'a truncated row is refused');
   const count = await store.query<{ n: string }>(`SELECT toString(count()) AS n FROM meter_events WHERE account = 'acct_w'`);
   t.equal(count[0].n, String(want.length), 'and nothing of it is stored');
 }

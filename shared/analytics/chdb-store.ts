@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { sqlString, type AnalyticsStore } from '../analytics-store';
+import { byteLength, sqlString, type AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
 import { lowerEngineThreads } from '../thread-priority';
 
@@ -65,12 +65,17 @@ export class ChdbStore implements AnalyticsStore {
    * per row (README, "Raw events in RowBinary"). The file is removed as soon as the insert ends, normally before the
    * kernel writes dirty pages back (not measured).
    */
-  async insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
-    if (rows.length === 0) return;
+  async insertRowBinary(table: string, columns: readonly string[], parts: readonly Uint8Array[]): Promise<void> {
+    if (byteLength(parts) === 0) return;
     const structure = await this.structure(table, columns);
     const file = path.join(this.spoolDir, `${table}-${++this.spooled}.bin`);
     try {
-      await fs.promises.writeFile(file, rows);
+      const fh = await fs.promises.open(file, 'w');
+      try {
+        await fh.writev(parts as Uint8Array[]);
+      } finally {
+        await fh.close();
+      }
       await this.db.queryAsync(`INSERT INTO ${table} (${columns.join(', ')}) SELECT * FROM file(${sqlString(file)}, 'RowBinary', ${sqlString(structure)})`, {
         format: 'TSV',
       });

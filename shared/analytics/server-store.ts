@@ -4,7 +4,7 @@
  */
 import { Readable } from 'node:stream';
 import { ClickHouseLogLevel, createClient, drainStream, type ClickHouseClient } from '@clickhouse/client';
-import type { AnalyticsStore } from '../analytics-store';
+import { byteLength, type AnalyticsStore } from '../analytics-store';
 import { migrate } from './schema';
 
 export interface ServerStoreOptions {
@@ -59,12 +59,12 @@ export class ClickHouseServerStore implements AnalyticsStore {
     await this.db.insert({ table, values: Readable.from([rows], { objectMode: false }), format: 'TabSeparated', columns: columns as [string, ...string[]] });
   }
 
-  async insertRowBinary(table: string, columns: readonly string[], rows: Buffer): Promise<void> {
-    if (rows.length === 0) return;
+  async insertRowBinary(table: string, columns: readonly string[], parts: readonly Uint8Array[]): Promise<void> {
+    if (byteLength(parts) === 0) return;
     // The client's insert() takes text formats only; exec() sends the bytes as they are (RowBinary is in 18.16 too).
     const result = await this.db.exec({
       query: `INSERT INTO ${table} (${columns.join(', ')}) FORMAT RowBinary`,
-      values: Readable.from([rows], { objectMode: false }),
+      values: Readable.from(parts, { objectMode: false }),
     });
     await drainStream(result.stream);
   }
