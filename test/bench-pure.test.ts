@@ -3,6 +3,8 @@
  * the table and the SVG chart, CPU attribution per thread kind from /proc samples, and the null server's reading of a
  * WebSocket batch's head.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import t from 'tap';
 import { pack, unpack } from 'msgpackr';
 import { buildFrameTemplate } from '../bench/load/ws-raw-load';
@@ -14,6 +16,7 @@ import { CLK_TCK, type ThreadSample, kindSecondsBetween, parseStat, parseTags, r
 import { RUN_FLAGS, generatorArgs, helpText, parseRunOptions } from '../bench/orchestrator/options';
 import type { Row } from '../bench/orchestrator/rows';
 import { svgChart } from '../bench/orchestrator/chart';
+import { START_ENV } from '../bench/orchestrator/processes';
 import { TABLE_HEAD, endToEnd, markdownTable } from '../bench/orchestrator/table';
 import { LogHistogram } from '../bench/stats';
 
@@ -363,4 +366,12 @@ t.test('the progress line: elapsed, acknowledged, rate now and so far, errors, l
     '  [0.0s] acked 0 events, 0/s now, 0/s so far, 0 errors',
     'no lag sampled, no division by zero',
   );
+});
+
+t.test('the bench starts the server with the environment `npm start` sets', async (t) => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { scripts: { start: string } };
+  for (const [name, value] of Object.entries(START_ENV)) {
+    t.ok(pkg.scripts.start.includes(`${name}=\${${name}:-${value}} `), `npm start sets ${name}=${value} unless it is set`);
+  }
+  t.ok(Object.keys(START_ENV).length > 0);
 });

@@ -48,6 +48,12 @@ export function httpStatus(port: number, p: string): Promise<number> {
   });
 }
 
+/**
+ * What `npm start` sets for the server (package.json's start script), so that the bench measures what users run:
+ * glibc's mmap threshold fixed at 1 MiB (README, "Memory: glibc's mmap threshold"). The caller's environment wins.
+ */
+export const START_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '1048576' };
+
 export const children = new Set<ChildProcess>();
 export const tempDirs = new Set<string>();
 

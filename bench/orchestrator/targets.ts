@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ThreadCpu, peakRss, rssRange } from './cpu';
-import { exited, freePort, runGenerator, startNode, stopChild, tempDirs, waitHealthy } from './processes';
+import { exited, freePort, runGenerator, START_ENV, startNode, stopChild, tempDirs, waitHealthy } from './processes';
 import { type ProcInfo, type Role, type Row, type ServerCpu, label } from './rows';
 
 export interface Ctx {
@@ -126,7 +126,10 @@ export async function runMeterd(
       // Each process its own DATA_DIR: in distributed mode it holds nothing shared.
       const dir = path.join(dataDir!, role);
       process.stderr.write(`bench: ${label(row)}: ${role} on 127.0.0.1:${port}, log ${logPath}\n`);
-      const env: NodeJS.ProcessEnv = withThreadTags({ ...o.baseEnv, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dir, API_KEYS: key }, tagsFile);
+      const env: NodeJS.ProcessEnv = withThreadTags(
+        { ...START_ENV, ...o.baseEnv, PORT: String(port), HOST: '127.0.0.1', DATA_DIR: dir, API_KEYS: key },
+        tagsFile,
+      );
       if (role !== 'all') env.ROLE = role;
       const child = startNode(ctx.serverEntry, [], env, logPath);
       const p = { info: { role, pid: child.pid ?? null, port, log: logPath }, child };
