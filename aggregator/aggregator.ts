@@ -85,7 +85,6 @@ interface RollupAcc {
 
 class FlushBuffer {
   rawParts: Uint8Array[] = [];
-  rawBytes = 0;
   events = 0;
   rollups = new Map<string, RollupAcc>();
   cancelLines: string[] = [];
@@ -434,13 +433,11 @@ export class Aggregator {
     const rows = r.rows;
     if (!dropped) {
       if (rows.length) b.rawParts.push(rows);
-      b.rawBytes += rows.length;
     } else {
       let from = 0;
       const keep = (start: number, end: number) => {
         if (end <= start) return;
         b.rawParts.push(rows.subarray(start, end));
-        b.rawBytes += end - start;
       };
       for (const i of dropped) {
         keep(from, r.rowStart[i]);

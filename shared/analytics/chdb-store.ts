@@ -66,13 +66,16 @@ export class ChdbStore implements AnalyticsStore {
    * kernel writes dirty pages back (not measured).
    */
   async insertRowBinary(table: string, columns: readonly string[], parts: readonly Uint8Array[]): Promise<void> {
-    if (byteLength(parts) === 0) return;
+    const bytes = byteLength(parts);
+    if (bytes === 0) return;
     const structure = await this.structure(table, columns);
     const file = path.join(this.spoolDir, `${table}-${++this.spooled}.bin`);
     try {
       const fh = await fs.promises.open(file, 'w');
       try {
-        await fh.writev(parts as Uint8Array[]);
+        // libuv resumes after a short write, but a write that fails after some bytes (a full disk) returns what it wrote.
+        const { bytesWritten } = await fh.writev(parts);
+        if (bytesWritten !== bytes) throw new Error(`staged ${bytesWritten} of ${bytes} bytes of an insert into ${table}`);
       } finally {
         await fh.close();
       }
