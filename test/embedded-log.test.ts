@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { EmbeddedLog, type EmbeddedLogOptions } from '../shared/log/embedded-log';
 import { ServiceUnavailableError } from '../shared/errors';
 import type { LogConsumer, LogRecord } from '../shared/log';
@@ -788,6 +788,36 @@ t.test('writer thread, closing under appends through ports: an acknowledged reco
     );
     t.equal(stored.size, acked.size, 'and nothing else of the round');
   }
+});
+
+t.test("writer thread: appends are durable while every thread of libuv's pool is taken", async (t) => {
+  // chdb runs its inserts and queries on libuv's pool, which every thread of the process shares, and holds a pool
+  // thread for as long as the insert takes. The writer thread writes and syncs on itself, so acknowledgements never
+  // queue behind them.
+  const dir = tmpDir(t);
+  const log = await openLog(t, dir, { writerThread: true });
+  const prod = log.producer();
+  t.equal(await prod.append(0, buf('before')), 0);
+  // A FIFO opened for reading holds a pool thread until a writer opens it: every pool thread is taken until released.
+  const poolSize = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const fifos = Array.from({ length: poolSize }, (_, i) => path.join(dir, `pool-${i}.fifo`));
+  for (const f of fifos) execFileSync('mkfifo', [f]);
+  const held = fifos.map((f) => fs.promises.open(f, 'r'));
+  let poolTaken = true;
+  const probe = fs.promises.stat(dir).then(() => (poolTaken = false));
+  await new Promise((r) => setTimeout(r, 200));
+  t.ok(poolTaken, 'the pool is taken: a stat queued behind the FIFOs has not run');
+  const started = Date.now();
+  const offsets = await Promise.race([
+    Promise.all([prod.append(0, buf('during-1')), prod.append(0, buf('during-2'))]),
+    new Promise<null>((r) => setTimeout(() => r(null), 5000)),
+  ]);
+  t.same(offsets, [1, 2], `acknowledged in ${Date.now() - started} ms while the pool was taken`);
+  t.ok(poolTaken, 'and the pool was still taken when they were');
+  for (const f of fifos) fs.closeSync(fs.openSync(f, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+  for (const h of await Promise.all(held)) await h.close();
+  await probe;
+  t.equal(log.endOffset(0), 3);
 });
 
 t.test('PortAppender.close waits for the answers of the appends already sent', async (t) => {

@@ -59,6 +59,12 @@ export interface LogContext {
   readonly segmentBytes: number;
   readonly faults: EmbeddedLogFaults | undefined;
   readonly counters: EmbeddedLogStats;
+  /**
+   * Write and datasync on the calling thread instead of libuv's pool: only on the writer's own thread, which has no
+   * other work to delay, while the pool (shared by every thread of the process) also runs chdb's inserts and queries,
+   * which hold a pool thread for tens to hundreds of milliseconds and so queue the log's writes behind them.
+   */
+  readonly blockingIo?: boolean;
   /** Told of each group's write + datasync (see EventLog.observeDurableWrites). */
   readonly onDurableWrite: DurableWriteObserver | null;
   /** Wakes the consumers waiting for records of `partition`. */

@@ -26,6 +26,7 @@ function main(): void {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     faults: init.faultsModule ? (require(init.faultsModule) as EmbeddedLogFaults) : undefined,
     counters,
+    blockingIo: true,
     onDurableWrite: (records, seconds) => {
       lastWrite = { records, seconds };
     },

@@ -146,12 +146,15 @@ export class PartitionWriter {
     const started = performance.now();
     let written = 0;
     while (written < total) {
-      const { bytesWritten } = await fh.write(buf, written, total - written, seg.size + written);
+      const bytesWritten = this.log.blockingIo
+        ? fs.writeSync(fh.fd, buf, written, total - written, seg.size + written)
+        : (await fh.write(buf, written, total - written, seg.size + written)).bytesWritten;
       if (bytesWritten <= 0) throw new Error('short write');
       written += bytesWritten;
     }
     if (faults?.beforeSync) await faults.beforeSync(this.id);
-    await fh.datasync();
+    if (this.log.blockingIo) fs.fdatasyncSync(fh.fd);
+    else await fh.datasync();
     this.log.onDurableWrite?.(group.length, (performance.now() - started) / 1000);
     this.log.counters.fsyncs++;
     this.log.counters.bytes += total;
