@@ -805,18 +805,22 @@ t.test("writer thread: appends are durable while every thread of libuv's pool is
   const held = fifos.map((f) => fs.promises.open(f, 'r'));
   let poolTaken = true;
   const probe = fs.promises.stat(dir).then(() => (poolTaken = false));
-  await new Promise((r) => setTimeout(r, 200));
-  t.ok(poolTaken, 'the pool is taken: a stat queued behind the FIFOs has not run');
-  const started = Date.now();
-  const offsets = await Promise.race([
-    Promise.all([prod.append(0, buf('during-1')), prod.append(0, buf('during-2'))]),
-    new Promise<null>((r) => setTimeout(() => r(null), 5000)),
-  ]);
-  t.same(offsets, [1, 2], `acknowledged in ${Date.now() - started} ms while the pool was taken`);
-  t.ok(poolTaken, 'and the pool was still taken when they were');
-  for (const f of fifos) fs.closeSync(fs.openSync(f, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
-  for (const h of await Promise.all(held)) await h.close();
-  await probe;
+  try {
+    await new Promise((r) => setTimeout(r, 200));
+    t.ok(poolTaken, 'the pool is taken: a stat queued behind the FIFOs has not run');
+    const started = Date.now();
+    const offsets = await Promise.race([
+      Promise.all([prod.append(0, buf('during-1')), prod.append(0, buf('during-2'))]),
+      new Promise<null>((r) => setTimeout(() => r(null), 5000)),
+    ]);
+    t.same(offsets, [1, 2], `acknowledged in ${Date.now() - started} ms while the pool was taken`);
+    t.ok(poolTaken, 'and the pool was still taken when they were');
+  } finally {
+    // Released even when an assertion fails: the log's close (a teardown) needs the pool.
+    for (const f of fifos) fs.closeSync(fs.openSync(f, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+    for (const h of await Promise.all(held)) await h.close();
+    await probe;
+  }
   t.equal(log.endOffset(0), 3);
 });
 
