@@ -20,7 +20,7 @@ Options (CLI flag, or env BENCH_<UPPER_SNAKE>, e.g. BENCH_EVENTS):
   --key KEY               secret API key (default: first of $API_KEYS)
   --events N              total events to send (default 2,000,000)
   --duration S            stop sending after S seconds, whichever comes first (default 30)
-  --connections N         keep-alive connections, one request in flight each (default 16)
+  --connections N         keep-alive connections, one request in flight each (default 64)
   --batch N               events per request, 1..100 (default 100)
   --customers N           distinct customers (default 100)
   --meter-event-name E    event_name of the meter (default bench_tokens)
@@ -180,7 +180,7 @@ export function parseOptions(argv: string[]): Options {
     key: key || 'sk_test_null',
     events: Math.floor(a.num('events', 2_000_000)),
     durationS: a.num('duration', 30),
-    connections: Math.floor(a.num('connections', 16)),
+    connections: Math.floor(a.num('connections', 64)),
     batch: Math.floor(a.num('batch', 100)),
     customers: Math.floor(a.num('customers', 100)),
     eventName: a.str('meter-event-name', 'bench_tokens'),
