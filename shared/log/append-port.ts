@@ -5,6 +5,10 @@
  * acknowledgement comes back without passing through the main thread, whose event loop also carries the aggregator's
  * work and would otherwise delay every acknowledgement. PortAppender is the sending side, PortAppendServer the log
  * thread's side; CounterReports carries that thread's counters to the log's stats.
+ *
+ * Both sides coalesce: the appends a thread makes in one turn of its event loop travel as one message, and the answers
+ * the log's thread has ready in one turn (a group commit settles all of its appends at once) go back as one message
+ * per port. A message costs its sender a serialization and its receiver a wake-up, whatever it carries.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { ServiceUnavailableError } from '../errors';
@@ -29,6 +33,14 @@ export interface PortAppended {
   invalid?: boolean;
 }
 
+/** What travels on the port: the appends of one turn one way, the answers of one turn the other. */
+interface PortAppends {
+  appends: PortAppend[];
+}
+interface PortAnswers {
+  answers: PortAppended[];
+}
+
 /** The sending side, on the thread that read the records. One append in flight per call; any number of calls. */
 export class PortAppender {
   private readonly waiting = new Map<number, { resolve(): void; reject(err: Error): void }>();
@@ -37,13 +49,20 @@ export class PortAppender {
   /** Set by close() while appends are still waiting for their answer. */
   private drained: (() => void) | null = null;
 
+  /** Appends made in this turn and not yet posted, with the buffers they transfer. */
+  private outgoing: PortAppend[] = [];
+  private outgoingTransfer: ArrayBuffer[] = [];
+  private flushScheduled = false;
+
   constructor(private readonly port: MessagePort) {
-    port.on('message', (reply: PortAppended) => {
-      const w = this.waiting.get(reply.id);
-      if (!w) return;
-      this.waiting.delete(reply.id);
-      if (reply.error === null) w.resolve();
-      else w.reject(reply.invalid ? new RangeError(reply.error) : new ServiceUnavailableError(reply.error));
+    port.on('message', (message: PortAnswers) => {
+      for (const reply of message.answers) {
+        const w = this.waiting.get(reply.id);
+        if (!w) continue;
+        this.waiting.delete(reply.id);
+        if (reply.error === null) w.resolve();
+        else w.reject(reply.invalid ? new RangeError(reply.error) : new ServiceUnavailableError(reply.error));
+      }
       if (this.waiting.size === 0) this.drained?.();
     });
     // The log's thread closes its end only once every append it took is answered (writer-thread.ts): whatever is
@@ -66,8 +85,23 @@ export class PortAppender {
     const id = this.nextId++;
     return new Promise<void>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.port.postMessage({ id, records } satisfies PortAppend, transfer);
+      this.outgoing.push({ id, records });
+      for (const buffer of transfer) this.outgoingTransfer.push(buffer);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        // After the I/O of this turn: every request read in it has made its append by then.
+        setImmediate(() => this.flush());
+      }
     });
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const appends = this.outgoing;
+    const transfer = this.outgoingTransfer;
+    this.outgoing = [];
+    this.outgoingTransfer = [];
+    if (appends.length > 0) this.port.postMessage({ appends } satisfies PortAppends, transfer);
   }
 
   /**
@@ -77,6 +111,7 @@ export class PortAppender {
    */
   close(): Promise<void> {
     this.closed = true;
+    this.flush();
     return new Promise<void>((resolve) => {
       const done = () => {
         this.drained = null;
@@ -124,24 +159,48 @@ export class PortAppendServer {
 
   connect(port: MessagePort): void {
     this.ports.add(port);
-    port.on('message', (m: PortAppend) => {
-      if (this.stopping) {
-        port.postMessage({ id: m.id, error: CLOSED } satisfies PortAppended);
-        return;
+    port.on('message', (message: PortAppends) => {
+      for (const m of message.appends) {
+        // Counted until its answer is posted, so that stop() resolves only once every answer is on its way.
+        this.unanswered++;
+        if (this.stopping) {
+          this.answer(port, { id: m.id, error: CLOSED });
+          continue;
+        }
+        this.beforeAppend?.(m.records.length);
+        this.appendAll(m.records).then(
+          () => this.answer(port, { id: m.id, error: null }),
+          (err: unknown) => this.answer(port, { id: m.id, error: err instanceof Error ? err.message : String(err), invalid: err instanceof RangeError }),
+        );
       }
-      this.beforeAppend?.(m.records.length);
-      this.unanswered++;
-      this.appendAll(m.records)
-        .then(
-          () => port.postMessage({ id: m.id, error: null } satisfies PortAppended),
-          (err: unknown) =>
-            port.postMessage({ id: m.id, error: err instanceof Error ? err.message : String(err), invalid: err instanceof RangeError } satisfies PortAppended),
-        )
-        .finally(() => {
-          if (--this.unanswered === 0) this.answeredAll?.();
-        });
     });
     port.on('close', () => this.ports.delete(port));
+  }
+
+  /** Answers per port, posted together once this turn's settled appends have all been answered. */
+  private readonly answers = new Map<MessagePort, PortAppended[]>();
+  private answersScheduled = false;
+
+  private answer(port: MessagePort, answer: PortAppended): void {
+    const pending = this.answers.get(port);
+    if (pending) pending.push(answer);
+    else this.answers.set(port, [answer]);
+    if (!this.answersScheduled) {
+      this.answersScheduled = true;
+      setImmediate(() => this.postAnswers());
+    }
+  }
+
+  private postAnswers(): void {
+    this.answersScheduled = false;
+    let posted = 0;
+    for (const [port, answers] of this.answers) {
+      port.postMessage({ answers } satisfies PortAnswers);
+      posted += answers.length;
+    }
+    this.answers.clear();
+    this.unanswered -= posted;
+    if (posted > 0 && this.unanswered === 0) this.answeredAll?.();
   }
 
   /** Refuses what arrives from now on; resolves once every append taken has been answered. */
