@@ -1,7 +1,7 @@
 /**
  * Appending through a port (shared/log/append-port.ts): the appends a thread makes in one turn travel as one message,
- * the answers the log's side has ready in one turn come back as one message per port, and stop() resolves only once
- * every answer is posted. Both ends run on this thread here, over a MessageChannel.
+ * the answers the log's side has ready at once come back as one message per port, and stop() resolves only once every
+ * answer is posted. Both ends run on this thread here, over a MessageChannel.
  */
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import t from 'tap';
@@ -73,9 +73,14 @@ t.test('the appends of one turn travel as one message, and their answers come ba
   await turn();
   t.same(settled, Array(10).fill(false), 'and no append resolves before');
 
-  log.commit();
+  // The log's writer runs each partition's write in a callback of its own, synchronously: the answers of one
+  // partition's group leave before the next callback, not behind another partition's fsync.
+  const postedBeforeNextCallback = await new Promise<number>((resolve) => {
+    setImmediate(() => log.commit());
+    setImmediate(() => resolve(answered.count));
+  });
+  t.equal(postedBeforeNextCallback, 1, 'one group commit: one answer message, posted before the next callback runs');
   await Promise.all(acks);
-  t.equal(answered.count, 1, 'one group commit: one answer message');
 
   // Appends in separate turns travel separately.
   const first = appender.append(record('a'));
@@ -99,21 +104,44 @@ t.test('stop() resolves once every answer is posted, and what arrives after it i
   while (log.pending() < 2) await turn();
 
   let stopped = false;
-  const stop = log.server.stop().then(() => (stopped = true));
-  const late = appender.append(record('late'));
+  // As the log's thread does: the ports close as soon as stop() resolves.
+  const stop = log.server.stop().then(() => {
+    stopped = true;
+    log.server.closePorts();
+  });
+  const late = t.rejects(appender.append(record('late')), ServiceUnavailableError, 'an append that arrives after stop() is refused');
   await turn();
   await turn();
   t.notOk(stopped, 'not while appends it took are unanswered');
   log.commit();
   await stop;
-  await Promise.all(taken);
-  await t.rejects(late, ServiceUnavailableError, 'an append that arrives after stop() is refused');
+  await t.resolves(Promise.all(taken), 'the appends it took were answered before the ports closed, not refused');
+  await late;
   t.same(log.taken, ['x', 'y'], 'and never reaches the log');
-  log.server.closePorts();
   await appender.close();
 });
 
-t.test('an append the log can never take is a RangeError; close() posts what is still unsent', async (t) => {
+t.test('a hook that throws fails its append and does not keep stop() waiting', async (t) => {
+  const { port1, port2 } = new MessageChannel();
+  let calls = 0;
+  const server = new PortAppendServer(
+    () => Promise.resolve(),
+    () => {
+      if (++calls === 1) throw new Error('hook failed');
+    },
+  );
+  server.connect(port1);
+  const appender = new PortAppender(port2);
+  const first = appender.append(record('1'));
+  const second = appender.append(record('2'));
+  await t.rejects(first, ServiceUnavailableError, 'the append whose hook threw fails');
+  await t.resolves(second, 'the other append of the same message is still taken');
+  await server.stop();
+  server.closePorts();
+  await appender.close();
+});
+
+t.test('an append the log can never take is a RangeError, and close() waits for its answer', async (t) => {
   const { port1, port2 } = new MessageChannel();
   t.teardown(() => port1.close());
   const server = new PortAppendServer(() => Promise.reject(new RangeError('invalid partition 9')));
@@ -121,6 +149,6 @@ t.test('an append the log can never take is a RangeError; close() posts what is 
   const appender = new PortAppender(port2);
   const refused = appender.append(record('r'));
   const closing = appender.close();
-  await t.rejects(refused, RangeError, 'sent by close() before it waits');
+  await t.rejects(refused, RangeError, 'answered as such');
   await closing;
 });

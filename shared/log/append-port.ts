@@ -7,8 +7,8 @@
  * thread's side; CounterReports carries that thread's counters to the log's stats.
  *
  * Both sides coalesce: the appends a thread makes in one turn of its event loop travel as one message, and the answers
- * the log's thread has ready in one turn (a group commit settles all of its appends at once) go back as one message
- * per port. A message costs its sender a serialization and its receiver a wake-up, whatever it carries.
+ * the log's thread has ready at once (a group commit settles all of its appends together) go back as one message per
+ * port. A message costs its sender a serialization and its receiver a wake-up, whatever it carries.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { ServiceUnavailableError } from '../errors';
@@ -101,7 +101,19 @@ export class PortAppender {
     const transfer = this.outgoingTransfer;
     this.outgoing = [];
     this.outgoingTransfer = [];
-    if (appends.length > 0) this.port.postMessage({ appends } satisfies PortAppends, transfer);
+    if (appends.length === 0) return;
+    try {
+      this.port.postMessage({ appends } satisfies PortAppends, transfer);
+    } catch (err) {
+      // Nothing of the message was sent (a buffer that cannot be transferred): its appends fail, as they would have
+      // one by one, instead of the error escaping the thread's event loop.
+      for (const { id } of appends) {
+        const w = this.waiting.get(id);
+        this.waiting.delete(id);
+        w?.reject(err instanceof Error ? err : new Error(String(err)));
+      }
+      if (this.waiting.size === 0) this.drained?.();
+    }
   }
 
   /**
@@ -111,7 +123,6 @@ export class PortAppender {
    */
   close(): Promise<void> {
     this.closed = true;
-    this.flush();
     return new Promise<void>((resolve) => {
       const done = () => {
         this.drained = null;
@@ -167,8 +178,14 @@ export class PortAppendServer {
           this.answer(port, { id: m.id, error: CLOSED });
           continue;
         }
-        this.beforeAppend?.(m.records.length);
-        this.appendAll(m.records).then(
+        let appended: Promise<unknown>;
+        try {
+          this.beforeAppend?.(m.records.length);
+          appended = this.appendAll(m.records);
+        } catch (err) {
+          appended = Promise.reject(err);
+        }
+        appended.then(
           () => this.answer(port, { id: m.id, error: null }),
           (err: unknown) => this.answer(port, { id: m.id, error: err instanceof Error ? err.message : String(err), invalid: err instanceof RangeError }),
         );
@@ -177,7 +194,11 @@ export class PortAppendServer {
     port.on('close', () => this.ports.delete(port));
   }
 
-  /** Answers per port, posted together once this turn's settled appends have all been answered. */
+  /**
+   * Answers per port, posted together once the appends settled at the same moment (a group commit resolves all of
+   * its appends in one go) have all been answered. A microtask, not the next turn: the log's writer does its I/O
+   * synchronously, and another partition's write in the same turn would otherwise hold these answers back.
+   */
   private readonly answers = new Map<MessagePort, PortAppended[]>();
   private answersScheduled = false;
 
@@ -187,7 +208,7 @@ export class PortAppendServer {
     else this.answers.set(port, [answer]);
     if (!this.answersScheduled) {
       this.answersScheduled = true;
-      setImmediate(() => this.postAnswers());
+      queueMicrotask(() => this.postAnswers());
     }
   }
 
