@@ -141,7 +141,7 @@ t.test('a hook that throws fails its append and does not keep stop() waiting', a
   await appender.close();
 });
 
-t.test('an append the log can never take is a RangeError, and close() waits for its answer', async (t) => {
+t.test('an append the log can never take is a RangeError', async (t) => {
   const { port1, port2 } = new MessageChannel();
   t.teardown(() => port1.close());
   const server = new PortAppendServer(() => Promise.reject(new RangeError('invalid partition 9')));
@@ -151,4 +151,23 @@ t.test('an append the log can never take is a RangeError, and close() waits for 
   const closing = appender.close();
   await t.rejects(refused, RangeError, 'answered as such');
   await closing;
+});
+
+t.test('a turn whose message cannot be posted fails its appends and nothing else', async (t) => {
+  const { port1, port2 } = new MessageChannel();
+  const log = groupCommitServer();
+  log.server.connect(port1);
+  const appender = new PortAppender(port2);
+  // Two appends of one turn that transfer the same buffer: the turn's message lists it twice, and postMessage throws.
+  const shared = record('shared');
+  const failed = [appender.append(shared), appender.append(shared)];
+  for (const p of failed) await t.rejects(p, { name: 'DataCloneError' }, 'the whole turn fails, with the error postMessage threw');
+  const later = appender.append(record('next turn'));
+  while (log.pending() < 1) await turn();
+  log.commit();
+  await t.resolves(later, 'and the next turn is appended as usual');
+  t.same(log.taken, ['next turn'], 'nothing of the failed turn reached the log');
+  await log.server.stop();
+  log.server.closePorts();
+  await appender.close();
 });

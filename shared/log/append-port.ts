@@ -49,19 +49,14 @@ export class PortAppender {
   /** Set by close() while appends are still waiting for their answer. */
   private drained: (() => void) | null = null;
 
-  /** Appends made in this turn and not yet posted, with the buffers they transfer. */
+  /** Appends made in this turn and not yet posted (a flush is scheduled while there are any), with their buffers. */
   private outgoing: PortAppend[] = [];
   private outgoingTransfer: ArrayBuffer[] = [];
-  private flushScheduled = false;
 
   constructor(private readonly port: MessagePort) {
     port.on('message', (message: PortAnswers) => {
       for (const reply of message.answers) {
-        const w = this.waiting.get(reply.id);
-        if (!w) continue;
-        this.waiting.delete(reply.id);
-        if (reply.error === null) w.resolve();
-        else w.reject(reply.invalid ? new RangeError(reply.error) : new ServiceUnavailableError(reply.error));
+        this.settle(reply.id, reply.error === null ? null : reply.invalid ? new RangeError(reply.error) : new ServiceUnavailableError(reply.error));
       }
       if (this.waiting.size === 0) this.drained?.();
     });
@@ -85,33 +80,33 @@ export class PortAppender {
     const id = this.nextId++;
     return new Promise<void>((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
+      // After the I/O of this turn: every request read in it has made its append by then.
+      if (this.outgoing.length === 0) setImmediate(() => this.flush());
       this.outgoing.push({ id, records });
       for (const buffer of transfer) this.outgoingTransfer.push(buffer);
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        // After the I/O of this turn: every request read in it has made its append by then.
-        setImmediate(() => this.flush());
-      }
     });
   }
 
+  /** Resolves (err null) or rejects the append `id` if it is still waiting. */
+  private settle(id: number, err: Error | null): void {
+    const w = this.waiting.get(id);
+    if (!w) return;
+    this.waiting.delete(id);
+    if (err === null) w.resolve();
+    else w.reject(err);
+  }
+
   private flush(): void {
-    this.flushScheduled = false;
     const appends = this.outgoing;
     const transfer = this.outgoingTransfer;
     this.outgoing = [];
     this.outgoingTransfer = [];
-    if (appends.length === 0) return;
     try {
       this.port.postMessage({ appends } satisfies PortAppends, transfer);
     } catch (err) {
       // Nothing of the message was sent (a buffer that cannot be transferred): its appends fail, as they would have
       // one by one, instead of the error escaping the thread's event loop.
-      for (const { id } of appends) {
-        const w = this.waiting.get(id);
-        this.waiting.delete(id);
-        w?.reject(err instanceof Error ? err : new Error(String(err)));
-      }
+      for (const { id } of appends) this.settle(id, err instanceof Error ? err : new Error(String(err)));
       if (this.waiting.size === 0) this.drained?.();
     }
   }
@@ -195,25 +190,20 @@ export class PortAppendServer {
   }
 
   /**
-   * Answers per port, posted together once the appends settled at the same moment (a group commit resolves all of
-   * its appends in one go) have all been answered. A microtask, not the next turn: the log's writer does its I/O
+   * Answers per port (a post is scheduled while there are any), posted together once the appends settled at the same
+   * moment (a group commit resolves all of its appends in one go) have all been answered. A microtask, not the next turn: the log's writer does its I/O
    * synchronously, and another partition's write in the same turn would otherwise hold these answers back.
    */
   private readonly answers = new Map<MessagePort, PortAppended[]>();
-  private answersScheduled = false;
 
   private answer(port: MessagePort, answer: PortAppended): void {
+    if (this.answers.size === 0) queueMicrotask(() => this.postAnswers());
     const pending = this.answers.get(port);
     if (pending) pending.push(answer);
     else this.answers.set(port, [answer]);
-    if (!this.answersScheduled) {
-      this.answersScheduled = true;
-      queueMicrotask(() => this.postAnswers());
-    }
   }
 
   private postAnswers(): void {
-    this.answersScheduled = false;
     let posted = 0;
     for (const [port, answers] of this.answers) {
       port.postMessage({ answers } satisfies PortAnswers);
